@@ -1,0 +1,58 @@
+"""Pieces that several subcommands share: output-path rules and printing reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from se_onnx.errors import SeOnnxError
+
+
+def check_output_path(model_path: str, output: str, in_place: bool) -> None:
+    """Refuse to overwrite the input model unless the user asked for it with --in-place."""
+    same = Path(output).resolve() == Path(model_path).resolve()
+    if same and not in_place:
+        raise SeOnnxError(f"{output}: output is the input model; pass --in-place to overwrite it")
+
+
+def print_json(document: object) -> None:
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], file=None) -> None:
+    """A plain left-aligned text table (numbers right-aligned) for terminals and logs."""
+    file = file or sys.stdout
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [len(header) for header in headers]
+    for row in cells:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
+    numeric = [all(_is_number(row[i]) for row in cells) and bool(cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(width) if is_number else cell.ljust(width)
+            for cell, width, is_number in zip(row, widths, numeric)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print(line(list(headers)), file=file)
+    print(line(["-" * width for width in widths]), file=file)
+    for row in cells:
+        print(line(row), file=file)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    """The default of an option taken from the environment variable SE_ONNX_<NAME>."""
+    return os.environ.get(f"SE_ONNX_{name.upper().replace('-', '_')}", default)
