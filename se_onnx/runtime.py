@@ -1,0 +1,102 @@
+"""ONNX Runtime sessions on a named provider, and seeded inputs that fit a model's signature."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from se_onnx.errors import SeOnnxError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(bool)": np.bool_,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(string)": np.object_,
+}
+
+
+def ort_providers(provider: str) -> list[str]:
+    """ONNX Runtime's provider list for 'cpu', 'cuda' or 'tensorrt', refusing an unavailable one.
+
+    A GPU provider is followed by the CPU provider, which runs the ops it lacks; the request
+    itself is never silently moved to the CPU.
+    """
+    try:
+        name = PROVIDERS[provider]
+    except KeyError:
+        raise SeOnnxError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}") from None
+    available = ort.get_available_providers()
+    if name not in available:
+        raise SeOnnxError(
+            f"the {provider} provider ({name}) is not available in this ONNX Runtime build; "
+            f"available: {', '.join(available)}"
+        )
+    return [name] if name == PROVIDERS["cpu"] else [name, PROVIDERS["cpu"]]
+
+
+def make_session(
+    model: str | os.PathLike | bytes,
+    provider: str = "cpu",
+    *,
+    intra_op_threads: int = 0,
+    enable_profiling: bool = False,
+) -> ort.InferenceSession:
+    """An InferenceSession on `provider`, with a clear error when ONNX Runtime rejects the model."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.enable_profiling = enable_profiling
+    options.log_severity_level = 3
+    source = os.fspath(model) if not isinstance(model, bytes) else model
+    try:
+        return ort.InferenceSession(source, options, providers=ort_providers(provider))
+    except SeOnnxError:
+        raise
+    except Exception as error:  # ORT raises its own exception types for unloadable models
+        label = "model" if isinstance(model, bytes) else os.fspath(model)
+        message = " ".join(str(error).split())
+        raise SeOnnxError(f"{label}: ONNX Runtime cannot load it: {message}") from None
+
+
+def random_inputs(
+    session: ort.InferenceSession, *, batch: int = 1, seed: int = 0, dims: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Seeded inputs for every model input: symbolic dims take `dims[name]`, else `batch` for the
+    first axis and 1 elsewhere. Floats are standard normal; integers small and non-negative."""
+    rng = np.random.default_rng(seed)
+    dims = dims or {}
+    feeds = {}
+    for meta in session.get_inputs():
+        shape = [
+            dim if isinstance(dim, int) and dim >= 0 else dims.get(dim, batch if axis == 0 else 1)
+            for axis, dim in enumerate(meta.shape)
+        ]
+        dtype = _ORT_TYPES.get(meta.type)
+        if dtype is None:
+            raise SeOnnxError(f"input {meta.name!r} has type {meta.type}, which se-onnx cannot generate")
+        if np.issubdtype(dtype, np.floating):
+            feeds[meta.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[meta.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        elif dtype is np.object_:
+            feeds[meta.name] = np.array(rng.integers(0, 10, shape).astype(str), dtype=object)
+        else:
+            feeds[meta.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds
