@@ -1,7 +1,17 @@
 """se-onnx: Squeeze-and-Excitation passes on ONNX conv models."""
 
 from se_onnx.errors import SeOnnxError
+from se_onnx.insert import InsertOptions, InsertReport, insert_se
 from se_onnx.model_io import load_model, save_model
+from se_onnx.verify import verify
 
-__all__ = ["SeOnnxError", "load_model", "save_model"]
+__all__ = [
+    "InsertOptions",
+    "InsertReport",
+    "SeOnnxError",
+    "insert_se",
+    "load_model",
+    "save_model",
+    "verify",
+]
 __version__ = "0.1.0"

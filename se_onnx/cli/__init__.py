@@ -11,6 +11,7 @@ from se_onnx.errors import SeOnnxError
 # Each module defines `register(subparsers)`, which adds its parser with `run` as its default.
 COMMAND_MODULES = (
     "insert",
+    "verify",
 )
 
 

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from se_onnx.errors import SeOnnxError
 
 
@@ -56,3 +58,12 @@ def _is_number(text: str) -> bool:
 def env_default(name: str, default: str | None = None) -> str | None:
     """The default of an option taken from the environment variable SE_ONNX_<NAME>."""
     return os.environ.get(f"SE_ONNX_{name.upper().replace('-', '_')}", default)
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of a .npz file by key, with a one-line error for a missing or bad file."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as error:
+        raise SeOnnxError(f"{path}: cannot read arrays ({' '.join(str(error).split())})") from None

@@ -1,0 +1,93 @@
+"""`se-onnx insert`: add SE blocks to a model and write it atomically."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from se_onnx.cli._common import check_output_path, load_npz, print_json, print_table
+from se_onnx.insert import INITS, PLACEMENTS, InsertOptions, insert_se
+from se_onnx.model_io import load_model, save_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "insert",
+        help="add SE blocks after conv layers",
+        description="Add Squeeze-and-Excitation blocks (ReduceMean → Gemm → Relu → Gemm → Sigmoid → "
+        "Mul) after conv layers. By default the gate starts at exactly 1, so the model's outputs are "
+        "unchanged until the blocks are trained.",
+    )
+    parser.add_argument("model", help="input ONNX model")
+    parser.add_argument("-o", "--output", required=True, help="where to write the model with SE blocks")
+    parser.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input model")
+    placement = parser.add_argument_group("placement")
+    placement.add_argument(
+        "--where",
+        choices=PLACEMENTS,
+        default="auto",
+        help="residual: on each residual branch before its Add (SENet); conv: after every conv, past "
+        "its BatchNorm and activation; auto (default): residual if the model has residual blocks, "
+        "else conv",
+    )
+    placement.add_argument(
+        "--nodes",
+        nargs="+",
+        default=(),
+        metavar="NAME",
+        help="only these convs: node names or regular expressions matching whole names "
+        "(with --where auto, places after each chosen conv)",
+    )
+    placement.add_argument("--min-channels", type=int, default=1, help="skip convs with fewer output channels")
+    placement.add_argument("--skip-depthwise", action="store_true", help="skip depthwise convs (group = channels)")
+    width = parser.add_argument_group("squeeze width: max(--min-squeeze, round(C·ratio)), rounded to --divisor")
+    width.add_argument("--ratio", type=float, default=0.25, help="squeeze ratio (default 0.25; SENet uses 1/16)")
+    width.add_argument("--min-squeeze", type=int, default=1, help="smallest squeeze width (default 1)")
+    width.add_argument("--divisor", type=int, default=None, help="round the width to a multiple of this (timm: 8)")
+    init = parser.add_argument_group("weights")
+    init.add_argument(
+        "--init",
+        choices=INITS,
+        default="identity",
+        help="identity (default): gate = 1, outputs unchanged; random: PyTorch's default init",
+    )
+    init.add_argument("--seed", type=int, default=0, help="seed for the random parts of the init (default 0)")
+    init.add_argument(
+        "--weights",
+        metavar="FILE.npz",
+        help="trained weights per block, as `se-onnx export-weights` writes them",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_path(args.model, args.output, args.in_place)
+    options = InsertOptions(
+        where=args.where,
+        nodes=tuple(args.nodes),
+        ratio=args.ratio,
+        min_squeeze=args.min_squeeze,
+        divisor=args.divisor,
+        min_channels=args.min_channels,
+        skip_depthwise=args.skip_depthwise,
+        init=args.init,
+        seed=args.seed,
+        weights=load_npz(args.weights) if args.weights else None,
+    )
+    options.validate()
+    model, report = insert_se(load_model(args.model), options)
+    save_model(model, args.output)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    rows = [(b.name, b.channels, b.squeeze_channels) for b in report.blocks]
+    print_table(("after conv", "C", "squeeze"), rows)
+    print(
+        f"\n{len(report.blocks)} SE blocks ({report.placement} placement, opset {report.opset}, "
+        f"{report.dtype}, +{report.parameters_added:,} parameters) written to {args.output}"
+    )
+    if report.skipped:
+        print(f"{len(report.skipped)} convs skipped (--json lists them with reasons)", file=sys.stderr)
+    return 0
+

@@ -1,0 +1,53 @@
+"""`se-onnx verify`: run two models on the same inputs and compare their outputs."""
+
+from __future__ import annotations
+
+import argparse
+
+from se_onnx.cli._common import load_npz, print_json, print_table
+from se_onnx.runtime import PROVIDERS
+from se_onnx.verify import verify
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="compare two models' outputs in ONNX Runtime",
+        description="Run models A and B on the same inputs (seeded random, or --inputs) and print the "
+        "largest absolute and relative difference of each output. Exits 1 when an element differs "
+        "by more than atol + rtol·|A|.",
+    )
+    parser.add_argument("model_a", metavar="A", help="reference model")
+    parser.add_argument("model_b", metavar="B", help="model to check against A")
+    parser.add_argument("--inputs", metavar="FILE.npz", help="inputs by name (default: seeded random)")
+    parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    parser.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+    parser.add_argument("--batch", type=int, default=1, help="size of symbolic batch dims (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs = load_npz(args.inputs) if args.inputs else None
+    result = verify(
+        args.model_a,
+        args.model_b,
+        inputs=inputs,
+        rtol=args.rtol,
+        atol=args.atol,
+        provider=args.provider,
+        batch=args.batch,
+        seed=args.seed,
+    )
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        rows = [
+            (o.name, "×".join(map(str, o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", "ok" if o.within_tolerance else "FAIL")
+            for o in result.outputs
+        ]
+        print_table(("output", "shape", "max abs", "max rel", f"rtol={args.rtol:g} atol={args.atol:g}"), rows)
+    return 0 if result.passed else 1
+
