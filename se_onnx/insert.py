@@ -152,7 +152,7 @@ class ConvInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Site:
+class InsertionSite:
     """Where one block goes: the value it rescales and which uses of it it replaces."""
 
     conv: ConvInfo
@@ -161,29 +161,25 @@ class _Site:
     uses: tuple[tuple[ir.Node, int], ...]  # (consumer, input index) pairs to rewire
 
 
-def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tuple[ir.Model, InsertReport]:
-    """Return a copy of `model` with SE blocks added as `options` say, and a report of them.
+@dataclasses.dataclass
+class InsertionPlan:
+    """Where the pass would put blocks: the resolved placement, its sites, and what it skips."""
 
-    The input model is not modified. Raises SeOnnxError when the options are invalid, the model is
-    unsupported (no conv, quantized convs, opset < 11), or nothing matches the placement.
-    """
+    placement: str
+    sites: list[InsertionSite]
+    skipped: list[SkippedConv]
+    conv_count: int
+
+
+def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) -> InsertionPlan:
+    """Decide where blocks go without changing the model (`insert_se` and `inspect` share it)."""
     options.validate()
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    if opset is None:
-        raise SeOnnxError("the model imports no default-domain (ai.onnx) opset")
-    if opset < MIN_OPSET:
-        raise SeOnnxError(
-            f"the model's opset {opset} is older than {MIN_OPSET}; convert it first "
-            "(onnx.version_converter.convert_version)"
-        )
-    model = model.clone()
     graph = model.graph
     _refuse_quantized(graph)
     convs = [node for node in graph if _is_conv(node)]
     skipped = [SkippedConv(_node_label(node), "inside a subgraph (If/Loop/Scan)") for node in _subgraph_convs(graph)]
     if not convs and not skipped:
         raise SeOnnxError("the model has no Conv node, so there is nowhere to add SE blocks")
-
     candidates: list[ConvInfo] = []
     for node in convs:
         info = ConvInfo.of(node)
@@ -201,18 +197,40 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
         sites = list(_residual_sites(candidates))
     else:
         sites = [_conv_site(info) for info in candidates]
-    if not sites:
-        raise SeOnnxError(_nothing_matches(placement, options, skipped, len(convs)))
-
-    dtype = _feature_dtype(sites[0])
-    blocks = _add_blocks(model, sites, options, opset, dtype)
-    graph.sort()
-    return model, InsertReport(placement, opset, np.dtype(dtype.numpy()).name, blocks, skipped)
+    return InsertionPlan(placement, sites, skipped, len(convs))
 
 
-def _add_blocks(
-    model: ir.Model, sites: Sequence[_Site], options: InsertOptions, opset: int, dtype: ir.DataType
-) -> list[InsertedBlock]:
+def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tuple[ir.Model, InsertReport]:
+    """Return a copy of `model` with SE blocks added as `options` say, and a report of them.
+
+    The input model is not modified. Raises SeOnnxError when the options are invalid, the model is
+    unsupported (no conv, quantized convs, opset < 11), or nothing matches the placement.
+    """
+    opset = model_opset(model)
+    model = model.clone()
+    plan = plan_insertion(model, options)
+    if not plan.sites:
+        raise SeOnnxError(_nothing_matches(plan, options))
+    dtype = _feature_dtype(plan.sites[0])
+    blocks = _add_blocks(model, plan.sites, options, opset)
+    model.graph.sort()
+    return model, InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
+
+
+def model_opset(model: ir.Model) -> int:
+    """The model's default-domain opset, refusing one older than se-onnx supports."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is None:
+        raise SeOnnxError("the model imports no default-domain (ai.onnx) opset")
+    if opset < MIN_OPSET:
+        raise SeOnnxError(
+            f"the model's opset {opset} is older than {MIN_OPSET}; convert it first "
+            "(onnx.version_converter.convert_version)"
+        )
+    return opset
+
+
+def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
     graph = model.graph
     names = NameScope(names_in_use(model))
     weights = _weights_per_site(sites, options)
@@ -253,7 +271,7 @@ def _add_blocks(
     return blocks
 
 
-def _weights_per_site(sites: Sequence[_Site], options: InsertOptions) -> list[SEWeights]:
+def _weights_per_site(sites: Sequence[InsertionSite], options: InsertOptions) -> list[SEWeights]:
     if options.weights is not None:
         return _weights_from_file(sites, options.weights)
     rng = np.random.default_rng(options.seed)
@@ -266,7 +284,7 @@ def _weights_per_site(sites: Sequence[_Site], options: InsertOptions) -> list[SE
     return result
 
 
-def _weights_from_file(sites: Sequence[_Site], arrays: Mapping[str, np.ndarray]) -> list[SEWeights]:
+def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.ndarray]) -> list[SEWeights]:
     result = []
     expected_blocks = set()
     for site in sites:
@@ -303,7 +321,7 @@ def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:
     return None
 
 
-def _conv_site(info: ConvInfo) -> _Site:
+def _conv_site(info: ConvInfo) -> InsertionSite:
     """After the conv, past a BatchNorm and an activation that only it feeds."""
     value = info.node.outputs[0]
     consumer = _sole_consumer(value)
@@ -314,7 +332,7 @@ def _conv_site(info: ConvInfo) -> _Site:
         value = consumer.outputs[0]
     elif (silu := _silu_output(value)) is not None:
         value = silu
-    return _Site(info, "conv", value, tuple(value.uses()))
+    return InsertionSite(info, "conv", value, tuple(value.uses()))
 
 
 def _silu_output(value: ir.Value) -> ir.Value | None:
@@ -328,7 +346,7 @@ def _silu_output(value: ir.Value) -> ir.Value | None:
     return None
 
 
-def _residual_sites(candidates: Sequence[ConvInfo]) -> Iterator[_Site]:
+def _residual_sites(candidates: Sequence[ConvInfo]) -> Iterator[InsertionSite]:
     """One site per residual Add: the branch operand, when it ends in one of the candidate convs."""
     by_node = {id(info.node): info for info in candidates}
     adds = {}
@@ -342,7 +360,7 @@ def _residual_sites(candidates: Sequence[ConvInfo]) -> Iterator[_Site]:
         index, conv = branch
         info = by_node.get(id(conv))
         if info is not None:
-            yield _Site(info, "residual", add.inputs[index], ((add, index),))
+            yield InsertionSite(info, "residual", add.inputs[index], ((add, index),))
 
 
 def _residual_adds_after(info: ConvInfo) -> Iterator[ir.Node]:
@@ -407,7 +425,7 @@ def _sole_consumer(value: ir.Value) -> ir.Node | None:
     return next(iter(uses)).node
 
 
-def _feature_dtype(site: _Site) -> ir.DataType:
+def _feature_dtype(site: InsertionSite) -> ir.DataType:
     dtype = site.anchor.dtype or site.conv.node.inputs[1].dtype
     if dtype is None:
         raise SeOnnxError(f"the element type of {site.anchor.name!r} is unknown")
@@ -439,16 +457,16 @@ def _refuse_quantized(graph: ir.Graph) -> None:
             )
 
 
-def _nothing_matches(placement: str, options: InsertOptions, skipped: Sequence[SkippedConv], conv_count: int) -> str:
-    if placement == "residual":
+def _nothing_matches(plan: InsertionPlan, options: InsertOptions) -> str:
+    if plan.placement == "residual":
         message = "no residual block (a conv branch Added to its shortcut) matches"
     else:
-        message = f"none of the model's {conv_count} convs matches the options"
+        message = f"none of the model's {plan.conv_count} convs matches the options"
     reasons: dict[str, int] = {}
-    for entry in skipped:
+    for entry in plan.skipped:
         reasons[entry.reason] = reasons.get(entry.reason, 0) + 1
     if reasons:
         message += " (skipped: " + "; ".join(f"{count} {reason}" for reason, count in reasons.items()) + ")"
-    if placement == "residual" and options.where == "residual":
+    if plan.placement == "residual":
         message += "; try --where conv"
     return message
