@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from se_onnx.detect import find_se
 from se_onnx.errors import SeOnnxError
 from se_onnx.naming import NameScope, names_in_use
 from se_onnx.se_block import MIN_OPSET, SEWeights, build_se_block, squeeze_width
@@ -196,7 +197,13 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
     if placement == "residual":
         sites = list(_residual_sites(candidates))
     else:
-        sites = [_conv_site(info) for info in candidates]
+        sites = []
+        se_inputs = {id(block.input) for block in find_se(model)}
+        for site in map(_conv_site, candidates):
+            if id(site.anchor) in se_inputs:
+                skipped.append(SkippedConv(site.conv.name, "already followed by an SE block"))
+            else:
+                sites.append(site)
     return InsertionPlan(placement, sites, skipped, len(convs))
 
 
@@ -333,6 +340,27 @@ def _conv_site(info: ConvInfo) -> InsertionSite:
     elif (silu := _silu_output(value)) is not None:
         value = silu
     return InsertionSite(info, "conv", value, tuple(value.uses()))
+
+
+def conv_before(value: ir.Value) -> ir.Node | None:
+    """The conv whose layer ends in `value` (the inverse of `_conv_site`), or None.
+
+    Walks back through an activation (or x·Sigmoid(x)) and a BatchNorm; an SE block is keyed by
+    this conv's name, so weights exported from one model find their place in another.
+    """
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Mul":
+        producer = _silu_input_producer(producer)
+    elif producer is not None and producer.op_type in _ACTIVATIONS:
+        producer = producer.inputs[0].producer()
+    if producer is not None and producer.op_type == "BatchNormalization":
+        producer = producer.inputs[0].producer()
+    return producer if producer is not None and _is_conv(producer) else None
+
+
+def _silu_input_producer(mul: ir.Node) -> ir.Node | None:
+    x = next((v for v in mul.inputs if v is not None and _silu_output(v) is mul.outputs[0]), None)
+    return x.producer() if x is not None else None
 
 
 def _silu_output(value: ir.Value) -> ir.Value | None:

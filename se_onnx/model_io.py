@@ -1,10 +1,12 @@
-"""Loading models with clear errors, and saving them atomically, checked, with external data kept."""
+"""Loading models with clear errors; writing models (checked, external data kept) and other files atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -84,6 +86,21 @@ def save_model(
         os.replace(staged_model, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path`, moved onto `path` only when the `with` block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(prefix=".se-onnx-", suffix=path.suffix, dir=path.parent)
+    os.close(descriptor)
+    try:
+        yield Path(staging)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
 
 
 def _weights_bytes(model: ir.Model) -> int:

@@ -11,7 +11,9 @@ from se_onnx.errors import SeOnnxError
 # Each module defines `register(subparsers)`, which adds its parser with `run` as its default.
 COMMAND_MODULES = (
     "insert",
+    "inspect",
     "verify",
+    "export_weights",
 )
 
 

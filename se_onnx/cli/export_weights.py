@@ -1,0 +1,36 @@
+"""`se-onnx export-weights`: write a model's SE weights to .npz for `insert --weights`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from se_onnx.cli._common import print_table
+from se_onnx.export_weights import export_se_weights
+from se_onnx.model_io import atomic_output, load_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export-weights",
+        help="write a model's SE weights to .npz",
+        description="Write the fc1/fc2 weights and biases of every SE block to a .npz file, keyed "
+        "'<conv>.fc1.weight' etc. by the conv each block follows, in PyTorch's Linear layout. "
+        "`se-onnx insert --weights FILE.npz` puts them back into a model with the same convs.",
+    )
+    parser.add_argument("model", help="ONNX model with SE blocks")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="where to write the weights")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    arrays = export_se_weights(load_model(args.model))
+    output = Path(args.output)
+    with atomic_output(output) as staging, open(staging, "wb") as file:
+        np.savez(file, **arrays)
+    blocks = sorted({key.rsplit(".", 2)[0] for key in arrays})
+    print_table(("block", "C", "squeeze"), [(b, *arrays[f"{b}.fc1.weight"].shape[::-1]) for b in blocks])
+    print(f"\n{len(blocks)} SE blocks' weights written to {output}")
+    return 0

@@ -1,0 +1,62 @@
+"""`se-onnx inspect`: show a model's opsets, signature, conv layers, SE insertion sites and SE blocks."""
+
+from __future__ import annotations
+
+import argparse
+
+from se_onnx.cli._common import print_json, print_table
+from se_onnx.inspect import ModelSummary, TensorSignature, inspect_model
+from se_onnx.model_io import load_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show conv layers, where SE can go, and the SE blocks a model has",
+        description="Show a model's opsets, inputs and outputs, conv layers (channels, kernel, group), "
+        "where `se-onnx insert` would place SE blocks, and the SE blocks the model already has.",
+    )
+    parser.add_argument("model", help="ONNX model")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = inspect_model(load_model(args.model))
+    if args.json:
+        print_json(summary.to_dict())
+    else:
+        _print_summary(args.model, summary)
+    return 0
+
+
+def _print_summary(path: str, summary: ModelSummary) -> None:
+    opsets = ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in summary.opsets.items())
+    print(f"{path}: IR version {summary.ir_version}, opsets {opsets}" + (f", from {summary.producer}" if summary.producer else ""))
+    for label, values in (("input", summary.inputs), ("output", summary.outputs)):
+        for value in values:
+            print(f"  {label:6}  {value.name}  {value.dtype}  {_shape(value)}")
+    print(f"\nConv layers: {len(summary.convs)}")
+    if summary.convs:
+        rows = [
+            (c.name, c.in_channels, c.out_channels, "×".join(map(str, c.kernel or ["?"])), c.group, "depthwise" if c.depthwise else "")
+            for c in summary.convs
+        ]
+        print_table(("name", "in", "out", "kernel", "group", ""), rows)
+    residual, conv = summary.insertion_sites["residual"], summary.insertion_sites["conv"]
+    print(f"\nSE can go: {len(residual)} residual branches (--where residual), {len(conv)} convs (--where conv)")
+    print(f"\nSE blocks: {len(summary.se_blocks)}")
+    if summary.se_blocks:
+        rows = []
+        for block in summary.se_blocks:
+            info = block.to_dict()
+            gate = info["gate"]
+            gate_text = gate["op_type"] if gate.get("alpha") is None else f"{gate['op_type']}({gate['alpha']:g}, {gate['beta']:g})"
+            rows.append((info["channels"], info["squeeze_channels"] or "-", info["activation"] or "-", gate_text, len(info["nodes"]), info["output"]))
+        print_table(("C", "squeeze", "activation", "gate", "nodes", "output"), rows)
+
+
+def _shape(value: TensorSignature) -> str:
+    if value.shape is None:
+        return "shape unknown"
+    return "[" + ", ".join("?" if dim is None else str(dim) for dim in value.shape) + "]"
