@@ -186,7 +186,8 @@ def build_se_block(
         raise SeOnnxError(f"opset {opset} is older than {MIN_OPSET}, the oldest se-onnx supports")
     batch = x.shape[0] if x.shape is not None and len(x.shape) > 0 else None
     per_channel = ir.Shape([batch, weights.channels])
-    block = _Tape(names, dtype, hidden_shape=ir.Shape([batch, weights.squeeze_channels]))
+    hidden_shape = ir.Shape([batch, weights.squeeze_channels])
+    block = _Tape(names, dtype)
     spatial_axes = list(range(2, 2 + spatial_rank))
 
     if opset >= REDUCE_MEAN_AXES_AS_INPUT:
@@ -197,8 +198,8 @@ def build_se_block(
         squeezed = block.op("ReduceMean", [x], attributes, "squeeze", per_channel)
 
     fc1 = [block.constant("fc1_weight", weights.fc1_weight), block.constant("fc1_bias", weights.fc1_bias)]
-    hidden = block.op("Gemm", [squeezed, *fc1], {"transB": 1}, "fc1")
-    hidden = _activate(block, hidden, activation)
+    hidden = block.op("Gemm", [squeezed, *fc1], {"transB": 1}, "fc1", hidden_shape)
+    hidden = _activate(block, hidden, activation, hidden_shape)
     fc2 = [block.constant("fc2_weight", weights.fc2_weight), block.constant("fc2_bias", weights.fc2_bias)]
     excited = block.op("Gemm", [hidden, *fc2], {"transB": 1}, "fc2", per_channel)
     if gate.op_type == "HardSigmoid":
@@ -220,29 +221,28 @@ def build_se_block(
     return BuiltBlock(block.nodes, block.initializers, output)
 
 
-def _activate(block: _Tape, hidden: ir.Value, activation: Activation) -> ir.Value:
+def _activate(block: _Tape, hidden: ir.Value, activation: Activation, shape: ir.Shape) -> ir.Value:
     if activation.op_type == "Relu":
-        return block.op("Relu", [hidden], None, "act")
+        return block.op("Relu", [hidden], None, "act", shape)
     if activation.op_type == "LeakyRelu":
-        return block.op("LeakyRelu", [hidden], {"alpha": activation.alpha}, "act")
+        return block.op("LeakyRelu", [hidden], {"alpha": activation.alpha}, "act", shape)
     if activation.op_type == "HardSwish":
-        return block.op("HardSwish", [hidden], None, "act")
+        return block.op("HardSwish", [hidden], None, "act", shape)
     if activation.op_type == "PRelu":
         slope = block.constant("act_slope", np.asarray(activation.slope))
-        return block.op("PRelu", [hidden, slope], None, "act")
+        return block.op("PRelu", [hidden, slope], None, "act", shape)
     if activation.op_type == "SiLU":
-        sigmoid = block.op("Sigmoid", [hidden], None, "act_sigmoid")
-        return block.op("Mul", [hidden, sigmoid], None, "act")
+        sigmoid = block.op("Sigmoid", [hidden], None, "act_sigmoid", shape)
+        return block.op("Mul", [hidden, sigmoid], None, "act", shape)
     raise SeOnnxError(f"unsupported SE activation {activation.op_type!r}")
 
 
 class _Tape:
     """Records the nodes and initializers of one block, each named from the block's scope."""
 
-    def __init__(self, names: NameScope, dtype: ir.DataType, hidden_shape: ir.Shape) -> None:
+    def __init__(self, names: NameScope, dtype: ir.DataType) -> None:
         self.names = names
         self.dtype = dtype
-        self.hidden_shape = hidden_shape
         self.nodes: list[ir.Node] = []
         self.initializers: list[ir.Value] = []
 
@@ -261,13 +261,13 @@ class _Tape:
         inputs: list[ir.Value],
         attributes: dict | None,
         stem: str,
-        shape: ir.Shape | None = None,
+        shape: ir.Shape | None,
     ) -> ir.Value:
-        """Add a node; its output has the block's dtype and `shape` (default: the hidden width)."""
+        """Add a node; its output has the block's dtype and `shape` (None: unknown)."""
         node = ir.node(op_type, inputs, attributes, name=self.names(stem), num_outputs=1)
         output = node.outputs[0]
         output.name = self.names(f"{stem}_output")
         output.type = ir.TensorType(self.dtype)
-        output.shape = self.hidden_shape if shape is None else shape
+        output.shape = shape
         self.nodes.append(node)
         return output

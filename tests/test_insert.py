@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import build_samples
 from se_onnx import InsertOptions, SeOnnxError, insert_se, load_model, save_model, verify
+from se_onnx.detect import find_se
 from se_onnx.runtime import make_session, random_inputs
 from se_onnx.se_block import IDENTITY_GATE_BIAS, SEWeights, squeeze_width
 
@@ -146,8 +147,6 @@ def test_conv_placement_goes_past_batchnorm_and_activation():
 
 
 def test_inserted_blocks_are_found_by_inspect_detector():
-    from se_onnx import find_se
-
     model, report = insert_se(_ir(build_samples.resnet_like(opset=18)), InsertOptions(where="conv"))
     blocks = find_se(model)
     assert len(blocks) == len(report.blocks)
@@ -275,11 +274,11 @@ def test_convs_inside_subgraphs_are_reported_as_skipped():
         [helper.make_node("Conv", ["y", "inner_w"], ["z"], name="inner_conv")],
         "branch",
         [],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3, 4, 4])],
         [inner_weight],
     )
     other = helper.make_graph(
-        [helper.make_node("Identity", ["y"], ["z2"], name="pass")], "other", [], [helper.make_tensor_value_info("z2", TensorProto.FLOAT, None)]
+        [helper.make_node("Identity", ["y"], ["z2"], name="pass")], "other", [], [helper.make_tensor_value_info("z2", TensorProto.FLOAT, ["N", 3, 4, 4])]
     )
     outer_weight = numpy_helper.from_array(np.ones((3, 3, 3, 3), np.float32), "outer_w")
     graph = helper.make_graph(
@@ -289,7 +288,7 @@ def test_convs_inside_subgraphs_are_reported_as_skipped():
         ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 4, 4])],
         [outer_weight],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
