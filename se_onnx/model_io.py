@@ -73,19 +73,27 @@ def save_model(
     staging = Path(tempfile.mkdtemp(prefix=".se-onnx-", dir=path.parent))
     try:
         staged_model = staging / path.name
-        ir.save(model, staged_model, external_data=data_name)
-        if check:
-            try:
-                onnx.checker.check_model(staged_model, full_check=True)
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-                raise SeOnnxError(
-                    f"the rewritten model fails onnx.checker, nothing was written: {_one_line(error)}"
-                ) from None
-        if data_name is not None:
+        if data_name is None:
+            # Serialize once and check those bytes: checking by path would read the file back.
+            serialized = ir.to_proto(model).SerializeToString()
+            if check:
+                _check(serialized)
+            staged_model.write_bytes(serialized)
+        else:
+            ir.save(model, staged_model, external_data=data_name)
+            if check:
+                _check(staged_model)
             os.replace(staging / data_name, path.parent / data_name)
         os.replace(staged_model, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check(model: bytes | Path) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise SeOnnxError(f"the rewritten model fails onnx.checker, nothing was written: {_one_line(error)}") from None
 
 
 @contextlib.contextmanager
