@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from se_onnx.bench import BenchOptions, BenchReport, benchmark, plot_report, se_cost
 from se_onnx.cli._common import print_json, print_table
 from se_onnx.errors import SeOnnxError
 from se_onnx.runtime import PROVIDERS
+
+if TYPE_CHECKING:
+    from se_onnx.bench import BenchReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every se-onnx command builds this parser, and only bench needs the timing code.
+    from se_onnx.bench import BenchOptions, benchmark, plot_report, se_cost
+
     if args.plot and not args.plot.lower().endswith(".png"):
         raise SeOnnxError(f"--plot writes a PNG; name the file *.png, not {args.plot!r}")
     options = BenchOptions(
