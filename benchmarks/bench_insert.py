@@ -53,6 +53,7 @@ class ScalingPoint:
     blocks: int
     seconds: float  # median of load_model + insert_se + save_model
     pass_seconds: float  # median of insert_se alone
+    cpu_seconds: float  # median CPU time of the whole, which a busy machine disturbs less
 
     @property
     def us_per_conv(self) -> float:
@@ -66,7 +67,7 @@ class Fit:
     intercept_s: float
     slope_us_per_conv: float
     r_squared: float
-    quadratic_share: float  # the fitted quadratic term's share of the time at the largest size
+    growth: float  # time per conv at the largest size over that at the smallest; 1 when linear
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,17 +142,18 @@ def _scaling(sizes: list[int], folder: Path, rounds: int) -> list[ScalingPoint]:
     for convs in sizes:
         source = folder / f"chain_{convs}.onnx"
         onnx.save(build_samples.conv_chain(convs), source)
-        totals, passes, blocks = [], [], 0
+        totals, passes, cpu, blocks = [], [], [], 0
         for _ in range(rounds):
-            start = time.perf_counter()
+            cpu_start, start = time.process_time(), time.perf_counter()
             model = load_model(source)
             pass_start = time.perf_counter()
             inserted, report = insert_se(model, InsertOptions(where="conv"))
             passes.append(time.perf_counter() - pass_start)
             save_model(inserted, folder / f"chain_{convs}_se.onnx")
             totals.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
             blocks = len(report.blocks)
-        points.append(ScalingPoint(convs, blocks, float(np.median(totals)), float(np.median(passes))))
+        points.append(ScalingPoint(convs, blocks, float(np.median(totals)), float(np.median(passes)), float(np.median(cpu))))
     return points
 
 
@@ -161,8 +163,8 @@ def _fit(points: list[ScalingPoint]) -> Fit:
     slope, intercept = np.polyfit(n, t, 1)
     predicted = intercept + slope * n
     r_squared = 1 - float(((t - predicted) ** 2).sum()) / max(float(((t - t.mean()) ** 2).sum()), 1e-30)
-    quadratic = np.polyfit(n, t, 2)[0] if len(points) >= 3 else 0.0
-    return Fit(float(intercept), float(slope) * 1e6, r_squared, float(quadratic * n.max() ** 2 / t.max()))
+    per_conv = t / n
+    return Fit(float(intercept), float(slope) * 1e6, r_squared, float(per_conv[n.argmax()] / per_conv[n.argmin()]))
 
 
 def _inference(source: Path, folder: Path, args: argparse.Namespace) -> dict:
@@ -195,12 +197,12 @@ def _print(results: dict, args: argparse.Namespace) -> None:
         points, fit = results["scaling"]["points"], results["scaling"]["fit"]
         print(f"Scaling on conv chains (--where conv, load + insert + checked save), median of {args.scaling_rounds}\n")
         _table(
-            ("convs", "blocks", "total", "insert_se", "µs / conv"),
-            [(p.convs, p.blocks, f"{p.seconds:.2f} s", f"{p.pass_seconds:.2f} s", f"{p.us_per_conv:.0f}") for p in points],
+            ("convs", "blocks", "total", "insert_se", "CPU", "µs / conv"),
+            [(p.convs, p.blocks, f"{p.seconds:.2f} s", f"{p.pass_seconds:.2f} s", f"{p.cpu_seconds:.2f} s", f"{p.us_per_conv:.0f}") for p in points],
         )
         print(
             f"fit: {fit.intercept_s:.3f} s + {fit.slope_us_per_conv:.0f} µs × convs, R² = {fit.r_squared:.4f}; "
-            f"a quadratic term would explain {fit.quadratic_share:.1%} of the largest size's time\n"
+            f"µs per conv at {points[-1].convs} convs / at {points[0].convs}: {fit.growth:.2f} (1.00 when linear)\n"
         )
     if "inference" in results:
         info = results["inference"]

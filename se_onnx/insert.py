@@ -7,18 +7,17 @@ that Conv+BN+activation fusions survive; or after convs chosen by name.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import re
 from collections import deque
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from se_onnx.detect import find_se
 from se_onnx.errors import SeOnnxError
+from se_onnx.gc_pause import collector_paused
 from se_onnx.naming import NameScope, names_in_use
 from se_onnx.se_block import MIN_OPSET, SEWeights, build_se_block, squeeze_width
 
@@ -216,7 +215,7 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
     unsupported (no conv, quantized convs, opset < 11), or nothing matches the placement.
     """
     opset = model_opset(model)
-    with _collector_paused():
+    with collector_paused():
         model = model.clone()
         plan = plan_insertion(model, options)
         if not plan.sites:
@@ -226,23 +225,6 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
         model.graph.sort()
     return model, InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
 
-
-@contextlib.contextmanager
-def _collector_paused() -> Generator[None, None, None]:
-    """Pause Python's cyclic garbage collector for the pass.
-
-    The pass allocates tens of objects per block and frees none of them, so every collection in
-    the meantime is wasted; full collections rescan the whole model, which made their share of
-    the time grow with model size (at 8k convs, half of the pass). Cycles left unreferenced are
-    collected as usual once the collector is back on.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def model_opset(model: ir.Model) -> int:

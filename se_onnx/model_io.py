@@ -13,6 +13,7 @@ import onnx
 import onnx_ir as ir
 
 from se_onnx.errors import SeOnnxError
+from se_onnx.gc_pause import collector_paused
 
 # Protobuf cannot serialize a model of 2 GiB or more; past this many bytes of weights, weights go
 # to an external data file even when the source model kept them inline.
@@ -29,7 +30,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if not path.is_file():
         raise SeOnnxError(f"{path}: no such file")
     try:
-        model = ir.load(path)
+        with collector_paused():
+            model = ir.load(path)
     except Exception as error:  # protobuf raises several unrelated types for a bad file
         raise SeOnnxError(f"{path}: not a valid ONNX model ({_one_line(error)})") from None
     if model.ir_version < 3 or (len(model.graph) == 0 and not model.graph.outputs):
@@ -110,7 +112,8 @@ def _encode(model: ir.Model) -> list[bytes | memoryview]:
                 "", None, None, dtype=tensor.dtype, shape=tensor.shape, name=value.name, doc_string=tensor.doc_string
             )
     try:
-        proto = ir.to_proto(model)
+        with collector_paused():
+            proto = ir.to_proto(model)
     finally:
         for name, tensor in diverted.items():
             model.graph.initializers[name].const_value = tensor
