@@ -1,0 +1,343 @@
+"""Rewrites every SE block of a model into one form: canonical, one function node each, or fastest.
+
+Forms (`fuse_se(model, form=...)`):
+
+- ``canonical``: the insertion pass's form, ReduceMean → Gemm → activation → Gemm → gate →
+  Unsqueeze → Mul, with separate bias Adds folded into the Gemm biases and the gate kept as it was
+  (a HardSigmoid keeps its alpha/beta; a written-out hard sigmoid becomes a HardSigmoid).
+- ``function``: each block is one ``se_onnx.SqueezeExcitation`` node backed by a model-local
+  function, so a graph viewer shows one node per block. The node carries the block's attributes
+  (channels, squeeze_channels, activation, gate, gate_alpha/gate_beta) and takes the weights as
+  inputs from initializers. Bodies differ by activation, gate, layer count and spatial rank, so
+  each distinct body is an overload of the one function name (overloads need IR version 10).
+  ONNX Runtime inlines model-local functions, so any ONNX Runtime runs it; `unfuse_se` inlines
+  them back with onnx-ir's inliner.
+- ``fastest``: the candidate form that ONNX Runtime runs fastest on the chosen provider, measured
+  on this model: the original, ``canonical``, and ``conv`` (GlobalAveragePool → 1×1 Conv →
+  activation → 1×1 Conv → gate → Mul, torchvision's form). The original is kept unless a
+  candidate beats it by more than `MIN_GAIN`, so the result is never measurably slower.
+
+Why the conv form usually wins on the CPU provider: ONNX Runtime's NCHWc layout transformer
+(AVX2/AVX-512 machines) runs convolutions in a channel-blocked layout and keeps GlobalAveragePool,
+1×1 Conv (with Relu/Sigmoid/HardSigmoid fused into the conv) and the broadcast Mul in that layout,
+so an SE block in the conv form costs no layout change. ReduceMean, Gemm and Unsqueeze are not
+NCHWc ops: the canonical form makes ORT reorder the feature map back to NCHW before the squeeze
+and the rescaled output back to blocked layout after the Mul, two full-tensor copies per block,
+which outweigh the tiny excitation itself. Where the model is already in the conv form (the
+torchvision exports) the original is as fast as anything and is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import InlinePass, RemoveUnusedNodesPass
+
+from se_onnx.detect import SEBlock, detect
+from se_onnx.errors import SeOnnxError
+from se_onnx.insert import model_opset
+from se_onnx.naming import NameScope, names_in_use
+from se_onnx.runtime import make_session, random_inputs
+from se_onnx.se_block import (
+    ACTIVATION_ALPHA,
+    GATE_ALPHA,
+    GATE_BETA,
+    BuiltBlock,
+    build_excitation,
+    build_se_function_body,
+)
+from se_onnx.strip import redirect
+
+FORMS = ("canonical", "function", "fastest")
+# What `fastest` times: the model as given, and the block layouts `se_block` can build.
+CANDIDATES = ("original", "canonical", "conv")
+SE_DOMAIN = "se_onnx"
+FUNCTION_NAME = "SqueezeExcitation"
+# Function overloads arrived in IR version 10.
+FUNCTION_IR_VERSION = 10
+# A candidate must be this much faster than the original (median ratio below 1 - MIN_GAIN) to be
+# chosen: smaller gains are within run-to-run noise and could be a slowdown in disguise.
+MIN_GAIN = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class FormTiming:
+    """One candidate form's latency, measured interleaved with the original's."""
+
+    form: str
+    median_ms: float  # median over rounds of the mean latency of one run
+    ratio: float  # median over rounds of (this form's latency / the original's in the same round)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class FuseReport:
+    """What `fuse_se` did: the form asked for, the form written, the blocks, and any timings."""
+
+    form: str
+    written: str  # canonical, function, conv, or original (fastest kept the model as it was)
+    blocks: list[dict]  # each block's `SEBlock.to_dict()`, names as in the input model
+    provider: str | None = None  # fastest only
+    timings: list[FormTiming] = dataclasses.field(default_factory=list)  # fastest only
+
+    def to_dict(self) -> dict:
+        return {
+            "form": self.form,
+            "written": self.written,
+            "provider": self.provider,
+            "timings": [timing.to_dict() for timing in self.timings],
+            "blocks": self.blocks,
+        }
+
+
+@dataclasses.dataclass
+class UnfuseReport:
+    """What `unfuse_se` inlined."""
+
+    blocks_inlined: int
+    functions_removed: list[str]  # "domain::name:overload" of each function dropped
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def fuse_se(
+    model: ir.Model,
+    form: str = "canonical",
+    *,
+    provider: str = "cpu",
+    rounds: int = 7,
+    runs: int = 10,
+    batch: int = 1,
+) -> tuple[ir.Model, FuseReport]:
+    """A copy of `model` with every SE block rewritten into `form` (see the module docstring).
+
+    `provider`, `rounds`, `runs` and `batch` set how `fastest` measures. The input model is not
+    modified. Raises SeOnnxError for an unknown form or a model without SE blocks.
+    """
+    if form not in FORMS:
+        raise SeOnnxError(f"--form must be one of {', '.join(FORMS)}, not {form!r}")
+    blocks = [block.to_dict() for block in _blocks(model)]
+    if form == "canonical":
+        return _rewrite(model, _layout_builder("gemm")), FuseReport(form, form, blocks)
+    if form == "function":
+        return _to_functions(model), FuseReport(form, form, blocks)
+    candidates = {
+        "original": model,
+        "canonical": _rewrite(model, _layout_builder("gemm")),
+        "conv": _rewrite(model, _layout_builder("conv")),
+    }
+    timings = measure_forms(candidates, provider=provider, rounds=rounds, runs=runs, batch=batch)
+    best = min(timings, key=lambda timing: timing.ratio)
+    written = best.form if best.ratio < 1.0 - MIN_GAIN else "original"
+    fused = model.clone() if written == "original" else candidates[written]
+    return fused, FuseReport(form, written, blocks, provider, timings)
+
+
+def unfuse_se(model: ir.Model) -> tuple[ir.Model, UnfuseReport]:
+    """A copy of `model` with every `se_onnx.SqueezeExcitation` call inlined (the inverse of the
+    function form). Raises SeOnnxError when the model has no such call."""
+    model = model.clone()
+    calls = [node for node in model.graph if node.domain == SE_DOMAIN and node.op_type == FUNCTION_NAME]
+    if not calls:
+        raise SeOnnxError(f"the model has no {SE_DOMAIN}.{FUNCTION_NAME} node to unfuse")
+    removed = [f"{d}::{n}:{o}" if o else f"{d}::{n}" for (d, n, o) in model.functions if d == SE_DOMAIN]
+    InlinePass(criteria=lambda function: function.domain == SE_DOMAIN)(model)
+    if not any(node.domain == SE_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)):
+        model.opset_imports.pop(SE_DOMAIN, None)
+    model.graph.sort()
+    return model, UnfuseReport(len(calls), removed)
+
+
+def measure_forms(
+    models: Mapping[str, ir.Model], *, provider: str = "cpu", rounds: int = 7, runs: int = 10, batch: int = 1
+) -> list[FormTiming]:
+    """Latency of each model relative to ``models["original"]`` in ONNX Runtime.
+
+    Every round runs each model `runs` times, in an order that rotates between rounds so that no
+    form always runs first (caches, clock boosts); the ratio of each form to the original within a
+    round cancels slow drifts of the machine, and the median over rounds discards outliers.
+    """
+    if "original" not in models:
+        raise ValueError("measure_forms needs the original model under 'original'")
+    if rounds < 1 or runs < 1:
+        raise SeOnnxError("rounds and runs must be at least 1")
+    sessions = {name: make_session(ir.to_proto(model).SerializeToString(), provider) for name, model in models.items()}
+    feeds = random_inputs(sessions["original"], batch=batch)
+    for session in sessions.values():  # warm-up: allocations, kernel selection
+        for _ in range(2):
+            session.run(None, feeds)
+    names = list(sessions)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        order = names[index % len(names):] + names[: index % len(names)]
+        for name in order:
+            session = sessions[name]
+            start = time.perf_counter()
+            for _ in range(runs):
+                session.run(None, feeds)
+            latencies[name].append((time.perf_counter() - start) / runs)
+    original = latencies["original"]
+    return [
+        FormTiming(
+            form=name,
+            median_ms=statistics.median(latencies[name]) * 1e3,
+            ratio=statistics.median(t / o for t, o in zip(latencies[name], original)),
+        )
+        for name in names
+    ]
+
+
+# --- Rewriting -----------------------------------------------------------------------------------
+
+
+def _blocks(model: ir.Model) -> list[SEBlock]:
+    blocks = detect(model).blocks
+    if not blocks:
+        raise SeOnnxError("the model has no SE block (se-onnx inspect lists near-misses with --json)")
+    return blocks
+
+
+# Builds a block's replacement over the feature map x; returns the value that stands for its output.
+_Builder = Callable[[ir.Model, SEBlock, ir.Value, int, NameScope], ir.Value]
+
+
+def _rewrite(model: ir.Model, build: _Builder) -> ir.Model:
+    """A copy of `model` with each SE block replaced by what `build` makes for it."""
+    model = model.clone()
+    opset = model_opset(model)
+    names = NameScope(names_in_use(model))
+    graph = model.graph
+    # A block may rescale the output of the block before it, which that block's rewrite replaced.
+    replaced: dict[ir.Value, ir.Value] = {}
+    for index, block in enumerate(_blocks(model)):
+        scope = names.child(f"{block.rescale.name or f'se_{index}'}/")
+        output = build(model, block, replaced.get(block.input, block.input), opset, scope)
+        redirect(graph, block.output, output, names)
+        replaced[block.output] = output
+        graph.remove(block.nodes, safe=True)
+    RemoveUnusedNodesPass()(model)  # the old blocks' weights
+    graph.sort()
+    return model
+
+
+def _layers(block: SEBlock) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(layer.weight, layer.bias) for layer in block.layers]
+
+
+def _layout_builder(layout: str) -> _Builder:
+    def build(model: ir.Model, block: SEBlock, x: ir.Value, opset: int, names: NameScope) -> ir.Value:
+        built = build_excitation(
+            x,
+            _layers(block),
+            spatial_rank=block.spatial_rank,
+            opset=opset,
+            dtype=block.dtype,
+            names=names,
+            activation=block.activation,
+            gate=block.gate,
+            layout=layout,
+        )
+        _add(model.graph, built)
+        _keep_output_type(built.output, block.output)
+        return built.output
+
+    return build
+
+
+def _add(graph: ir.Graph, built: BuiltBlock) -> None:
+    for initializer in built.initializers:
+        graph.register_initializer(initializer)
+    graph.extend(built.nodes)
+
+
+def _keep_output_type(new: ir.Value, old: ir.Value) -> None:
+    new.type = old.type or new.type
+    new.shape = old.shape or new.shape
+
+
+def _to_functions(model: ir.Model) -> ir.Model:
+    functions: dict[str, ir.Function] = {}
+
+    def build(model: ir.Model, block: SEBlock, x: ir.Value, opset: int, names: NameScope) -> ir.Value:
+        body = build_se_function_body(
+            _layers(block),
+            spatial_rank=block.spatial_rank,
+            opset=opset,
+            dtype=block.dtype,
+            activation=block.activation,
+            gate=block.gate,
+        )
+        overload = _overload(block)
+        if overload not in functions:
+            functions[overload] = _function(body, overload, opset)
+        weights = []
+        for value, array in zip(body.inputs[1:], body.arguments):
+            tensor = ir.tensor(array, dtype=block.dtype, name=names(value.name))
+            weight = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(block.dtype), const_value=tensor)
+            model.graph.register_initializer(weight)
+            weights.append(weight)
+        node = ir.Node(
+            SE_DOMAIN,
+            FUNCTION_NAME,
+            [x, *weights],
+            _call_attributes(block),
+            overload=overload,
+            num_outputs=1,
+            name=names(FUNCTION_NAME),
+        )
+        model.graph.append(node)
+        output = node.outputs[0]
+        output.name = names("output")
+        _keep_output_type(output, block.output)
+        return output
+
+    model = _rewrite(model, build)
+    for function in functions.values():
+        model.functions[function.identifier()] = function
+    model.opset_imports[SE_DOMAIN] = 1
+    model.ir_version = max(model.ir_version, FUNCTION_IR_VERSION)
+    return model
+
+
+def _overload(block: SEBlock) -> str:
+    """The name of the function body a block needs: what varies between bodies."""
+    activation = block.activation.op_type.lower() if block.activation else "one_layer"
+    return f"{activation}_{block.gate.op_type.lower()}_{block.spatial_rank}d"
+
+
+def _function(body: BuiltBlock, overload: str, opset: int) -> ir.Function:
+    graph = ir.Graph(body.inputs, [body.output], nodes=body.nodes, opset_imports={"": opset}, name=FUNCTION_NAME)
+    body.output.name = "Y"
+    attributes = [
+        ir.Attr("channels", ir.AttributeType.INT, None),
+        ir.Attr("squeeze_channels", ir.AttributeType.INT, None),
+        ir.Attr("activation", ir.AttributeType.STRING, None),
+        ir.Attr("gate", ir.AttributeType.STRING, None),
+        # The ONNX defaults of HardSigmoid and LeakyRelu; a call sets the block's own values.
+        ir.Attr(GATE_ALPHA, ir.AttributeType.FLOAT, 0.2),
+        ir.Attr(GATE_BETA, ir.AttributeType.FLOAT, 0.5),
+        ir.Attr(ACTIVATION_ALPHA, ir.AttributeType.FLOAT, 0.01),
+    ]
+    return ir.Function(SE_DOMAIN, FUNCTION_NAME, overload, graph=graph, attributes=attributes)
+
+
+def _call_attributes(block: SEBlock) -> list[ir.Attr]:
+    attributes = [
+        ir.AttrInt64("channels", block.channels),
+        ir.AttrInt64("squeeze_channels", block.squeeze_channels or 0),
+        ir.AttrString("activation", block.activation.op_type if block.activation else "none"),
+        ir.AttrString("gate", block.gate.op_type),
+    ]
+    if block.gate.op_type == "HardSigmoid":
+        attributes += [ir.AttrFloat32(GATE_ALPHA, block.gate.alpha), ir.AttrFloat32(GATE_BETA, block.gate.beta)]
+    if block.activation is not None and block.activation.alpha is not None:
+        attributes.append(ir.AttrFloat32(ACTIVATION_ALPHA, block.activation.alpha))
+    return attributes
