@@ -284,7 +284,9 @@ def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node
     excitation, offset = _split_constant_operand(shift)
     if offset is None or offset.size != 1:
         raise _Mismatch(Stage.GATE, "hard-sigmoid Add has no scalar constant offset")
-    gate = Gate("HardSigmoid", alpha=1.0 / high, beta=float(offset.item()) / high)
+    # Rounded to float32, the precision a HardSigmoid attribute holds, so a fused model reports the same gate.
+    alpha, beta = (float(np.float32(v)) for v in (1.0 / high, float(offset.item()) / high))
+    gate = Gate("HardSigmoid", alpha=alpha, beta=beta)
     return gate, (shift, clip, scale), excitation
 
 
@@ -612,8 +614,12 @@ def _static_rank(value: ir.Value) -> int | None:
 
 
 def _float_attribute(node: ir.Node, name: str, default: float | None) -> float | None:
+    """The attribute's value; a default as the float32 an explicit attribute would hold, so that
+    HardSigmoid() and HardSigmoid(alpha=0.2) report the same gate."""
     attribute = node.attributes.get(name)
-    return default if attribute is None else float(attribute.value)
+    if attribute is None:
+        return None if default is None else float(np.float32(default))
+    return float(attribute.value)
 
 
 def _int_attribute(node: ir.Node, name: str, default: int) -> int:

@@ -14,6 +14,9 @@ COMMAND_MODULES = (
     "inspect",
     "verify",
     "export_weights",
+    "fuse",
+    "unfuse",
+    "strip",
 )
 
 
