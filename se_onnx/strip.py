@@ -37,8 +37,11 @@ def strip_se(model: ir.Model) -> tuple[ir.Model, StripReport]:
     described = [block.to_dict() for block in blocks]
     names = NameScope(names_in_use(model))
     node_count, initializer_count = len(model.graph), len(model.graph.initializers)
+    # A block may rescale the output of the block before it, which is bypassed by then.
+    replaced: dict[ir.Value, ir.Value] = {}
     for block in blocks:
-        redirect(model.graph, block.output, block.input, names)
+        replaced[block.output] = replaced.get(block.input, block.input)
+        redirect(model.graph, block.output, replaced[block.output], names)
     RemoveUnusedNodesPass()(model)
     model.graph.sort()
     report = StripReport(

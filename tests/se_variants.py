@@ -95,7 +95,7 @@ def se_model(variant: Variant = Variant()) -> onnx.ModelProto:
     h = trunk.op("Relu", [h], "relu")
     for index in range(variant.blocks):
         h = _se_block(se, h, variant, f"se{index}/")
-    if not (variant.se_is_output and variant.blocks):
+    if not variant.se_is_output:
         trunk.op("Conv", [h, trunk.weight("head_w", c, c, *([1] * rank))], "head")
     return _model(trunk, variant, x)
 
