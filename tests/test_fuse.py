@@ -160,7 +160,7 @@ def test_conv_layout_candidate_keeps_outputs(tmp_path):
     """The conv candidate from a Gemm/MatMul model with a PRelu and a one-layer block."""
     for variant in (Variant(layer="matmul", squeeze="reducemean", activation="prelu"), Variant(layer="gemm", squeeze="reducemean", activation="none", spatial=(10,))):
         original = se_model(variant)
-        model = fuse_module._rewrite(ir.from_proto(original), fuse_module._layout_builder("conv"))
+        model = fuse_module.rebuild_se(ir.from_proto(original), "conv")
         fused = _saved(model, tmp_path / "conv.onnx")
         _assert_same_outputs(original, fused, variant.dtype)
         assert _ops(fused)["Gemm"] == _ops(fused)["MatMul"] == 0
