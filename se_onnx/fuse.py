@@ -174,13 +174,18 @@ def measure_forms(
 
     Every round runs each model `runs` times, in an order that rotates between rounds so that no
     form always runs first (caches, clock boosts); the ratio of each form to the original within a
-    round cancels slow drifts of the machine, and the median over rounds discards outliers.
+    round cancels slow drifts of the machine, and the median over rounds discards outliers. The
+    sessions' threads do not spin between runs: a session's spinning threads would otherwise steal
+    the cores of the session timed after it.
     """
     if "original" not in models:
         raise ValueError("measure_forms needs the original model under 'original'")
     if rounds < 1 or runs < 1:
         raise SeOnnxError("rounds and runs must be at least 1")
-    sessions = {name: make_session(ir.to_proto(model).SerializeToString(), provider) for name, model in models.items()}
+    sessions = {
+        name: make_session(ir.to_proto(model).SerializeToString(), provider, spinning=False)
+        for name, model in models.items()
+    }
     feeds = random_inputs(sessions["original"], batch=batch)
     for session in sessions.values():  # warm-up: allocations, kernel selection
         for _ in range(2):
