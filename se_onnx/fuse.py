@@ -215,10 +215,14 @@ def measure_forms(
 
 
 def _blocks(model: ir.Model) -> list[SEBlock]:
-    blocks = detect(model).blocks
-    if not blocks:
-        raise SeOnnxError("the model has no SE block (se-onnx inspect lists near-misses with --json)")
-    return blocks
+    detection = detect(model)
+    if not detection.blocks:
+        hint = ""
+        if detection.near_misses:
+            miss = detection.near_misses[0]
+            hint = f" ({len(detection.near_misses)} near-misses, see se-onnx inspect; {miss.node!r}: {miss.reason})"
+        raise SeOnnxError(f"the model has no SE block{hint}")
+    return detection.blocks
 
 
 # Builds a block's replacement over the feature map x; returns the value that stands for its output.

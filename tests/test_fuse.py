@@ -177,6 +177,8 @@ def test_fuse_does_not_modify_its_input():
 def test_fuse_refuses_a_model_without_se_blocks_and_an_unknown_form():
     with pytest.raises(SeOnnxError, match="no SE block"):
         fuse_se(ir.from_proto(negative_model("classifier_head")), "canonical")
+    with pytest.raises(SeOnnxError, match="1 near-misses.*not 1×1"):
+        fuse_se(ir.from_proto(se_model(Variant(first_kernel=3))), "function")
     with pytest.raises(SeOnnxError, match="--form"):
         fuse_se(ir.from_proto(se_model()), "smallest")
     with pytest.raises(SeOnnxError, match="SqueezeExcitation"):

@@ -77,3 +77,13 @@ def test_inspect_lists_the_detector_fields(tmp_path):
     assert result.returncode == 0, result.stderr
     section = result.stdout.split("SE blocks: 1", 1)[1]
     assert "- (1 layer)" in section and "HardSigmoid(0.1667, 0.5)" in section and "ReduceMean/Gemm" in section
+
+
+def test_inspect_lists_near_misses_with_reasons(tmp_path):
+    source = tmp_path / "model.onnx"
+    onnx.save(se_model(Variant(first_kernel=3)), source)
+    result = _cli("inspect", str(source))
+    assert result.returncode == 0, result.stderr
+    assert "SE blocks: 0" in result.stdout and "SE near-misses: 1" in result.stdout and "not 1×1" in result.stdout
+    summary = json.loads(_cli("inspect", str(source), "--json").stdout)
+    assert summary["se_near_misses"][0]["stage"] == "activation"

@@ -49,6 +49,9 @@ def _print_summary(path: str, summary: ModelSummary) -> None:
     print(f"\nSE blocks: {len(summary.se_blocks)}")
     if summary.se_blocks:
         print_blocks([block.to_dict() for block in summary.se_blocks])
+    if summary.se_near_misses:
+        print(f"\nSE near-misses: {len(summary.se_near_misses)}")
+        print_table(("Mul", "failed at", "reason"), [(m.node, m.stage.name.lower(), m.reason) for m in summary.se_near_misses])
 
 
 def _shape(value: TensorSignature) -> str:
