@@ -407,7 +407,8 @@ def _per_channel(array: np.ndarray, channels: int, trailing_unit_dims: int, stag
 
 
 def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node, ...], ir.Value]:
-    """Pattern: Relu | LeakyRelu | PRelu | HardSwish | h·Sigmoid(h) (SiLU), or nothing when the
+    """Pattern: Relu | LeakyRelu | PRelu | HardSwish | h·Sigmoid(h) (SiLU) | h·HardSigmoid(h)
+    (HardSwish before opset 14), or nothing when the
     value comes straight from the squeeze (the one-layer "effective SE" variant)."""
     node = value.producer()
     if node is None or node.domain != "":
@@ -429,12 +430,19 @@ def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node
 
 
 def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ...], ir.Value]:
+    """h·Sigmoid(h) is SiLU; h·HardSigmoid(h; 1/6, 0.5) is HardSwish as written before opset 14."""
     for index in (0, 1):
         hidden, other = mul.inputs[index], mul.inputs[1 - index]
-        sigmoid = other.producer() if other is not None else None
-        if sigmoid is not None and sigmoid.op_type == "Sigmoid" and sigmoid.inputs[0] is hidden:
-            return Activation("SiLU"), (sigmoid, mul), hidden
-    raise _Mismatch(Stage.ACTIVATION, "Mul between the excitation layers is not h·Sigmoid(h)")
+        gate = other.producer() if other is not None else None
+        if gate is None or gate.domain != "" or gate.inputs[0] is not hidden:
+            continue
+        if gate.op_type == "Sigmoid":
+            return Activation("SiLU"), (gate, mul), hidden
+        if gate.op_type == "HardSigmoid" and np.allclose(
+            [_float_attribute(gate, "alpha", 0.2), _float_attribute(gate, "beta", 0.5)], [1 / 6, 0.5], rtol=_CONSTANT_RTOL
+        ):
+            return Activation("HardSwish"), (gate, mul), hidden
+    raise _Mismatch(Stage.ACTIVATION, "Mul between the excitation layers is not h·Sigmoid(h) or h·HardSigmoid(h)")
 
 
 def _prelu_slope(slope: np.ndarray) -> np.ndarray:

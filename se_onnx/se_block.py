@@ -2,7 +2,9 @@
 
 squeeze (ReduceMean over the spatial axes) → Gemm (C → S) → activation → Gemm (S → C) → gate
 → Unsqueeze back to the feature map's rank → Mul with the feature map. The insertion pass writes
-this form, and fusing rewrites the blocks it finds into it.
+this form, and fusing rewrites the blocks it finds into it. The same builder also writes the
+"conv" layout (GlobalAveragePool → 1×1 Conv … → Mul), one-layer blocks, and the body of the
+function that the fuse pass's function form calls.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from se_onnx.naming import NameScope
 # Opsets at which an op moved a list attribute to an input.
 REDUCE_MEAN_AXES_AS_INPUT = 18
 UNSQUEEZE_AXES_AS_INPUT = 13
+# The opset that introduced HardSwish; before it, hardswish is written h·HardSigmoid(h).
+HARD_SWISH_OPSET = 14
 MIN_OPSET = 11
 
 # sigmoid(IDENTITY_GATE_BIAS) rounds to exactly 1 in fp32, fp16 and bf16.
@@ -278,7 +282,7 @@ def _build(
     for index, ((weight, bias), stem) in enumerate(zip(layers, stems)):
         if index == 1:
             assert activation is not None
-            value = _activate(block, value, activation, shape(weight.shape[1]), unit_dims)
+            value = _activate(block, value, activation, shape(weight.shape[1]), unit_dims, opset)
         out_features = int(weight.shape[0])
         if conv:
             weight = np.reshape(weight, (out_features, weight.shape[1], *unit_dims))
@@ -306,14 +310,20 @@ def _build(
     return BuiltBlock(block.nodes, block.initializers, output, block.inputs, block.arguments)
 
 
-def _activate(block: _Tape, hidden: ir.Value, activation: Activation, shape: ir.Shape, unit_dims: list[int]) -> ir.Value:
+def _activate(
+    block: _Tape, hidden: ir.Value, activation: Activation, shape: ir.Shape, unit_dims: list[int], opset: int
+) -> ir.Value:
     if activation.op_type == "Relu":
         return block.op("Relu", [hidden], None, "act", shape)
     if activation.op_type == "LeakyRelu":
         alpha = block.attribute("alpha", ACTIVATION_ALPHA, activation.alpha)
         return block.op("LeakyRelu", [hidden], {"alpha": alpha}, "act", shape)
-    if activation.op_type == "HardSwish":
+    if activation.op_type == "HardSwish" and opset >= HARD_SWISH_OPSET:
         return block.op("HardSwish", [hidden], None, "act", shape)
+    if activation.op_type == "HardSwish":
+        attributes = {"alpha": 1 / 6, "beta": 0.5}
+        gate = block.op("HardSigmoid", [hidden], attributes, "act_hardsigmoid", shape)
+        return block.op("Mul", [hidden, gate], None, "act", shape)
     if activation.op_type == "PRelu":
         # A per-channel slope broadcasts over N × S (gemm) or N × S × 1… (conv).
         slope = np.asarray(activation.slope)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-ACTIVATIONS = ("relu", "silu", "silu_decomposed", "hardswish", "leakyrelu", "prelu", "none")
+ACTIVATIONS = ("relu", "silu", "silu_decomposed", "hardswish", "hardswish_decomposed", "leakyrelu", "prelu", "none")
 GATES = ("sigmoid", "hardsigmoid_torch", "hardsigmoid_paddle", "hardsigmoid_default", "clip_div", "clip_mul")
 SQUEEZES = ("gap", "reducemean", "reducemean_keepdims")
 
@@ -202,6 +202,8 @@ def _activation(g: _Graph, h: str, v: Variant, prefix: str) -> str:
         return g.op("Relu", [h], stem)
     if v.activation == "hardswish":
         return g.op("HardSwish", [h], stem)
+    if v.activation == "hardswish_decomposed":  # PyTorch's hardswish exported below opset 14
+        return g.op("Mul", [h, g.op("HardSigmoid", [h], stem + "_hardsigmoid", alpha=1 / 6, beta=0.5)], stem)
     if v.activation == "leakyrelu":
         return g.op("LeakyRelu", [h], stem, alpha=0.1)
     if v.activation == "prelu":
@@ -365,6 +367,8 @@ POSITIVES = (
     Variant(activation="silu"),  # efficientnet: SiLU written as x·Sigmoid(x)
     Variant(activation="silu_decomposed"),
     Variant(activation="hardswish"),
+    Variant(opset=13, activation="hardswish_decomposed"),
+    Variant(opset=11, activation="hardswish_decomposed", layer="gemm", squeeze="reducemean"),
     Variant(activation="leakyrelu"),
     Variant(activation="prelu"),
     Variant(activation="prelu", layer="gemm", squeeze="reducemean"),
