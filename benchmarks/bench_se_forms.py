@@ -98,6 +98,11 @@ def main() -> int:
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
+        return 0
+    timed = [row for row in rows if "fastest" in row]
+    slower = [row["model"] for row in timed if row["fastest"] > 1.0]
+    verdict = "yes" if not slower else f"no ({', '.join(slower)})"
+    print(f"\nfastest ≤ 1.00× the original on every model: {verdict}")
     return 0
 
 

@@ -301,7 +301,9 @@ def _to_functions(model: ir.Model) -> ir.Model:
         weights = []
         for value, array in zip(body.inputs[1:], body.arguments):
             tensor = ir.tensor(array, dtype=block.dtype, name=names(value.name))
-            weight = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(block.dtype), const_value=tensor)
+            weight = ir.Value(
+                name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(block.dtype), const_value=tensor
+            )
             model.graph.register_initializer(weight)
             weights.append(weight)
         node = ir.Node(

@@ -291,7 +291,10 @@ def _build(
         value = block.op(op, [value, *operands], attributes, stem, shape(out_features))
 
     if gate.op_type == "HardSigmoid":
-        attributes = {"alpha": block.attribute("alpha", GATE_ALPHA, gate.alpha), "beta": block.attribute("beta", GATE_BETA, gate.beta)}
+        attributes = {
+            "alpha": block.attribute("alpha", GATE_ALPHA, gate.alpha),
+            "beta": block.attribute("beta", GATE_BETA, gate.beta),
+        }
         scale = block.op("HardSigmoid", [value], attributes, "gate", shape(channels))
     elif gate.op_type == "Sigmoid":
         scale = block.op("Sigmoid", [value], None, "gate", shape(channels))

@@ -59,8 +59,8 @@ def redirect(graph: ir.Graph, output: ir.Value, replacement: ir.Value, names: Na
     if not output.is_graph_output():
         output.replace_all_uses_with(replacement)
         return
-    fresh = not (replacement.uses() or replacement.is_graph_input() or replacement.is_graph_output() or replacement.is_initializer())
-    if fresh:
+    used = replacement.uses() or replacement.is_graph_input() or replacement.is_graph_output()
+    if not (used or replacement.is_initializer()):
         kept = replacement
     else:
         identity = ir.node("Identity", [replacement], name=names("se_strip_identity"), num_outputs=1)

@@ -45,7 +45,9 @@ class Variant:
     def id(self) -> str:
         default = Variant()
         fields = dataclasses.fields(self)
-        changed = [f"{f.name}={getattr(self, f.name)}" for f in fields if getattr(self, f.name) != getattr(default, f.name)]
+        changed = [
+            f"{f.name}={getattr(self, f.name)}" for f in fields if getattr(self, f.name) != getattr(default, f.name)
+        ]
         return ",".join(changed) or "default"
 
 
@@ -91,7 +93,8 @@ def se_model(variant: Variant = Variant()) -> onnx.ModelProto:
     c = variant.channels
     rank = len(variant.spatial)
     x = "x"
-    h = trunk.op("Conv", [x, trunk.weight("conv_w", c, 3, *([3] * rank)), trunk.weight("conv_b", c)], "conv", pads=[1] * 2 * rank)
+    conv_weights = [trunk.weight("conv_w", c, 3, *([3] * rank)), trunk.weight("conv_b", c)]
+    h = trunk.op("Conv", [x, *conv_weights], "conv", pads=[1] * 2 * rank)
     h = trunk.op("Relu", [h], "relu")
     for index in range(variant.blocks):
         h = _se_block(se, h, variant, f"se{index}/")

@@ -66,7 +66,8 @@ def test_leaky_relu_reports_its_slope():
 @pytest.mark.parametrize("layer", ["conv", "gemm", "matmul"])
 def test_separate_bias_adds_and_gemm_scales_are_folded_into_the_weights(layer):
     """The normalized weights recompute the block's excitation exactly (checked in numpy)."""
-    variant = Variant(layer=layer, bias="both" if layer != "matmul" else "add", squeeze="gap" if layer == "conv" else "reducemean")
+    bias = "both" if layer != "matmul" else "add"
+    variant = Variant(layer=layer, bias=bias, squeeze="gap" if layer == "conv" else "reducemean")
     proto = se_model(variant)
     (block,) = find_se(ir.from_proto(proto))
     arrays = {t.name: ir.from_proto(t).numpy() for t in proto.graph.initializer}
@@ -79,7 +80,8 @@ def test_separate_bias_adds_and_gemm_scales_are_folded_into_the_weights(layer):
     squeezed = np.random.default_rng(0).standard_normal((3, variant.channels))
     hidden = squeezed @ weights.fc1_weight.T + weights.fc1_bias
     if layer == "conv":
-        expected = squeezed @ param("fc1_w").reshape(variant.squeeze_channels, -1).T + param("fc1_b") + param("fc1_add_b").reshape(-1)
+        weight = param("fc1_w").reshape(variant.squeeze_channels, -1)
+        expected = squeezed @ weight.T + param("fc1_b") + param("fc1_add_b").reshape(-1)
     elif layer == "gemm":  # alpha 0.5, beta 2 in the test model
         expected = 0.5 * squeezed @ param("fc1_w").T + 2.0 * param("fc1_b") + param("fc1_add_b")
     else:

@@ -158,7 +158,10 @@ def test_fastest_keeps_the_original_unless_a_form_clearly_wins(monkeypatch, rati
 
 def test_conv_layout_candidate_keeps_outputs(tmp_path):
     """The conv candidate from a Gemm/MatMul model with a PRelu and a one-layer block."""
-    for variant in (Variant(layer="matmul", squeeze="reducemean", activation="prelu"), Variant(layer="gemm", squeeze="reducemean", activation="none", spatial=(10,))):
+    for variant in (
+        Variant(layer="matmul", squeeze="reducemean", activation="prelu"),
+        Variant(layer="gemm", squeeze="reducemean", activation="none", spatial=(10,)),
+    ):
         original = se_model(variant)
         model = fuse_module.rebuild_se(ir.from_proto(original), "conv")
         fused = _saved(model, tmp_path / "conv.onnx")

@@ -56,7 +56,9 @@ def print_blocks(blocks: list[dict]) -> None:
     rows = []
     for block in blocks:
         gate = block["gate"]
-        gate_text = gate["op_type"] if gate.get("alpha") is None else f"{gate['op_type']}({gate['alpha']:.4g}, {gate['beta']:.4g})"
+        gate_text = gate["op_type"]
+        if gate.get("alpha") is not None:
+            gate_text += f"({gate['alpha']:.4g}, {gate['beta']:.4g})"
         rows.append(
             (
                 block["channels"],
