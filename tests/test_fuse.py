@@ -229,3 +229,29 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path):
     assert result.returncode == 2 and "--in-place" in result.stderr
     assert source.read_bytes() == before
     assert load_model(source) is not None
+
+
+@pytest.mark.parametrize(("opset", "dtype"), [(11, "float32"), (13, "float16"), (18, "float32")])
+def test_sample_mobilenet_through_every_form(opset, dtype, tmp_path):
+    from models import build_samples
+
+    original = build_samples.mobilenet_se_like(opset=opset, dtype=dtype)
+    variant = Variant(opset=opset, dtype=dtype)
+    for form in ("canonical", "function"):
+        model, report = fuse_se(ir.from_proto(original), form)
+        fused = _saved(model, tmp_path / f"{form}.onnx")
+        assert len(report.blocks) == 2
+        _assert_same_outputs(original, fused, dtype)
+        _check_common(original, fused, variant)
+    unfused, _ = unfuse_se(ir.from_proto(fused))
+    _assert_same_outputs(original, _saved(unfused, tmp_path / "unfused.onnx"), dtype)
+
+
+def test_canonical_form_is_what_insert_writes():
+    from models import build_samples
+    from se_onnx import InsertOptions, insert_se
+
+    inserted, _ = insert_se(ir.from_proto(build_samples.vgg_like(opset=18)), InsertOptions(where="conv", init="random"))
+    fused, report = fuse_se(inserted, "canonical")
+    assert len(report.blocks) == len(find_se(inserted)) > 0
+    assert [n.op_type for n in fused.graph] == [n.op_type for n in inserted.graph]
