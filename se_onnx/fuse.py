@@ -46,6 +46,7 @@ from onnx_ir.passes.common import InlinePass, RemoveUnusedNodesPass
 from se_onnx.detect import SEBlock, detect
 from se_onnx.errors import SeOnnxError
 from se_onnx.insert import model_opset
+from se_onnx.model_io import uses_external_data
 from se_onnx.naming import NameScope, names_in_use
 from se_onnx.runtime import make_session, random_inputs
 from se_onnx.se_block import (
@@ -182,10 +183,7 @@ def measure_forms(
         raise ValueError("measure_forms needs the original model under 'original'")
     if rounds < 1 or runs < 1:
         raise SeOnnxError("rounds and runs must be at least 1")
-    sessions = {
-        name: make_session(ir.to_proto(model).SerializeToString(), provider, spinning=False)
-        for name, model in models.items()
-    }
+    sessions = {name: make_session(_in_memory_bytes(model), provider, spinning=False) for name, model in models.items()}
     feeds = random_inputs(sessions["original"], batch=batch)
     for session in sessions.values():  # warm-up: allocations, kernel selection
         for _ in range(2):
@@ -209,6 +207,14 @@ def measure_forms(
         )
         for name in names
     ]
+
+
+def _in_memory_bytes(model: ir.Model) -> bytes:
+    """The serialized model with every weight inline: a session made from bytes has no directory
+    to find external data files in."""
+    if uses_external_data(model):
+        model = ir.external_data.load_to_model(model.clone())
+    return ir.to_proto(model).SerializeToString()
 
 
 # --- Rewriting -----------------------------------------------------------------------------------

@@ -255,3 +255,14 @@ def test_canonical_form_is_what_insert_writes():
     fused, report = fuse_se(inserted, "canonical")
     assert len(report.blocks) == len(find_se(inserted)) > 0
     assert [n.op_type for n in fused.graph] == [n.op_type for n in inserted.graph]
+
+
+def test_fastest_on_a_model_with_external_data_keeps_it_external(tmp_path):
+    from models import build_samples
+
+    original = build_samples.mobilenet_se_like(opset=17)
+    build_samples.save_with_external_data(original, tmp_path / "model.onnx")
+    model, report = fuse_se(load_model(tmp_path / "model.onnx"), "fastest", rounds=1, runs=1)
+    save_model(model, tmp_path / "fused.onnx")
+    assert (tmp_path / "fused.onnx.data").is_file() and len(report.timings) == 3
+    _assert_same_outputs(original, tmp_path / "fused.onnx", "float32")
