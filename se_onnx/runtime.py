@@ -33,22 +33,40 @@ _ORT_TYPES = {
 }
 
 
-def resolve_provider(provider: str, *, allow_cpu_fallback: bool = False) -> str:
-    """The concrete provider for 'auto', 'cpu', 'cuda' or 'tensorrt'.
+def resolve_provider(provider: str, *, allow_cpu_fallback: bool = False, device_id: int = 0) -> str:
+    """The concrete provider for 'auto', 'cpu', 'cuda' or 'tensorrt', checked by opening a session.
 
-    'auto' takes CUDA where this ONNX Runtime build has it, else the CPU. A named GPU provider
-    that is missing is an error unless `allow_cpu_fallback`, so a GPU deployment never runs on the
-    CPU without someone having asked for it.
+    'auto' takes CUDA where it works, else the CPU. A named GPU provider that is missing or not
+    usable (no driver, no device) is an error unless `allow_cpu_fallback`, so a GPU deployment
+    never runs on the CPU without someone having asked for it.
     """
-    if provider == "auto":
-        return "cuda" if PROVIDERS["cuda"] in ort.get_available_providers() else "cpu"
-    try:
-        ort_providers(provider)
-    except SeOnnxError:
-        if not allow_cpu_fallback or provider == "cpu":
-            raise
-        return "cpu"
-    return provider
+    candidates = ["cuda", "cpu"] if provider == "auto" else [provider]
+    if allow_cpu_fallback and candidates[-1] != "cpu":
+        candidates.append("cpu")
+    for index, candidate in enumerate(candidates):
+        try:
+            if candidate != "cpu":
+                make_session(_probe_model(), candidate, device_id=device_id)
+            else:
+                ort_providers(candidate)
+        except SeOnnxError:
+            if index == len(candidates) - 1:
+                raise
+            continue
+        return candidate
+    raise AssertionError("unreachable: the last candidate either returns or raises")
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper  # only needed to probe a GPU provider
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
 
 def ort_providers(
