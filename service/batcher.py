@@ -78,7 +78,7 @@ class DynamicBatcher:
                 return None
             try:
                 return await asyncio.wait_for(self._queue.get(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 return None
 
     async def _collect(self) -> None:

@@ -72,7 +72,7 @@ async def infer(request: Request, model_name: str, version: str | None = None) -
             timeout = _timeout(state.config.request_timeout, infer_request.parameters.get("timeout"))
             try:
                 outputs = await asyncio.wait_for(model.infer(feeds, list(chosen)), timeout)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 raise ServiceError(503, f"request timed out after {timeout:g} s") from None
         header = {"model_name": model.name, "model_version": model.version}
         if infer_request.id is not None:
