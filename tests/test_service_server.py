@@ -70,7 +70,7 @@ def server(tmp_path_factory):
         tmp_path_factory.mktemp("repo"),
         {"relu": relu_neg_model(), "types": identity_model(["FP16", "INT64", "BOOL", "BYTES"])},
     )
-    process, url = _start(repo, env={"SE_ONNX_API_KEY": KEY})
+    process, url = _start(repo, env={"SE_ONNX_API_KEY": KEY, "SE_ONNX_MAX_REQUEST_SIZE": "1000000"})
     yield url, repo
     assert _stop(process) == 0
 
@@ -135,6 +135,17 @@ def test_tritonclient_errors(server):
     with pytest.raises(InferenceServerException, match="unknown model") as error:
         client.get_model_metadata("missing")
     assert error.value.status() == "404"
+
+
+def test_tritonclient_request_too_large_is_413(server):
+    url, _ = server
+    client = triton.InferenceServerClient(url)
+    tensor = triton.InferInput("x", [65536, 4], "FP32")  # 1 MiB of data, past the 1,000,000-byte limit
+    tensor.set_data_from_numpy(np.ones((65536, 4), np.float32))
+    with pytest.raises(InferenceServerException, match="larger than the limit of 1000000 bytes") as error:
+        client.infer("relu", [tensor])
+    assert error.value.status() == "413"
+    assert client.is_server_ready()
 
 
 def test_tritonclient_load_and_unload(server):
