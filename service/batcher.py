@@ -30,7 +30,7 @@ class _Pending:
 class DynamicBatcher:
     """Collects requests for up to `max_queue_delay_us` (measured from the oldest one) or until
     `max_batch_size` rows or a preferred size, concatenates them along axis 0, runs them on
-    `executor` (at most `instances` batches at once) and slices the outputs back per request.
+    `executor` (at most `instances` batches at once; a batch is formed when an instance is free) and slices the outputs back per request.
     More than `max_queue_size` waiting requests are refused with 503."""
 
     def __init__(
@@ -89,9 +89,14 @@ class DynamicBatcher:
             self._waiting -= 1
             if first.future.done():  # its caller gave up (timeout) while it waited
                 continue
+            # Wait for a free instance before forming the batch: while all are busy, requests pile
+            # up in the queue and the next batch takes them all instead of leaving them behind.
+            await self._slots.acquire()
             batch, rows = [first], first.rows
             deadline = first.enqueued + self._delay
-            while rows < self.max_batch_size and rows not in self._preferred:
+            while rows < self.max_batch_size:
+                if rows in self._preferred and self._queue.empty():
+                    break  # a preferred size, and nothing more at hand to reach a larger one
                 item = await self._next(deadline)
                 if item is None:
                     break
@@ -102,7 +107,6 @@ class DynamicBatcher:
                 if not item.future.done():
                     batch.append(item)
                     rows += item.rows
-            await self._slots.acquire()
             task = asyncio.get_running_loop().create_task(self._execute(batch, rows))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
