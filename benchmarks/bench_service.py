@@ -5,6 +5,7 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
   tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
   batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×)
   rss          server RSS before and after many requests on tiny_conv (goal < 5 % growth)
+  instances    resnet_like, 4 instances, concurrency 4: one shared session vs a session per instance
 
     python benchmarks/bench_service.py                # full run (minutes; run on a quiet machine)
     python benchmarks/bench_service.py --quick        # smoke run with tiny settings
@@ -52,6 +53,10 @@ def build_repository(root: Path, max_batch_size: int) -> None:
     onnx.save(small, root / "small_batched" / "1" / "model.onnx")
     config = {"max_batch_size": max_batch_size, "dynamic_batching": {"max_queue_delay_us": 1000}}
     (root / "small_batched" / "config.json").write_text(json.dumps(config))
+    for name, per_instance in (("small_shared", False), ("small_separate", True)):
+        (root / name / "1").mkdir(parents=True)
+        onnx.save(small, root / name / "1" / "model.onnx")
+        (root / name / "config.json").write_text(json.dumps({"instance_count": 4, "session_per_instance": per_instance}))
 
 
 class Server:
@@ -182,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             plain = throughput(16, requests * 4, server_caller(server.url, "small", small))
             batched = throughput(16, requests * 4, server_caller(server.url, "small_batched", small))
             results["batching_c16"] = {"without_rps": plain, "with_rps": batched, "speedup": batched / plain, "goal": ">= 2"}
+
+            shared = throughput(4, requests * 4, server_caller(server.url, "small_shared", small))
+            separate = throughput(4, requests * 4, server_caller(server.url, "small_separate", small))
+            results["instances_c4"] = {"shared_rps": shared, "per_instance_rps": separate, "ratio": separate / shared}
 
             make = server_caller(server.url, "tiny", tiny)
             _run_threads(4, min(1000, rss_requests), make)

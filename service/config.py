@@ -86,6 +86,8 @@ class ModelConfig(_Strict):
     device_id: int | None = Field(default=None, ge=0)
     gpu_mem_limit: int | None = Field(default=None, ge=1)
     instance_count: int | None = Field(default=None, ge=1)
+    # One ONNX Runtime session per instance instead of one shared by all (more memory).
+    session_per_instance: bool = False
     # Number of runs on seeded inputs before the model reports ready (0 turns warm-up off).
     warmup: int = Field(default=1, ge=0)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)

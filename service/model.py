@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,26 +36,37 @@ def _specs(metas, name: str, kind: str) -> dict[str, TensorSpec]:
 
 
 class ServedModel:
-    """Created off the event loop (`load` builds the session and warms it up); `start` then
-    attaches the batcher on the loop. One session is shared by `instances` threads: ONNX Runtime
-    runs concurrent `run` calls on one session safely, and a session per instance would multiply
-    the weights in memory for no measured gain on the CPU."""
+    """Built off the event loop (the constructor opens the session and warms it up); `start`
+    then attaches the batcher on the loop. By default `instances` threads share one session
+    (ONNX Runtime's `run` is thread-safe), so the weights are in memory once;
+    `session_per_instance` gives each thread its own session (benchmarks/bench_service.py
+    compares the two)."""
 
     def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, metrics: Metrics):
         self.name, self.version, self.path, self.config = name, version, path, config
         provider = resolve_provider(config.provider or server.provider, allow_cpu_fallback=server.allow_cpu_fallback)
-        self.session = make_session(
-            path,
-            provider,
-            intra_op_threads=server.intra_op_threads,
-            inter_op_threads=server.inter_op_threads,
-            device_id=server.device_id if config.device_id is None else config.device_id,
-            gpu_mem_limit=config.gpu_mem_limit,
-        )
+        self.instances = config.instance_count or server.workers_per_model
+        sessions = [
+            make_session(
+                path,
+                provider,
+                intra_op_threads=server.intra_op_threads,
+                inter_op_threads=server.inter_op_threads,
+                device_id=server.device_id if config.device_id is None else config.device_id,
+                gpu_mem_limit=config.gpu_mem_limit,
+            )
+            for _ in range(self.instances if config.session_per_instance else 1)
+        ]
+        self.session = sessions[0]
+        # With a session per instance, each run borrows one; there are as many as threads, so it never waits.
+        self._pool: queue.SimpleQueue | None = None
+        if config.session_per_instance:
+            self._pool = queue.SimpleQueue()
+            for session in sessions:
+                self._pool.put(session)
         self.providers = self.session.get_providers()
         self.inputs = _specs(self.session.get_inputs(), name, "input")
         self.outputs = _specs(self.session.get_outputs(), name, "output")
-        self.instances = config.instance_count or server.workers_per_model
         labels = {"model": name, "version": version}
         self._compute = metrics.compute_duration.labels(**labels)
         self._queue = metrics.queue_duration.labels(**labels)
@@ -66,7 +78,8 @@ class ServedModel:
                     f"{name}: max_batch_size needs a dynamic first dimension on every input and output; "
                     f"{unbatched[0]!r} has none"
                 )
-        self._warm_up(config.warmup)
+        for session in sessions:
+            self._warm_up(session, config.warmup)
         self.executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"ort-{name}")
         self.batcher: DynamicBatcher | None = None
         self.inflight = 0
@@ -77,10 +90,10 @@ class ServedModel:
                    "instances": self.instances, "dynamic_batching": config.dynamic_batching is not None},
         )  # fmt: skip
 
-    def _warm_up(self, runs: int) -> None:
+    def _warm_up(self, session, runs: int) -> None:
         for _ in range(runs):
             try:
-                self.session.run(None, random_inputs(self.session, batch=1))
+                session.run(None, random_inputs(session, batch=1))
             except Exception as error:  # seeded inputs may be invalid for the model; warm-up is best effort
                 log.warning("warm-up run failed", extra={"model": self.name, "error": " ".join(str(error).split())})
                 return
@@ -116,6 +129,7 @@ class ServedModel:
             "parameters": {
                 "providers": self.providers,
                 "instance_count": self.instances,
+                "session_per_instance": self.config.session_per_instance,
                 "max_batch_size": self.config.max_batch_size,
                 "dynamic_batching": batching.model_dump() if batching and self.config.max_batch_size else None,
             },
@@ -125,12 +139,16 @@ class ServedModel:
         started = time.perf_counter()
         if enqueued is not None:
             self._queue.observe(started - enqueued)
+        session = self._pool.get() if self._pool is not None else self.session
         try:
-            arrays = self.session.run(names, dict(feeds))
+            arrays = session.run(names, dict(feeds))
         except InvalidArgument as error:
             raise bad_request(" ".join(str(error).split())) from None
         except Exception as error:  # ORT's own failure types; the message is what the caller needs
             raise ServiceError(500, f"inference failed: {' '.join(str(error).split())}") from None
+        finally:
+            if self._pool is not None:
+                self._pool.put(session)
         self._compute.observe(time.perf_counter() - started)
         first = next(iter(feeds.values()), None)
         self._batch.observe(first.shape[0] if first is not None and first.ndim else 1)

@@ -94,3 +94,23 @@ def test_metrics_count_successes_failures_and_durations(tmp_path):
         assert _metric(text, "se_onnx_inference_compute_duration_seconds_count", **labels) == 3  # warm-up runs are not counted
         assert _metric(text, "se_onnx_inference_batch_size_sum", **labels) == 6  # 3 × 2 rows
         assert _metric(text, "se_onnx_inference_request_duration_seconds_sum", **labels) > 0
+
+
+def test_session_per_instance_serves_concurrent_requests(tmp_path):
+    config = {"instance_count": 3, "session_per_instance": True}
+    root = write_repo(tmp_path / "repo", {"relu": (relu_neg_model(), config, [1])})
+
+    async def scenario():
+        async with serve_async(root) as (app, client):
+            model = app.state.service.repository.get("relu")
+            assert model._pool.qsize() == 3
+            metadata = (await client.get("/v2/models/relu")).json()["parameters"]
+            assert metadata["instance_count"] == 3 and metadata["session_per_instance"] is True
+            inputs = [np.full((2, 4), i - 10, np.float32) for i in range(20)]
+            responses = await asyncio.gather(*(client.post("/v2/models/relu/infer", json=infer_json("x", x)) for x in inputs))
+            for x, response in zip(inputs, responses):
+                relu = next(o for o in response.json()["outputs"] if o["name"] == "relu")
+                assert relu["data"] == np.maximum(x, 0).reshape(-1).tolist()
+            assert model._pool.qsize() == 3  # every borrowed session came back
+
+    asyncio.run(scenario())
