@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "inspect",
     "verify",
     "export_weights",
+    "serve",
 )
 
 
