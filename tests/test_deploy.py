@@ -397,3 +397,231 @@ def test_kserve_inferenceservice_runs_the_image_as_a_custom_predictor():
 
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [container]}}
     kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+# --- environment variables --------------------------------------------------------------------
+
+
+def _serve_parser(monkeypatch, env: dict[str, str]):
+    from se_onnx.cli import build_parser
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parser = build_parser()  # options read the environment when they are registered
+    (subparsers,) = [a for a in parser._actions if a.dest == "command"]
+    return subparsers.choices["serve"]
+
+
+def _env_name(action) -> str:
+    return "SE_ONNX_" + action.option_strings[0].lstrip("-").upper().replace("-", "_")
+
+
+def test_every_serve_option_can_be_set_from_its_environment_variable(monkeypatch):
+    actions = [a for a in _serve_parser(monkeypatch, {})._actions if a.dest != "help"]
+    assert set(SERVE_OPTIONS) <= {a.option_strings[0][2:] for a in actions}
+    wanted = {}
+    for action in actions:
+        if action.nargs == 0:  # a flag
+            wanted[action.dest] = ("1", True)
+        elif action.choices:
+            choice = next(c for c in action.choices if c != action.default)
+            wanted[action.dest] = (choice, choice)
+        elif action.type in (int, float):
+            wanted[action.dest] = ("7", action.type("7"))
+        else:
+            wanted[action.dest] = ("/some/where", "/some/where")
+    env = {_env_name(a): wanted[a.dest][0] for a in actions}
+    parsed = _serve_parser(monkeypatch, env).parse_args([])
+    assert {dest: getattr(parsed, dest) for dest in wanted} == {dest: value for dest, (_, value) in wanted.items()}
+
+
+def test_deployment_files_set_only_variables_the_server_reads(monkeypatch, dockerfile):
+    known = {_env_name(a) for a in _serve_parser(monkeypatch, {})._actions if a.dest != "help"}
+    used = set()
+    for stage in ("cpu", "cuda"):
+        used |= {name for name in dockerfile[stage].env() if name.startswith("SE_ONNX_")}
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for service in compose["services"].values():
+        used |= set(service["environment"])
+    for path in [*KUBE.rglob("*.yaml")]:
+        used |= set(re.findall(r"\bSE_ONNX_[A-Z_]+\b", path.read_text()))
+    assert used <= known, used - known
+
+
+# --- the image's install and start steps, replayed ----------------------------------------------
+
+
+class Replay:
+    """Runs a Dockerfile stage's steps on this machine: every absolute path of the image lives
+    under `root`, `python` of the base image is this interpreter, and ENV is applied as written.
+
+    The only change to the commands: `--no-cache-dir` is dropped so that pip's cache is reused.
+    """
+
+    def __init__(self, root: Path, stages: dict[str, Replay] | None = None):
+        self.root = root
+        self.stages = stages or {}
+        self.environ = dict(os.environ)
+        self.cwd = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, image_path: str) -> Path:
+        return self.root / image_path.lstrip("/")
+
+    def _map(self, word: str) -> str:
+        return str(self.path(word)) if word.startswith("/") else word
+
+    def _expand(self, text: str) -> str:
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: self.environ.get(m.group(1), ""), text)
+
+    def which(self, program: str) -> str | None:
+        """The program as the image's PATH finds it, when it is one the replay installed."""
+        found = shutil.which(program, path=self.environ["PATH"])
+        return found if found and found.startswith(str(self.root)) else None
+
+    def do_workdir(self, instruction: Instruction) -> None:
+        self.cwd = self.path(instruction.value)
+        self.cwd.mkdir(parents=True, exist_ok=True)
+
+    def do_env(self, instruction: Instruction) -> None:
+        for pair in shlex.split(instruction.value):
+            key, _, value = pair.partition("=")
+            self.environ[key] = self._expand(":".join(self._map(part) for part in value.split(":")))
+
+    def do_copy(self, instruction: Instruction) -> None:
+        """COPY from the build context, which is the repository less what .dockerignore drops."""
+        source, destination = instruction.value.split()
+        target = self.path(destination) if destination.startswith("/") else self.cwd / destination
+        for relative in build_context(ROOT):
+            if source == "." or relative.startswith(source):
+                inside = relative if source == "." else relative[len(source) :]
+                (target / inside).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / relative, target / inside)
+
+    def do_run(self, instruction: Instruction) -> None:
+        mount = instruction.flags.get("mount")
+        link = None
+        if mount:  # a bind mount of another stage's folder, there for this step only
+            options = dict(item.split("=") for item in mount.split(","))
+            assert options["type"] == "bind", mount
+            link = self.path(options["target"])
+            link.symlink_to(self.stages[options["from"]].path(options["source"]))
+        try:
+            for step in instruction.value.split("&&"):
+                self._run_step(shlex.split(step))
+        finally:
+            if link:
+                link.unlink()
+
+    def _run_step(self, words: list[str]) -> None:
+        program = self.which(words[0])
+        if program is None:
+            assert words[0] in ("python", "python3"), f"cannot replay {words[0]!r}: not installed by the image"
+            program = sys.executable  # the base image's interpreter
+        argv = [program]
+        for word in words[1:]:
+            if word == "--no-cache-dir":
+                continue
+            mapped = self._map(word)
+            matches = sorted(glob.glob(mapped)) if "*" in mapped else []
+            argv += matches or [mapped]
+        result = subprocess.run(argv, cwd=self.cwd, env=self.environ, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{' '.join(words)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def _replay_stage(stage: Stage, replay: Replay, skip: tuple[str, ...]) -> list[str]:
+    """Apply the stage's steps; return the RUN programs skipped (system set-up needing root)."""
+    skipped = []
+    for instruction in stage.instructions:
+        keyword = instruction.keyword
+        if keyword == "RUN" and instruction.value.split()[0] in skip:
+            skipped.append(instruction.value.split()[0])
+        elif keyword in ("WORKDIR", "ENV", "RUN", "COPY"):
+            getattr(replay, f"do_{keyword.lower()}")(instruction)
+    return skipped
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_image_steps_install_the_wheel_and_serve_in_a_fresh_environment(tmp_path, dockerfile):
+    import onnxruntime as ort
+
+    builder = Replay(tmp_path / "builder")
+    assert _replay_stage(dockerfile["builder"], builder, skip=()) == []
+    (wheel,) = builder.path("/wheels").glob("se_onnx-*.whl")
+
+    image = Replay(tmp_path / "cpu", {"builder": builder})
+    # The base image has `python` and `useradd`; creating the user needs root and no replay.
+    assert _replay_stage(dockerfile["cpu"], image, skip=("useradd",)) == ["useradd"]
+    assert (image.path("/models") / "tiny_conv.onnx").is_file()
+    # The installed wheel is what runs: not the repository, not an editable install.
+    where = subprocess.run(
+        [image.which("python"), "-c", "import se_onnx, service; print(se_onnx.__file__, service.__file__)"],
+        cwd=image.cwd, env=image.environ, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert all(path.startswith(str(image.path("/opt/venv"))) for path in where), where
+    env = dict(image.environ, SE_ONNX_PORT=str(_free_port()))
+    base = f"http://127.0.0.1:{env['SE_ONNX_PORT']}"
+
+    command = dockerfile["cpu"].one("CMD").exec_form()
+    program = image.which(command[0])
+    assert program, f"{command[0]} is not on the image's PATH"
+    log = (tmp_path / "server.log").open("w+")
+    server = subprocess.Popen([program, *command[1:]], cwd=image.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while _get(f"{base}/v2/health/ready") != 200:
+            assert server.poll() is None, f"server exited {server.returncode}"
+            assert time.monotonic() < deadline, "server not ready within 60 s"
+            time.sleep(0.25)
+        assert _get(f"{base}/v2/health/live") == 200
+        # The image's own HEALTHCHECK command, with the image's environment.
+        check = dockerfile["cpu"].one("HEALTHCHECK").exec_form()
+        checker = image.which(check[0])
+        assert checker, f"{check[0]} is not on the image's PATH"
+        subprocess.run([checker, *check[1:]], env=env, check=True, timeout=30)
+
+        session = ort.InferenceSession(str(ROOT / "models" / "tiny_conv.onnx"), providers=["CPUExecutionProvider"])
+        (meta,) = session.get_inputs()
+        data = np.random.default_rng(0).standard_normal([2, *meta.shape[1:]]).astype(np.float32)
+        reply = _post_json(
+            f"{base}/v2/models/tiny_conv/infer",
+            {"inputs": [{"name": meta.name, "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}]},
+        )
+        (output,) = reply["outputs"]
+        (expected,) = session.run(None, {meta.name: data})
+        assert output["shape"] == list(expected.shape)
+        np.testing.assert_allclose(np.array(output["data"], dtype=np.float32).reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)
+
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        log.seek(0)
+        print(log.read())
+    assert wheel.name.endswith("-py3-none-any.whl")
