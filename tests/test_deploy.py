@@ -213,19 +213,26 @@ def _dockerignore_excludes(relative: str, patterns: list[str]) -> bool:
 
 
 def build_context(root: Path) -> list[str]:
+    """The files `docker build root` sends: all of them less what .dockerignore excludes."""
     patterns = [
         line.strip()
         for line in (root / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return sorted(f for f in files if (root / f).is_file() and not _dockerignore_excludes(f, patterns))
+    let_back = [p[1:].rstrip("/") for p in patterns if p.startswith("!")]
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        here = Path(folder).relative_to(root).as_posix()
+        prefix = "" if here == "." else here + "/"
+        # Skip an excluded folder unless a `!` pattern lets something inside it back in.
+        subfolders[:] = [
+            d
+            for d in subfolders
+            if not _dockerignore_excludes(prefix + d, patterns)
+            or any(p.startswith(prefix + d + "/") for p in let_back)
+        ]
+        files += [prefix + name for name in names if not _dockerignore_excludes(prefix + name, patterns)]
+    return sorted(files)
 
 
 def test_build_context_holds_the_package_and_the_models_only():
@@ -567,6 +574,7 @@ def _post_json(url: str, body: dict) -> dict:
 
 @pytest.mark.slow
 def test_image_steps_install_the_wheel_and_serve_in_a_fresh_environment(tmp_path, dockerfile):
+    import onnx
     import onnxruntime as ort
 
     builder = Replay(tmp_path / "builder")
@@ -583,6 +591,17 @@ def test_image_steps_install_the_wheel_and_serve_in_a_fresh_environment(tmp_path
         cwd=image.cwd, env=image.environ, capture_output=True, text=True, check=True,
     ).stdout.split()
     assert all(path.startswith(str(image.path("/opt/venv"))) for path in where), where
+    # The CLI from the image on a mounted folder: docker run -v "$PWD:/data" IMAGE se-onnx insert ...
+    data = image.path("/data")
+    shutil.copy(ROOT / "models" / "resnet_tiny.onnx", data / "model.onnx")
+    inserted = subprocess.run(
+        [image.which("se-onnx"), "insert", str(data / "model.onnx"), "-o", str(data / "out.onnx")],
+        cwd=image.cwd, env=image.environ, capture_output=True, text=True, timeout=120,
+    )
+    assert inserted.returncode == 0, inserted.stderr
+    before, after = onnx.load(data / "model.onnx"), onnx.load(data / "out.onnx")
+    onnx.checker.check_model(after, full_check=True)
+    assert len(after.graph.node) > len(before.graph.node)  # the SE blocks
     env = dict(image.environ, SE_ONNX_PORT=str(_free_port()))
     base = f"http://127.0.0.1:{env['SE_ONNX_PORT']}"
 
