@@ -367,7 +367,8 @@ def test_kubernetes_deployment_probes_resources_service_and_autoscaler(variant, 
     assert service["spec"]["selector"] == selector
     assert service["spec"]["ports"][0]["targetPort"] in (port["name"], PORT)
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == target
     (metric,) = hpa["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
@@ -468,7 +469,9 @@ class Replay:
     def __init__(self, root: Path, stages: dict[str, Replay] | None = None):
         self.root = root
         self.stages = stages or {}
-        self.environ = dict(os.environ)
+        # This machine's environment (pip's settings included) less what would leak this checkout
+        # or this virtual environment into the replayed one.
+        self.environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
         self.cwd = root
         root.mkdir(parents=True, exist_ok=True)
 
@@ -545,6 +548,8 @@ def _replay_stage(stage: Stage, replay: Replay, skip: tuple[str, ...]) -> list[s
             skipped.append(instruction.value.split()[0])
         elif keyword in ("WORKDIR", "ENV", "RUN", "COPY"):
             getattr(replay, f"do_{keyword.lower()}")(instruction)
+        else:  # image metadata: the test reads these itself
+            assert keyword in ("ARG", "USER", "EXPOSE", "HEALTHCHECK", "CMD"), f"cannot replay {keyword}"
     return skipped
 
 
@@ -572,42 +577,68 @@ def _post_json(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-@pytest.mark.slow
-def test_image_steps_install_the_wheel_and_serve_in_a_fresh_environment(tmp_path, dockerfile):
-    import onnx
-    import onnxruntime as ort
-
-    builder = Replay(tmp_path / "builder")
+@pytest.fixture(scope="module")
+def image(tmp_path_factory, dockerfile) -> Replay:
+    """The CPU image's steps replayed: the wheel built as the builder builds it, then installed
+    into a fresh virtual environment with the final stage's commands and environment."""
+    root = tmp_path_factory.mktemp("image")
+    builder = Replay(root / "builder")
     assert _replay_stage(dockerfile["builder"], builder, skip=()) == []
     (wheel,) = builder.path("/wheels").glob("se_onnx-*.whl")
-
-    image = Replay(tmp_path / "cpu", {"builder": builder})
+    assert wheel.name.endswith("-py3-none-any.whl")
+    image = Replay(root / "cpu", {"builder": builder})
     # The base image has `python` and `useradd`; creating the user needs root and no replay.
     assert _replay_stage(dockerfile["cpu"], image, skip=("useradd",)) == ["useradd"]
-    assert (image.path("/models") / "tiny_conv.onnx").is_file()
-    # The installed wheel is what runs: not the repository, not an editable install.
+    return image
+
+
+@pytest.mark.slow
+def test_image_runs_the_installed_wheel_not_the_checkout(image):
     where = subprocess.run(
         [image.which("python"), "-c", "import se_onnx, service; print(se_onnx.__file__, service.__file__)"],
-        cwd=image.cwd, env=image.environ, capture_output=True, text=True, check=True,
+        cwd=image.cwd,
+        env=image.environ,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
-    assert all(path.startswith(str(image.path("/opt/venv"))) for path in where), where
-    # The CLI from the image on a mounted folder: docker run -v "$PWD:/data" IMAGE se-onnx insert ...
-    data = image.path("/data")
-    shutil.copy(ROOT / "models" / "resnet_tiny.onnx", data / "model.onnx")
+    assert len(where) == 2 and all(path.startswith(str(image.path("/opt/venv"))) for path in where), where
+    assert sorted(p.name for p in image.path("/models").iterdir()) == sorted(
+        p.name for p in (ROOT / "models").glob("*.onnx")
+    )
+
+
+@pytest.mark.slow
+def test_image_runs_the_cli_on_a_mounted_folder(image):
+    import onnx
+
+    # docker run --rm -v "$PWD:/data" IMAGE se-onnx insert /data/model.onnx -o /data/out.onnx
+    folder = image.path("/data")
+    shutil.copy(ROOT / "models" / "resnet_tiny.onnx", folder / "model.onnx")
     inserted = subprocess.run(
-        [image.which("se-onnx"), "insert", str(data / "model.onnx"), "-o", str(data / "out.onnx")],
-        cwd=image.cwd, env=image.environ, capture_output=True, text=True, timeout=120,
+        [image.which("se-onnx"), "insert", str(folder / "model.onnx"), "-o", str(folder / "out.onnx")],
+        cwd=image.cwd,
+        env=image.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert inserted.returncode == 0, inserted.stderr
-    before, after = onnx.load(data / "model.onnx"), onnx.load(data / "out.onnx")
+    before, after = onnx.load(folder / "model.onnx"), onnx.load(folder / "out.onnx")
     onnx.checker.check_model(after, full_check=True)
     assert len(after.graph.node) > len(before.graph.node)  # the SE blocks
+
+
+@pytest.mark.slow
+def test_image_serves_answers_inference_and_stops_cleanly_on_sigterm(image, dockerfile, tmp_path):
+    import onnxruntime as ort
+
     env = dict(image.environ, SE_ONNX_PORT=str(_free_port()))
     base = f"http://127.0.0.1:{env['SE_ONNX_PORT']}"
-
     command = dockerfile["cpu"].one("CMD").exec_form()
-    program = image.which(command[0])
-    assert program, f"{command[0]} is not on the image's PATH"
+    check = dockerfile["cpu"].one("HEALTHCHECK").exec_form()
+    program, checker = image.which(command[0]), image.which(check[0])
+    assert program and checker, f"{command[0]} or {check[0]} is not on the image's PATH"
     log = (tmp_path / "server.log").open("w+")
     server = subprocess.Popen([program, *command[1:]], cwd=image.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -617,30 +648,26 @@ def test_image_steps_install_the_wheel_and_serve_in_a_fresh_environment(tmp_path
             assert time.monotonic() < deadline, "server not ready within 60 s"
             time.sleep(0.25)
         assert _get(f"{base}/v2/health/live") == 200
-        # The image's own HEALTHCHECK command, with the image's environment.
-        check = dockerfile["cpu"].one("HEALTHCHECK").exec_form()
-        checker = image.which(check[0])
-        assert checker, f"{check[0]} is not on the image's PATH"
+        # The image's own HEALTHCHECK command, in the image's environment.
         subprocess.run([checker, *check[1:]], env=env, check=True, timeout=30)
 
         session = ort.InferenceSession(str(ROOT / "models" / "tiny_conv.onnx"), providers=["CPUExecutionProvider"])
         (meta,) = session.get_inputs()
-        data = np.random.default_rng(0).standard_normal([2, *meta.shape[1:]]).astype(np.float32)
-        reply = _post_json(
-            f"{base}/v2/models/tiny_conv/infer",
-            {"inputs": [{"name": meta.name, "shape": list(data.shape), "datatype": "FP32", "data": data.ravel().tolist()}]},
-        )
-        (output,) = reply["outputs"]
-        (expected,) = session.run(None, {meta.name: data})
+        batch = np.random.default_rng(0).standard_normal([2, *meta.shape[1:]]).astype(np.float32)
+        tensor = {"name": meta.name, "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
+        (output,) = _post_json(f"{base}/v2/models/tiny_conv/infer", {"inputs": [tensor]})["outputs"]
+        (expected,) = session.run(None, {meta.name: batch})
         assert output["shape"] == list(expected.shape)
-        np.testing.assert_allclose(np.array(output["data"], dtype=np.float32).reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)
+        answer = np.array(output["data"], dtype=np.float32).reshape(expected.shape)
+        np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
 
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
+        # And the health check notices a server that is gone.
+        assert subprocess.run([checker, *check[1:]], env=env, capture_output=True, timeout=30).returncode != 0
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
         log.seek(0)
-        print(log.read())
-    assert wheel.name.endswith("-py3-none-any.whl")
+        print(log.read())  # shown when the test fails
