@@ -5,10 +5,11 @@
 # Both run `se-onnx serve` on port 8000 with the sample models in /models, and every other
 # `se-onnx` command works too: docker run --rm -v "$PWD:/data" se-onnx:0.1.0 se-onnx insert ...
 
-# Base images, pinned by exact tag. onnxruntime-gpu 1.31.x on PyPI is built for CUDA 13.0 and
-# cuDNN 9 (its build_and_package_info says cuda_version = '13.0'; its providers library links
-# libcudart.so.13 and libcublas.so.13), so the CUDA base is the CUDA 13.0 + cuDNN 9 runtime.
-# Ubuntu 24.04 ships Python 3.12, the same minor version as the CPU image.
+# Base images, pinned by exact tag. onnxruntime-gpu on PyPI is built for CUDA 12.x up to 1.26
+# and for CUDA 13.0 from 1.27 (each wheel's onnxruntime/capi/build_and_package_info.py says which),
+# with cuDNN 9 in both; its CUDA major version must be the base image's. For hosts whose driver
+# predates CUDA 13 (< 580): --build-arg CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# --build-arg ONNXRUNTIME_GPU_VERSION=1.26.0. Ubuntu 24.04 ships Python 3.12, as the CPU image has.
 ARG PYTHON_IMAGE=python:3.12.13-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
@@ -22,7 +23,7 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # ---------------------------------------------------------------------------------------------
 # cuda: Python from Ubuntu, the wheel, and ONNX Runtime's CUDA build instead of its CPU build.
 FROM ${CUDA_IMAGE} AS cuda
-# Keep in step with CUDA_IMAGE: the major CUDA version of this wheel must be the base's.
+# Keep in step with CUDA_IMAGE (see the top of this file).
 ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 # The Ubuntu release is pinned by the base tag; exact apt versions would break the build each
 # time the archive publishes a security update, so apt packages are left unpinned (DL3008).

@@ -195,7 +195,10 @@ def test_cuda_image_replaces_the_cpu_onnxruntime_with_the_gpu_build(dockerfile):
     assert steps[1] == "pip uninstall --yes onnxruntime"
     assert re.fullmatch(r'pip install --no-cache-dir "onnxruntime-gpu==\$\{ONNXRUNTIME_GPU_VERSION\}"', steps[2])
     (version,) = [arg.value for arg in stage.all("ARG") if arg.value.startswith("ONNXRUNTIME_GPU_VERSION=")]
-    assert re.fullmatch(r"ONNXRUNTIME_GPU_VERSION=\d+\.\d+\.\d+", version)
+    major, minor = map(int, re.fullmatch(r"ONNXRUNTIME_GPU_VERSION=(\d+)\.(\d+)\.\d+", version).groups())
+    # PyPI's onnxruntime-gpu is built for CUDA 12.x up to 1.26 and for CUDA 13.0 from 1.27.
+    cuda_major = int(re.search(r"nvidia/cuda:(\d+)\.", stage.base).group(1))
+    assert cuda_major == (13 if (major, minor) >= (1, 27) else 12), (version, stage.base)
 
 
 def _dockerignore_excludes(relative: str, patterns: list[str]) -> bool:
