@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "fuse",
     "unfuse",
     "strip",
+    "bench",
     "serve",
 )
 
