@@ -33,11 +33,50 @@ _ORT_TYPES = {
 }
 
 
-def ort_providers(provider: str) -> list[str]:
+def resolve_provider(provider: str, *, allow_cpu_fallback: bool = False, device_id: int = 0) -> str:
+    """The concrete provider for 'auto', 'cpu', 'cuda' or 'tensorrt', checked by opening a session.
+
+    'auto' takes CUDA where it works, else the CPU. A named GPU provider that is missing or not
+    usable (no driver, no device) is an error unless `allow_cpu_fallback`, so a GPU deployment
+    never runs on the CPU without someone having asked for it.
+    """
+    candidates = ["cuda", "cpu"] if provider == "auto" else [provider]
+    if allow_cpu_fallback and candidates[-1] != "cpu":
+        candidates.append("cpu")
+    for index, candidate in enumerate(candidates):
+        try:
+            if candidate != "cpu":
+                make_session(_probe_model(), candidate, device_id=device_id)
+            else:
+                ort_providers(candidate)
+        except SeOnnxError:
+            if index == len(candidates) - 1:
+                raise
+            continue
+        return candidate
+    raise AssertionError("unreachable: the last candidate either returns or raises")
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper  # only needed to probe a GPU provider
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+def ort_providers(
+    provider: str, *, device_id: int = 0, gpu_mem_limit: int | None = None
+) -> list[str | tuple[str, dict[str, str]]]:
     """ONNX Runtime's provider list for 'cpu', 'cuda' or 'tensorrt', refusing an unavailable one.
 
     A GPU provider is followed by the CPU provider, which runs the ops it lacks; the request
-    itself is never silently moved to the CPU.
+    itself is never silently moved to the CPU. GPU providers get `device_id` (and CUDA
+    `gpu_mem_limit` in bytes); TensorRT is followed by CUDA where it is available.
     """
     try:
         name = PROVIDERS[provider]
@@ -49,7 +88,18 @@ def ort_providers(provider: str) -> list[str]:
             f"the {provider} provider ({name}) is not available in this ONNX Runtime build; "
             f"available: {', '.join(available)}"
         )
-    return [name] if name == PROVIDERS["cpu"] else [name, PROVIDERS["cpu"]]
+    if name == PROVIDERS["cpu"]:
+        return [name]
+    device = {"device_id": str(device_id)}
+    cuda_options = {**device, **({"gpu_mem_limit": str(gpu_mem_limit)} if gpu_mem_limit else {})}
+    chain: list[str | tuple[str, dict[str, str]]] = []
+    if name == PROVIDERS["tensorrt"]:
+        chain.append((name, device))
+        if PROVIDERS["cuda"] in available:
+            chain.append((PROVIDERS["cuda"], cuda_options))
+    else:
+        chain.append((name, cuda_options))
+    return [*chain, PROVIDERS["cpu"]]
 
 
 def make_session(
@@ -57,22 +107,40 @@ def make_session(
     provider: str = "cpu",
     *,
     intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    device_id: int = 0,
+    gpu_mem_limit: int | None = None,
     enable_profiling: bool = False,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
-    """An InferenceSession on `provider`, with a clear error when ONNX Runtime rejects the model."""
+    """An InferenceSession on `provider`, with a clear error when ONNX Runtime rejects the model
+    or quietly drops the requested GPU provider (a driver or library it needs is missing).
+
+    `spinning=False` stops the intra-op threads from busy-waiting after a run; sessions timed in
+    turn need it, or one session's spinning threads slow down the next session's run.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
     options.enable_profiling = enable_profiling
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     source = os.fspath(model) if not isinstance(model, bytes) else model
+    label = "model" if isinstance(model, bytes) else os.fspath(model)
+    providers = ort_providers(provider, device_id=device_id, gpu_mem_limit=gpu_mem_limit)
     try:
-        return ort.InferenceSession(source, options, providers=ort_providers(provider))
-    except SeOnnxError:
-        raise
+        session = ort.InferenceSession(source, options, providers=providers)
     except Exception as error:  # ORT raises its own exception types for unloadable models
-        label = "model" if isinstance(model, bytes) else os.fspath(model)
         message = " ".join(str(error).split())
         raise SeOnnxError(f"{label}: ONNX Runtime cannot load it: {message}") from None
+    wanted = PROVIDERS[provider]
+    if wanted not in session.get_providers():
+        raise SeOnnxError(
+            f"{label}: the {provider} provider ({wanted}) is installed but not usable here "
+            f"(ONNX Runtime fell back to {', '.join(session.get_providers())}); check the driver and device"
+        )
+    return session
 
 
 def random_inputs(

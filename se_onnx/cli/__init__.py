@@ -14,7 +14,11 @@ COMMAND_MODULES = (
     "inspect",
     "verify",
     "export_weights",
+    "fuse",
+    "unfuse",
+    "strip",
     "bench",
+    "serve",
 )
 
 

@@ -1,0 +1,215 @@
+"""Benchmark `se-onnx serve` against ONNX Runtime in-process, on the same models and inputs.
+
+Starts the server on loopback, drives it with tritonclient.http (binary tensors) and prints:
+  resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4: server vs direct ORT throughput (goal ≥ 95 %)
+  tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
+  batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×)
+  rss          server RSS before and after many requests on tiny_conv (goal < 5 % growth)
+  instances    resnet_like, 4 instances, concurrency 4: one shared session vs a session per instance
+
+    python benchmarks/bench_service.py                # full run (minutes; run on a quiet machine)
+    python benchmarks/bench_service.py --quick        # smoke run with tiny settings
+    python benchmarks/bench_service.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models import build_samples  # noqa: E402
+from se_onnx.runtime import make_session  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_repository(root: Path, max_batch_size: int) -> None:
+    """resnet50 (batch 1 traffic), tiny, and the same small conv model with and without batching."""
+    onnx.save(build_samples.resnet50_sized(), root / "resnet50.onnx")
+    onnx.save(build_samples.tiny_conv(), root / "tiny.onnx")
+    small = build_samples.resnet_like()
+    onnx.save(small, root / "small.onnx")
+    (root / "small_batched" / "1").mkdir(parents=True)
+    onnx.save(small, root / "small_batched" / "1" / "model.onnx")
+    config = {"max_batch_size": max_batch_size, "dynamic_batching": {"max_queue_delay_us": 1000}}
+    (root / "small_batched" / "config.json").write_text(json.dumps(config))
+    for name, per_instance in (("small_shared", False), ("small_separate", True)):
+        (root / name / "1").mkdir(parents=True)
+        onnx.save(small, root / name / "1" / "model.onnx")
+        (root / name / "config.json").write_text(json.dumps({"instance_count": 4, "session_per_instance": per_instance}))
+
+
+class Server:
+    def __init__(self, repository: Path, threads: int):
+        import tritonclient.http as triton
+
+        self.port = _free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--model-repository", str(repository), "--provider", "cpu", "--log-level", "warning",
+                   "--intra-op-threads", str(threads)]  # fmt: skip
+        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        client = triton.InferenceServerClient(self.url)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if client.is_server_ready():
+                    return
+            except Exception:  # not listening yet
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not start")
+            time.sleep(0.2)
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+def _run_threads(concurrency: int, requests: int, work) -> tuple[float, list[float]]:
+    """Run `work(worker)` `requests` times over `concurrency` threads; (seconds, per-call latencies)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def worker(index: int) -> None:
+        call = work(index)
+        mine = []
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    break
+            started = time.perf_counter()
+            call()
+            mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, latencies
+
+
+def server_caller(url: str, model: str, x: np.ndarray):
+    import tritonclient.http as triton
+
+    def make(_index: int):
+        client = triton.InferenceServerClient(url, network_timeout=300)
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        outputs = [triton.InferRequestedOutput(client.get_model_metadata(model)["outputs"][0]["name"], binary_data=True)]
+        return lambda: client.infer(model, [tensor], outputs=outputs)
+
+    return make
+
+
+def direct_caller(session, x: np.ndarray):
+    name = session.get_inputs()[0].name
+    return lambda _index: (lambda: session.run(None, {name: x}))
+
+
+def throughput(concurrency: int, requests: int, make) -> float:
+    _run_threads(concurrency, max(concurrency * 2, requests // 10), make)  # warm-up
+    seconds, _ = _run_threads(concurrency, requests, make)
+    return requests / seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: few requests")
+    parser.add_argument("--requests", type=int, help="requests per throughput measurement (default 200; quick 8)")
+    parser.add_argument("--rss-requests", type=int, help="requests for the RSS check (default 10000; quick 200)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    requests = args.requests or (8 if args.quick else 200)
+    rss_requests = args.rss_requests or (200 if args.quick else 10_000)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = Path(tmp)
+        build_repository(repository, max_batch_size=16)
+        server = Server(repository, args.threads)
+        try:
+            rng = np.random.default_rng(0)
+            image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+            session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=args.threads)
+            for concurrency in (1, 4):
+                served = throughput(concurrency, requests, server_caller(server.url, "resnet50", image))
+                direct = throughput(concurrency, requests, direct_caller(session, image))
+                results[f"resnet50_c{concurrency}"] = {
+                    "server_rps": served, "direct_rps": direct, "ratio": served / direct, "goal": ">= 0.95",
+                }  # fmt: skip
+            del session
+
+            tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
+            make = server_caller(server.url, "tiny", tiny)
+            _run_threads(1, 50, make)
+            _, latencies = _run_threads(1, max(requests * 10, 50), make)
+            ordered = sorted(latencies)
+            results["tiny_c1"] = {
+                "p50_ms": statistics.median(latencies) * 1e3,
+                "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
+                "goal": "p50 <= 1 ms",
+            }
+
+            small = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+            plain = throughput(16, requests * 4, server_caller(server.url, "small", small))
+            batched = throughput(16, requests * 4, server_caller(server.url, "small_batched", small))
+            results["batching_c16"] = {"without_rps": plain, "with_rps": batched, "speedup": batched / plain, "goal": ">= 2"}
+
+            shared = throughput(4, requests * 4, server_caller(server.url, "small_shared", small))
+            separate = throughput(4, requests * 4, server_caller(server.url, "small_separate", small))
+            results["instances_c4"] = {"shared_rps": shared, "per_instance_rps": separate, "ratio": separate / shared}
+
+            make = server_caller(server.url, "tiny", tiny)
+            _run_threads(4, min(1000, rss_requests), make)
+            before = server.rss_bytes()
+            _run_threads(4, rss_requests, make)
+            after = server.rss_bytes()
+            results["rss"] = {
+                "requests": rss_requests, "before_mb": before / 2**20, "after_mb": after / 2**20,
+                "growth_pct": (after - before) / before * 100, "goal": "< 5 %",
+            }  # fmt: skip
+        finally:
+            server.stop()
+    for name, values in results.items():
+        shown = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items())
+        print(f"{name:14s} {shown}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""`se-onnx serve`: serve a model repository over the Open Inference Protocol (KServe v2 / Triton)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+from se_onnx.cli._common import env_default
+from se_onnx.errors import SeOnnxError
+
+
+def default_model_repository() -> str:
+    """The repository's bundled models/ next to the package when present, else ./models."""
+    bundled = Path(__file__).resolve().parents[2] / "models"
+    return str(bundled) if bundled.is_dir() else "models"
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, default, help: str, **kwargs) -> None:
+    """An option whose default comes from SE_ONNX_<FLAG> (e.g. --max-request-size → SE_ONNX_MAX_REQUEST_SIZE)."""
+    name = flag.lstrip("-")
+    env = f"SE_ONNX_{name.upper().replace('-', '_')}"
+    parser.add_argument(flag, default=env_default(name, default), help=f"{help} [env {env}]", **kwargs)
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    name = flag.lstrip("-")
+    env = f"SE_ONNX_{name.upper().replace('-', '_')}"
+    enabled = (env_default(name) or "").strip().lower() in ("1", "true", "yes", "on")
+    parser.add_argument(flag, action="store_true", default=enabled, help=f"{help} [env {env}=1]")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve ONNX models over HTTP (Open Inference Protocol, Triton-compatible)",
+        description="Serve every model of a repository directory over the Open Inference Protocol "
+        "(KServe v2) as Triton does, JSON and binary tensors. Every option can also be set by the "
+        "environment variable shown with it. Health: /v2/health/ready; metrics: /metrics; API docs: /docs.",
+    )
+    _option(parser, "--model-repository", default_model_repository(), "directory of models (default: the bundled models/, else ./models)", metavar="DIR")
+    _option(parser, "--host", "0.0.0.0", "address to listen on (default 0.0.0.0)")
+    _option(parser, "--port", 8000, "port to listen on (default 8000)", type=int)
+    _option(parser, "--provider", "auto", "execution provider for every model without its own (default auto: CUDA when usable, else CPU)", choices=("auto", "cpu", "cuda", "tensorrt"))
+    _flag(parser, "--allow-cpu-fallback", "run on the CPU when the requested GPU provider is not usable, instead of failing at start-up")
+    _option(parser, "--device-id", 0, "GPU device id (default 0)", type=int)
+    _option(parser, "--intra-op-threads", 0, "ONNX Runtime threads within an operator (default 0: ONNX Runtime's choice)", type=int)
+    _option(parser, "--inter-op-threads", 0, "ONNX Runtime threads across operators (default 0: ONNX Runtime's choice)", type=int)
+    _option(parser, "--max-request-size", 64 * 1024 * 1024, "largest request body in bytes (default 64 MB); larger ones get 413", type=int)
+    _option(parser, "--request-timeout", 60.0, "seconds a request may wait and run before it gets 503 (default 60; 0: no limit)", type=float)
+    _option(parser, "--api-key", None, "key that enables the repository API (index, load, unload); sent as X-API-Key or Authorization: Bearer")
+    _option(parser, "--log-level", "info", "log level (default info)", choices=("debug", "info", "warning", "error", "critical"))
+    _option(parser, "--workers-per-model", 1, "instances (inference threads) per model without its own instance_count (default 1)", type=int)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # heavy; only `serve` needs it
+
+    from service.app import create_app
+    from service.config import ServerConfig
+    from service.logs import configure_logging
+
+    try:
+        config = ServerConfig(
+            model_repository=Path(args.model_repository),
+            host=args.host,
+            port=int(args.port),
+            provider=args.provider,
+            allow_cpu_fallback=args.allow_cpu_fallback,
+            device_id=int(args.device_id),
+            intra_op_threads=int(args.intra_op_threads),
+            inter_op_threads=int(args.inter_op_threads),
+            max_request_size=int(args.max_request_size),
+            request_timeout=float(args.request_timeout),
+            api_key=args.api_key or None,
+            log_level=args.log_level,
+            workers_per_model=int(args.workers_per_model),
+        )
+    except ValueError as error:  # an environment variable that is not a number
+        raise SeOnnxError(f"invalid option value: {error}") from None
+    if config.provider not in ("auto", "cpu", "cuda", "tensorrt"):
+        raise SeOnnxError(f"--provider must be auto, cpu, cuda or tensorrt, not {config.provider!r}")
+    if config.log_level not in ("debug", "info", "warning", "error", "critical"):
+        raise SeOnnxError(f"--log-level must be debug, info, warning, error or critical, not {config.log_level!r}")
+    if config.workers_per_model < 1 or config.max_request_size < 1:
+        raise SeOnnxError("--workers-per-model and --max-request-size must be at least 1")
+    if not config.model_repository.is_dir():
+        raise SeOnnxError(f"{config.model_repository}: model repository is not a directory")
+    log_config = configure_logging(config.log_level)
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_config=log_config,
+            log_level=config.log_level,
+            access_log=False,  # the app writes its own JSON access log
+            timeout_graceful_shutdown=config.request_timeout or None,
+        )
+    )
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; a no-op handler
+    # makes that re-raise harmless, so a graceful stop exits 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    server.run()
+    return 0 if server.started else 1

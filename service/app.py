@@ -1,0 +1,105 @@
+"""The FastAPI application: `create_app(config)` wires the repository, routers, middleware and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from se_onnx.runtime import resolve_provider
+from service import __version__
+from service.config import ServerConfig
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.middleware import AccessLog, BodyLimit
+from service.repository import ModelRepository
+from service.routers import health, inference, metrics, repository
+from service.schemas import ErrorResponse
+
+SERVER_NAME = "se-onnx"
+log = logging.getLogger("service.app")
+
+
+class ServiceState:
+    """What the routers share, on `app.state.service`."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.repository = ModelRepository(config, self.metrics)
+        self.ready = False
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The server for `config`. Raises SeOnnxError at once when the server-wide provider cannot
+    be used (CUDA asked for but not working, and no --allow-cpu-fallback)."""
+    provider = resolve_provider(config.provider, allow_cpu_fallback=config.allow_cpu_fallback, device_id=config.device_id)
+    if provider != config.provider:
+        log.info("provider resolved", extra={"requested": config.provider, "provider": provider})
+    state = ServiceState(dataclasses.replace(config, provider=provider))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Models load in the background so that /v2/health/live answers during a long start-up.
+        async def start() -> None:
+            await state.repository.load_all()
+            state.ready = True
+            log.info("server ready", extra={"models": state.repository.index()})
+
+        loading = asyncio.create_task(start())
+        try:
+            yield
+        finally:
+            state.ready = False
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await state.repository.close()
+            log.info("server stopped")
+
+    app = FastAPI(
+        title="se-onnx inference server",
+        version=__version__,
+        description="ONNX models over the Open Inference Protocol (KServe v2), as Triton serves it.",
+        lifespan=lifespan,
+        responses={code: {"model": ErrorResponse} for code in (400, 404, 413, 503)},
+    )
+    app.state.service = state
+    for router in (health.router, inference.router, repository.router, metrics.router):
+        app.include_router(router)
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=config.max_request_size)
+    app.add_middleware(AccessLog)
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as {"error": message}, the shape Triton clients parse."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return _error(error.status, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"])
+        return _error(400, f"{where}: {first['msg']}" if where else first["msg"])
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return _error(500, f"internal server error: {type(error).__name__}: {error}")

@@ -1,0 +1,144 @@
+"""Dynamic batching: requests that arrive close together run as one batch, each caller gets its own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+
+import numpy as np
+
+from service.errors import ServiceError, bad_request
+
+Feeds = Mapping[str, np.ndarray]
+Run = Callable[[Feeds], dict[str, np.ndarray]]
+
+
+class _Pending:
+    __slots__ = ("feeds", "rows", "key", "future", "enqueued")
+
+    def __init__(self, feeds: Feeds, rows: int, future: asyncio.Future):
+        self.feeds = feeds
+        self.rows = rows
+        # Only requests whose non-batch dims and types agree can be concatenated.
+        self.key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(feeds.items()))
+        self.future = future
+        self.enqueued = time.perf_counter()
+
+
+class DynamicBatcher:
+    """Collects requests for up to `max_queue_delay_us` (measured from the oldest one) or until
+    `max_batch_size` rows or a preferred size, concatenates them along axis 0, runs them on
+    `executor` (at most `instances` batches at once; a batch is formed when an instance is free) and slices the outputs back per request.
+    More than `max_queue_size` waiting requests are refused with 503."""
+
+    def __init__(
+        self,
+        run: Run,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue_size: int,
+        preferred_batch_size: list[int],
+        instances: int,
+        observe_queue: Callable[[float], None],
+    ):
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self._delay = max_queue_delay_us / 1e6
+        self._max_queue_size = max_queue_size
+        self._preferred = frozenset(preferred_batch_size)
+        self._slots = asyncio.Semaphore(instances)
+        self._observe_queue = observe_queue
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._waiting = 0
+        self._running: set[asyncio.Task] = set()
+        self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    async def submit(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        rows = next(iter(feeds.values())).shape[0]
+        if rows > self.max_batch_size:
+            raise bad_request(f"batch of {rows} rows is larger than the model's max_batch_size {self.max_batch_size}")
+        if self._waiting >= self._max_queue_size:
+            raise ServiceError(503, f"the model's queue is full ({self._max_queue_size} requests waiting)")
+        item = _Pending(feeds, rows, asyncio.get_running_loop().create_future())
+        self._waiting += 1
+        self._queue.put_nowait(item)
+        return await item.future
+
+    async def _next(self, deadline: float) -> _Pending | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return None
+            try:
+                return await asyncio.wait_for(self._queue.get(), remaining)
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                return None
+
+    async def _collect(self) -> None:
+        carried: _Pending | None = None
+        while True:
+            first = carried or await self._queue.get()
+            carried = None
+            self._waiting -= 1
+            if first.future.done():  # its caller gave up (timeout) while it waited
+                continue
+            # Wait for a free instance before forming the batch: while all are busy, requests pile
+            # up in the queue and the next batch takes them all instead of leaving them behind.
+            await self._slots.acquire()
+            batch, rows = [first], first.rows
+            deadline = first.enqueued + self._delay
+            while rows < self.max_batch_size:
+                if rows in self._preferred and self._queue.empty():
+                    break  # a preferred size, and nothing more at hand to reach a larger one
+                item = await self._next(deadline)
+                if item is None:
+                    break
+                if item.key != first.key or rows + item.rows > self.max_batch_size:
+                    carried = item
+                    break
+                self._waiting -= 1
+                if not item.future.done():
+                    batch.append(item)
+                    rows += item.rows
+            task = asyncio.get_running_loop().create_task(self._execute(batch, rows))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _execute(self, batch: list[_Pending], rows: int) -> None:
+        try:
+            started = time.perf_counter()
+            for item in batch:
+                self._observe_queue(started - item.enqueued)
+            names = batch[0].feeds.keys()
+            feeds = {name: np.concatenate([item.feeds[name] for item in batch]) for name in names}
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
+            bad = [name for name, array in outputs.items() if array.ndim == 0 or array.shape[0] != rows]
+            if bad:
+                raise ServiceError(500, f"output {bad[0]!r} does not keep the batch dimension; turn dynamic batching off")
+            offset = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result({name: array[offset : offset + item.rows] for name, array in outputs.items()})
+                offset += item.rows
+        except Exception as error:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        finally:
+            self._slots.release()
+
+    async def stop(self) -> None:
+        """Stop collecting; requests still waiting (none after a drain) get 503."""
+        self._task.cancel()
+        await asyncio.gather(self._task, *self._running, return_exceptions=True)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(ServiceError(503, "the model was unloaded"))

@@ -1,0 +1,152 @@
+"""The model repository: finds models on disk, loads and unloads them, and tracks each version's state.
+
+Layouts (both may be mixed in one directory):
+  DIR/<model>/<version>/model.onnx   Triton's layout; DIR/<model>/config.json is optional
+  DIR/<model>.onnx                   a single version "1" with the default config
+Other files (scripts, READMEs, data) are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from se_onnx.errors import SeOnnxError
+from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerConfig
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.model import ServedModel
+
+log = logging.getLogger("service.repository")
+
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+
+
+class ModelRepository:
+    def __init__(self, config: ServerConfig, metrics: Metrics):
+        self.root = Path(config.model_repository)
+        self._config = config
+        self._metrics = metrics
+        self._served: dict[str, dict[str, ServedModel]] = {}
+        # name → version → (state, reason); version "" holds a model-level failure (bad config).
+        self._states: dict[str, dict[str, tuple[str, str]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def discover(self) -> dict[str, Path]:
+        """Model name → its directory (Triton layout) or .onnx file, as the disk has them now."""
+        if not self.root.is_dir():
+            return {}
+        found: dict[str, Path] = {}
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith((".", "_")):
+                continue
+            if entry.is_dir() and any(child.is_dir() and child.name.isdigit() for child in entry.iterdir()):
+                found[entry.name] = entry
+            elif entry.is_file() and entry.suffix == ".onnx":
+                found.setdefault(entry.stem, entry)  # a directory of the same name wins
+        return found
+
+    @staticmethod
+    def _versions(source: Path, override: str | None) -> tuple[ModelConfig, dict[str, Path]]:
+        if override is not None:
+            config = ModelConfig.parse(override, f"{source.name}: load request config")
+        elif source.is_dir():
+            config = ModelConfig.read(source / MODEL_CONFIG_FILE)
+        else:
+            config = ModelConfig()
+        if source.is_file():
+            return config, {"1": source}
+        numbers = [int(child.name) for child in source.iterdir() if child.is_dir() and child.name.isdigit()]
+        chosen = config.version_policy.select(numbers)
+        if not chosen:
+            raise SeOnnxError(f"{source}: the version policy selects none of versions {sorted(numbers)}")
+        return config, {str(number): source / str(number) / "model.onnx" for number in chosen}
+
+    async def load_all(self) -> None:
+        for name in self.discover():
+            try:
+                await self.load(name)
+            except ServiceError as error:
+                log.error("model not loaded", extra={"model": name, "reason": error.message})
+
+    async def load(self, name: str, config_override: str | None = None) -> None:
+        """(Re)load every selected version of `name`; the old versions finish their requests first."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            source = self.discover().get(name)
+            if source is None:
+                raise ServiceError(404, f"no model {name!r} in the repository {self.root}")
+            try:
+                config, paths = self._versions(source, config_override)
+            except SeOnnxError as error:
+                self._states[name] = {"": (UNAVAILABLE, str(error))}
+                raise ServiceError(400, f"failed to load {name!r}: {error}") from None
+            states = {version: (LOADING, "") for version in paths}
+            self._states[name] = states
+            loaded: dict[str, ServedModel] = {}
+            for version, path in paths.items():
+                try:
+                    if not path.is_file():
+                        raise SeOnnxError(f"{path}: no such model file")
+                    model = await asyncio.to_thread(
+                        ServedModel, name, version, path, config, self._config, self._metrics
+                    )
+                except SeOnnxError as error:
+                    states[version] = (UNAVAILABLE, str(error))
+                    continue
+                model.start()
+                loaded[version] = model
+                states[version] = (READY, "")
+            previous = self._served.pop(name, {})
+            if loaded:
+                self._served[name] = loaded
+            await asyncio.gather(*(model.close() for model in previous.values()))
+            failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
+            if failed:
+                raise ServiceError(400, f"failed to load {name!r}: {'; '.join(failed)}")
+
+    async def unload(self, name: str) -> None:
+        """Stop routing requests to `name`, let those in flight finish, then free it."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if name not in self._served and name not in self._states and name not in self.discover():
+                raise ServiceError(404, f"unknown model {name!r}")
+            models = self._served.pop(name, {})
+            self._states[name] = {version: (UNLOADING, "") for version in models}
+            await asyncio.gather(*(model.close() for model in models.values()))
+            self._states[name] = {version: (UNAVAILABLE, "unloaded") for version in models} or {
+                "": (UNAVAILABLE, "unloaded")
+            }
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The ready model version (the newest when `version` is None): 404 unknown, 503 not ready."""
+        versions = self._served.get(name)
+        known = name in self._states
+        if version is not None and not version.isdigit():
+            raise ServiceError(404, f"unknown version {version!r} of model {name!r}")
+        if versions and (version is None or version in versions):
+            return versions[version or max(versions, key=int)]
+        if version is not None and known and version in self._states[name]:
+            state, reason = self._states[name][version]
+            raise ServiceError(503, f"model {name!r} version {version} is not ready ({state}{': ' + reason if reason else ''})")
+        if version is None and known:
+            reasons = "; ".join(reason for _, reason in self._states[name].values() if reason)
+            raise ServiceError(503, f"model {name!r} is not ready{': ' + reasons if reasons else ''}")
+        if version is not None and (versions or known):
+            raise ServiceError(404, f"unknown version {version} of model {name!r}")
+        raise ServiceError(404, f"unknown model {name!r}")
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._served.get(name, {}), key=int)
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        rows = []
+        for name in sorted(set(self.discover()) | set(self._states)):
+            states = self._states.get(name) or {"": (UNAVAILABLE, "not loaded")}
+            for version, (state, reason) in sorted(states.items(), key=lambda item: int(item[0] or 0)):
+                if not ready_only or state == READY:
+                    rows.append({"name": name, "version": version, "state": state, "reason": reason})
+        return rows
+
+    async def close(self) -> None:
+        served, self._served = self._served, {}
+        await asyncio.gather(*(model.close() for versions in served.values() for model in versions.values()))

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per concern: health and server metadata, inference, repository, metrics."""

@@ -1,0 +1,66 @@
+"""The model repository extension: index, load, unload; only with an API key configured and given."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TypeVar
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ValidationError
+
+from service.errors import ServiceError, bad_request
+from service.schemas import LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest
+
+API_KEY_HEADER = "X-API-Key"
+T = TypeVar("T", bound=BaseModel)
+
+
+def require_api_key(request: Request) -> None:
+    """403 while no key is configured (the repository API is off); 401 for a missing or wrong key,
+    taken from X-API-Key or `Authorization: Bearer <key>`."""
+    expected = request.app.state.service.config.api_key
+    if not expected:
+        raise ServiceError(403, "the repository API is disabled; start the server with --api-key to enable it")
+    given = request.headers.get(API_KEY_HEADER)
+    if given is None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ServiceError(401, f"missing or wrong API key (send it as {API_KEY_HEADER} or Authorization: Bearer)")
+
+
+router = APIRouter(prefix="/v2/repository", tags=["repository"], dependencies=[Depends(require_api_key)])
+
+
+async def _body(request: Request, schema: type[T]) -> T:
+    raw = await request.body()
+    if not raw.strip():
+        return schema()
+    try:
+        return schema.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as error:
+        raise bad_request(f"invalid request body: {' '.join(str(error).split())}") from None
+
+
+@router.post("/index", response_model=list[RepositoryModel], summary="Every model in the repository and its state")
+async def index(request: Request) -> list[RepositoryModel]:
+    body = await _body(request, RepositoryIndexRequest)
+    return [RepositoryModel(**row) for row in request.app.state.service.repository.index(body.ready)]
+
+
+@router.post("/models/{model_name}/load", summary="Load or reload a model (optional `config` parameter: config.json text)")
+async def load(request: Request, model_name: str) -> Response:
+    body = await _body(request, LoadRequest)
+    override = body.parameters.get("config")
+    if override is not None and not isinstance(override, str):
+        raise bad_request("parameter 'config' must be a string holding the model's JSON config")
+    await request.app.state.service.repository.load(model_name, override)
+    return Response(status_code=200)
+
+
+@router.post("/models/{model_name}/unload", summary="Unload a model once its in-flight requests finish")
+async def unload(request: Request, model_name: str) -> Response:
+    await _body(request, UnloadRequest)
+    await request.app.state.service.repository.unload(model_name)
+    return Response(status_code=200)

@@ -1,0 +1,91 @@
+"""JSON bodies of the Open Inference Protocol (KServe v2) as Triton serves them, as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+Parameters = dict[str, Any]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 marks a dynamic dimension")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    # Not part of the standard fields: providers in use, batching, instance count.
+    parameters: Parameters = Field(default_factory=dict)
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters = Field(default_factory=dict)
+    data: Any = None
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: Parameters = Field(default_factory=dict)
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: Parameters = Field(default_factory=dict)
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = False
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str = ""
+    state: str = Field(description="READY, LOADING, UNLOADING or UNAVAILABLE")
+    reason: str = ""
+
+
+class LoadRequest(BaseModel):
+    # `config` is a JSON string that replaces the model's config.json for this load, as in Triton.
+    parameters: Parameters = Field(default_factory=dict)
+
+
+class UnloadRequest(BaseModel):
+    parameters: Parameters = Field(default_factory=dict)

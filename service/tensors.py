@@ -1,0 +1,274 @@
+"""Tensors on the wire: JSON `data` and Triton's binary tensor data extension, to and from numpy."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import ValidationError
+
+from service.errors import bad_request
+from service.schemas import InferRequest, RequestInput
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+DATATYPES: dict[str, type] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+_BY_DTYPE = {np.dtype(dtype): name for name, dtype in DATATYPES.items()}
+_ONNX_NAMES = {
+    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+    "float16": "FP16", "float": "FP32", "double": "FP64", "string": "BYTES",
+}  # fmt: skip
+
+
+def datatype_of_ort(ort_type: str) -> str | None:
+    """'tensor(float)' → 'FP32'; None for types the protocol has no name for (bfloat16, maps…)."""
+    if not (ort_type.startswith("tensor(") and ort_type.endswith(")")):
+        return None
+    return _ONNX_NAMES.get(ort_type[len("tensor(") : -1])
+
+
+def datatype_of_array(array: np.ndarray) -> str:
+    return "BYTES" if array.dtype.kind in "OSU" else _BY_DTYPE[array.dtype]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the protocol shows it: -1 for each dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def accepts(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.shape) and all(want in (-1, got) for want, got in zip(self.shape, shape))
+
+
+def parse_request(
+    body: bytes, header_length: str | None, inputs: Mapping[str, TensorSpec]
+) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """The request and its input arrays, checked against the model's inputs (400 on any mistake).
+
+    `header_length` is the Inference-Header-Content-Length header: absent means the body is JSON
+    only, 0 means the body is the raw bytes of the model's single input (Triton's raw request).
+    """
+    if header_length is None:
+        json_size = len(body)
+    else:
+        try:
+            json_size = int(header_length)
+        except ValueError:
+            raise bad_request(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 <= json_size <= len(body):
+            raise bad_request(f"{HEADER_LENGTH} {json_size} is outside the body of {len(body)} bytes")
+        if json_size == 0:
+            return _raw_request(body, inputs)
+    try:
+        document = json.loads(body[:json_size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise bad_request(f"malformed JSON in the request: {error}") from None
+    try:
+        request = InferRequest.model_validate(document)
+    except ValidationError as error:
+        raise bad_request(f"invalid inference request: {_first_error(error)}") from None
+    return request, _decode_inputs(request, memoryview(body)[json_size:], inputs)
+
+
+def _raw_request(body: bytes, inputs: Mapping[str, TensorSpec]) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    if len(inputs) != 1:
+        raise bad_request(f"a raw binary request needs a model with one input; this one has {len(inputs)}")
+    (spec,) = inputs.values()
+    if spec.datatype == "BYTES":
+        array = _deserialize_bytes(memoryview(body), spec.name)
+        count = array.size
+    else:
+        itemsize = np.dtype(DATATYPES[spec.datatype]).itemsize
+        if len(body) % itemsize:
+            raise bad_request(f"input {spec.name!r}: {len(body)} bytes is not a whole number of {spec.datatype}")
+        array = np.frombuffer(body, DATATYPES[spec.datatype])
+        count = array.size
+    shape = _raw_shape(spec, count)
+    request = InferRequest(
+        inputs=[RequestInput(name=spec.name, shape=shape, datatype=spec.datatype)],
+        parameters={"binary_data_output": True},
+    )
+    return request, {spec.name: array.reshape(shape)}
+
+
+def _raw_shape(spec: TensorSpec, count: int) -> list[int]:
+    """The model's shape with its one dynamic dimension (if any) taken from the element count."""
+    dynamic = [axis for axis, dim in enumerate(spec.shape) if dim < 0]
+    known = math.prod(dim for dim in spec.shape if dim >= 0)
+    if len(dynamic) > 1:
+        raise bad_request(f"input {spec.name!r} has several dynamic dimensions; a raw request cannot give its shape")
+    if dynamic:
+        if known == 0 or count % known:
+            raise bad_request(f"input {spec.name!r}: {count} elements do not fit shape {list(spec.shape)}")
+        return [count // known if dim < 0 else dim for dim in spec.shape]
+    if count != known:
+        raise bad_request(f"input {spec.name!r}: expected {known} elements of shape {list(spec.shape)}, got {count}")
+    return list(spec.shape)
+
+
+def _decode_inputs(
+    request: InferRequest, binary: memoryview, inputs: Mapping[str, TensorSpec]
+) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in request.inputs:
+        spec = inputs.get(tensor.name)
+        if spec is None:
+            raise bad_request(f"unknown input {tensor.name!r}; the model takes {', '.join(inputs)}")
+        if tensor.name in arrays:
+            raise bad_request(f"input {tensor.name!r} is given twice")
+        if tensor.datatype != spec.datatype:
+            raise bad_request(f"input {tensor.name!r}: datatype {tensor.datatype}, expected {spec.datatype}")
+        if any(dim < 0 for dim in tensor.shape) or not spec.accepts(tensor.shape):
+            raise bad_request(f"input {tensor.name!r}: shape {tensor.shape} does not match {list(spec.shape)}")
+        size = tensor.parameters.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise bad_request(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise bad_request(f"input {tensor.name!r}: binary_data_size {size} runs past the end of the body")
+            arrays[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
+            offset += size
+        else:
+            arrays[tensor.name] = _from_json(tensor)
+    if offset != len(binary):
+        raise bad_request(f"{len(binary) - offset} bytes after the JSON header belong to no input")
+    missing = [name for name in inputs if name not in arrays]
+    if missing:
+        raise bad_request(f"missing input {', '.join(map(repr, missing))}")
+    return arrays
+
+
+def _from_binary(tensor: RequestInput, chunk: memoryview) -> np.ndarray:
+    count = math.prod(tensor.shape)
+    if tensor.datatype == "BYTES":
+        array = _deserialize_bytes(chunk, tensor.name)
+    else:
+        dtype = np.dtype(DATATYPES[tensor.datatype])
+        if len(chunk) != count * dtype.itemsize:
+            raise bad_request(
+                f"input {tensor.name!r}: {len(chunk)} bytes of data, expected {count * dtype.itemsize} "
+                f"for shape {tensor.shape} of {tensor.datatype}"
+            )
+        array = np.frombuffer(chunk, dtype)
+    if array.size != count:
+        raise bad_request(f"input {tensor.name!r}: {array.size} elements, expected {count} for shape {tensor.shape}")
+    return array.reshape(tensor.shape)
+
+
+def _from_json(tensor: RequestInput) -> np.ndarray:
+    if tensor.data is None:
+        raise bad_request(f"input {tensor.name!r} has neither data nor binary_data_size")
+    count = math.prod(tensor.shape)
+    try:
+        if tensor.datatype == "BYTES":
+            items = list(_flatten(tensor.data))
+            if not all(isinstance(item, str) for item in items):
+                raise TypeError("BYTES data must be strings")
+            array = np.array(items, dtype=object)
+        else:
+            array = np.asarray(tensor.data, dtype=DATATYPES[tensor.datatype])
+    except (TypeError, ValueError, OverflowError) as error:
+        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: {error}") from None
+    if array.size != count:
+        raise bad_request(f"input {tensor.name!r}: {array.size} elements, expected {count} for shape {tensor.shape}")
+    return array.reshape(tensor.shape)
+
+
+def _flatten(data: object):
+    if isinstance(data, list):
+        for item in data:
+            yield from _flatten(item)
+    else:
+        yield data
+
+
+def _deserialize_bytes(chunk: memoryview, name: str) -> np.ndarray:
+    """Triton's BYTES layout: each element a 4-byte little-endian length, then its bytes."""
+    items, offset = [], 0
+    while offset < len(chunk):
+        if offset + 4 > len(chunk):
+            raise bad_request(f"input {name!r}: truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", chunk, offset)
+        offset += 4
+        if offset + length > len(chunk):
+            raise bad_request(f"input {name!r}: BYTES element runs past its data")
+        items.append(bytes(chunk[offset : offset + length]).decode("utf-8", "surrogateescape"))
+        offset += length
+    return np.array(items, dtype=object)
+
+
+def _serialize_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        raw = item if isinstance(item, bytes) else str(item).encode("utf-8", "surrogateescape")
+        parts.append(struct.pack("<I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def binary_outputs(request: InferRequest, names: Sequence[str]) -> dict[str, bool]:
+    """Which outputs to return and whether each goes as binary data (400 on an unknown output)."""
+    default = bool(request.parameters.get("binary_data_output", False))
+    if request.outputs is None:
+        return {name: default for name in names}
+    chosen = {}
+    for output in request.outputs:
+        if output.name not in names:
+            raise bad_request(f"unknown output {output.name!r}; the model gives {', '.join(names)}")
+        if output.parameters.get("classification"):
+            raise bad_request(f"output {output.name!r}: the classification extension is not supported")
+        chosen[output.name] = bool(output.parameters.get("binary_data", default))
+    return chosen
+
+
+def encode_response(
+    header: dict, outputs: Mapping[str, np.ndarray], binary: Mapping[str, bool]
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the length of its JSON header."""
+    described, chunks = [], []
+    for name, as_binary in binary.items():
+        array = outputs[name]
+        datatype = datatype_of_array(array)
+        entry: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if as_binary:
+            raw = _serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif datatype == "BYTES":
+            entry["data"] = [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        described.append(entry)
+    text = json.dumps({**header, "outputs": described}, separators=(",", ":")).encode()
+    if not chunks:
+        return text, None
+    return b"".join([text, *chunks]), len(text)
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]

@@ -1,0 +1,156 @@
+"""The model repository: layouts, config.json, version policies, failed models, the API-key-guarded
+index/load/unload API, and unloading or reloading while requests are in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import infer_json, relu_neg_model, serve, serve_async, slow_model, write_repo
+
+from service.app import create_app
+from service.config import ServerConfig
+
+KEY = {"X-API-Key": "s3cret"}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = write_repo(
+        tmp_path / "repo",
+        {
+            "plain": relu_neg_model(),
+            "all_versions": (relu_neg_model(), {"version_policy": {"all": {}}}, [1, 2, 5]),
+            "specific": (relu_neg_model(), {"version_policy": {"specific": {"versions": [2]}}}, [1, 2, 3]),
+        },
+    )
+    (root / "broken.onnx").write_bytes(b"not an onnx model")
+    (root / "bad_config" / "1").mkdir(parents=True)
+    (root / "bad_config" / "1" / "model.onnx").write_bytes((root / "plain.onnx").read_bytes())
+    (root / "bad_config" / "config.json").write_text(json.dumps({"max_batch_size": -3}))
+    return root
+
+
+def _index(client) -> dict[tuple[str, str], dict]:
+    response = client.post("/v2/repository/index", headers=KEY)
+    assert response.status_code == 200, response.text
+    return {(row["name"], row["version"]): row for row in response.json()}
+
+
+def test_layouts_policies_and_failed_models(repo):
+    with serve(repo, api_key="s3cret") as client:
+        index = _index(client)
+        assert index[("plain", "1")]["state"] == "READY"
+        assert [v for (n, v) in index if n == "all_versions"] == ["1", "2", "5"]
+        assert [v for (n, v) in index if n == "specific"] == ["2"]
+        broken = index[("broken", "1")]
+        assert broken["state"] == "UNAVAILABLE" and "cannot load" in broken["reason"]
+        bad = index[("bad_config", "")]
+        assert bad["state"] == "UNAVAILABLE" and "max_batch_size" in bad["reason"]
+        # A failed model does not take the server down, and asking for it says why.
+        assert client.get("/v2/health/ready").status_code == 200
+        response = client.post("/v2/models/broken/infer", json=infer_json("x", np.ones((1, 4), np.float32)))
+        assert response.status_code == 503 and "cannot load" in response.json()["error"]
+        assert client.get("/v2/models/broken/ready").status_code == 503
+        assert client.get("/v2/models/all_versions").json()["versions"] == ["1", "2", "5"]
+        assert client.get("/v2/models/all_versions/versions/2/ready").status_code == 200
+        ready_only = client.post("/v2/repository/index", headers=KEY, json={"ready": True}).json()
+        assert all(row["state"] == "READY" for row in ready_only) and len(ready_only) == 5
+
+
+def test_server_is_not_ready_before_start_up(repo):
+    client = TestClient(create_app(ServerConfig(model_repository=repo, provider="cpu")))  # lifespan not run
+    response = client.get("/v2/health/ready")
+    assert response.status_code == 503 and response.json() == {"error": "server is not ready"}
+    assert client.get("/v2/health/live").status_code == 200
+
+
+def test_repository_api_needs_a_configured_key(repo):
+    with serve(repo) as client:
+        response = client.post("/v2/repository/index")
+        assert response.status_code == 403 and "--api-key" in response.json()["error"]
+        assert client.post("/v2/repository/models/plain/unload", headers=KEY).status_code == 403
+    with serve(repo, api_key="s3cret") as client:
+        assert client.post("/v2/repository/index").status_code == 401
+        assert client.post("/v2/repository/index", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/v2/repository/index", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.post("/v2/repository/models/plain/unload").status_code == 401
+        assert client.get("/v2/models/plain/ready").status_code == 200
+
+
+def test_load_unload_reload_with_config(repo):
+    with serve(repo, api_key="s3cret") as client:
+        assert client.post("/v2/repository/models/plain/unload", headers=KEY).status_code == 200
+        assert client.get("/v2/models/plain/ready").status_code == 503
+        assert _index(client)[("plain", "1")] == {"name": "plain", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}
+        assert client.post("/v2/repository/models/plain/load", headers=KEY).status_code == 200
+        assert client.get("/v2/models/plain/ready").status_code == 200
+        # A model added to the directory after start-up, loaded with a config given in the request.
+        write_repo(repo, {"late": relu_neg_model()})
+        config = json.dumps({"max_batch_size": 2, "instance_count": 2})
+        response = client.post("/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": config}})
+        assert response.status_code == 200, response.text
+        metadata = client.get("/v2/models/late").json()
+        assert metadata["parameters"]["max_batch_size"] == 2 and metadata["parameters"]["instance_count"] == 2
+        too_many = client.post("/v2/models/late/infer", json=infer_json("x", np.ones((3, 4), np.float32)))
+        assert too_many.status_code == 400 and "max_batch_size" in too_many.json()["error"]
+        # Mistakes in load requests are the client's: 404 for no such model, 400 for a bad config.
+        assert client.post("/v2/repository/models/ghost/load", headers=KEY).status_code == 404
+        assert client.post("/v2/repository/models/ghost/unload", headers=KEY).status_code == 404
+        bad = client.post("/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": "{nope"}})
+        assert bad.status_code == 400 and "invalid model config" in bad.json()["error"]
+        assert client.post("/v2/repository/models/late/load", headers=KEY, content=b"[1]").status_code == 400
+
+
+def test_unload_lets_in_flight_requests_finish(tmp_path):
+    root = write_repo(tmp_path / "repo", {"slow": slow_model(1024, 12)})
+
+    async def scenario():
+        async with serve_async(root, api_key="s3cret") as (app, client):
+            x = np.array([[3.0], [4.0]], np.float32)
+            request = asyncio.create_task(client.post("/v2/models/slow/infer", json=infer_json("x", x)))
+            model = app.state.service.repository.get("slow")
+            while not model.inflight:
+                await asyncio.sleep(0.001)
+            unload = await client.post("/v2/repository/models/slow/unload", headers=KEY)
+            assert request.done(), "unload returned before the in-flight request finished"
+            response = await request
+            assert unload.status_code == 200
+            assert response.status_code == 200, response.text
+            assert response.json()["outputs"][0]["data"] == [3.0, 4.0]
+            after = await client.post("/v2/models/slow/infer", json=infer_json("x", x))
+            assert after.status_code == 503
+
+    asyncio.run(scenario())
+
+
+def test_load_and_unload_during_traffic(tmp_path):
+    root = write_repo(tmp_path / "repo", {"busy": relu_neg_model(), "other": relu_neg_model()})
+
+    async def scenario():
+        async with serve_async(root, api_key="s3cret") as (app, client):
+            stop = asyncio.Event()
+            results = []
+
+            async def traffic(seed: int):
+                rng = np.random.default_rng(seed)
+                while not stop.is_set():
+                    x = rng.standard_normal((2, 4)).astype(np.float32)
+                    response = await client.post("/v2/models/busy/infer", json=infer_json("x", x, outputs=[{"name": "neg"}]))
+                    got = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(2, 4) if response.status_code == 200 else None
+                    results.append((response.status_code, got is not None and np.array_equal(got, -x)))
+
+            workers = [asyncio.create_task(traffic(seed)) for seed in range(4)]
+            for _ in range(3):
+                assert (await client.post("/v2/repository/models/busy/load", headers=KEY)).status_code == 200  # reload
+                assert (await client.post("/v2/repository/models/other/unload", headers=KEY)).status_code == 200
+                assert (await client.post("/v2/repository/models/other/load", headers=KEY)).status_code == 200
+            stop.set()
+            await asyncio.gather(*workers)
+            assert len(results) > 10
+            assert all(status == 200 and correct for status, correct in results), results[:5]
+
+    asyncio.run(scenario())
