@@ -221,3 +221,15 @@ def test_cuda_bench(models, capsys):
     assert main(["bench", models["plain"], models["se"], "--provider", "cuda", "--json", *FAST]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["provider"] == "cuda" and report["ratio"]["median"] > 0
+
+
+def test_se_cost_of_a_model_with_external_data(models, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    build_samples.save_with_external_data(onnx.load(models["se"]), folder / "se.onnx")
+    files = sorted(p.name for p in folder.iterdir())
+    assert len(files) == 2  # the model and its weights file
+    monkeypatch.chdir(tmp_path)
+    report = se_cost(folder / "se.onnx", BenchOptions(runs=2, warmup=0))
+    assert report.se_cost.blocks == models["blocks"]
+    assert sorted(p.name for p in folder.iterdir()) == files and [p.name for p in tmp_path.iterdir()] == ["model"]
