@@ -269,7 +269,7 @@ def plot_report(report: BenchReport, path: str | os.PathLike) -> None:
     latency = axes.pop(0)
     series = [np.asarray(model.seconds) * 1e3 for model in report.models]
     latency.boxplot(series, whis=(5, 95), showfliers=False)
-    latency.set_xticks(range(1, len(names) + 1), [_shorten(name) for name in names])
+    latency.set_xticks(range(1, len(names) + 1), [_shorten(name, 36) for name in names])
     latency.set_ylabel("latency per batch (ms)")
     latency.set_title("latency per run (box p25–p75, whiskers p5–p95)")
     for index, model in enumerate(report.models, start=1):
