@@ -180,17 +180,23 @@ def time_interleaved(
     for _ in range(warmup):
         for task in tasks:
             task()
-    round_s = (clock() - started) / warmup if warmup else 0.0
-    bar = _progress_bar(runs, label) if progress and round_s * runs > _LONG_RUN_S else None
+    warmup_round_s = (clock() - started) / warmup if warmup else None
     seconds: list[list[float]] = [[] for _ in tasks]
+    bar = None
     try:
-        for _ in range(runs):
+        for index in range(runs):
             for task, durations in zip(tasks, seconds):
                 start = clock()
                 task()
                 durations.append(clock() - start)
             if bar is not None:
                 bar.update()
+            elif index == 0 and progress:
+                # Expected length from a warm-up round, or without warm-up from this first round.
+                round_s = warmup_round_s if warmup_round_s is not None else sum(d[0] for d in seconds)
+                if round_s * runs > _LONG_RUN_S:
+                    bar = _progress_bar(runs, label)
+                    bar.update()
     finally:
         if bar is not None:
             bar.close()
@@ -338,12 +344,17 @@ def _inputs(session, options: BenchOptions) -> tuple[dict[str, np.ndarray], int]
 
 
 def _check_same_inputs(session_a, session_b, names: Sequence[str]) -> None:
-    inputs_a, inputs_b = (sorted((m.name, m.type, str(m.shape)) for m in s.get_inputs()) for s in (session_a, session_b))
-    if inputs_a != inputs_b:
+    """Same input names, types and shapes; symbolic dims match each other whatever their names."""
+    inputs_a, inputs_b = (sorted((m.name, m.type, m.shape) for m in s.get_inputs()) for s in (session_a, session_b))
+
+    def comparable(inputs):
+        return [(name, dtype, [d if isinstance(d, int) else None for d in shape]) for name, dtype, shape in inputs]
+
+    if comparable(inputs_a) != comparable(inputs_b):
         raise SeOnnxError(f"{names[0]} and {names[1]} take different inputs: {_describe(inputs_a)} vs {_describe(inputs_b)}")
 
 
-def _describe(inputs: Sequence[tuple[str, str, str]]) -> str:
+def _describe(inputs: Sequence[tuple[str, str, list]]) -> str:
     return ", ".join(f"{name} {dtype} {shape}" for name, dtype, shape in inputs) or "none"
 
 
@@ -361,16 +372,16 @@ def _op_times(model: bytes, options: BenchOptions, runs: int) -> dict[str, float
     """Kernel time per op type, ms per batch, from a profiled session's JSON trace (then deleted)."""
     session = _session(model, "model", options, profile=True)
     feeds, _ = _inputs(session, options)
-    trace = None
     try:
         for _ in range(options.warmup + runs):
             session.run(None, feeds)
     finally:
+        # ONNX Runtime writes the trace when profiling ends; it goes even when a run failed.
         trace = Path(session.end_profiling())
-    try:
-        events = json.loads(trace.read_text())
-    finally:
-        trace.unlink(missing_ok=True)
+        try:
+            events = json.loads(trace.read_text())
+        finally:
+            trace.unlink(missing_ok=True)
     return _kernel_ms_per_op(events, skip_runs=options.warmup)
 
 

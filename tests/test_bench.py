@@ -233,3 +233,20 @@ def test_se_cost_of_a_model_with_external_data(models, tmp_path, monkeypatch):
     report = se_cost(folder / "se.onnx", BenchOptions(runs=2, warmup=0))
     assert report.se_cost.blocks == models["blocks"]
     assert sorted(p.name for p in folder.iterdir()) == files and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_progress_bar_without_warmup_judges_from_the_first_round(capsys):
+    clock = FakeClock()
+    slow = clock.task("slow", [10.0] * 3)
+    time_interleaved([slow], runs=3, warmup=0, clock=clock, progress=True, label="coldstart")
+    assert "coldstart" in capsys.readouterr().err
+
+
+def test_symbolic_dims_with_other_names_are_the_same_input(models, tmp_path):
+    proto = onnx.load(models["se"])
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch_size"
+    renamed = tmp_path / "renamed.onnx"
+    onnx.save(proto, renamed)
+    report = benchmark([models["plain"], renamed], BenchOptions(runs=1, warmup=0, batch=3))
+    assert report.batch == 3 and report.ratio is not None
