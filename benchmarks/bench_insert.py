@@ -5,7 +5,7 @@ number of convs, and what the inserted blocks cost at inference in ONNX Runtime.
     python benchmarks/bench_insert.py --json          # the same as JSON
     python benchmarks/bench_insert.py --rounds 1 --scaling 50,100 --infer-runs 2   # smoke run
 
-Run it from the repository root on a quiet machine. Every comparison is interleaved (A B A B …)
+Run it from the repository root on a quiet machine. Every comparison is interleaved (A B, B A, …)
 and summarized by the median of its run-by-run ratios, with se_onnx.bench's timing loop.
 """
 
@@ -141,8 +141,8 @@ def _as_process(source: Path, folder: Path, rounds: int) -> Comparison:
 
 
 def _compare(what: str, baseline_label: str, se_onnx, baseline, rounds: int, ours: Path, theirs: Path, clock=time.perf_counter) -> Comparison:
-    # Baseline first in each round, so the ratio reads se-onnx / baseline.
-    baseline_s, se_onnx_s = time_interleaved([baseline, se_onnx], runs=rounds, warmup=1, clock=clock)
+    # Rounds alternate which one goes first; the ratio reads se-onnx / baseline, round by round.
+    baseline_s, se_onnx_s = time_interleaved([baseline, se_onnx], runs=rounds, warmup=1, clock=clock, rotate=True)
     return Comparison(
         what,
         baseline_label,

@@ -171,9 +171,15 @@ def time_interleaved(
     clock: Callable[[], float] = time.perf_counter,
     progress: bool = False,
     label: str = "bench",
+    rotate: bool = False,
 ) -> list[list[float]]:
     """Call the tasks in turn (A B A B …), `warmup` rounds untimed then `runs` timed rounds;
-    each task's durations in seconds, round by round."""
+    each task's durations in seconds, round by round.
+
+    `rotate` starts each round one task later (A B, B A, A B … for two), so that no task always
+    runs right after the same other one, which would bias their ratio by whatever the earlier task
+    leaves behind (caches, clock speed).
+    """
     if runs < 1:
         raise SeOnnxError(f"--runs must be at least 1, not {runs}")
     started = clock()
@@ -185,10 +191,11 @@ def time_interleaved(
     bar = None
     try:
         for index in range(runs):
-            for task, durations in zip(tasks, seconds):
+            first = index % len(tasks) if rotate else 0
+            for position in [*range(first, len(tasks)), *range(first)]:
                 start = clock()
-                task()
-                durations.append(clock() - start)
+                tasks[position]()
+                seconds[position].append(clock() - start)
             if bar is not None:
                 bar.update()
             elif index == 0 and progress:
@@ -214,7 +221,9 @@ def benchmark(models: Sequence[str | os.PathLike | bytes], options: BenchOptions
         _check_same_inputs(sessions[0], sessions[1], names)
     feeds, batch = _inputs(sessions[0], options)
     tasks = [_runner(session, feeds, name) for session, name in zip(sessions, names)]
-    seconds = time_interleaved(tasks, runs=options.runs, warmup=options.warmup, progress=options.progress, label=" vs ".join(names))
+    seconds = time_interleaved(
+        tasks, runs=options.runs, warmup=options.warmup, progress=options.progress, label=" vs ".join(names), rotate=True
+    )
     timings = [
         ModelTiming(name, Latency.of(series), batch / statistics.median(series), series)
         for name, series in zip(names, seconds)

@@ -67,6 +67,15 @@ def test_interleaved_runs_alternate_and_time_each_call():
     assert seconds == [[1.0, 2.0, 4.0], [1.5, 2.5, 5.0]]
 
 
+def test_rotated_rounds_alternate_the_order_and_keep_the_pairs():
+    clock = FakeClock()
+    a = clock.task("A", [1.0, 2.0, 3.0, 4.0])
+    b = clock.task("B", [10.0, 20.0, 30.0, 40.0])
+    seconds = time_interleaved([a, b], runs=4, warmup=0, clock=clock, rotate=True)
+    assert clock.calls == ["A", "B", "B", "A", "A", "B", "B", "A"]
+    assert seconds == [[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]]
+
+
 def test_ratio_is_taken_pair_by_pair():
     # The machine slows down 4× mid-run; pairwise ratios see B as 1.25× A throughout.
     a = [1.0, 1.0, 1.0, 4.0, 4.0]
