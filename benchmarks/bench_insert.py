@@ -76,7 +76,7 @@ class Fit:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per speed comparison (default 7)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per speed comparison (default 15)")
     parser.add_argument("--scaling", default="1000,2000,4000,8000", help="conv counts of the scaling models")
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds per scaling model (default 3)")
     parser.add_argument("--infer-runs", type=int, default=50, help="timed inference runs per model (default 50)")
