@@ -94,6 +94,10 @@ class ModelRepository:
                 except SeOnnxError as error:
                     states[version] = (UNAVAILABLE, str(error))
                     continue
+                except Exception as error:  # anything else about one model must not stop the others
+                    log.exception("model failed to load", extra={"model": name, "version": version})
+                    states[version] = (UNAVAILABLE, f"{type(error).__name__}: {error}")
+                    continue
                 model.start()
                 loaded[version] = model
                 states[version] = (READY, "")

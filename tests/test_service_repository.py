@@ -95,6 +95,9 @@ def test_load_unload_reload_with_config(repo):
         assert response.status_code == 200, response.text
         metadata = client.get("/v2/models/late").json()
         assert metadata["parameters"]["max_batch_size"] == 2 and metadata["parameters"]["instance_count"] == 2
+        triton_config = client.get("/v2/models/late/config").json()
+        assert triton_config["max_batch_size"] == 2 and triton_config["input"][0]["dims"] == [4]
+        assert triton_config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
         too_many = client.post("/v2/models/late/infer", json=infer_json("x", np.ones((3, 4), np.float32)))
         assert too_many.status_code == 400 and "max_batch_size" in too_many.json()["error"]
         # Mistakes in load requests are the client's: 404 for no such model, 400 for a bad config.
