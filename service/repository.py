@@ -101,11 +101,16 @@ class ModelRepository:
                 model.start()
                 loaded[version] = model
                 states[version] = (READY, "")
-            previous = self._served.pop(name, {})
+            failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
+            previous = self._served.get(name, {})
+            if not loaded and previous:
+                # A reload that loads nothing keeps the running versions serving, as Triton does.
+                self._states[name] = {version: (READY, "") for version in previous}
+                raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {'; '.join(failed)}")
+            self._served.pop(name, None)
             if loaded:
                 self._served[name] = loaded
             await asyncio.gather(*(model.close() for model in previous.values()))
-            failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
             if failed:
                 raise ServiceError(400, f"failed to load {name!r}: {'; '.join(failed)}")
 

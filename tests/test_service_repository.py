@@ -106,6 +106,12 @@ def test_load_unload_reload_with_config(repo):
         bad = client.post("/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": "{nope"}})
         assert bad.status_code == 400 and "invalid model config" in bad.json()["error"]
         assert client.post("/v2/repository/models/late/load", headers=KEY, content=b"[1]").status_code == 400
+        # A reload that fails keeps the loaded version serving.
+        (repo / "plain.onnx").write_bytes(b"corrupted")
+        failed = client.post("/v2/repository/models/plain/load", headers=KEY)
+        assert failed.status_code == 400 and "keep serving" in failed.json()["error"]
+        assert client.post("/v2/models/plain/infer", json=infer_json("x", np.ones((1, 4), np.float32))).status_code == 200
+        assert _index(client)[("plain", "1")]["state"] == "READY"
 
 
 def test_unload_lets_in_flight_requests_finish(tmp_path):
