@@ -79,6 +79,8 @@ class ModelRepository:
             try:
                 config, paths = self._versions(source, config_override)
             except SeOnnxError as error:
+                if name in self._served:
+                    raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {error}") from None
                 self._states[name] = {"": (UNAVAILABLE, str(error))}
                 raise ServiceError(400, f"failed to load {name!r}: {error}") from None
             states = {version: (LOADING, "") for version in paths}

@@ -105,6 +105,7 @@ def test_load_unload_reload_with_config(repo):
         assert client.post("/v2/repository/models/ghost/unload", headers=KEY).status_code == 404
         bad = client.post("/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": "{nope"}})
         assert bad.status_code == 400 and "invalid model config" in bad.json()["error"]
+        assert _index(client)[("late", "1")]["state"] == "READY"
         assert client.post("/v2/repository/models/late/load", headers=KEY, content=b"[1]").status_code == 400
         # A reload that fails keeps the loaded version serving.
         (repo / "plain.onnx").write_bytes(b"corrupted")
