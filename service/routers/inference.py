@@ -14,35 +14,36 @@ from service.tensors import HEADER_LENGTH, binary_outputs, encode_response, pars
 router = APIRouter(prefix="/v2/models/{model_name}", tags=["models"])
 
 
-def _paths(route: str) -> list[str]:
-    return [route, "/versions/{version}" + route]
-
-
 def _add(method: str, route: str, **kwargs):
-    """Register one handler for both the model path and its /versions/{version} form."""
+    """Register `handler(request, model_name, version)` for …/versions/{version}<route> and, with
+    version None (the newest), for <route>."""
 
     def register(handler):
-        for path in _paths(route):
-            router.add_api_route(path, handler, methods=[method], **kwargs)
+        async def newest(request: Request, model_name: str):
+            return await handler(request, model_name, None)
+
+        newest.__name__ = f"{handler.__name__}_newest"
+        router.add_api_route(route, newest, methods=[method], **kwargs)
+        router.add_api_route("/versions/{version}" + route, handler, methods=[method], **kwargs)
         return handler
 
     return register
 
 
 @_add("GET", "", response_model=ModelMetadata, summary="Model metadata")
-async def model_metadata(request: Request, model_name: str, version: str | None = None) -> dict:
+async def model_metadata(request: Request, model_name: str, version: str | None) -> dict:
     repository = request.app.state.service.repository
     model = repository.get(model_name, version)
     return model.metadata(repository.versions(model_name))
 
 
 @_add("GET", "/config", summary="Model configuration in Triton's form (max_batch_size, dims without the batch axis)")
-async def model_config(request: Request, model_name: str, version: str | None = None) -> dict:
+async def model_config(request: Request, model_name: str, version: str | None) -> dict:
     return request.app.state.service.repository.get(model_name, version).triton_config()
 
 
 @_add("GET", "/ready", summary="200 when the model (version) is ready")
-async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
+async def model_ready(request: Request, model_name: str, version: str | None) -> Response:
     request.app.state.service.repository.get(model_name, version)
     return Response(status_code=200)
 
@@ -62,7 +63,7 @@ async def model_ready(request: Request, model_name: str, version: str | None = N
         }
     },
 )
-async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
+async def infer(request: Request, model_name: str, version: str | None) -> Response:
     state = request.app.state.service
     started = time.perf_counter()
     model = state.repository.get(model_name, version)
