@@ -4,6 +4,7 @@ datatype, the raw single-input request, and every client error with its status a
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -59,7 +60,11 @@ def test_health_and_server_metadata(client):
     assert metadata["name"] == "se-onnx"
     assert "binary_tensor_data" in metadata["extensions"] and "model_repository" in metadata["extensions"]
     assert client.get("/docs").status_code == 200
-    assert "/v2/models/{model_name}/infer" in client.get("/openapi.json").json()["paths"]
+    spec = client.get("/openapi.json").json()
+    assert "/v2/models/{model_name}/infer" in spec["paths"]
+    # Bodies read by the handlers themselves are documented too, with no dangling references.
+    referenced = set(re.findall(r"#/components/schemas/(\w+)", json.dumps(spec)))
+    assert {"InferRequest", "RequestInput", "LoadRequest"} <= referenced <= set(spec["components"]["schemas"])
 
 
 def test_model_metadata_standard_fields_and_providers(client):

@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from service.errors import ServiceError
-from service.schemas import InferRequest, InferResponse, ModelMetadata
+from service.schemas import InferRequest, InferResponse, ModelMetadata, openapi_body
 from service.tensors import HEADER_LENGTH, binary_outputs, encode_response, parse_request
 
 router = APIRouter(prefix="/v2/models/{model_name}", tags=["models"])
@@ -53,15 +53,12 @@ async def model_ready(request: Request, model_name: str, version: str | None) ->
     "/infer",
     summary="Run the model",
     response_model=InferResponse,
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {"schema": InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            },
-            "description": f"JSON, or JSON followed by binary tensors with the {HEADER_LENGTH} header",
-        }
-    },
+    openapi_extra=openapi_body(
+        InferRequest,
+        f"JSON, or a JSON header of {HEADER_LENGTH} bytes followed by binary tensors "
+        f"({HEADER_LENGTH}: 0 = the raw bytes of a single-input model's input)",
+        binary=True,
+    ),
 )
 async def infer(request: Request, model_name: str, version: str | None) -> Response:
     state = request.app.state.service
