@@ -3,9 +3,11 @@ datatype, the raw single-input request, and every client error with its status a
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -270,3 +272,13 @@ def test_request_larger_than_limit_is_413(client):
             yield big[start : start + 1000].encode()
 
     _error(client.post("/v2/models/relu/infer", content=chunks()), 413, "limit of 4096 bytes")
+
+
+def test_compressed_bodies(client):
+    body = json.dumps(infer_json("x", np.ones((1, 4), np.float32))).encode()
+    response = client.post("/v2/models/relu/infer", content=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    _error(client.post("/v2/models/relu/infer", content=body, headers={"Content-Encoding": "gzip"}), 400, "not valid gzip")
+    _error(client.post("/v2/models/relu/infer", content=body, headers={"Content-Encoding": "br"}), 400, "unsupported Content-Encoding")
+    bomb = zlib.compress(b" " * 100_000)  # small on the wire, past the 4096-byte limit inflated
+    _error(client.post("/v2/models/relu/infer", content=bomb, headers={"Content-Encoding": "deflate"}), 413, "inflates past")

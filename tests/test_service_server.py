@@ -101,6 +101,9 @@ def test_tritonclient_infer(server, binary):
     assert result.get_response()["id"] == "abc"
     np.testing.assert_array_equal(result.as_numpy("relu"), np.maximum(x, 0))
     np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+    for algorithm in ("gzip", "deflate"):
+        compressed = client.infer("relu", [tensor], outputs=outputs, request_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(compressed.as_numpy("neg"), -x)
     # No outputs named: tritonclient asks for all of them as binary.
     np.testing.assert_array_equal(client.infer("relu", [tensor]).as_numpy("neg"), -x)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 
 from fastapi import APIRouter, Request, Response
 
-from service.errors import ServiceError
+from service.errors import ServiceError, bad_request
 from service.schemas import InferRequest, InferResponse, ModelMetadata, openapi_body
 from service.tensors import HEADER_LENGTH, binary_outputs, encode_response, parse_request
 
@@ -69,7 +70,7 @@ async def infer(request: Request, model_name: str, version: str | None) -> Respo
         with model:
             # Read the body ourselves (not via a pydantic parameter): the size limit applies while
             # it streams, and binary tensors follow the JSON header in the same body.
-            body = await request.body()
+            body = _decompress(await request.body(), request.headers.get("content-encoding"), state.config.max_request_size)
             infer_request, feeds = parse_request(body, request.headers.get(HEADER_LENGTH), model.inputs)
             chosen = binary_outputs(infer_request, list(model.outputs))
             timeout = _timeout(state.config.request_timeout, infer_request.parameters.get("timeout"))
@@ -97,3 +98,21 @@ def _timeout(server_seconds: float, request_microseconds: object) -> float | Non
     if isinstance(request_microseconds, int) and not isinstance(request_microseconds, bool) and request_microseconds > 0:
         limits.append(request_microseconds / 1e6)
     return min(limits) if limits else None
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent with tritonclient's request compression (gzip or deflate), never more
+    than `limit` bytes once inflated."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise bad_request(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise bad_request(f"body is not valid {encoding} data: {error}") from None
+    if len(inflated) > limit:
+        raise ServiceError(413, f"request body inflates past the limit of {limit} bytes")
+    return inflated
