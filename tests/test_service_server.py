@@ -168,6 +168,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
     repo = write_repo(tmp_path / "repo", {"slow": slow_model(1024, 16)})
     process, url = _start(repo, "--workers-per-model", "1")
     results: dict[int, object] = {}
+    finished: dict[int, float] = {}
 
     def call(i: int) -> None:
         client = triton.InferenceServerClient(url, network_timeout=120)
@@ -177,15 +178,18 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
             results[i] = client.infer("slow", [tensor]).as_numpy("y")
         except Exception as error:  # recorded and reported by the assertion below
             results[i] = error
+        finished[i] = time.monotonic()
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
     time.sleep(0.3)  # the three are sent; one runs, two wait for the single instance
     process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     for thread in threads:
         thread.join(timeout=120)
     assert _stop(process) == 0
+    assert len(finished) == 3 and max(finished.values()) > signalled, "no request was in flight at SIGTERM"
     assert {i: float(np.asarray(r).reshape(-1)[0]) if isinstance(r, np.ndarray) else repr(r) for i, r in results.items()} == {
         0: 0.0, 1: 1.0, 2: 2.0
     }
