@@ -221,3 +221,15 @@ def test_tritonclient_model_config(server):
     assert config["name"] == "relu" and config["max_batch_size"] == 0
     assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}]
     assert config["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
+
+
+def test_tritonclient_statistics(server):
+    url, _ = server
+    client = triton.InferenceServerClient(url)
+    tensor = triton.InferInput("x", [2, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((2, 4), np.float32))
+    before = client.get_inference_statistics("relu")["model_stats"][0]["inference_count"]
+    client.infer("relu", [tensor])
+    stats = client.get_inference_statistics("relu")["model_stats"][0]
+    assert stats["inference_count"] == before + 2
+    assert {s["name"] for s in client.get_inference_statistics()["model_stats"]} >= {"relu", "types"}

@@ -43,6 +43,17 @@ async def model_config(request: Request, model_name: str, version: str | None) -
     return request.app.state.service.repository.get(model_name, version).triton_config()
 
 
+@_add("GET", "/stats", summary="Inference statistics of the model's versions (Triton's statistics extension)")
+async def model_stats(request: Request, model_name: str, version: str | None) -> dict:
+    repository = request.app.state.service.repository
+    if version is not None:
+        models = [repository.get(model_name, version)]
+    else:
+        repository.get(model_name)  # 404 / 503 as for any other request
+        models = [repository.get(model_name, v) for v in repository.versions(model_name)]
+    return {"model_stats": [model.stats.to_dict(model.name, model.version) for model in models]}
+
+
 @_add("GET", "/ready", summary="200 when the model (version) is ready")
 async def model_ready(request: Request, model_name: str, version: str | None) -> Response:
     request.app.state.service.repository.get(model_name, version)
@@ -84,9 +95,12 @@ async def infer(request: Request, model_name: str, version: str | None) -> Respo
         content, json_size = encode_response(header, outputs, chosen)
     except Exception:
         state.metrics.failure.labels(**labels).inc()
+        model.stats.request(False, time.perf_counter() - started)
         raise
+    seconds = time.perf_counter() - started
     state.metrics.success.labels(**labels).inc()
-    state.metrics.request_duration.labels(**labels).observe(time.perf_counter() - started)
+    state.metrics.request_duration.labels(**labels).observe(seconds)
+    model.stats.request(True, seconds)
     if json_size is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_size)})
