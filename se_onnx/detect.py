@@ -284,7 +284,9 @@ def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node
     excitation, offset = _split_constant_operand(shift)
     if offset is None or offset.size != 1:
         raise _Mismatch(Stage.GATE, "hard-sigmoid Add has no scalar constant offset")
-    gate = Gate("HardSigmoid", alpha=1.0 / high, beta=float(offset.item()) / high)
+    # Rounded to float32, the precision a HardSigmoid attribute holds, so a fused model reports the same gate.
+    alpha, beta = (float(np.float32(v)) for v in (1.0 / high, float(offset.item()) / high))
+    gate = Gate("HardSigmoid", alpha=alpha, beta=beta)
     return gate, (shift, clip, scale), excitation
 
 
@@ -405,7 +407,8 @@ def _per_channel(array: np.ndarray, channels: int, trailing_unit_dims: int, stag
 
 
 def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node, ...], ir.Value]:
-    """Pattern: Relu | LeakyRelu | PRelu | HardSwish | h·Sigmoid(h) (SiLU), or nothing when the
+    """Pattern: Relu | LeakyRelu | PRelu | HardSwish | h·Sigmoid(h) (SiLU) | h·HardSigmoid(h)
+    (HardSwish before opset 14), or nothing when the
     value comes straight from the squeeze (the one-layer "effective SE" variant)."""
     node = value.producer()
     if node is None or node.domain != "":
@@ -427,12 +430,19 @@ def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node
 
 
 def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ...], ir.Value]:
+    """h·Sigmoid(h) is SiLU; h·HardSigmoid(h; 1/6, 0.5) is HardSwish as written before opset 14."""
     for index in (0, 1):
         hidden, other = mul.inputs[index], mul.inputs[1 - index]
-        sigmoid = other.producer() if other is not None else None
-        if sigmoid is not None and sigmoid.op_type == "Sigmoid" and sigmoid.inputs[0] is hidden:
-            return Activation("SiLU"), (sigmoid, mul), hidden
-    raise _Mismatch(Stage.ACTIVATION, "Mul between the excitation layers is not h·Sigmoid(h)")
+        gate = other.producer() if other is not None else None
+        if gate is None or gate.domain != "" or gate.inputs[0] is not hidden:
+            continue
+        if gate.op_type == "Sigmoid":
+            return Activation("SiLU"), (gate, mul), hidden
+        if gate.op_type == "HardSigmoid" and np.allclose(
+            [_float_attribute(gate, "alpha", 0.2), _float_attribute(gate, "beta", 0.5)], [1 / 6, 0.5], rtol=_CONSTANT_RTOL
+        ):
+            return Activation("HardSwish"), (gate, mul), hidden
+    raise _Mismatch(Stage.ACTIVATION, "Mul between the excitation layers is not h·Sigmoid(h) or h·HardSigmoid(h)")
 
 
 def _prelu_slope(slope: np.ndarray) -> np.ndarray:
@@ -612,8 +622,12 @@ def _static_rank(value: ir.Value) -> int | None:
 
 
 def _float_attribute(node: ir.Node, name: str, default: float | None) -> float | None:
+    """The attribute's value; a default as the float32 an explicit attribute would hold, so that
+    HardSigmoid() and HardSigmoid(alpha=0.2) report the same gate."""
     attribute = node.attributes.get(name)
-    return default if attribute is None else float(attribute.value)
+    if attribute is None:
+        return None if default is None else float(np.float32(default))
+    return float(attribute.value)
 
 
 def _int_attribute(node: ir.Node, name: str, default: int) -> int:

@@ -7,10 +7,12 @@ that Conv+BN+activation fusions survive; or after convs chosen by name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import re
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -214,14 +216,33 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
     unsupported (no conv, quantized convs, opset < 11), or nothing matches the placement.
     """
     opset = model_opset(model)
-    model = model.clone()
-    plan = plan_insertion(model, options)
-    if not plan.sites:
-        raise SeOnnxError(_nothing_matches(plan, options))
-    dtype = _feature_dtype(plan.sites[0])
-    blocks = _add_blocks(model, plan.sites, options, opset)
-    model.graph.sort()
+    with _collector_paused():
+        model = model.clone()
+        plan = plan_insertion(model, options)
+        if not plan.sites:
+            raise SeOnnxError(_nothing_matches(plan, options))
+        dtype = _feature_dtype(plan.sites[0])
+        blocks = _add_blocks(model, plan.sites, options, opset)
+        model.graph.sort()
     return model, InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Generator[None, None, None]:
+    """Pause Python's cyclic garbage collector for the pass.
+
+    The pass allocates tens of objects per block and frees none of them, so every collection in
+    the meantime is wasted; full collections rescan the whole model, which made their share of
+    the time grow with model size (at 8k convs, half of the pass). Cycles left unreferenced are
+    collected as usual once the collector is back on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def model_opset(model: ir.Model) -> int:

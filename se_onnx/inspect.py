@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from se_onnx.detect import find_se
+from se_onnx.detect import NearMiss, SEBlock, detect
 from se_onnx.errors import SeOnnxError
 from se_onnx.insert import ConvInfo, InsertOptions, plan_insertion
 
@@ -53,7 +53,8 @@ class ModelSummary:
     outputs: list[TensorSignature]
     convs: list[ConvLayer]
     insertion_sites: dict[str, list[str]]  # placement → the convs a block would follow
-    se_blocks: list
+    se_blocks: list[SEBlock]
+    se_near_misses: list[NearMiss]  # Muls that looked like an SE rescale, with why they are not
 
     def to_dict(self) -> dict:
         return {
@@ -65,6 +66,7 @@ class ModelSummary:
             "convs": [dataclasses.asdict(c) for c in self.convs],
             "insertion_sites": self.insertion_sites,
             "se_blocks": [block.to_dict() for block in self.se_blocks],
+            "se_near_misses": [miss.to_dict() for miss in self.se_near_misses],
         }
 
 
@@ -80,6 +82,7 @@ def inspect_model(model: ir.Model) -> ModelSummary:
             sites[placement] = []
         else:
             sites[placement] = [site.conv.name for site in plan.sites]
+    detection = detect(model)
     return ModelSummary(
         ir_version=model.ir_version,
         producer=producer,
@@ -88,5 +91,6 @@ def inspect_model(model: ir.Model) -> ModelSummary:
         outputs=[TensorSignature.of(v) for v in model.graph.outputs],
         convs=convs,
         insertion_sites=sites,
-        se_blocks=find_se(model),
+        se_blocks=detection.blocks,
+        se_near_misses=detection.near_misses,
     )

@@ -111,13 +111,20 @@ def make_session(
     device_id: int = 0,
     gpu_mem_limit: int | None = None,
     enable_profiling: bool = False,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     """An InferenceSession on `provider`, with a clear error when ONNX Runtime rejects the model
-    or quietly drops the requested GPU provider (a driver or library it needs is missing)."""
+    or quietly drops the requested GPU provider (a driver or library it needs is missing).
+
+    `spinning=False` stops the intra-op threads from busy-waiting after a run; sessions timed in
+    turn need it, or one session's spinning threads slow down the next session's run.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
     options.enable_profiling = enable_profiling
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     source = os.fspath(model) if not isinstance(model, bytes) else model
     label = "model" if isinstance(model, bytes) else os.fspath(model)

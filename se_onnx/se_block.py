@@ -2,13 +2,16 @@
 
 squeeze (ReduceMean over the spatial axes) → Gemm (C → S) → activation → Gemm (S → C) → gate
 → Unsqueeze back to the feature map's rank → Mul with the feature map. The insertion pass writes
-this form, and fusing rewrites the blocks it finds into it.
+this form, and fusing rewrites the blocks it finds into it. The same builder also writes the
+"conv" layout (GlobalAveragePool → 1×1 Conv … → Mul), one-layer blocks, and the body of the
+function that the fuse pass's function form calls.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -19,6 +22,8 @@ from se_onnx.naming import NameScope
 # Opsets at which an op moved a list attribute to an input.
 REDUCE_MEAN_AXES_AS_INPUT = 18
 UNSQUEEZE_AXES_AS_INPUT = 13
+# The opset that introduced HardSwish; before it, hardswish is written h·HardSigmoid(h).
+HARD_SWISH_OPSET = 14
 MIN_OPSET = 11
 
 # sigmoid(IDENTITY_GATE_BIAS) rounds to exactly 1 in fp32, fp16 and bf16.
@@ -157,13 +162,26 @@ def squeeze_width(channels: int, ratio: float, min_squeeze: int = 1, divisor: in
     return width
 
 
+# How the excitation is laid out: "gemm" (ReduceMean → Gemm → … → Unsqueeze → Mul, the insertion
+# pass's form) or "conv" (GlobalAveragePool → 1×1 Conv → … → Mul, the form torchvision exports).
+LAYOUTS = ("gemm", "conv")
+# The attributes a function-form block's body refers to (see `build_se_function_body`).
+GATE_ALPHA, GATE_BETA, ACTIVATION_ALPHA = "gate_alpha", "gate_beta", "activation_alpha"
+
+
 @dataclasses.dataclass
 class BuiltBlock:
-    """What `build_se_block` made; the caller adds the nodes and initializers to a graph."""
+    """What a builder made; the caller adds the nodes and initializers to a graph.
+
+    A function body has no initializers: its weights are the body's `inputs` after the feature
+    map, and `arguments` holds the arrays (in the block's dtype) that a call passes for them.
+    """
 
     nodes: list[ir.Node]
     initializers: list[ir.Value]
     output: ir.Value
+    inputs: list[ir.Value] = dataclasses.field(default_factory=list)
+    arguments: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
 def build_se_block(
@@ -182,55 +200,138 @@ def build_se_block(
     Nodes are valid at `opset` (ReduceMean's axes move to an input at 18, Unsqueeze's at 13), the
     weights are cast to `dtype`, and every name comes from `names`. The batch dim stays symbolic.
     """
+    layers = [(weights.fc1_weight, weights.fc1_bias), (weights.fc2_weight, weights.fc2_bias)]
+    return build_excitation(
+        x, layers, spatial_rank=spatial_rank, opset=opset, dtype=dtype, names=names, activation=activation, gate=gate
+    )
+
+
+def build_excitation(
+    x: ir.Value,
+    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    spatial_rank: int,
+    opset: int,
+    dtype: ir.DataType,
+    names: NameScope,
+    activation: Activation | None,
+    gate: Gate,
+    layout: str = "gemm",
+) -> BuiltBlock:
+    """An SE block with one or two excitation layers (weight out × in, bias out) in `layout`.
+
+    Two layers have `activation` between them; one layer (the "effective SE" variant) has none.
+    """
+    return _build(_Tape(names, dtype), x, layers, spatial_rank, opset, activation, gate, layout)
+
+
+def build_se_function_body(
+    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    spatial_rank: int,
+    opset: int,
+    dtype: ir.DataType,
+    activation: Activation | None,
+    gate: Gate,
+) -> BuiltBlock:
+    """The body of a function that computes one SE block in the gemm layout.
+
+    Its inputs are the feature map, then each layer's weight and bias (and PRelu's slope); constant
+    axes are Constant nodes (a function has no initializers); HardSigmoid's alpha/beta and
+    LeakyRelu's alpha refer to the call's attributes `gate_alpha`, `gate_beta`, `activation_alpha`.
+    """
+    tape = _Tape(NameScope(set()), dtype, function=True)
+    x = tape.input("X", None)
+    return _build(tape, x, layers, spatial_rank, opset, activation, gate, "gemm")
+
+
+def _build(
+    block: _Tape,
+    x: ir.Value,
+    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    spatial_rank: int,
+    opset: int,
+    activation: Activation | None,
+    gate: Gate,
+    layout: str,
+) -> BuiltBlock:
     if opset < MIN_OPSET:
         raise SeOnnxError(f"opset {opset} is older than {MIN_OPSET}, the oldest se-onnx supports")
+    if layout not in LAYOUTS:
+        raise SeOnnxError(f"unknown SE block layout {layout!r}")
+    if len(layers) not in (1, 2) or (len(layers) == 2) != (activation is not None):
+        raise SeOnnxError("an SE block has two excitation layers with an activation, or one without")
+    conv = layout == "conv"
     batch = x.shape[0] if x.shape is not None and len(x.shape) > 0 else None
-    per_channel = ir.Shape([batch, weights.channels])
-    hidden_shape = ir.Shape([batch, weights.squeeze_channels])
-    block = _Tape(names, dtype)
+    unit_dims = [1] * spatial_rank if conv else []
     spatial_axes = list(range(2, 2 + spatial_rank))
 
-    if opset >= REDUCE_MEAN_AXES_AS_INPUT:
-        axes = block.constant("squeeze_axes", np.array(spatial_axes, np.int64), exact=True)
-        squeezed = block.op("ReduceMean", [x, axes], {"keepdims": 0}, "squeeze", per_channel)
-    else:
-        attributes = {"axes": spatial_axes, "keepdims": 0}
-        squeezed = block.op("ReduceMean", [x], attributes, "squeeze", per_channel)
+    def shape(channels: int) -> ir.Shape:
+        return ir.Shape([batch, int(channels), *unit_dims])
 
-    fc1 = [block.constant("fc1_weight", weights.fc1_weight), block.constant("fc1_bias", weights.fc1_bias)]
-    hidden = block.op("Gemm", [squeezed, *fc1], {"transB": 1}, "fc1", hidden_shape)
-    hidden = _activate(block, hidden, activation, hidden_shape)
-    fc2 = [block.constant("fc2_weight", weights.fc2_weight), block.constant("fc2_bias", weights.fc2_bias)]
-    excited = block.op("Gemm", [hidden, *fc2], {"transB": 1}, "fc2", per_channel)
+    channels = int(layers[0][0].shape[1])
+    if conv:
+        value = block.op("GlobalAveragePool", [x], None, "squeeze", shape(channels))
+    elif opset >= REDUCE_MEAN_AXES_AS_INPUT:
+        axes = block.constant("squeeze_axes", np.array(spatial_axes, np.int64), exact=True)
+        value = block.op("ReduceMean", [x, axes], {"keepdims": 0}, "squeeze", shape(channels))
+    else:
+        value = block.op("ReduceMean", [x], {"axes": spatial_axes, "keepdims": 0}, "squeeze", shape(channels))
+
+    stems = ("fc1", "fc2") if len(layers) == 2 else ("fc",)
+    for index, ((weight, bias), stem) in enumerate(zip(layers, stems)):
+        if index == 1:
+            assert activation is not None
+            value = _activate(block, value, activation, shape(weight.shape[1]), unit_dims, opset)
+        out_features = int(weight.shape[0])
+        if conv:
+            weight = np.reshape(weight, (out_features, weight.shape[1], *unit_dims))
+        operands = [block.constant(f"{stem}_weight", weight), block.constant(f"{stem}_bias", bias)]
+        op, attributes = ("Conv", None) if conv else ("Gemm", {"transB": 1})
+        value = block.op(op, [value, *operands], attributes, stem, shape(out_features))
+
     if gate.op_type == "HardSigmoid":
-        attributes = {"alpha": gate.alpha, "beta": gate.beta}
-        scale = block.op("HardSigmoid", [excited], attributes, "gate", per_channel)
+        attributes = {
+            "alpha": block.attribute("alpha", GATE_ALPHA, gate.alpha),
+            "beta": block.attribute("beta", GATE_BETA, gate.beta),
+        }
+        scale = block.op("HardSigmoid", [value], attributes, "gate", shape(channels))
     elif gate.op_type == "Sigmoid":
-        scale = block.op("Sigmoid", [excited], None, "gate", per_channel)
+        scale = block.op("Sigmoid", [value], None, "gate", shape(channels))
     else:
         raise SeOnnxError(f"unsupported SE gate {gate.op_type!r}")
 
-    broadcast = ir.Shape([batch, weights.channels, *([1] * spatial_rank)])
-    if opset >= UNSQUEEZE_AXES_AS_INPUT:
-        axes = block.constant("unsqueeze_axes", np.array(spatial_axes, np.int64), exact=True)
-        scale = block.op("Unsqueeze", [scale, axes], None, "unsqueeze", broadcast)
-    else:
-        scale = block.op("Unsqueeze", [scale], {"axes": spatial_axes}, "unsqueeze", broadcast)
+    if not conv:
+        broadcast = ir.Shape([batch, channels, *([1] * spatial_rank)])
+        if opset >= UNSQUEEZE_AXES_AS_INPUT:
+            axes = block.constant("unsqueeze_axes", np.array(spatial_axes, np.int64), exact=True)
+            scale = block.op("Unsqueeze", [scale, axes], None, "unsqueeze", broadcast)
+        else:
+            scale = block.op("Unsqueeze", [scale], {"axes": spatial_axes}, "unsqueeze", broadcast)
     output_shape = ir.Shape(list(x.shape)) if x.shape is not None else None
     output = block.op("Mul", [x, scale], None, "scale", output_shape)
-    return BuiltBlock(block.nodes, block.initializers, output)
+    return BuiltBlock(block.nodes, block.initializers, output, block.inputs, block.arguments)
 
 
-def _activate(block: _Tape, hidden: ir.Value, activation: Activation, shape: ir.Shape) -> ir.Value:
+def _activate(
+    block: _Tape, hidden: ir.Value, activation: Activation, shape: ir.Shape, unit_dims: list[int], opset: int
+) -> ir.Value:
     if activation.op_type == "Relu":
         return block.op("Relu", [hidden], None, "act", shape)
     if activation.op_type == "LeakyRelu":
-        return block.op("LeakyRelu", [hidden], {"alpha": activation.alpha}, "act", shape)
-    if activation.op_type == "HardSwish":
+        alpha = block.attribute("alpha", ACTIVATION_ALPHA, activation.alpha)
+        return block.op("LeakyRelu", [hidden], {"alpha": alpha}, "act", shape)
+    if activation.op_type == "HardSwish" and opset >= HARD_SWISH_OPSET:
         return block.op("HardSwish", [hidden], None, "act", shape)
+    if activation.op_type == "HardSwish":
+        attributes = {"alpha": 1 / 6, "beta": 0.5}
+        gate = block.op("HardSigmoid", [hidden], attributes, "act_hardsigmoid", shape)
+        return block.op("Mul", [hidden, gate], None, "act", shape)
     if activation.op_type == "PRelu":
-        slope = block.constant("act_slope", np.asarray(activation.slope))
-        return block.op("PRelu", [hidden, slope], None, "act", shape)
+        # A per-channel slope broadcasts over N × S (gemm) or N × S × 1… (conv).
+        slope = np.asarray(activation.slope)
+        slope = slope.reshape(-1, *unit_dims) if slope.size > 1 else slope.reshape(1)
+        return block.op("PRelu", [hidden, block.constant("act_slope", slope)], None, "act", shape)
     if activation.op_type == "SiLU":
         sigmoid = block.op("Sigmoid", [hidden], None, "act_sigmoid", shape)
         return block.op("Mul", [hidden, sigmoid], None, "act", shape)
@@ -238,21 +339,48 @@ def _activate(block: _Tape, hidden: ir.Value, activation: Activation, shape: ir.
 
 
 class _Tape:
-    """Records the nodes and initializers of one block, each named from the block's scope."""
+    """Records the nodes and initializers of one block, each named from the block's scope.
 
-    def __init__(self, names: NameScope, dtype: ir.DataType) -> None:
+    In a function body (`function=True`) weights become body inputs, exact constants become
+    Constant nodes, and attributes that a call may set become references to the call's attributes.
+    """
+
+    def __init__(self, names: NameScope, dtype: ir.DataType, *, function: bool = False) -> None:
         self.names = names
         self.dtype = dtype
+        self.function = function
         self.nodes: list[ir.Node] = []
         self.initializers: list[ir.Value] = []
+        self.inputs: list[ir.Value] = []
+        self.arguments: list[np.ndarray] = []
+
+    def input(self, stem: str, array: np.ndarray | None) -> ir.Value:
+        value = ir.Value(name=self.names(stem))
+        self.inputs.append(value)
+        if array is not None:
+            self.arguments.append(array)
+        return value
 
     def constant(self, stem: str, array: np.ndarray, *, exact: bool = False) -> ir.Value:
         if not exact:
             array = np.asarray(array, dtype=np.float32).astype(self.dtype.numpy())
+        if self.function and not exact:
+            return self.input(stem, array)
         name = self.names(stem)
         tensor = ir.tensor(array, dtype=None if exact else self.dtype, name=name)
+        if self.function:
+            node = ir.node("Constant", [], {"value": tensor}, name=self.names(f"{stem}_constant"), num_outputs=1)
+            node.outputs[0].name = name
+            self.nodes.append(node)
+            return node.outputs[0]
         value = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
         self.initializers.append(value)
+        return value
+
+    def attribute(self, name: str, call_attribute: str, value: float | None) -> ir.Attr | float | None:
+        """A float attribute: its value, or in a function body a reference to the call's."""
+        if self.function:
+            return ir.RefAttr(name, call_attribute, ir.AttributeType.FLOAT)
         return value
 
     def op(
@@ -267,7 +395,8 @@ class _Tape:
         node = ir.node(op_type, inputs, attributes, name=self.names(stem), num_outputs=1)
         output = node.outputs[0]
         output.name = self.names(f"{stem}_output")
-        output.type = ir.TensorType(self.dtype)
-        output.shape = shape
+        if not self.function:  # a function body is generic over its callers' types
+            output.type = ir.TensorType(self.dtype)
+            output.shape = shape
         self.nodes.append(node)
         return output

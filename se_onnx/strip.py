@@ -37,8 +37,11 @@ def strip_se(model: ir.Model) -> tuple[ir.Model, StripReport]:
     described = [block.to_dict() for block in blocks]
     names = NameScope(names_in_use(model))
     node_count, initializer_count = len(model.graph), len(model.graph.initializers)
+    # A block may rescale the output of the block before it, which is bypassed by then.
+    replaced: dict[ir.Value, ir.Value] = {}
     for block in blocks:
-        _bypass(model.graph, block.output, block.input, names)
+        replaced[block.output] = replaced.get(block.input, block.input)
+        redirect(model.graph, block.output, replaced[block.output], names)
     RemoveUnusedNodesPass()(model)
     model.graph.sort()
     report = StripReport(
@@ -49,16 +52,21 @@ def strip_se(model: ir.Model) -> tuple[ir.Model, StripReport]:
     return model, report
 
 
-def _bypass(graph: ir.Graph, output: ir.Value, replacement: ir.Value, names: NameScope) -> None:
-    """Make every reader of `output` read `replacement`; a graph output keeps its name through an
-    Identity, so the model's signature does not change."""
-    if output.is_graph_output():
-        identity = ir.node("Identity", [replacement], name=names("se_strip_identity"), num_outputs=1)
-        kept = identity.outputs[0]
-        name, kept.type, kept.shape = output.name, output.type, output.shape
-        output.replace_all_uses_with(kept, replace_graph_outputs=True)
-        output.name = names("se_strip_removed")
-        kept.name = name
-        graph.append(identity)
+def redirect(graph: ir.Graph, output: ir.Value, replacement: ir.Value, names: NameScope) -> None:
+    """Make every reader of `output` read `replacement`. A graph output keeps its name: a fresh
+    `replacement` (made by a rewrite, used nowhere yet) takes it over, and any other value is
+    passed through an Identity that does, so the model's signature does not change."""
+    if not output.is_graph_output():
+        output.replace_all_uses_with(replacement)
         return
-    output.replace_all_uses_with(replacement)
+    used = replacement.uses() or replacement.is_graph_input() or replacement.is_graph_output()
+    if not (used or replacement.is_initializer()):
+        kept = replacement
+    else:
+        identity = ir.node("Identity", [replacement], name=names("se_strip_identity"), num_outputs=1)
+        graph.append(identity)
+        kept = identity.outputs[0]
+    name, kept.type, kept.shape = output.name, output.type, output.shape
+    output.replace_all_uses_with(kept, replace_graph_outputs=True)
+    output.name = names(f"{name}_replaced")
+    kept.name = name

@@ -14,6 +14,10 @@ COMMAND_MODULES = (
     "inspect",
     "verify",
     "export_weights",
+    "fuse",
+    "unfuse",
+    "strip",
+    "bench",
     "serve",
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from se_onnx.cli._common import print_json, print_table
+from se_onnx.cli.fuse import print_blocks
 from se_onnx.inspect import ModelSummary, TensorSignature, inspect_model
 from se_onnx.model_io import load_model
 
@@ -47,13 +48,10 @@ def _print_summary(path: str, summary: ModelSummary) -> None:
     print(f"\nSE can go: {len(residual)} residual branches (--where residual), {len(conv)} convs (--where conv)")
     print(f"\nSE blocks: {len(summary.se_blocks)}")
     if summary.se_blocks:
-        rows = []
-        for block in summary.se_blocks:
-            info = block.to_dict()
-            gate = info["gate"]
-            gate_text = gate["op_type"] if gate.get("alpha") is None else f"{gate['op_type']}({gate['alpha']:g}, {gate['beta']:g})"
-            rows.append((info["channels"], info["squeeze_channels"] or "-", info["activation"] or "-", gate_text, len(info["nodes"]), info["output"]))
-        print_table(("C", "squeeze", "activation", "gate", "nodes", "output"), rows)
+        print_blocks([block.to_dict() for block in summary.se_blocks])
+    if summary.se_near_misses:
+        print(f"\nSE near-misses: {len(summary.se_near_misses)}")
+        print_table(("Mul", "failed at", "reason"), [(m.node, m.stage.name.lower(), m.reason) for m in summary.se_near_misses])
 
 
 def _shape(value: TensorSignature) -> str:

@@ -1,0 +1,244 @@
+"""Benchmark of the insertion pass: its speed against onnx.load + onnx.save, how it scales with the
+number of convs, and what the inserted blocks cost at inference in ONNX Runtime.
+
+    python benchmarks/bench_insert.py                 # everything, the README's settings
+    python benchmarks/bench_insert.py --json          # the same as JSON
+    python benchmarks/bench_insert.py --rounds 1 --scaling 50,100 --infer-runs 2   # smoke run
+
+Run it from the repository root on a quiet machine. Every comparison is interleaved (A B A B …)
+and summarized by the median of its run-by-run ratios, with se_onnx.bench's timing loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models import build_samples  # noqa: E402
+from se_onnx import InsertOptions, insert_se, load_model, save_model  # noqa: E402
+from se_onnx.bench import BenchOptions, Spread, benchmark, pairwise_ratio, time_interleaved  # noqa: E402
+
+# The SENet paper's setting for the inference cost: blocks on the residual branches, r = 16.
+PAPER_OPTIONS = InsertOptions(where="residual", ratio=1 / 16)
+PAPER_CPU_MS = (164.0, 167.0)  # SENet paper, ResNet-50 vs SE-ResNet-50 on CPU
+
+
+@dataclasses.dataclass
+class Comparison:
+    """se-onnx's time against a baseline's, interleaved, in seconds (medians) and ratio."""
+
+    what: str
+    baseline: str
+    se_onnx_s: float
+    baseline_s: float
+    ratio: Spread  # se-onnx / baseline, round by round
+    rounds: int
+
+
+@dataclasses.dataclass
+class ScalingPoint:
+    convs: int
+    blocks: int
+    seconds: float  # median of load_model + insert_se + save_model
+    pass_seconds: float  # median of insert_se alone
+
+    @property
+    def us_per_conv(self) -> float:
+        return self.seconds / self.convs * 1e6
+
+
+@dataclasses.dataclass
+class Fit:
+    """seconds ≈ intercept + slope·convs (least squares), and how well that line fits."""
+
+    intercept_s: float
+    slope_us_per_conv: float
+    r_squared: float
+    quadratic_share: float  # the fitted quadratic term's share of the time at the largest size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per speed comparison (default 7)")
+    parser.add_argument("--scaling", default="1000,2000,4000,8000", help="conv counts of the scaling models")
+    parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds per scaling model (default 3)")
+    parser.add_argument("--infer-runs", type=int, default=50, help="timed inference runs per model (default 50)")
+    parser.add_argument("--infer-warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: its choice)")
+    parser.add_argument("--skip", nargs="*", default=(), choices=("speed", "process", "scaling", "inference"))
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="se-onnx-bench-") as scratch:
+        folder = Path(scratch)
+        source = folder / "resnet50_sized.onnx"
+        onnx.save(build_samples.resnet50_sized(), source)
+        if "speed" not in args.skip:
+            results["in_process"] = _in_process(source, folder, args.rounds)
+        if "process" not in args.skip:
+            results["process"] = _as_process(source, folder, args.rounds)
+        if "scaling" not in args.skip:
+            points = _scaling([int(n) for n in args.scaling.split(",")], folder, args.scaling_rounds)
+            results["scaling"] = {"points": points, "fit": _fit(points)}
+        if "inference" not in args.skip:
+            results["inference"] = _inference(source, folder, args)
+    if args.json:
+        print(json.dumps(_plain(results), indent=2))
+    else:
+        _print(results, args)
+    return 0
+
+
+def _in_process(source: Path, folder: Path, rounds: int) -> Comparison:
+    """load_model → insert_se → save_model (checked, atomic) against onnx.load → onnx.save."""
+    ours, theirs = folder / "in_process_se.onnx", folder / "in_process_plain.onnx"
+
+    def se_onnx() -> None:
+        model, _ = insert_se(load_model(source))
+        save_model(model, ours)
+
+    def baseline() -> None:
+        onnx.save(onnx.load(source), theirs)
+
+    return _compare("insert, in process", "onnx.load + onnx.save", se_onnx, baseline, rounds)
+
+
+def _as_process(source: Path, folder: Path, rounds: int) -> Comparison:
+    """`python -m se_onnx insert` against a Python process that loads and saves with onnx."""
+    ours, theirs = folder / "process_se.onnx", folder / "process_plain.onnx"
+    insert_cmd = [sys.executable, "-m", "se_onnx", "insert", str(source), "-o", str(ours)]
+    plain_cmd = [sys.executable, "-c", f"import onnx; onnx.save(onnx.load({str(source)!r}), {str(theirs)!r})"]
+
+    def run(command: list[str]):
+        return lambda: subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+    return _compare("python -m se_onnx insert", "python -c onnx.load+save", run(insert_cmd), run(plain_cmd), rounds)
+
+
+def _compare(what: str, baseline_label: str, se_onnx, baseline, rounds: int) -> Comparison:
+    # Baseline first in each round, so the ratio reads se-onnx / baseline.
+    baseline_s, se_onnx_s = time_interleaved([baseline, se_onnx], runs=rounds, warmup=1)
+    return Comparison(
+        what, baseline_label, float(np.median(se_onnx_s)), float(np.median(baseline_s)), pairwise_ratio(baseline_s, se_onnx_s), rounds
+    )
+
+
+def _scaling(sizes: list[int], folder: Path, rounds: int) -> list[ScalingPoint]:
+    points = []
+    for convs in sizes:
+        source = folder / f"chain_{convs}.onnx"
+        onnx.save(build_samples.conv_chain(convs), source)
+        totals, passes, blocks = [], [], 0
+        for _ in range(rounds):
+            start = time.perf_counter()
+            model = load_model(source)
+            pass_start = time.perf_counter()
+            inserted, report = insert_se(model, InsertOptions(where="conv"))
+            passes.append(time.perf_counter() - pass_start)
+            save_model(inserted, folder / f"chain_{convs}_se.onnx")
+            totals.append(time.perf_counter() - start)
+            blocks = len(report.blocks)
+        points.append(ScalingPoint(convs, blocks, float(np.median(totals)), float(np.median(passes))))
+    return points
+
+
+def _fit(points: list[ScalingPoint]) -> Fit:
+    n = np.array([p.convs for p in points], dtype=np.float64)
+    t = np.array([p.seconds for p in points])
+    slope, intercept = np.polyfit(n, t, 1)
+    predicted = intercept + slope * n
+    r_squared = 1 - float(((t - predicted) ** 2).sum()) / max(float(((t - t.mean()) ** 2).sum()), 1e-30)
+    quadratic = np.polyfit(n, t, 2)[0] if len(points) >= 3 else 0.0
+    return Fit(float(intercept), float(slope) * 1e6, r_squared, float(quadratic * n.max() ** 2 / t.max()))
+
+
+def _inference(source: Path, folder: Path, args: argparse.Namespace) -> dict:
+    with_se = folder / "resnet50_sized_se16.onnx"
+    model, report = insert_se(load_model(source), PAPER_OPTIONS)
+    save_model(model, with_se)
+    options = BenchOptions(runs=args.infer_runs, warmup=args.infer_warmup, threads=args.threads, batch=1)
+    timed = benchmark([source, with_se], options, names=["ResNet-50-sized", "with SE (residual, r=16)"])
+    return {
+        "blocks": len(report.blocks),
+        "parameters_added": report.parameters_added,
+        "report": timed.to_dict(),
+        "paper_cpu_ratio": PAPER_CPU_MS[1] / PAPER_CPU_MS[0],
+    }
+
+
+def _print(results: dict, args: argparse.Namespace) -> None:
+    rows = []
+    for key in ("in_process", "process"):
+        if key in results:
+            c: Comparison = results[key]
+            rows.append(
+                (c.what, c.baseline, f"{c.se_onnx_s:.3f} s", f"{c.baseline_s:.3f} s", f"{c.ratio.median:.2f}×", f"{c.ratio.p10:.2f}–{c.ratio.p90:.2f}")
+            )
+    if rows:
+        print(f"Pass speed on a ResNet-50-sized model (25.6 M parameters, 53 convs), {args.rounds} interleaved rounds\n")
+        _table(("se-onnx", "baseline", "se-onnx", "baseline", "ratio", "p10–p90"), rows)
+        print("goal: ratio ≤ 1.3×\n")
+    if "scaling" in results:
+        points, fit = results["scaling"]["points"], results["scaling"]["fit"]
+        print(f"Scaling on conv chains (--where conv, load + insert + checked save), median of {args.scaling_rounds}\n")
+        _table(
+            ("convs", "blocks", "total", "insert_se", "µs / conv"),
+            [(p.convs, p.blocks, f"{p.seconds:.2f} s", f"{p.pass_seconds:.2f} s", f"{p.us_per_conv:.0f}") for p in points],
+        )
+        print(
+            f"fit: {fit.intercept_s:.3f} s + {fit.slope_us_per_conv:.0f} µs × convs, R² = {fit.r_squared:.4f}; "
+            f"a quadratic term would explain {fit.quadratic_share:.1%} of the largest size's time\n"
+        )
+    if "inference" in results:
+        info = results["inference"]
+        report = info["report"]
+        a, b = report["models"]
+        ratio = report["ratio"]
+        print(
+            f"Inference cost in ONNX Runtime ({report['provider']}, batch {report['batch']}, {report['runs']} interleaved runs): "
+            f"{info['blocks']} SE blocks, r = 16, +{info['parameters_added']:,} parameters\n"
+        )
+        _table(
+            ("model", "median ms", "p90 ms"),
+            [(m["name"], f"{m['latency_ms']['median']:.2f}", f"{m['latency_ms']['p90']:.2f}") for m in (a, b)],
+        )
+        print(
+            f"ratio {ratio['median']:.3f} (p10 {ratio['p10']:.3f}, p90 {ratio['p90']:.3f}); "
+            f"SENet paper on CPU: {info['paper_cpu_ratio']:.3f} ({PAPER_CPU_MS[0]:g} → {PAPER_CPU_MS[1]:g} ms)"
+        )
+
+
+def _table(headers, rows) -> None:
+    from se_onnx.cli._common import print_table
+
+    print_table(headers, rows)
+
+
+def _plain(value):
+    """Results as JSON-ready values: dataclasses to dicts, with derived fields."""
+    if isinstance(value, ScalingPoint):
+        return dataclasses.asdict(value) | {"us_per_conv": value.us_per_conv}
+    if dataclasses.is_dataclass(value):
+        return {key: _plain(item) for key, item in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

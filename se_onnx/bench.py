@@ -1,0 +1,395 @@
+"""Latency benchmarks in ONNX Runtime: one model, two models interleaved, or a model against its stripped copy.
+
+Two models run interleaved (A B A B …) on the same seeded inputs, so slow drifts of the machine
+(thermal throttling, other processes) hit both alike; their ratio is taken pair by pair, which
+cancels such drifts far better than a ratio of two separate medians.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from se_onnx.errors import SeOnnxError
+from se_onnx.model_io import atomic_output, load_model, uses_external_data
+from se_onnx.runtime import make_session, random_inputs
+from se_onnx.strip import strip_se
+
+# A progress bar appears only on runs expected to take longer than this.
+_LONG_RUN_S = 3.0
+# At most this many runs of the profiled sessions behind the per-op breakdown (after `warmup`
+# runs that are dropped): the profiler slows every kernel, so its sessions are not the timed ones.
+_PROFILED_RUNS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    """Latency of one run (one batch), in milliseconds."""
+
+    median: float
+    p90: float
+    mean: float
+    min: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Latency:
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        return cls(float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.mean()), float(ms.min()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """The median of pair-by-pair values, with their 10th and 90th percentiles."""
+
+    median: float
+    p10: float
+    p90: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        array = np.asarray(values, dtype=np.float64)
+        return cls(float(np.median(array)), float(np.percentile(array, 10)), float(np.percentile(array, 90)))
+
+
+def pairwise_ratio(a: Sequence[float], b: Sequence[float]) -> Spread:
+    """B/A run by run (run i of B over run i of A), summarized."""
+    if len(a) != len(b) or not a:
+        raise ValueError("pairwise_ratio needs two equally long, non-empty series")
+    return Spread.of([tb / ta for ta, tb in zip(a, b)])
+
+
+@dataclasses.dataclass
+class ModelTiming:
+    """One model's latency and throughput; `seconds` (every timed run) is left out of the JSON."""
+
+    name: str
+    latency_ms: Latency
+    throughput: float  # items per second: batch / median latency
+    seconds: list[float] = dataclasses.field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "latency_ms": dataclasses.asdict(self.latency_ms), "throughput": self.throughput}
+
+
+@dataclasses.dataclass(frozen=True)
+class OpTime:
+    """Time per batch spent in one op type's kernels, from ONNX Runtime's profiler (ms)."""
+
+    op_type: str
+    se_ms: float
+    stripped_ms: float
+
+    @property
+    def diff_ms(self) -> float:
+        return self.se_ms - self.stripped_ms
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"diff_ms": self.diff_ms}
+
+
+@dataclasses.dataclass
+class SeCost:
+    """What a model's SE blocks cost: the model over its stripped copy, run by run."""
+
+    blocks: int
+    ratio: Spread  # SE model / stripped model
+    ms_per_batch: Spread  # SE model − stripped model
+    profiled_runs: int
+    ops: list[OpTime]  # every op type either model runs, largest difference first
+
+    def to_dict(self) -> dict:
+        return {
+            "blocks": self.blocks,
+            "ratio": dataclasses.asdict(self.ratio),
+            "ms_per_batch": dataclasses.asdict(self.ms_per_batch),
+            "profiled_runs": self.profiled_runs,
+            "ops": [op.to_dict() for op in self.ops],
+        }
+
+
+@dataclasses.dataclass
+class BenchReport:
+    """The JSON report of `se-onnx bench` (keys documented in the README)."""
+
+    models: list[ModelTiming]
+    provider: str
+    batch: int
+    runs: int
+    warmup: int
+    threads: int
+    ratio: Spread | None = None  # models[1] / models[0], run by run; two models only
+    se_cost: SeCost | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "models": [model.to_dict() for model in self.models],
+            "provider": self.provider,
+            "batch": self.batch,
+            "runs": self.runs,
+            "warmup": self.warmup,
+            "threads": self.threads,
+            "ratio": dataclasses.asdict(self.ratio) if self.ratio else None,
+            "se_cost": self.se_cost.to_dict() if self.se_cost else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    provider: str = "cpu"
+    batch: int | None = None  # symbolic batch dims; None: the model's fixed batch, else 1
+    runs: int = 50
+    warmup: int = 5
+    threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose
+    seed: int = 0
+    progress: bool = False  # a progress bar on stderr for long runs
+
+    def validate(self) -> None:
+        if self.runs < 1:
+            raise SeOnnxError(f"--runs must be at least 1, not {self.runs}")
+        if self.warmup < 0:
+            raise SeOnnxError(f"--warmup must be 0 or more, not {self.warmup}")
+        if self.batch is not None and self.batch < 1:
+            raise SeOnnxError(f"--batch must be at least 1, not {self.batch}")
+        if self.threads < 0:
+            raise SeOnnxError(f"--threads must be 0 or more, not {self.threads}")
+
+
+def time_interleaved(
+    tasks: Sequence[Callable[[], object]],
+    *,
+    runs: int,
+    warmup: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: bool = False,
+    label: str = "bench",
+) -> list[list[float]]:
+    """Call the tasks in turn (A B A B …), `warmup` rounds untimed then `runs` timed rounds;
+    each task's durations in seconds, round by round."""
+    if runs < 1:
+        raise SeOnnxError(f"--runs must be at least 1, not {runs}")
+    started = clock()
+    for _ in range(warmup):
+        for task in tasks:
+            task()
+    round_s = (clock() - started) / warmup if warmup else 0.0
+    bar = _progress_bar(runs, label) if progress and round_s * runs > _LONG_RUN_S else None
+    seconds: list[list[float]] = [[] for _ in tasks]
+    try:
+        for _ in range(runs):
+            for task, durations in zip(tasks, seconds):
+                start = clock()
+                task()
+                durations.append(clock() - start)
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    return seconds
+
+
+def benchmark(models: Sequence[str | os.PathLike | bytes], options: BenchOptions = BenchOptions(), *, names: Sequence[str] | None = None) -> BenchReport:
+    """Time one or two models (files or serialized bytes); two run interleaved on the same inputs."""
+    options.validate()
+    if not 1 <= len(models) <= 2:
+        raise SeOnnxError(f"bench takes one or two models, not {len(models)}")
+    names = list(names) if names is not None else [_label(model) for model in models]
+    sessions = [_session(model, name, options) for model, name in zip(models, names)]
+    if len(sessions) == 2:
+        _check_same_inputs(sessions[0], sessions[1], names)
+    feeds, batch = _inputs(sessions[0], options)
+    tasks = [_runner(session, feeds, name) for session, name in zip(sessions, names)]
+    seconds = time_interleaved(tasks, runs=options.runs, warmup=options.warmup, progress=options.progress, label=" vs ".join(names))
+    timings = [
+        ModelTiming(name, Latency.of(series), batch / statistics.median(series), series)
+        for name, series in zip(names, seconds)
+    ]
+    ratio = pairwise_ratio(seconds[0], seconds[1]) if len(seconds) == 2 else None
+    return BenchReport(timings, options.provider, batch, options.runs, options.warmup, options.threads, ratio)
+
+
+def se_cost(model: str | os.PathLike, options: BenchOptions = BenchOptions()) -> BenchReport:
+    """Time `model` against a copy with its SE blocks stripped (built in memory), interleaved, and
+    break the difference down by op type with ONNX Runtime's profiler.
+
+    The report's models are [stripped, SE model], so its ratio is what the SE blocks cost.
+    """
+    options.validate()
+    with_se = load_model(model)
+    if uses_external_data(with_se):
+        # Serialized bytes cannot point at external data, so both copies carry their weights inline.
+        with_se = ir.external_data.load_to_model(with_se)
+    try:
+        stripped, strip_report = strip_se(with_se)
+    except SeOnnxError:
+        raise SeOnnxError(f"{model}: --se-cost needs a model with SE blocks, and it has none") from None
+    sources = [_serialize(stripped), _serialize(with_se)]
+    label = _label(model)
+    report = benchmark(sources, options, names=[f"{label} without SE", label])
+    samples_stripped, samples_se = (timing.seconds for timing in report.models)
+    profiled_runs = min(options.runs, _PROFILED_RUNS)
+    profiled = {which: _op_times(source, options, profiled_runs) for which, source in zip(("stripped", "se"), sources)}
+    op_types = set(profiled["stripped"]) | set(profiled["se"])
+    ops = sorted(
+        (OpTime(op, profiled["se"].get(op, 0.0), profiled["stripped"].get(op, 0.0)) for op in op_types),
+        key=lambda op: (-op.diff_ms, op.op_type),
+    )
+    report.se_cost = SeCost(
+        blocks=len(strip_report.blocks),
+        ratio=report.ratio,
+        ms_per_batch=Spread.of([(b - a) * 1e3 for a, b in zip(samples_stripped, samples_se)]),
+        profiled_runs=profiled_runs,
+        ops=ops,
+    )
+    return report
+
+
+def plot_report(report: BenchReport, path: str | os.PathLike) -> None:
+    """A PNG a person can read at a glance: latency distributions side by side, the run-by-run
+    ratio for two models, and for --se-cost the per-op-type cost of the SE blocks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    panels = 1 + (report.ratio is not None) + (report.se_cost is not None)
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), squeeze=False)
+    axes = list(axes[0])
+    names = [Path(model.name).name for model in report.models]
+
+    latency = axes.pop(0)
+    series = [np.asarray(model.seconds) * 1e3 for model in report.models]
+    latency.boxplot(series, whis=(5, 95), showfliers=False)
+    latency.set_xticks(range(1, len(names) + 1), [_shorten(name) for name in names])
+    latency.set_ylabel("latency per batch (ms)")
+    latency.set_title("latency per run (box p25–p75, whiskers p5–p95)")
+    for index, model in enumerate(report.models, start=1):
+        latency.annotate(f"median {model.latency_ms.median:.3g} ms", (index, model.latency_ms.median), xytext=(12, 0), textcoords="offset points", va="center", fontsize=8)
+
+    if report.ratio is not None:
+        ratio_axis = axes.pop(0)
+        ratios = series[1] / series[0]
+        ratio_axis.plot(np.arange(1, len(ratios) + 1), ratios, ".", alpha=0.6, label="run by run")
+        ratio_axis.axhline(report.ratio.median, color="C3", label=f"median {report.ratio.median:.3f}")
+        ratio_axis.axhspan(report.ratio.p10, report.ratio.p90, color="C3", alpha=0.15, label="p10–p90")
+        ratio_axis.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+        # Outliers of a noisy machine would squash the band; they stay counted in the figures.
+        low, high = np.percentile(ratios, [2, 98])
+        margin = 0.1 * max(high - low, 0.02)
+        ratio_axis.set_ylim(min(low, 1.0) - margin, max(high, 1.0) + margin)
+        ratio_axis.set_xlabel("run")
+        ratio_axis.set_ylabel("B / A")
+        ratio_axis.set_title(f"latency ratio B/A\nA = {_shorten(names[0], 40)}, B = {_shorten(names[1], 40)}", fontsize=9)
+        ratio_axis.legend(fontsize=8)
+
+    if report.se_cost is not None:
+        ops_axis = axes.pop(0)
+        ops = [op for op in report.se_cost.ops if abs(op.diff_ms) > 0][:12][::-1]
+        ops_axis.barh([op.op_type for op in ops], [op.diff_ms for op in ops], color=["C3" if op.diff_ms > 0 else "C2" for op in ops])
+        ops_axis.axvline(0, color="grey", linewidth=1)
+        ops_axis.set_xlabel("ms per batch, SE model − stripped (profiler)")
+        ops_axis.set_title(f"cost of {report.se_cost.blocks} SE blocks by op type")
+
+    figure.suptitle(
+        f"{' vs '.join(names)} — {report.provider}, batch {report.batch}, {report.runs} runs", fontsize=10
+    )
+    figure.tight_layout()
+    with atomic_output(path) as staging:
+        figure.savefig(staging, format="png", dpi=110)
+    plt.close(figure)
+
+
+def _label(model: str | os.PathLike | bytes) -> str:
+    return "model" if isinstance(model, bytes) else os.fspath(model)
+
+
+def _shorten(text: str, width: int = 28) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _session(model: str | os.PathLike | bytes, name: str, options: BenchOptions, *, profile: bool = False):
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise SeOnnxError(f"{name}: no such file")
+    return make_session(model, options.provider, intra_op_threads=options.threads, enable_profiling=profile)
+
+
+def _serialize(model: ir.Model) -> bytes:
+    return ir.to_proto(model).SerializeToString()
+
+
+def _inputs(session, options: BenchOptions) -> tuple[dict[str, np.ndarray], int]:
+    """The seeded feeds and the batch they carry: the first input's first dimension."""
+    first = session.get_inputs()[0] if session.get_inputs() else None
+    fixed = first.shape[0] if first is not None and first.shape and isinstance(first.shape[0], int) else None
+    if fixed is not None and options.batch is not None and options.batch != fixed:
+        raise SeOnnxError(f"the model's input {first.name!r} has a fixed batch of {fixed}; --batch {options.batch} does not apply")
+    feeds = random_inputs(session, batch=options.batch or 1, seed=options.seed)
+    batch = feeds[first.name].shape[0] if first is not None and feeds[first.name].ndim else 1
+    return feeds, int(batch)
+
+
+def _check_same_inputs(session_a, session_b, names: Sequence[str]) -> None:
+    inputs_a, inputs_b = (sorted((m.name, m.type, str(m.shape)) for m in s.get_inputs()) for s in (session_a, session_b))
+    if inputs_a != inputs_b:
+        raise SeOnnxError(f"{names[0]} and {names[1]} take different inputs: {_describe(inputs_a)} vs {_describe(inputs_b)}")
+
+
+def _describe(inputs: Sequence[tuple[str, str, str]]) -> str:
+    return ", ".join(f"{name} {dtype} {shape}" for name, dtype, shape in inputs) or "none"
+
+
+def _runner(session, feeds: dict[str, np.ndarray], name: str) -> Callable[[], object]:
+    def run() -> object:
+        try:
+            return session.run(None, feeds)
+        except Exception as error:  # ORT raises its own exception types for bad feeds
+            raise SeOnnxError(f"{name}: ONNX Runtime could not run it: {' '.join(str(error).split())}") from None
+
+    return run
+
+
+def _op_times(model: bytes, options: BenchOptions, runs: int) -> dict[str, float]:
+    """Kernel time per op type, ms per batch, from a profiled session's JSON trace (then deleted)."""
+    session = _session(model, "model", options, profile=True)
+    feeds, _ = _inputs(session, options)
+    trace = None
+    try:
+        for _ in range(options.warmup + runs):
+            session.run(None, feeds)
+    finally:
+        trace = Path(session.end_profiling())
+    try:
+        events = json.loads(trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
+    return _kernel_ms_per_op(events, skip_runs=options.warmup)
+
+
+def _kernel_ms_per_op(events: Sequence[dict], *, skip_runs: int) -> dict[str, float]:
+    """Sum each op type's kernel time over the runs after the first `skip_runs`, per run (ms)."""
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    kept = runs[skip_runs:]
+    if not kept:
+        return {}
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or event["ts"] < kept[0]:
+            continue
+        op_type = event.get("args", {}).get("op_name", "?")
+        totals[op_type] = totals.get(op_type, 0.0) + event["dur"] / 1e3
+    return {op: total / len(kept) for op, total in totals.items()}
+
+
+def _progress_bar(total: int, label: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="run", file=sys.stderr, leave=False)

@@ -1,0 +1,94 @@
+"""`se-onnx bench`: latency and throughput of one model, two models interleaved, or a model's SE blocks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from se_onnx.cli._common import print_json, print_table
+from se_onnx.errors import SeOnnxError
+from se_onnx.runtime import PROVIDERS
+
+if TYPE_CHECKING:
+    from se_onnx.bench import BenchReport
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time models in ONNX Runtime (one, two interleaved, or a model's SE blocks)",
+        description="Time a model in ONNX Runtime: warm-up, then latency (median, p90, mean, min) and "
+        "throughput. With two models, runs them interleaved (A B A B …) on the same seeded inputs and "
+        "reports B/A pair by pair. --se-cost times a model against a copy with its SE blocks "
+        "stripped and breaks the difference down by op type with ONNX Runtime's profiler.",
+    )
+    parser.add_argument("model_a", metavar="A", help="ONNX model")
+    parser.add_argument("model_b", metavar="B", nargs="?", help="second model, timed against A on the same inputs")
+    parser.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu; never falls back)")
+    parser.add_argument("--batch", type=int, default=None, help="size of symbolic batch dims (default: the model's, else 1)")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs per model first (default 5)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0: its choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--se-cost", action="store_true", help="time A against A without its SE blocks, with a per-op breakdown")
+    parser.add_argument("--plot", metavar="FILE.png", help="also write a comparison chart")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: every se-onnx command builds this parser, and only bench needs the timing code.
+    from se_onnx.bench import BenchOptions, benchmark, plot_report, se_cost
+
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise SeOnnxError(f"--plot writes a PNG; name the file *.png, not {args.plot!r}")
+    options = BenchOptions(
+        provider=args.provider,
+        batch=args.batch,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    if args.se_cost:
+        if args.model_b:
+            raise SeOnnxError("--se-cost takes one model (it builds the stripped copy itself)")
+        report = se_cost(args.model_a, options)
+    else:
+        report = benchmark([args.model_a, args.model_b] if args.model_b else [args.model_a], options)
+    if args.plot:
+        plot_report(report, args.plot)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        _print_report(report)
+        if args.plot:
+            print(f"\nchart written to {args.plot}")
+    return 0
+
+
+def _print_report(report: BenchReport) -> None:
+    threads = report.threads or "auto"
+    print(f"{report.provider}, batch {report.batch}, {report.runs} runs after {report.warmup} warm-up, {threads} threads\n")
+    rows = [
+        (m.name, f"{m.latency_ms.median:.3f}", f"{m.latency_ms.p90:.3f}", f"{m.latency_ms.mean:.3f}", f"{m.latency_ms.min:.3f}", f"{m.throughput:.1f}")
+        for m in report.models
+    ]
+    print_table(("model", "median ms", "p90 ms", "mean ms", "min ms", "items/s"), rows)
+    if report.ratio is not None:
+        r = report.ratio
+        print(f"\nB/A run by run: median {r.median:.3f} (p10 {r.p10:.3f}, p90 {r.p90:.3f})")
+    cost = report.se_cost
+    if cost is not None:
+        ms = cost.ms_per_batch
+        print(
+            f"\n{cost.blocks} SE blocks cost ×{cost.ratio.median:.3f} (p10 {cost.ratio.p10:.3f}, p90 {cost.ratio.p90:.3f}), "
+            f"{ms.median:+.3f} ms per batch (p10 {ms.p10:+.3f}, p90 {ms.p90:+.3f})\n"
+        )
+        print(f"kernel time by op type, ms per batch (ONNX Runtime profiler, {cost.profiled_runs} runs):")
+        print_table(
+            ("op type", "SE model", "stripped", "difference"),
+            [(op.op_type, f"{op.se_ms:.3f}", f"{op.stripped_ms:.3f}", f"{op.diff_ms:+.3f}") for op in cost.ops],
+        )

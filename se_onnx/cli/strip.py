@@ -1,0 +1,40 @@
+"""`se-onnx strip`: remove a model's SE blocks (each rescale becomes the identity), for ablations."""
+
+from __future__ import annotations
+
+import argparse
+
+from se_onnx.cli._common import check_output_path, print_json
+from se_onnx.cli.fuse import print_blocks
+from se_onnx.model_io import load_model, save_model
+from se_onnx.strip import strip_se
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "strip",
+        help="remove a model's SE blocks, for ablations",
+        description="Remove every SE block: readers of a block's output read its input feature map "
+        "instead, and nodes and initializers left unused are dropped. Graph inputs and outputs keep "
+        "their names.",
+    )
+    parser.add_argument("model", help="input ONNX model")
+    parser.add_argument("-o", "--output", required=True, help="where to write the model without SE blocks")
+    parser.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input model")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_path(args.model, args.output, args.in_place)
+    model, report = strip_se(load_model(args.model))
+    save_model(model, args.output)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    print_blocks(report.blocks)
+    print(
+        f"\n{len(report.blocks)} SE blocks removed ({report.nodes_removed} nodes, "
+        f"{report.initializers_removed} initializers), written to {args.output}"
+    )
+    return 0

@@ -1,0 +1,34 @@
+"""`se-onnx unfuse`: inline a model's se_onnx.SqueezeExcitation function nodes back into plain ops."""
+
+from __future__ import annotations
+
+import argparse
+
+from se_onnx.cli._common import check_output_path, print_json
+from se_onnx.fuse import FUNCTION_NAME, unfuse_se
+from se_onnx.model_io import load_model, save_model
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "unfuse",
+        help="inline SqueezeExcitation function nodes back into plain ops",
+        description=f"Inline every se_onnx.{FUNCTION_NAME} node that `se-onnx fuse --form function` "
+        "wrote, and drop the functions and the se_onnx opset import.",
+    )
+    parser.add_argument("model", help="input ONNX model")
+    parser.add_argument("-o", "--output", required=True, help="where to write the unfused model")
+    parser.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input model")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_path(args.model, args.output, args.in_place)
+    model, report = unfuse_se(load_model(args.model))
+    save_model(model, args.output)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(f"{report.blocks_inlined} {FUNCTION_NAME} nodes inlined, written to {args.output}")
+    return 0
