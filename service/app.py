@@ -22,7 +22,6 @@ from service.repository import ModelRepository
 from service.routers import health, inference, metrics, repository
 from service.schemas import COMPONENTS, ErrorResponse
 
-SERVER_NAME = "se-onnx"
 log = logging.getLogger("service.app")
 
 
@@ -48,7 +47,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         # Models load in the background so that /v2/health/live answers during a long start-up.
         async def start() -> None:
-            await state.repository.load_all()
+            try:
+                await state.repository.load_all()
+            except Exception:  # an unreadable repository: stay live but never ready, and say why
+                log.exception("cannot load the model repository", extra={"path": str(config.model_repository)})
+                return
             state.ready = True
             log.info("server ready", extra={"models": state.repository.index()})
 

@@ -69,6 +69,9 @@ class ModelRepository:
                 await self.load(name)
             except ServiceError as error:
                 log.error("model not loaded", extra={"model": name, "reason": error.message})
+            except OSError as error:  # the model's directory is unreadable; the others still load
+                self._states[name] = {"": (UNAVAILABLE, f"{error.filename}: {error.strerror}")}
+                log.error("model not loaded", extra={"model": name, "reason": str(error)})
 
     async def load(self, name: str, config_override: str | None = None) -> None:
         """(Re)load every selected version of `name`; the old versions finish their requests first."""

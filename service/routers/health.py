@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service import __version__
+from service import SERVER_NAME, __version__
 from service.errors import ServiceError
 from service.schemas import ServerMetadata
 
@@ -27,7 +27,7 @@ async def ready(request: Request) -> Response:
 
 @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="se-onnx", version=__version__, extensions=EXTENSIONS)
+    return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
 
 @router.get("/v2/models/stats", summary="Inference statistics of every loaded model version")
