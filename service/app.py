@@ -40,7 +40,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     be used (CUDA asked for but not working, and no --allow-cpu-fallback)."""
     provider = resolve_provider(config.provider, allow_cpu_fallback=config.allow_cpu_fallback, device_id=config.device_id)
     if provider != config.provider:
-        log.info("provider resolved", extra={"requested": config.provider, "provider": provider})
+        # 'auto' picking one is expected; a named GPU provider replaced by the CPU deserves a warning.
+        level = logging.INFO if config.provider == "auto" else logging.WARNING
+        log.log(level, "provider resolved", extra={"requested": config.provider, "provider": provider})
     state = ServiceState(dataclasses.replace(config, provider=provider))
 
     @asynccontextmanager
