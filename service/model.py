@@ -45,7 +45,10 @@ class ServedModel:
 
     def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, metrics: Metrics):
         self.name, self.version, self.path, self.config = name, version, path, config
-        provider = resolve_provider(config.provider or server.provider, allow_cpu_fallback=server.allow_cpu_fallback)
+        requested = config.provider or server.provider
+        provider = resolve_provider(requested, allow_cpu_fallback=server.allow_cpu_fallback, device_id=server.device_id if config.device_id is None else config.device_id)
+        if requested not in ("auto", provider):
+            log.warning("provider fell back", extra={"model": name, "requested": requested, "provider": provider})
         self.instances = config.instance_count or server.workers_per_model
         sessions = [
             make_session(
