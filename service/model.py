@@ -46,7 +46,8 @@ class ServedModel:
     def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, metrics: Metrics):
         self.name, self.version, self.path, self.config = name, version, path, config
         requested = config.provider or server.provider
-        provider = resolve_provider(requested, allow_cpu_fallback=server.allow_cpu_fallback, device_id=server.device_id if config.device_id is None else config.device_id)
+        device_id = server.device_id if config.device_id is None else config.device_id
+        provider = resolve_provider(requested, allow_cpu_fallback=server.allow_cpu_fallback, device_id=device_id)
         if requested not in ("auto", provider):
             log.warning("provider fell back", extra={"model": name, "requested": requested, "provider": provider})
         self.instances = config.instance_count or server.workers_per_model
@@ -56,7 +57,7 @@ class ServedModel:
                 provider,
                 intra_op_threads=server.intra_op_threads,
                 inter_op_threads=server.inter_op_threads,
-                device_id=server.device_id if config.device_id is None else config.device_id,
+                device_id=device_id,
                 gpu_mem_limit=config.gpu_mem_limit,
             )
             for _ in range(self.instances if config.session_per_instance else 1)
