@@ -107,6 +107,9 @@ def test_load_unload_reload_with_config(repo):
         assert bad.status_code == 400 and "invalid model config" in bad.json()["error"]
         assert _index(client)[("late", "1")]["state"] == "READY"
         assert client.post("/v2/repository/models/late/load", headers=KEY, content=b"[1]").status_code == 400
+        no_batch = json.dumps({"dynamic_batching": {}})
+        response = client.post("/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": no_batch}})
+        assert response.status_code == 400 and "dynamic_batching needs max_batch_size > 0" in response.json()["error"]
         # A reload that fails keeps the loaded version serving.
         (repo / "plain.onnx").write_bytes(b"corrupted")
         failed = client.post("/v2/repository/models/plain/load", headers=KEY)
