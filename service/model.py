@@ -135,6 +135,36 @@ class ServedModel:
             },
         }
 
+    def triton_config(self) -> dict:
+        """The model's configuration in Triton's JSON form (GET …/config), for clients that ask for it."""
+        batched = self.config.max_batch_size > 0
+
+        def tensors(specs):
+            return [
+                {"name": s.name, "data_type": f"TYPE_{'STRING' if s.datatype == 'BYTES' else s.datatype}",
+                 "dims": list(s.shape[1:] if batched else s.shape)}
+                for s in specs.values()
+            ]  # fmt: skip
+
+        gpu = any(provider != "CPUExecutionProvider" for provider in self.providers)
+        config = {
+            "name": self.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": self.config.max_batch_size,
+            "input": tensors(self.inputs),
+            "output": tensors(self.outputs),
+            "instance_group": [{"count": self.instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}],
+        }
+        if self.batcher is not None:
+            batching = self.config.dynamic_batching
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": batching.max_queue_delay_us,
+                "preferred_batch_size": batching.preferred_batch_size,
+                "default_queue_policy": {"max_queue_size": batching.max_queue_size},
+            }
+        return config
+
     def _run(self, feeds: Feeds, names: list[str] | None, enqueued: float | None = None) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         if enqueued is not None:

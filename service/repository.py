@@ -79,6 +79,8 @@ class ModelRepository:
             try:
                 config, paths = self._versions(source, config_override)
             except SeOnnxError as error:
+                if name in self._served:
+                    raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {error}") from None
                 self._states[name] = {"": (UNAVAILABLE, str(error))}
                 raise ServiceError(400, f"failed to load {name!r}: {error}") from None
             states = {version: (LOADING, "") for version in paths}
@@ -94,14 +96,23 @@ class ModelRepository:
                 except SeOnnxError as error:
                     states[version] = (UNAVAILABLE, str(error))
                     continue
+                except Exception as error:  # anything else about one model must not stop the others
+                    log.exception("model failed to load", extra={"model": name, "version": version})
+                    states[version] = (UNAVAILABLE, f"{type(error).__name__}: {error}")
+                    continue
                 model.start()
                 loaded[version] = model
                 states[version] = (READY, "")
-            previous = self._served.pop(name, {})
+            failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
+            previous = self._served.get(name, {})
+            if not loaded and previous:
+                # A reload that loads nothing keeps the running versions serving, as Triton does.
+                self._states[name] = {version: (READY, "") for version in previous}
+                raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {'; '.join(failed)}")
+            self._served.pop(name, None)
             if loaded:
                 self._served[name] = loaded
             await asyncio.gather(*(model.close() for model in previous.values()))
-            failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
             if failed:
                 raise ServiceError(400, f"failed to load {name!r}: {'; '.join(failed)}")
 

@@ -205,3 +205,12 @@ def test_cuda_without_cuda_fails_at_start_up_unless_fallback_allowed(tmp_path):
         assert metadata["parameters"]["providers"] == ["CPUExecutionProvider"]
     finally:
         assert _stop(process) == 0
+
+
+def test_tritonclient_model_config(server):
+    url, _ = server
+    client = triton.InferenceServerClient(url)
+    config = client.get_model_config("relu")
+    assert config["name"] == "relu" and config["max_batch_size"] == 0
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}]
+    assert config["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]

@@ -89,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
         raise SeOnnxError(f"{config.model_repository}: model repository is not a directory")
     log_config = configure_logging(config.log_level)
     app = create_app(config)
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Report not ready at once, so load balancers stop sending while in-flight requests finish.
+            app.state.service.ready = False
+            super().handle_exit(sig, frame)
+
+    server = Server(
         uvicorn.Config(
             app,
             host=config.host,

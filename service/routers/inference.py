@@ -36,6 +36,11 @@ async def model_metadata(request: Request, model_name: str, version: str | None 
     return model.metadata(repository.versions(model_name))
 
 
+@_add("GET", "/config", summary="Model configuration in Triton's form (max_batch_size, dims without the batch axis)")
+async def model_config(request: Request, model_name: str, version: str | None = None) -> dict:
+    return request.app.state.service.repository.get(model_name, version).triton_config()
+
+
 @_add("GET", "/ready", summary="200 when the model (version) is ready")
 async def model_ready(request: Request, model_name: str, version: str | None = None) -> Response:
     request.app.state.service.repository.get(model_name, version)
