@@ -642,35 +642,37 @@ def test_image_serves_answers_inference_and_stops_cleanly_on_sigterm(image, dock
     check = dockerfile["cpu"].one("HEALTHCHECK").exec_form()
     program, checker = image.which(command[0]), image.which(check[0])
     assert program and checker, f"{command[0]} or {check[0]} is not on the image's PATH"
-    log = (tmp_path / "server.log").open("w+")
-    server = subprocess.Popen([program, *command[1:]], cwd=image.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while _get(f"{base}/v2/health/ready") != 200:
-            assert server.poll() is None, f"server exited {server.returncode}"
-            assert time.monotonic() < deadline, "server not ready within 60 s"
-            time.sleep(0.25)
-        assert _get(f"{base}/v2/health/live") == 200
-        # The image's own HEALTHCHECK command, in the image's environment.
-        subprocess.run([checker, *check[1:]], env=env, check=True, timeout=30)
+    with (tmp_path / "server.log").open("w+") as log:
+        server = subprocess.Popen(
+            [program, *command[1:]], cwd=image.cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _get(f"{base}/v2/health/ready") != 200:
+                assert server.poll() is None, f"server exited {server.returncode}"
+                assert time.monotonic() < deadline, "server not ready within 60 s"
+                time.sleep(0.25)
+            assert _get(f"{base}/v2/health/live") == 200
+            # The image's own HEALTHCHECK command, in the image's environment.
+            subprocess.run([checker, *check[1:]], env=env, check=True, timeout=30)
 
-        session = ort.InferenceSession(str(ROOT / "models" / "tiny_conv.onnx"), providers=["CPUExecutionProvider"])
-        (meta,) = session.get_inputs()
-        batch = np.random.default_rng(0).standard_normal([2, *meta.shape[1:]]).astype(np.float32)
-        tensor = {"name": meta.name, "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
-        (output,) = _post_json(f"{base}/v2/models/tiny_conv/infer", {"inputs": [tensor]})["outputs"]
-        (expected,) = session.run(None, {meta.name: batch})
-        assert output["shape"] == list(expected.shape)
-        answer = np.array(output["data"], dtype=np.float32).reshape(expected.shape)
-        np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
+            session = ort.InferenceSession(str(ROOT / "models" / "tiny_conv.onnx"), providers=["CPUExecutionProvider"])
+            (meta,) = session.get_inputs()
+            batch = np.random.default_rng(0).standard_normal([2, *meta.shape[1:]]).astype(np.float32)
+            tensor = {"name": meta.name, "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
+            (output,) = _post_json(f"{base}/v2/models/tiny_conv/infer", {"inputs": [tensor]})["outputs"]
+            (expected,) = session.run(None, {meta.name: batch})
+            assert output["shape"] == list(expected.shape)
+            answer = np.array(output["data"], dtype=np.float32).reshape(expected.shape)
+            np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
 
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-        # And the health check notices a server that is gone.
-        assert subprocess.run([checker, *check[1:]], env=env, capture_output=True, timeout=30).returncode != 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        log.seek(0)
-        print(log.read())  # shown when the test fails
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=30) == 0
+            # And the health check notices a server that is gone.
+            assert subprocess.run([checker, *check[1:]], env=env, capture_output=True, timeout=30).returncode != 0
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+            log.seek(0)
+            print(log.read())  # shown when the test fails
