@@ -2,15 +2,16 @@
 
 For every model: how many SE blocks the detector finds, then the latency of each form relative to
 the original — canonical, function, conv (GlobalAveragePool → 1×1 Conv form) and fastest (what
-`fuse --form fastest` picks) — measured interleaved: every round runs each form `--runs` times in
-a rotating order, and the figure is the median over `--rounds` of (form / original in that round).
+`fuse --form fastest` picks) — measured interleaved (original, canonical, … once each per round,
+in a rotating order, `--runs` rounds after `--warmup`), the figure being the median of the
+run-by-run ratios (`se_onnx.fuse.measure_forms`).
 
 Models: the samples of models/build_samples.py (those without SE blocks get them from
 `se-onnx insert --where conv --init random`, so their original is the canonical form), plus any
 ONNX files given, such as the torchvision exports of benchmarks/export_torchvision.py:
 
     python benchmarks/bench_se_forms.py benchmarks/models/*.onnx /work/shared/models/mobilenet_v3_small.onnx
-    python benchmarks/bench_se_forms.py --samples mobilenet_se --rounds 1 --runs 1   # smoke run
+    python benchmarks/bench_se_forms.py --samples mobilenet_se --runs 2 --warmup 1   # smoke run
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def bench(label: str, model: ir.Model, args: argparse.Namespace) -> dict:
     row: dict = {"model": label, "se_blocks": len(blocks)}
     if not blocks:
         return row
-    fastest, report = fuse_se(model, "fastest", rounds=args.rounds, runs=args.runs, batch=args.batch)
+    fastest, report = fuse_se(model, "fastest", runs=args.runs, warmup=args.warmup, batch=args.batch)
     candidates = {
         "original": model,
         "canonical": fuse_se(model, "canonical")[0],
@@ -63,7 +64,7 @@ def bench(label: str, model: ir.Model, args: argparse.Namespace) -> dict:
         "conv": rebuild_se(model, "conv"),
         "fastest": fastest,
     }
-    timings = measure_forms(candidates, rounds=args.rounds, runs=args.runs, batch=args.batch)
+    timings = measure_forms(candidates, runs=args.runs, warmup=args.warmup, batch=args.batch)
     row["original_ms"] = timings[0].median_ms
     row["fastest_picks"] = report.written
     row.update({timing.form: round(timing.ratio, 4) for timing in timings[1:]})
@@ -75,8 +76,8 @@ def main() -> int:
     parser.add_argument("models", nargs="*", help="more ONNX models (torchvision exports, ...)")
     parser.add_argument("--samples", nargs="*", default=list(SAMPLES), metavar="NAME", help=f"samples to build (default all: {', '.join(SAMPLES)}); none with --samples and no names")
     parser.add_argument("--opset", type=int, default=17, help="opset of the built samples (default 17)")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
-    parser.add_argument("--runs", type=int, default=20, help="runs of each form per round (default 20)")
+    parser.add_argument("--runs", type=int, default=200, help="interleaved timed runs of each form (default 200)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs of each form first (default 10)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()

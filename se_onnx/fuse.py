@@ -15,7 +15,8 @@ Forms (`fuse_se(model, form=...)`):
 - ``fastest``: the candidate form that ONNX Runtime runs fastest on the chosen provider, measured
   on this model: the original, ``canonical``, and ``conv`` (GlobalAveragePool → 1×1 Conv →
   activation → 1×1 Conv → gate → Mul, torchvision's form). The original is kept unless a
-  candidate beats it by more than `MIN_GAIN`, so the result is never measurably slower.
+  candidate beats it by more than `MIN_GAIN` (median of run-by-run ratios), so the result is
+  never measurably slower.
 
 Why the canonical form tends to win on the CPU provider (read from the graphs ONNX Runtime 1.32
 optimizes on an AVX-512 machine, `SessionOptions.optimized_model_filepath`): the NCHWc layout
@@ -35,14 +36,15 @@ the balance moves with the provider, the machine and the feature-map sizes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
-import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass, RemoveUnusedNodesPass
 
+from se_onnx.bench import pairwise_ratio, time_interleaved
 from se_onnx.detect import SEBlock, detect
 from se_onnx.errors import SeOnnxError
 from se_onnx.insert import model_opset
@@ -76,8 +78,8 @@ class FormTiming:
     """One candidate form's latency, measured interleaved with the original's."""
 
     form: str
-    median_ms: float  # median over rounds of the mean latency of one run
-    ratio: float  # median over rounds of (this form's latency / the original's in the same round)
+    median_ms: float  # median latency of one run
+    ratio: float  # median over rounds of (this form's run / the original's run in the same round)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,13 +121,13 @@ def fuse_se(
     form: str = "canonical",
     *,
     provider: str = "cpu",
-    rounds: int = 7,
-    runs: int = 10,
+    runs: int = 50,
+    warmup: int = 5,
     batch: int = 1,
 ) -> tuple[ir.Model, FuseReport]:
     """A copy of `model` with every SE block rewritten into `form` (see the module docstring).
 
-    `provider`, `rounds`, `runs` and `batch` set how `fastest` measures. The input model is not
+    `provider`, `runs`, `warmup` and `batch` set how `fastest` measures (`measure_forms`). The input model is not
     modified. Raises SeOnnxError for an unknown form or a model without SE blocks.
     """
     if form not in FORMS:
@@ -140,7 +142,7 @@ def fuse_se(
         "canonical": rebuild_se(model, "gemm"),
         "conv": rebuild_se(model, "conv"),
     }
-    timings = measure_forms(candidates, provider=provider, rounds=rounds, runs=runs, batch=batch)
+    timings = measure_forms(candidates, provider=provider, runs=runs, warmup=warmup, batch=batch)
     best = min(timings, key=lambda timing: timing.ratio)
     written = best.form if best.ratio < 1.0 - MIN_GAIN else "original"
     fused = model.clone() if written == "original" else candidates[written]
@@ -169,41 +171,34 @@ def unfuse_se(model: ir.Model) -> tuple[ir.Model, UnfuseReport]:
 
 
 def measure_forms(
-    models: Mapping[str, ir.Model], *, provider: str = "cpu", rounds: int = 7, runs: int = 10, batch: int = 1
+    models: Mapping[str, ir.Model], *, provider: str = "cpu", runs: int = 50, warmup: int = 5, batch: int = 1
 ) -> list[FormTiming]:
     """Latency of each model relative to ``models["original"]`` in ONNX Runtime.
 
-    Every round runs each model `runs` times, in an order that rotates between rounds so that no
-    form always runs first (caches, clock boosts); the ratio of each form to the original within a
-    round cancels slow drifts of the machine, and the median over rounds discards outliers. The
-    sessions' threads do not spin between runs: a session's spinning threads would otherwise steal
-    the cores of the session timed after it.
+    The models run interleaved (A B C A B C …, `se_onnx.bench.time_interleaved`) on the same seeded
+    inputs, and each form's ratio is taken run by run against the original's run in the same round,
+    which cancels slow drifts of the machine; the median discards outliers. The order rotates
+    (A B C, then B C A, then C A B, an equal share of the runs each) so that no form always runs
+    right after another one. The sessions' threads do not spin between runs: a session's spinning
+    threads would otherwise steal the cores of the session that runs after it.
     """
     if "original" not in models:
         raise ValueError("measure_forms needs the original model under 'original'")
-    if rounds < 1 or runs < 1:
-        raise SeOnnxError("rounds and runs must be at least 1")
     sessions = {name: make_session(_in_memory_bytes(model), provider, spinning=False) for name, model in models.items()}
     feeds = random_inputs(sessions["original"], batch=batch)
-    for session in sessions.values():  # warm-up: allocations, kernel selection
-        for _ in range(2):
-            session.run(None, feeds)
     names = list(sessions)
-    latencies: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(rounds):
-        order = names[index % len(names):] + names[: index % len(names)]
-        for name in order:
-            session = sessions[name]
-            start = time.perf_counter()
-            for _ in range(runs):
-                session.run(None, feeds)
-            latencies[name].append((time.perf_counter() - start) / runs)
-    original = latencies["original"]
+    series: dict[str, list[float]] = {name: [] for name in names}
+    for shift in range(len(names)):
+        order = names[shift:] + names[:shift]
+        tasks = [functools.partial(sessions[name].run, None, feeds) for name in order]
+        share = max(1, runs // len(names) + (shift < runs % len(names)))
+        for name, seconds in zip(order, time_interleaved(tasks, runs=share, warmup=warmup if shift == 0 else 0)):
+            series[name].extend(seconds)
     return [
         FormTiming(
             form=name,
-            median_ms=statistics.median(latencies[name]) * 1e3,
-            ratio=statistics.median(t / o for t, o in zip(latencies[name], original)),
+            median_ms=statistics.median(series[name]) * 1e3,
+            ratio=pairwise_ratio(series["original"], series[name]).median,
         )
         for name in names
     ]

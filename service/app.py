@@ -20,7 +20,7 @@ from service.metrics import Metrics
 from service.middleware import AccessLog, BodyLimit
 from service.repository import ModelRepository
 from service.routers import health, inference, metrics, repository
-from service.schemas import ErrorResponse
+from service.schemas import COMPONENTS, ErrorResponse
 
 SERVER_NAME = "se-onnx"
 log = logging.getLogger("service.app")
@@ -73,6 +73,14 @@ def create_app(config: ServerConfig) -> FastAPI:
     for router in (health.router, inference.router, repository.router, metrics.router):
         app.include_router(router)
     _add_error_handlers(app)
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            generate().setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(BodyLimit, limit=config.max_request_size)
     app.add_middleware(AccessLog)
     return app

@@ -18,6 +18,7 @@ from service.batcher import DynamicBatcher, Feeds
 from service.config import ModelConfig, ServerConfig
 from service.errors import ServiceError, bad_request
 from service.metrics import Metrics
+from service.stats import ModelStats
 from service.tensors import TensorSpec, datatype_of_ort
 
 PLATFORM = "onnxruntime_onnx"
@@ -71,6 +72,7 @@ class ServedModel:
         self._compute = metrics.compute_duration.labels(**labels)
         self._queue = metrics.queue_duration.labels(**labels)
         self._batch = metrics.batch_size.labels(**labels)
+        self.stats = ModelStats()
         if config.max_batch_size:
             unbatched = [s.name for s in (*self.inputs.values(), *self.outputs.values()) if not s.shape or s.shape[0] != -1]
             if unbatched:
@@ -112,7 +114,7 @@ class ServedModel:
                 max_queue_size=batching.max_queue_size,
                 preferred_batch_size=batching.preferred_batch_size,
                 instances=self.instances,
-                observe_queue=self._queue.observe,
+                observe_queue=self._observe_queue,
             )
 
     def metadata(self, versions: list[str]) -> dict:
@@ -168,7 +170,7 @@ class ServedModel:
     def _run(self, feeds: Feeds, names: list[str] | None, enqueued: float | None = None) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         if enqueued is not None:
-            self._queue.observe(started - enqueued)
+            self._observe_queue(started - enqueued)
         session = self._pool.get() if self._pool is not None else self.session
         try:
             arrays = session.run(names, dict(feeds))
@@ -179,10 +181,17 @@ class ServedModel:
         finally:
             if self._pool is not None:
                 self._pool.put(session)
-        self._compute.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
         first = next(iter(feeds.values()), None)
-        self._batch.observe(first.shape[0] if first is not None and first.ndim else 1)
+        rows = first.shape[0] if first is not None and first.ndim else 1
+        self._compute.observe(seconds)
+        self._batch.observe(rows)
+        self.stats.computed(rows, seconds)
         return dict(zip(names or self.outputs, arrays))
+
+    def _observe_queue(self, seconds: float) -> None:
+        self._queue.observe(seconds)
+        self.stats.queued(seconds)
 
     def _run_all(self, feeds: Feeds) -> dict[str, np.ndarray]:
         return self._run(feeds, None)

@@ -146,6 +146,9 @@ class ModelRepository:
             raise ServiceError(404, f"unknown version {version} of model {name!r}")
         raise ServiceError(404, f"unknown model {name!r}")
 
+    def loaded(self) -> list[ServedModel]:
+        return [versions[v] for _, versions in sorted(self._served.items()) for v in sorted(versions, key=int)]
+
     def versions(self, name: str) -> list[str]:
         return sorted(self._served.get(name, {}), key=int)
 

@@ -120,7 +120,7 @@ SMALL = [Variant(), Variant(layer="gemm", squeeze="reducemean", gate="hardsigmoi
 @pytest.mark.parametrize("variant", SMALL, ids=lambda v: v.id)
 def test_fastest_form_keeps_outputs_and_reports_timings(variant: Variant, tmp_path):
     original = se_model(variant)
-    model, report = fuse_se(ir.from_proto(original), "fastest", rounds=2, runs=1)
+    model, report = fuse_se(ir.from_proto(original), "fastest", runs=3, warmup=0)
     fused = _saved(model, tmp_path / "fused.onnx")
 
     _assert_same_outputs(original, fused, variant.dtype)
@@ -206,7 +206,7 @@ def test_cli_fuse_and_unfuse(tmp_path):
     assert "2 SqueezeExcitation" in result.stdout
     _assert_same_outputs(onnx.load(source), unfused, "float32")
 
-    result = _cli("fuse", str(source), "-o", str(fused), "--form", "fastest", "--rounds", "1", "--runs", "1")
+    result = _cli("fuse", str(source), "-o", str(fused), "--form", "fastest", "--runs", "2", "--warmup", "0")
     assert result.returncode == 0, result.stderr
     assert "original" in result.stdout and "written" in result.stdout
 
@@ -262,7 +262,7 @@ def test_fastest_on_a_model_with_external_data_keeps_it_external(tmp_path):
 
     original = build_samples.mobilenet_se_like(opset=17)
     build_samples.save_with_external_data(original, tmp_path / "model.onnx")
-    model, report = fuse_se(load_model(tmp_path / "model.onnx"), "fastest", rounds=1, runs=1)
+    model, report = fuse_se(load_model(tmp_path / "model.onnx"), "fastest", runs=2, warmup=0)
     save_model(model, tmp_path / "fused.onnx")
     assert (tmp_path / "fused.onnx.data").is_file() and len(report.timings) == 3
     _assert_same_outputs(original, tmp_path / "fused.onnx", "float32")

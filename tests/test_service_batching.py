@@ -94,6 +94,15 @@ def test_metrics_count_successes_failures_and_durations(tmp_path):
         assert _metric(text, "se_onnx_inference_compute_duration_seconds_count", **labels) == 3  # warm-up runs are not counted
         assert _metric(text, "se_onnx_inference_batch_size_sum", **labels) == 6  # 3 × 2 rows
         assert _metric(text, "se_onnx_inference_request_duration_seconds_sum", **labels) > 0
+        # The same counts in Triton's statistics extension.
+        (stats,) = client.get("/v2/models/relu/stats").json()["model_stats"]
+        assert stats["name"] == "relu" and stats["version"] == "1"
+        assert stats["inference_count"] == 6 and stats["execution_count"] == 3
+        assert stats["inference_stats"]["success"]["count"] == 3 and stats["inference_stats"]["fail"]["count"] == 1
+        assert stats["inference_stats"]["compute_infer"]["ns"] > 0
+        assert [(b["batch_size"], b["compute_infer"]["count"]) for b in stats["batch_stats"]] == [(2, 3)]
+        assert client.get("/v2/models/stats").json()["model_stats"][0]["inference_count"] == 6
+        assert client.get("/v2/models/missing/stats").status_code == 404
 
 
 def test_session_per_instance_serves_concurrent_requests(tmp_path):

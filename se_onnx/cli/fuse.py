@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--form", choices=FORMS, default="canonical", help="the form to write (default canonical)")
     timing = parser.add_argument_group("--form fastest: how candidate forms are timed")
     timing.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu)")
-    timing.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median ratio counts (default 7)")
-    timing.add_argument("--runs", type=int, default=10, help="runs of each form per round (default 10)")
+    timing.add_argument("--runs", type=int, default=50, help="timed runs of each form, interleaved (default 50)")
+    timing.add_argument("--warmup", type=int, default=5, help="untimed runs of each form first (default 5)")
     timing.add_argument("--batch", type=int, default=1, help="batch size of the timing inputs (default 1)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, args.in_place)
     model, report = fuse_se(
-        load_model(args.model), args.form, provider=args.provider, rounds=args.rounds, runs=args.runs, batch=args.batch
+        load_model(args.model), args.form, provider=args.provider, runs=args.runs, warmup=args.warmup, batch=args.batch
     )
     save_model(model, args.output)
     if args.json:

@@ -11,9 +11,13 @@ from se_onnx.errors import SeOnnxError
 
 
 def default_model_repository() -> str:
-    """The repository's bundled models/ next to the package when present, else ./models."""
-    bundled = Path(__file__).resolve().parents[2] / "models"
-    return str(bundled) if bundled.is_dir() else "models"
+    """The repository's bundled models/ next to the package when present, else ./models.
+
+    Only a source checkout counts (pyproject.toml beside it): an installed package's parent is
+    site-packages, where an unrelated top-level `models` package may live."""
+    checkout = Path(__file__).resolve().parents[2]
+    bundled = checkout / "models"
+    return str(bundled) if bundled.is_dir() and (checkout / "pyproject.toml").is_file() else "models"
 
 
 def _option(parser: argparse.ArgumentParser, flag: str, default, help: str, **kwargs) -> None:

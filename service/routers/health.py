@@ -10,7 +10,7 @@ from service.schemas import ServerMetadata
 
 router = APIRouter(tags=["health"])
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 
 
 @router.get("/v2/health/live", summary="The process answers")
@@ -28,3 +28,9 @@ async def ready(request: Request) -> Response:
 @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="se-onnx", version=__version__, extensions=EXTENSIONS)
+
+
+@router.get("/v2/models/stats", summary="Inference statistics of every loaded model version")
+async def all_stats(request: Request) -> dict:
+    repository = request.app.state.service.repository
+    return {"model_stats": [model.stats.to_dict(model.name, model.version) for model in repository.loaded()]}
