@@ -47,6 +47,28 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], file=N
         print(line(row), file=file)
 
 
+def print_blocks(blocks: list[dict]) -> None:
+    """The table of SE blocks that fuse, strip and inspect print (from `SEBlock.to_dict()`)."""
+    rows = []
+    for block in blocks:
+        gate = block["gate"]
+        gate_text = gate["op_type"]
+        if gate.get("alpha") is not None:
+            gate_text += f"({gate['alpha']:.4g}, {gate['beta']:.4g})"
+        rows.append(
+            (
+                block["channels"],
+                block["squeeze_channels"] or "-",
+                block["activation"] or "- (1 layer)",
+                gate_text,
+                block["squeeze"] + "/" + "+".join(block["layers"]),
+                len(block["nodes"]),
+                block["output"],
+            )
+        )
+    print_table(("C", "squeeze", "activation", "gate", "ops", "nodes", "output"), rows)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)

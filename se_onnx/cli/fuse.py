@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import check_output_path, print_json, print_table
+from se_onnx.cli._common import check_output_path, print_blocks, print_json, print_table
 from se_onnx.fuse import FORMS, fuse_se
 from se_onnx.model_io import load_model, save_model
 from se_onnx.runtime import PROVIDERS
@@ -50,24 +50,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{len(report.blocks)} SE blocks, {report.written} form written to {args.output}")
     return 0
 
-
-def print_blocks(blocks: list[dict]) -> None:
-    """The table of SE blocks that fuse, strip and inspect print (from `SEBlock.to_dict()`)."""
-    rows = []
-    for block in blocks:
-        gate = block["gate"]
-        gate_text = gate["op_type"]
-        if gate.get("alpha") is not None:
-            gate_text += f"({gate['alpha']:.4g}, {gate['beta']:.4g})"
-        rows.append(
-            (
-                block["channels"],
-                block["squeeze_channels"] or "-",
-                block["activation"] or "- (1 layer)",
-                gate_text,
-                block["squeeze"] + "/" + "+".join(block["layers"]),
-                len(block["nodes"]),
-                block["output"],
-            )
-        )
-    print_table(("C", "squeeze", "activation", "gate", "ops", "nodes", "output"), rows)

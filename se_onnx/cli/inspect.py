@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import print_json, print_table
-from se_onnx.cli.fuse import print_blocks
+from se_onnx.cli._common import print_blocks, print_json, print_table
 from se_onnx.inspect import ModelSummary, TensorSignature, inspect_model
 from se_onnx.model_io import load_model
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import check_output_path, print_json
-from se_onnx.cli.fuse import print_blocks
+from se_onnx.cli._common import check_output_path, print_blocks, print_json
 from se_onnx.model_io import load_model, save_model
 from se_onnx.strip import strip_se
 
