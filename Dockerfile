@@ -43,7 +43,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir /wheels/se_onnx-*.whl \
     && pip uninstall --yes onnxruntime \
     && pip install --no-cache-dir "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"
-RUN useradd --create-home --uid 10001 --user-group se-onnx
+RUN groupadd --gid 10001 se-onnx \
+    && useradd --create-home --uid 10001 --gid 10001 se-onnx
 COPY models/ /models/
 ENV SE_ONNX_MODEL_REPOSITORY=/models \
     SE_ONNX_HOST=0.0.0.0 \
@@ -51,7 +52,7 @@ ENV SE_ONNX_MODEL_REPOSITORY=/models \
     SE_ONNX_PROVIDER=cuda \
     SE_ONNX_LOG_LEVEL=info
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
-USER 10001
+USER 10001:10001
 WORKDIR /data
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
@@ -68,7 +69,8 @@ ENV VIRTUAL_ENV=/opt/venv \
 RUN python -m venv /opt/venv
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir /wheels/se_onnx-*.whl
-RUN useradd --create-home --uid 10001 --user-group se-onnx
+RUN groupadd --gid 10001 se-onnx \
+    && useradd --create-home --uid 10001 --gid 10001 se-onnx
 COPY models/ /models/
 ENV SE_ONNX_MODEL_REPOSITORY=/models \
     SE_ONNX_HOST=0.0.0.0 \
@@ -76,7 +78,7 @@ ENV SE_ONNX_MODEL_REPOSITORY=/models \
     SE_ONNX_PROVIDER=cpu \
     SE_ONNX_LOG_LEVEL=info
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
-USER 10001
+USER 10001:10001
 WORKDIR /data
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

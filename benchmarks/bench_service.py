@@ -1,7 +1,7 @@
 """Benchmark `se-onnx serve` against ONNX Runtime in-process, on the same models and inputs.
 
 Starts the server on loopback, drives it with tritonclient.http (binary tensors) and prints:
-  resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4: server vs direct ORT throughput (goal ≥ 95 %)
+  resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (4 instances): server vs direct ORT throughput (goal ≥ 95 %)
   tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
   batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×)
   rss          server RSS before and after many requests on tiny_conv (goal < 5 % growth)
@@ -45,7 +45,12 @@ def _free_port() -> int:
 
 def build_repository(root: Path, max_batch_size: int) -> None:
     """resnet50 (batch 1 traffic), tiny, and the same small conv model with and without batching."""
-    onnx.save(build_samples.resnet50_sized(), root / "resnet50.onnx")
+    resnet50 = build_samples.resnet50_sized()
+    onnx.save(resnet50, root / "resnet50.onnx")
+    # As many instances as concurrent callers, like the direct runs' threads on one shared session.
+    (root / "resnet50_x4" / "1").mkdir(parents=True)
+    onnx.save(resnet50, root / "resnet50_x4" / "1" / "model.onnx")
+    (root / "resnet50_x4" / "config.json").write_text(json.dumps({"instance_count": 4}))
     onnx.save(build_samples.tiny_conv(), root / "tiny.onnx")
     small = build_samples.resnet_like()
     onnx.save(small, root / "small.onnx")
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
             session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=args.threads)
             for concurrency in (1, 4):
-                served = throughput(concurrency, requests, server_caller(server.url, "resnet50", image))
+                model = "resnet50" if concurrency == 1 else "resnet50_x4"
+                served = throughput(concurrency, requests, server_caller(server.url, model, image))
                 direct = throughput(concurrency, requests, direct_caller(session, image))
                 results[f"resnet50_c{concurrency}"] = {
                     "server_rps": served, "direct_rps": direct, "ratio": served / direct, "goal": ">= 0.95",

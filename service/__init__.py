@@ -2,6 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+SERVER_NAME = "se-onnx"
+
 try:
     __version__ = version("se-onnx")
 except PackageNotFoundError:  # running from a source tree that was never installed

@@ -20,9 +20,8 @@ from service.metrics import Metrics
 from service.middleware import AccessLog, BodyLimit
 from service.repository import ModelRepository
 from service.routers import health, inference, metrics, repository
-from service.schemas import ErrorResponse
+from service.schemas import COMPONENTS, ErrorResponse
 
-SERVER_NAME = "se-onnx"
 log = logging.getLogger("service.app")
 
 
@@ -41,14 +40,20 @@ def create_app(config: ServerConfig) -> FastAPI:
     be used (CUDA asked for but not working, and no --allow-cpu-fallback)."""
     provider = resolve_provider(config.provider, allow_cpu_fallback=config.allow_cpu_fallback, device_id=config.device_id)
     if provider != config.provider:
-        log.info("provider resolved", extra={"requested": config.provider, "provider": provider})
+        # 'auto' picking one is expected; a named GPU provider replaced by the CPU deserves a warning.
+        level = logging.INFO if config.provider == "auto" else logging.WARNING
+        log.log(level, "provider resolved", extra={"requested": config.provider, "provider": provider})
     state = ServiceState(dataclasses.replace(config, provider=provider))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Models load in the background so that /v2/health/live answers during a long start-up.
         async def start() -> None:
-            await state.repository.load_all()
+            try:
+                await state.repository.load_all()
+            except Exception:  # an unreadable repository: stay live but never ready, and say why
+                log.exception("cannot load the model repository", extra={"path": str(config.model_repository)})
+                return
             state.ready = True
             log.info("server ready", extra={"models": state.repository.index()})
 
@@ -73,6 +78,14 @@ def create_app(config: ServerConfig) -> FastAPI:
     for router in (health.router, inference.router, repository.router, metrics.router):
         app.include_router(router)
     _add_error_handlers(app)
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            generate().setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.add_middleware(BodyLimit, limit=config.max_request_size)
     app.add_middleware(AccessLog)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 
@@ -28,10 +29,11 @@ class _Pending:
 
 
 class DynamicBatcher:
-    """Collects requests for up to `max_queue_delay_us` (measured from the oldest one) or until
-    `max_batch_size` rows or a preferred size, concatenates them along axis 0, runs them on
-    `executor` (at most `instances` batches at once; a batch is formed when an instance is free) and slices the outputs back per request.
-    More than `max_queue_size` waiting requests are refused with 503."""
+    """Collects requests of one shape for up to `max_queue_delay_us` (measured from the oldest)
+    or until `max_batch_size` rows or a preferred size, concatenates them along axis 0, runs them
+    on `executor` and slices the outputs back per request. Requests of another shape wait, in
+    order, for a batch of their own. A batch is formed when one of the `instances` is free, so
+    requests that arrive meanwhile join it. Past `max_queue_size` waiting requests: 503."""
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class DynamicBatcher:
         self._observe_queue = observe_queue
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._waiting = 0
+        self._deferred: deque[_Pending] = deque()
         self._running: set[asyncio.Task] = set()
         self._task = asyncio.get_running_loop().create_task(self._collect())
 
@@ -82,34 +85,49 @@ class DynamicBatcher:
                 return None
 
     async def _collect(self) -> None:
-        carried: _Pending | None = None
         while True:
-            first = carried or await self._queue.get()
-            carried = None
+            first = self._deferred.popleft() if self._deferred else await self._queue.get()
             self._waiting -= 1
             if first.future.done():  # its caller gave up (timeout) while it waited
                 continue
             # Wait for a free instance before forming the batch: while all are busy, requests pile
             # up in the queue and the next batch takes them all instead of leaving them behind.
             await self._slots.acquire()
-            batch, rows = [first], first.rows
+            batch = [first]
+            # Requests set aside because their shapes differed from an earlier batch's come first.
+            for item in list(self._deferred):
+                if item.key == first.key and self._fits(batch, item):
+                    self._deferred.remove(item)
+                    self._take(batch, item)
             deadline = first.enqueued + self._delay
-            while rows < self.max_batch_size:
-                if rows in self._preferred and self._queue.empty():
+            while self._rows(batch) < self.max_batch_size:
+                if self._rows(batch) in self._preferred and self._queue.empty():
                     break  # a preferred size, and nothing more at hand to reach a larger one
                 item = await self._next(deadline)
                 if item is None:
                     break
-                if item.key != first.key or rows + item.rows > self.max_batch_size:
-                    carried = item
+                if item.key != first.key:
+                    self._deferred.append(item)  # another shape: it leads a later batch
+                elif self._fits(batch, item):
+                    self._take(batch, item)
+                else:
+                    self._deferred.append(item)
                     break
-                self._waiting -= 1
-                if not item.future.done():
-                    batch.append(item)
-                    rows += item.rows
-            task = asyncio.get_running_loop().create_task(self._execute(batch, rows))
+            task = asyncio.get_running_loop().create_task(self._execute(batch, self._rows(batch)))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    @staticmethod
+    def _rows(batch: list[_Pending]) -> int:
+        return sum(item.rows for item in batch)
+
+    def _fits(self, batch: list[_Pending], item: _Pending) -> bool:
+        return self._rows(batch) + item.rows <= self.max_batch_size
+
+    def _take(self, batch: list[_Pending], item: _Pending) -> None:
+        self._waiting -= 1
+        if not item.future.done():
+            batch.append(item)
 
     async def _execute(self, batch: list[_Pending], rows: int) -> None:
         try:
@@ -138,7 +156,7 @@ class DynamicBatcher:
         """Stop collecting; requests still waiting (none after a drain) get 503."""
         self._task.cancel()
         await asyncio.gather(self._task, *self._running, return_exceptions=True)
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while self._deferred or not self._queue.empty():
+            item = self._deferred.popleft() if self._deferred else self._queue.get_nowait()
             if not item.future.done():
                 item.future.set_exception(ServiceError(503, "the model was unloaded"))

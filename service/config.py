@@ -92,6 +92,12 @@ class ModelConfig(_Strict):
     warmup: int = Field(default=1, ge=0)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
 
+    @model_validator(mode="after")
+    def _batching_needs_a_batch_size(self) -> ModelConfig:
+        if self.dynamic_batching is not None and not self.max_batch_size:
+            raise ValueError("dynamic_batching needs max_batch_size > 0")
+        return self
+
     @classmethod
     def parse(cls, text: str | bytes, source: str) -> ModelConfig:
         try:

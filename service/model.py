@@ -18,6 +18,7 @@ from service.batcher import DynamicBatcher, Feeds
 from service.config import ModelConfig, ServerConfig
 from service.errors import ServiceError, bad_request
 from service.metrics import Metrics
+from service.stats import ModelStats
 from service.tensors import TensorSpec, datatype_of_ort
 
 PLATFORM = "onnxruntime_onnx"
@@ -44,7 +45,11 @@ class ServedModel:
 
     def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, metrics: Metrics):
         self.name, self.version, self.path, self.config = name, version, path, config
-        provider = resolve_provider(config.provider or server.provider, allow_cpu_fallback=server.allow_cpu_fallback)
+        requested = config.provider or server.provider
+        device_id = server.device_id if config.device_id is None else config.device_id
+        provider = resolve_provider(requested, allow_cpu_fallback=server.allow_cpu_fallback, device_id=device_id)
+        if requested not in ("auto", provider):
+            log.warning("provider fell back", extra={"model": name, "requested": requested, "provider": provider})
         self.instances = config.instance_count or server.workers_per_model
         sessions = [
             make_session(
@@ -52,7 +57,7 @@ class ServedModel:
                 provider,
                 intra_op_threads=server.intra_op_threads,
                 inter_op_threads=server.inter_op_threads,
-                device_id=server.device_id if config.device_id is None else config.device_id,
+                device_id=device_id,
                 gpu_mem_limit=config.gpu_mem_limit,
             )
             for _ in range(self.instances if config.session_per_instance else 1)
@@ -71,6 +76,7 @@ class ServedModel:
         self._compute = metrics.compute_duration.labels(**labels)
         self._queue = metrics.queue_duration.labels(**labels)
         self._batch = metrics.batch_size.labels(**labels)
+        self.stats = ModelStats()
         if config.max_batch_size:
             unbatched = [s.name for s in (*self.inputs.values(), *self.outputs.values()) if not s.shape or s.shape[0] != -1]
             if unbatched:
@@ -112,7 +118,7 @@ class ServedModel:
                 max_queue_size=batching.max_queue_size,
                 preferred_batch_size=batching.preferred_batch_size,
                 instances=self.instances,
-                observe_queue=self._queue.observe,
+                observe_queue=self._observe_queue,
             )
 
     def metadata(self, versions: list[str]) -> dict:
@@ -135,10 +141,40 @@ class ServedModel:
             },
         }
 
+    def triton_config(self) -> dict:
+        """The model's configuration in Triton's JSON form (GET …/config), for clients that ask for it."""
+        batched = self.config.max_batch_size > 0
+
+        def tensors(specs):
+            return [
+                {"name": s.name, "data_type": f"TYPE_{'STRING' if s.datatype == 'BYTES' else s.datatype}",
+                 "dims": list(s.shape[1:] if batched else s.shape)}
+                for s in specs.values()
+            ]  # fmt: skip
+
+        gpu = any(provider != "CPUExecutionProvider" for provider in self.providers)
+        config = {
+            "name": self.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": self.config.max_batch_size,
+            "input": tensors(self.inputs),
+            "output": tensors(self.outputs),
+            "instance_group": [{"count": self.instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}],
+        }
+        if self.batcher is not None:
+            batching = self.config.dynamic_batching
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": batching.max_queue_delay_us,
+                "preferred_batch_size": batching.preferred_batch_size,
+                "default_queue_policy": {"max_queue_size": batching.max_queue_size},
+            }
+        return config
+
     def _run(self, feeds: Feeds, names: list[str] | None, enqueued: float | None = None) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         if enqueued is not None:
-            self._queue.observe(started - enqueued)
+            self._observe_queue(started - enqueued)
         session = self._pool.get() if self._pool is not None else self.session
         try:
             arrays = session.run(names, dict(feeds))
@@ -149,10 +185,17 @@ class ServedModel:
         finally:
             if self._pool is not None:
                 self._pool.put(session)
-        self._compute.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
         first = next(iter(feeds.values()), None)
-        self._batch.observe(first.shape[0] if first is not None and first.ndim else 1)
+        rows = first.shape[0] if first is not None and first.ndim else 1
+        self._compute.observe(seconds)
+        self._batch.observe(rows)
+        self.stats.computed(rows, seconds)
         return dict(zip(names or self.outputs, arrays))
+
+    def _observe_queue(self, seconds: float) -> None:
+        self._queue.observe(seconds)
+        self.stats.queued(seconds)
 
     def _run_all(self, feeds: Feeds) -> dict[str, np.ndarray]:
         return self._run(feeds, None)

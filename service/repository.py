@@ -69,6 +69,9 @@ class ModelRepository:
                 await self.load(name)
             except ServiceError as error:
                 log.error("model not loaded", extra={"model": name, "reason": error.message})
+            except OSError as error:  # the model's directory is unreadable; the others still load
+                self._states[name] = {"": (UNAVAILABLE, f"{error.filename}: {error.strerror}")}
+                log.error("model not loaded", extra={"model": name, "reason": str(error)})
 
     async def load(self, name: str, config_override: str | None = None) -> None:
         """(Re)load every selected version of `name`; the old versions finish their requests first."""
@@ -79,6 +82,8 @@ class ModelRepository:
             try:
                 config, paths = self._versions(source, config_override)
             except SeOnnxError as error:
+                if name in self._served:
+                    raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {error}") from None
                 self._states[name] = {"": (UNAVAILABLE, str(error))}
                 raise ServiceError(400, f"failed to load {name!r}: {error}") from None
             states = {version: (LOADING, "") for version in paths}
@@ -94,14 +99,23 @@ class ModelRepository:
                 except SeOnnxError as error:
                     states[version] = (UNAVAILABLE, str(error))
                     continue
+                except Exception as error:  # anything else about one model must not stop the others
+                    log.exception("model failed to load", extra={"model": name, "version": version})
+                    states[version] = (UNAVAILABLE, f"{type(error).__name__}: {error}")
+                    continue
                 model.start()
                 loaded[version] = model
                 states[version] = (READY, "")
-            previous = self._served.pop(name, {})
+            failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
+            previous = self._served.get(name, {})
+            if not loaded and previous:
+                # A reload that loads nothing keeps the running versions serving, as Triton does.
+                self._states[name] = {version: (READY, "") for version in previous}
+                raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {'; '.join(failed)}")
+            self._served.pop(name, None)
             if loaded:
                 self._served[name] = loaded
             await asyncio.gather(*(model.close() for model in previous.values()))
-            failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
             if failed:
                 raise ServiceError(400, f"failed to load {name!r}: {'; '.join(failed)}")
 
@@ -134,6 +148,9 @@ class ModelRepository:
         if version is not None and (versions or known):
             raise ServiceError(404, f"unknown version {version} of model {name!r}")
         raise ServiceError(404, f"unknown model {name!r}")
+
+    def loaded(self) -> list[ServedModel]:
+        return [versions[v] for _, versions in sorted(self._served.items()) for v in sorted(versions, key=int)]
 
     def versions(self, name: str) -> list[str]:
         return sorted(self._served.get(name, {}), key=int)

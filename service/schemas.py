@@ -8,6 +8,21 @@ from pydantic import BaseModel, Field
 
 Parameters = dict[str, Any]
 
+# Schemas of bodies that handlers read themselves (not as FastAPI parameters), for the OpenAPI
+# document's components; `create_app` adds them.
+COMPONENTS: dict[str, dict] = {}
+
+
+def openapi_body(model: type[BaseModel], description: str, binary: bool = False) -> dict:
+    """`openapi_extra` documenting `model` as a route's JSON body (and raw bytes when `binary`)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    COMPONENTS.update(schema.pop("$defs", {}))
+    COMPONENTS[model.__name__] = schema
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    if binary:
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"content": content, "description": description, "required": False}}
+
 
 class ErrorResponse(BaseModel):
     error: str

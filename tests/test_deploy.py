@@ -168,8 +168,8 @@ def test_dockerfile_stages_bases_and_runtime_settings(dockerfile):
         installs = [run for run in stage.all("RUN") if "pip install" in run.value]
         assert installs[0].flags["mount"] == "type=bind,from=builder,source=/wheels,target=/wheels"
         assert "/wheels/se_onnx-*.whl" in installs[0].value
-        user = stage.one("USER").value
-        assert user.isdigit() and int(user) != 0
+        user, _, group = stage.one("USER").value.partition(":")
+        assert user.isdigit() and group.isdigit() and int(user) != 0
         assert stage.one("EXPOSE").value == str(PORT)
         assert stage.one("CMD").exec_form() == ["se-onnx", "serve"]
         assert not stage.all("ENTRYPOINT")  # `docker run IMAGE se-onnx insert ...` replaces the CMD
@@ -363,7 +363,8 @@ def test_kubernetes_deployment_probes_resources_service_and_autoscaler(variant, 
     env = {item["name"]: item["value"] for item in container["env"]}
     # Threads follow the CPU limit; the image's user is the pod's.
     assert int(env["SE_ONNX_INTRA_OP_THREADS"]) <= int(resources["limits"]["cpu"])
-    assert pod["spec"]["securityContext"]["runAsUser"] == int(dockerfile["cpu"].one("USER").value)
+    user, group = map(int, dockerfile["cpu"].one("USER").value.split(":"))
+    assert (pod["spec"]["securityContext"]["runAsUser"], pod["spec"]["securityContext"]["runAsGroup"]) == (user, group)
     assert "replicas" not in deployment["spec"]  # the autoscaler owns it
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
@@ -590,8 +591,8 @@ def image(tmp_path_factory, dockerfile) -> Replay:
     (wheel,) = builder.path("/wheels").glob("se_onnx-*.whl")
     assert wheel.name.endswith("-py3-none-any.whl")
     image = Replay(root / "cpu", {"builder": builder})
-    # The base image has `python` and `useradd`; creating the user needs root and no replay.
-    assert _replay_stage(dockerfile["cpu"], image, skip=("useradd",)) == ["useradd"]
+    # The base image has `python`; creating the user needs root and has nothing to replay.
+    assert _replay_stage(dockerfile["cpu"], image, skip=("groupadd",)) == ["groupadd"]
     return image
 
 
@@ -642,35 +643,37 @@ def test_image_serves_answers_inference_and_stops_cleanly_on_sigterm(image, dock
     check = dockerfile["cpu"].one("HEALTHCHECK").exec_form()
     program, checker = image.which(command[0]), image.which(check[0])
     assert program and checker, f"{command[0]} or {check[0]} is not on the image's PATH"
-    log = (tmp_path / "server.log").open("w+")
-    server = subprocess.Popen([program, *command[1:]], cwd=image.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while _get(f"{base}/v2/health/ready") != 200:
-            assert server.poll() is None, f"server exited {server.returncode}"
-            assert time.monotonic() < deadline, "server not ready within 60 s"
-            time.sleep(0.25)
-        assert _get(f"{base}/v2/health/live") == 200
-        # The image's own HEALTHCHECK command, in the image's environment.
-        subprocess.run([checker, *check[1:]], env=env, check=True, timeout=30)
+    with (tmp_path / "server.log").open("w+") as log:
+        server = subprocess.Popen(
+            [program, *command[1:]], cwd=image.cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _get(f"{base}/v2/health/ready") != 200:
+                assert server.poll() is None, f"server exited {server.returncode}"
+                assert time.monotonic() < deadline, "server not ready within 60 s"
+                time.sleep(0.25)
+            assert _get(f"{base}/v2/health/live") == 200
+            # The image's own HEALTHCHECK command, in the image's environment.
+            subprocess.run([checker, *check[1:]], env=env, check=True, timeout=30)
 
-        session = ort.InferenceSession(str(ROOT / "models" / "tiny_conv.onnx"), providers=["CPUExecutionProvider"])
-        (meta,) = session.get_inputs()
-        batch = np.random.default_rng(0).standard_normal([2, *meta.shape[1:]]).astype(np.float32)
-        tensor = {"name": meta.name, "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
-        (output,) = _post_json(f"{base}/v2/models/tiny_conv/infer", {"inputs": [tensor]})["outputs"]
-        (expected,) = session.run(None, {meta.name: batch})
-        assert output["shape"] == list(expected.shape)
-        answer = np.array(output["data"], dtype=np.float32).reshape(expected.shape)
-        np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
+            session = ort.InferenceSession(str(ROOT / "models" / "tiny_conv.onnx"), providers=["CPUExecutionProvider"])
+            (meta,) = session.get_inputs()
+            batch = np.random.default_rng(0).standard_normal([2, *meta.shape[1:]]).astype(np.float32)
+            tensor = {"name": meta.name, "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
+            (output,) = _post_json(f"{base}/v2/models/tiny_conv/infer", {"inputs": [tensor]})["outputs"]
+            (expected,) = session.run(None, {meta.name: batch})
+            assert output["shape"] == list(expected.shape)
+            answer = np.array(output["data"], dtype=np.float32).reshape(expected.shape)
+            np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
 
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-        # And the health check notices a server that is gone.
-        assert subprocess.run([checker, *check[1:]], env=env, capture_output=True, timeout=30).returncode != 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        log.seek(0)
-        print(log.read())  # shown when the test fails
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=30) == 0
+            # And the health check notices a server that is gone.
+            assert subprocess.run([checker, *check[1:]], env=env, capture_output=True, timeout=30).returncode != 0
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+            log.seek(0)
+            print(log.read())  # shown when the test fails

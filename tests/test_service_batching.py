@@ -6,7 +6,7 @@ import asyncio
 import re
 
 import numpy as np
-from service_helpers import infer_json, relu_neg_model, serve, serve_async, slow_model, write_repo
+from service_helpers import identity_model, infer_json, relu_neg_model, serve, serve_async, slow_model, write_repo
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -94,6 +94,15 @@ def test_metrics_count_successes_failures_and_durations(tmp_path):
         assert _metric(text, "se_onnx_inference_compute_duration_seconds_count", **labels) == 3  # warm-up runs are not counted
         assert _metric(text, "se_onnx_inference_batch_size_sum", **labels) == 6  # 3 × 2 rows
         assert _metric(text, "se_onnx_inference_request_duration_seconds_sum", **labels) > 0
+        # The same counts in Triton's statistics extension.
+        (stats,) = client.get("/v2/models/relu/stats").json()["model_stats"]
+        assert stats["name"] == "relu" and stats["version"] == "1"
+        assert stats["inference_count"] == 6 and stats["execution_count"] == 3
+        assert stats["inference_stats"]["success"]["count"] == 3 and stats["inference_stats"]["fail"]["count"] == 1
+        assert stats["inference_stats"]["compute_infer"]["ns"] > 0
+        assert [(b["batch_size"], b["compute_infer"]["count"]) for b in stats["batch_stats"]] == [(2, 3)]
+        assert client.get("/v2/models/stats").json()["model_stats"][0]["inference_count"] == 6
+        assert client.get("/v2/models/missing/stats").status_code == 404
 
 
 def test_session_per_instance_serves_concurrent_requests(tmp_path):
@@ -112,5 +121,25 @@ def test_session_per_instance_serves_concurrent_requests(tmp_path):
                 relu = next(o for o in response.json()["outputs"] if o["name"] == "relu")
                 assert relu["data"] == np.maximum(x, 0).reshape(-1).tolist()
             assert model._pool.qsize() == 3  # every borrowed session came back
+
+    asyncio.run(scenario())
+
+
+def test_requests_of_different_shapes_are_never_mixed_in_a_batch(tmp_path):
+    config = {"max_batch_size": 16, "dynamic_batching": {"max_queue_delay_us": 100_000}}
+    root = write_repo(tmp_path / "repo", {"ident": (identity_model(["FP32"], shape=("N", "M")), config, [1])})
+
+    async def scenario():
+        async with serve_async(root) as (app, client):
+            inputs = [np.full((1 + i % 2, 2 + i % 3), i, np.float32) for i in range(12)]
+            responses = await asyncio.gather(
+                *(client.post("/v2/models/ident/infer", json=infer_json("in_FP32", x)) for x in inputs)
+            )
+            for x, response in zip(inputs, responses):
+                assert response.status_code == 200, response.text
+                (output,) = response.json()["outputs"]
+                assert output["shape"] == list(x.shape) and output["data"] == x.reshape(-1).tolist()
+            (stats,) = (await client.get("/v2/models/ident/stats")).json()["model_stats"]
+            assert 3 <= stats["execution_count"] < len(inputs)  # three widths: at least three batches
 
     asyncio.run(scenario())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from se_onnx.cli import build_parser
+from se_onnx.cli import build_parser, main
 from se_onnx.cli.serve import default_model_repository
 from service_helpers import serve
 
@@ -53,3 +53,19 @@ def test_bundled_models_are_the_default_repository_and_all_load():
         assert {"resnet_tiny", "tiny_conv", "mobilenet_se_tiny"} <= set(index)
         assert "build_samples" not in index
         assert all(row["state"] == "READY" for row in index.values()), index
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (["serve", "--model-repository", "/no/such/dir"], {}, "/no/such/dir: model repository is not a directory"),
+        (["serve"], {"SE_ONNX_PROVIDER": "gpu"}, "--provider must be auto, cpu, cuda or tensorrt, not 'gpu'"),
+        (["serve"], {"SE_ONNX_LOG_LEVEL": "loud"}, "--log-level must be"),
+        (["serve"], {"SE_ONNX_WORKERS_PER_MODEL": "0"}, "--workers-per-model and --max-request-size must be at least 1"),
+    ],
+)
+def test_bad_settings_fail_before_serving(monkeypatch, capsys, argv, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    assert f"se-onnx: error: {message}" in capsys.readouterr().err

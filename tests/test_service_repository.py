@@ -95,6 +95,9 @@ def test_load_unload_reload_with_config(repo):
         assert response.status_code == 200, response.text
         metadata = client.get("/v2/models/late").json()
         assert metadata["parameters"]["max_batch_size"] == 2 and metadata["parameters"]["instance_count"] == 2
+        triton_config = client.get("/v2/models/late/config").json()
+        assert triton_config["max_batch_size"] == 2 and triton_config["input"][0]["dims"] == [4]
+        assert triton_config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
         too_many = client.post("/v2/models/late/infer", json=infer_json("x", np.ones((3, 4), np.float32)))
         assert too_many.status_code == 400 and "max_batch_size" in too_many.json()["error"]
         # Mistakes in load requests are the client's: 404 for no such model, 400 for a bad config.
@@ -102,7 +105,17 @@ def test_load_unload_reload_with_config(repo):
         assert client.post("/v2/repository/models/ghost/unload", headers=KEY).status_code == 404
         bad = client.post("/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": "{nope"}})
         assert bad.status_code == 400 and "invalid model config" in bad.json()["error"]
+        assert _index(client)[("late", "1")]["state"] == "READY"
         assert client.post("/v2/repository/models/late/load", headers=KEY, content=b"[1]").status_code == 400
+        no_batch = json.dumps({"dynamic_batching": {}})
+        response = client.post("/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": no_batch}})
+        assert response.status_code == 400 and "dynamic_batching needs max_batch_size > 0" in response.json()["error"]
+        # A reload that fails keeps the loaded version serving.
+        (repo / "plain.onnx").write_bytes(b"corrupted")
+        failed = client.post("/v2/repository/models/plain/load", headers=KEY)
+        assert failed.status_code == 400 and "keep serving" in failed.json()["error"]
+        assert client.post("/v2/models/plain/infer", json=infer_json("x", np.ones((1, 4), np.float32))).status_code == 200
+        assert _index(client)[("plain", "1")]["state"] == "READY"
 
 
 def test_unload_lets_in_flight_requests_finish(tmp_path):

@@ -101,6 +101,9 @@ def test_tritonclient_infer(server, binary):
     assert result.get_response()["id"] == "abc"
     np.testing.assert_array_equal(result.as_numpy("relu"), np.maximum(x, 0))
     np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+    for algorithm in ("gzip", "deflate"):
+        compressed = client.infer("relu", [tensor], outputs=outputs, request_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(compressed.as_numpy("neg"), -x)
     # No outputs named: tritonclient asks for all of them as binary.
     np.testing.assert_array_equal(client.infer("relu", [tensor]).as_numpy("neg"), -x)
 
@@ -165,6 +168,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
     repo = write_repo(tmp_path / "repo", {"slow": slow_model(1024, 16)})
     process, url = _start(repo, "--workers-per-model", "1")
     results: dict[int, object] = {}
+    finished: dict[int, float] = {}
 
     def call(i: int) -> None:
         client = triton.InferenceServerClient(url, network_timeout=120)
@@ -174,15 +178,18 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
             results[i] = client.infer("slow", [tensor]).as_numpy("y")
         except Exception as error:  # recorded and reported by the assertion below
             results[i] = error
+        finished[i] = time.monotonic()
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
     time.sleep(0.3)  # the three are sent; one runs, two wait for the single instance
     process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     for thread in threads:
         thread.join(timeout=120)
     assert _stop(process) == 0
+    assert len(finished) == 3 and max(finished.values()) > signalled, "no request was in flight at SIGTERM"
     assert {i: float(np.asarray(r).reshape(-1)[0]) if isinstance(r, np.ndarray) else repr(r) for i, r in results.items()} == {
         0: 0.0, 1: 1.0, 2: 2.0
     }
@@ -205,3 +212,24 @@ def test_cuda_without_cuda_fails_at_start_up_unless_fallback_allowed(tmp_path):
         assert metadata["parameters"]["providers"] == ["CPUExecutionProvider"]
     finally:
         assert _stop(process) == 0
+
+
+def test_tritonclient_model_config(server):
+    url, _ = server
+    client = triton.InferenceServerClient(url)
+    config = client.get_model_config("relu")
+    assert config["name"] == "relu" and config["max_batch_size"] == 0
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}]
+    assert config["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
+
+
+def test_tritonclient_statistics(server):
+    url, _ = server
+    client = triton.InferenceServerClient(url)
+    tensor = triton.InferInput("x", [2, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((2, 4), np.float32))
+    before = client.get_inference_statistics("relu")["model_stats"][0]["inference_count"]
+    client.infer("relu", [tensor])
+    stats = client.get_inference_statistics("relu")["model_stats"][0]
+    assert stats["inference_count"] == before + 2
+    assert {s["name"] for s in client.get_inference_statistics()["model_stats"]} >= {"relu", "types"}

@@ -11,9 +11,13 @@ from se_onnx.errors import SeOnnxError
 
 
 def default_model_repository() -> str:
-    """The repository's bundled models/ next to the package when present, else ./models."""
-    bundled = Path(__file__).resolve().parents[2] / "models"
-    return str(bundled) if bundled.is_dir() else "models"
+    """The repository's bundled models/ next to the package when present, else ./models.
+
+    Only a source checkout counts (pyproject.toml beside it): an installed package's parent is
+    site-packages, where an unrelated top-level `models` package may live."""
+    checkout = Path(__file__).resolve().parents[2]
+    bundled = checkout / "models"
+    return str(bundled) if bundled.is_dir() and (checkout / "pyproject.toml").is_file() else "models"
 
 
 def _option(parser: argparse.ArgumentParser, flag: str, default, help: str, **kwargs) -> None:
@@ -39,18 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "environment variable shown with it. Health: /v2/health/ready; metrics: /metrics; API docs: /docs.",
     )
     _option(parser, "--model-repository", default_model_repository(), "directory of models (default: the bundled models/, else ./models)", metavar="DIR")
-    _option(parser, "--host", "0.0.0.0", "address to listen on (default 0.0.0.0)")
-    _option(parser, "--port", 8000, "port to listen on (default 8000)", type=int)
+    _option(parser, "--host", "0.0.0.0", "address to listen on (default 0.0.0.0)", metavar="ADDRESS")
+    _option(parser, "--port", 8000, "port to listen on (default 8000)", type=int, metavar="PORT")
     _option(parser, "--provider", "auto", "execution provider for every model without its own (default auto: CUDA when usable, else CPU)", choices=("auto", "cpu", "cuda", "tensorrt"))
     _flag(parser, "--allow-cpu-fallback", "run on the CPU when the requested GPU provider is not usable, instead of failing at start-up")
-    _option(parser, "--device-id", 0, "GPU device id (default 0)", type=int)
-    _option(parser, "--intra-op-threads", 0, "ONNX Runtime threads within an operator (default 0: ONNX Runtime's choice)", type=int)
-    _option(parser, "--inter-op-threads", 0, "ONNX Runtime threads across operators (default 0: ONNX Runtime's choice)", type=int)
-    _option(parser, "--max-request-size", 64 * 1024 * 1024, "largest request body in bytes (default 64 MB); larger ones get 413", type=int)
-    _option(parser, "--request-timeout", 60.0, "seconds a request may wait and run before it gets 503 (default 60; 0: no limit)", type=float)
-    _option(parser, "--api-key", None, "key that enables the repository API (index, load, unload); sent as X-API-Key or Authorization: Bearer")
+    _option(parser, "--device-id", 0, "GPU device id (default 0)", type=int, metavar="ID")
+    _option(parser, "--intra-op-threads", 0, "ONNX Runtime threads within an operator (default 0: ONNX Runtime's choice)", type=int, metavar="N")
+    _option(parser, "--inter-op-threads", 0, "ONNX Runtime threads across operators (default 0: ONNX Runtime's choice)", type=int, metavar="N")
+    _option(parser, "--max-request-size", 64 * 1024 * 1024, "largest request body in bytes (default 64 MB); larger ones get 413", type=int, metavar="BYTES")
+    _option(parser, "--request-timeout", 60.0, "seconds a request may wait and run before it gets 503 (default 60; 0: no limit)", type=float, metavar="SECONDS")
+    _option(parser, "--api-key", None, "key that enables the repository API (index, load, unload); sent as X-API-Key or Authorization: Bearer", metavar="KEY")
     _option(parser, "--log-level", "info", "log level (default info)", choices=("debug", "info", "warning", "error", "critical"))
-    _option(parser, "--workers-per-model", 1, "instances (inference threads) per model without its own instance_count (default 1)", type=int)
+    _option(parser, "--workers-per-model", 1, "instances (inference threads) per model without its own instance_count (default 1)", type=int, metavar="N")
     parser.set_defaults(run=run)
 
 
@@ -89,7 +93,14 @@ def run(args: argparse.Namespace) -> int:
         raise SeOnnxError(f"{config.model_repository}: model repository is not a directory")
     log_config = configure_logging(config.log_level)
     app = create_app(config)
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Report not ready at once, so load balancers stop sending while in-flight requests finish.
+            app.state.service.ready = False
+            super().handle_exit(sig, frame)
+
+    server = Server(
         uvicorn.Config(
             app,
             host=config.host,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service import __version__
+from service import SERVER_NAME, __version__
 from service.errors import ServiceError
 from service.schemas import ServerMetadata
 
 router = APIRouter(tags=["health"])
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 
 
 @router.get("/v2/health/live", summary="The process answers")
@@ -27,4 +27,10 @@ async def ready(request: Request) -> Response:
 
 @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="se-onnx", version=__version__, extensions=EXTENSIONS)
+    return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+
+
+@router.get("/v2/models/stats", summary="Inference statistics of every loaded model version")
+async def all_stats(request: Request) -> dict:
+    repository = request.app.state.service.repository
+    return {"model_stats": [model.stats.to_dict(model.name, model.version) for model in repository.loaded()]}

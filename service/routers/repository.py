@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from service.errors import ServiceError, bad_request
-from service.schemas import LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest
+from service.schemas import LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, openapi_body
 
 API_KEY_HEADER = "X-API-Key"
 T = TypeVar("T", bound=BaseModel)
@@ -43,13 +43,22 @@ async def _body(request: Request, schema: type[T]) -> T:
         raise bad_request(f"invalid request body: {' '.join(str(error).split())}") from None
 
 
-@router.post("/index", response_model=list[RepositoryModel], summary="Every model in the repository and its state")
+@router.post(
+    "/index",
+    response_model=list[RepositoryModel],
+    summary="Every model in the repository and its state",
+    openapi_extra=openapi_body(RepositoryIndexRequest, "optional; `ready: true` lists ready models only"),
+)
 async def index(request: Request) -> list[RepositoryModel]:
     body = await _body(request, RepositoryIndexRequest)
     return [RepositoryModel(**row) for row in request.app.state.service.repository.index(body.ready)]
 
 
-@router.post("/models/{model_name}/load", summary="Load or reload a model (optional `config` parameter: config.json text)")
+@router.post(
+    "/models/{model_name}/load",
+    summary="Load or reload a model",
+    openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own"),
+)
 async def load(request: Request, model_name: str) -> Response:
     body = await _body(request, LoadRequest)
     override = body.parameters.get("config")
@@ -59,7 +68,11 @@ async def load(request: Request, model_name: str) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/models/{model_name}/unload", summary="Unload a model once its in-flight requests finish")
+@router.post(
+    "/models/{model_name}/unload",
+    summary="Unload a model once its in-flight requests finish",
+    openapi_extra=openapi_body(UnloadRequest, "optional"),
+)
 async def unload(request: Request, model_name: str) -> Response:
     await _body(request, UnloadRequest)
     await request.app.state.service.repository.unload(model_name)
