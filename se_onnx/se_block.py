@@ -367,7 +367,9 @@ class _Tape:
         if self.function and not exact:
             return self.input(stem, array)
         name = self.names(stem)
-        tensor = ir.tensor(array, dtype=None if exact else self.dtype, name=name)
+        # ir.Tensor, not ir.tensor(): the array already has its final dtype, and ir.tensor's
+        # conversion checks were a third of the insertion pass's time.
+        tensor = ir.Tensor(array, name=name)
         if self.function:
             node = ir.node("Constant", [], {"value": tensor}, name=self.names(f"{stem}_constant"), num_outputs=1)
             node.outputs[0].name = name
