@@ -10,7 +10,7 @@ Models: the samples of models/build_samples.py (those without SE blocks get them
 `se-onnx insert --where conv --init random`, so their original is the canonical form), plus any
 ONNX files given, such as the torchvision exports of benchmarks/export_torchvision.py:
 
-    python benchmarks/bench_se_forms.py benchmarks/models/*.onnx /work/shared/models/mobilenet_v3_small.onnx
+    python benchmarks/bench_se_forms.py benchmarks/models/*.onnx
     python benchmarks/bench_se_forms.py --samples mobilenet_se --runs 2 --warmup 1   # smoke run
 """
 
@@ -101,9 +101,14 @@ def main() -> int:
         print()
         return 0
     timed = [row for row in rows if "fastest" in row]
-    slower = [row["model"] for row in timed if row["fastest"] > 1.0]
+    # Where fastest kept the original, its output is the original model itself: its measured ratio
+    # is that of two identical models, the noise floor of the measurement, not a slowdown.
+    slower = [row["model"] for row in timed if row["fastest_picks"] != "original" and row["fastest"] > 1.0]
     verdict = "yes" if not slower else f"no ({', '.join(slower)})"
     print(f"\nfastest ≤ 1.00× the original on every model: {verdict}")
+    kept = [row["fastest"] for row in timed if row["fastest_picks"] == "original"]
+    if kept:
+        print(f"(noise floor: where the original was kept, the identical copy measured {min(kept):.3f}–{max(kept):.3f}×)")
     return 0
 
 

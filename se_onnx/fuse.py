@@ -18,19 +18,17 @@ Forms (`fuse_se(model, form=...)`):
   candidate beats it by more than `MIN_GAIN` (median of run-by-run ratios), so the result is
   never measurably slower.
 
-Why the canonical form tends to win on the CPU provider (read from the graphs ONNX Runtime 1.32
-optimizes on an AVX-512 machine, `SessionOptions.optimized_model_filepath`): the NCHWc layout
-transformer runs convolutions in a channel-blocked layout, but the rescale Mul broadcasts an
-N×C×1×1 gate over the N×C×H×W map, and a broadcasting Mul is not kept blocked, so in every form
-ORT reorders the feature map out to NCHW before the Mul and back in after it. In the conv form
-(torchvision's) the squeeze and both 1×1 convs run blocked on a 1×1 map, so the gate needs its own
-ReorderOutput as well, and where the GlobalAveragePool is not blocked (regnet) the excitation
-needs a ReorderInput too: mobilenet_v3_small has 10 ReorderInput + 20 ReorderOutput nodes,
-efficientnet_b0 16 + 39, regnet_y_400mf 32 + 35. In the canonical form the ReduceMean reads the
-NCHW copy the Mul needs anyway and the excitation runs as FusedGemm (Gemm + activation) on N×C
-vectors: 9 + 10, 16 + 17 and 16 + 17 reorders, and no blocked 1×1 convs on 1×1 maps (channels
-padded to the block width, one kernel launch each). Which wins is still measured per model, since
-the balance moves with the provider, the machine and the feature-map sizes.
+What the forms cost on the CPU provider (measured with benchmarks/bench_se_forms.py; figures in the
+README): within a few percent of each other on most models, with torchvision's conv form clearly
+slower on depthwise-separable models and faster on Conv1d ones. ONNX Runtime's NCHWc layout
+transformer keeps convolutions in a channel-blocked layout, but the rescale Mul broadcasts an
+N×C×1×1 gate over the feature map and is not kept blocked, so every form reorders the feature map
+out of the blocked layout before the Mul and back after it. The canonical form needs fewer reorders
+(its ReduceMean reads the copy the Mul needs anyway, and the excitation runs as FusedGemm on N×C
+vectors; read from the graphs ONNX Runtime 1.32 optimizes, `SessionOptions.optimized_model_filepath`,
+mobilenet_v3_small drops from 10 ReorderInput + 20 ReorderOutput to 9 + 10), while the conv form's
+GlobalAveragePool and 1×1 convs run blocked; at batch 1 the two effects mostly cancel. Which form
+wins depends on the model, the provider and the machine, so ``fastest`` measures instead of assuming.
 """
 
 from __future__ import annotations
