@@ -151,15 +151,33 @@ def throughput(concurrency: int, requests: int, make) -> float:
     return requests / seconds
 
 
+def compare(rounds: int, concurrency: int, requests: int, make_a, make_b) -> dict:
+    """Throughput of A and B measured in alternating rounds (A B, B A, …): the medians, and the
+    median and range of the round-by-round ratio B/A, so that a drift of the machine's speed
+    shows up as spread instead of bias."""
+    a_rps, b_rps = [], []
+    for index in range(rounds):
+        order = ((a_rps, make_a), (b_rps, make_b)) if index % 2 == 0 else ((b_rps, make_b), (a_rps, make_a))
+        for sink, make in order:
+            sink.append(throughput(concurrency, requests, make))
+    ratios = [b / a for a, b in zip(a_rps, b_rps)]
+    return {
+        "a_rps": statistics.median(a_rps), "b_rps": statistics.median(b_rps),
+        "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": rounds,
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few requests")
-    parser.add_argument("--requests", type=int, help="requests per throughput measurement (default 200; quick 8)")
+    parser.add_argument("--requests", type=int, help="requests per throughput measurement (default 60; quick 8)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per comparison (default 5; quick 1)")
     parser.add_argument("--rss-requests", type=int, help="requests for the RSS check (default 10000; quick 200)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    requests = args.requests or (8 if args.quick else 200)
+    requests = args.requests or (8 if args.quick else 60)
+    rounds = args.rounds or (1 if args.quick else 5)
     rss_requests = args.rss_requests or (200 if args.quick else 10_000)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,17 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             # Concurrency 4 against one instance (requests queue, each run uses every core) and
             # against four (runs overlap, as the direct runs' four threads do on one session).
             for concurrency, model in ((1, "resnet50"), (4, "resnet50"), (4, "resnet50_x4")):
-                served = throughput(concurrency, requests, server_caller(server.url, model, image))
-                direct = throughput(concurrency, requests, direct_caller(session, image))
+                row = compare(rounds, concurrency, requests, direct_caller(session, image), server_caller(server.url, model, image))
                 results[f"{model}_c{concurrency}"] = {
-                    "server_rps": served, "direct_rps": direct, "ratio": served / direct, "goal": ">= 0.95",
-                }  # fmt: skip
+                    "direct_rps": row.pop("a_rps"), "server_rps": row.pop("b_rps"), **row, "goal": "ratio >= 0.95",
+                }
             del session
 
             tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
             make = server_caller(server.url, "tiny", tiny)
             _run_threads(1, 50, make)
-            _, latencies = _run_threads(1, max(requests * 10, 50), make)
+            _, latencies = _run_threads(1, max(requests * 50, 50), make)
             ordered = sorted(latencies)
             results["tiny_c1"] = {
                 "p50_ms": statistics.median(latencies) * 1e3,
@@ -195,17 +212,15 @@ def main(argv: list[str] | None = None) -> int:
             # What batching can gain at most: ONNX Runtime's own items/s at batch 16 over batch 1,
             # in process, with no HTTP in the way.
             small_session = make_session(repository / "small.onnx", "cpu", intra_op_threads=args.threads)
-            one = throughput(1, requests * 4, direct_caller(small_session, small))
-            sixteen = 16 * throughput(1, requests, direct_caller(small_session, np.repeat(small, 16, axis=0)))
+            one = throughput(1, requests * 40, direct_caller(small_session, small))
+            sixteen = 16 * throughput(1, requests * 4, direct_caller(small_session, np.repeat(small, 16, axis=0)))
             results["batching_ceiling"] = {"batch1_items_per_s": one, "batch16_items_per_s": sixteen, "gain": sixteen / one}
             del small_session
-            plain = throughput(16, requests * 4, server_caller(server.url, "small", small))
-            batched = throughput(16, requests * 4, server_caller(server.url, "small_batched", small))
-            results["batching_c16"] = {"without_rps": plain, "with_rps": batched, "speedup": batched / plain, "goal": ">= 2"}
+            row = compare(rounds, 16, requests * 20, server_caller(server.url, "small", small), server_caller(server.url, "small_batched", small))
+            results["batching_c16"] = {"without_rps": row.pop("a_rps"), "with_rps": row.pop("b_rps"), **row, "goal": "ratio >= 2"}
 
-            shared = throughput(4, requests * 4, server_caller(server.url, "small_shared", small))
-            separate = throughput(4, requests * 4, server_caller(server.url, "small_separate", small))
-            results["instances_c4"] = {"shared_rps": shared, "per_instance_rps": separate, "ratio": separate / shared}
+            row = compare(rounds, 4, requests * 20, server_caller(server.url, "small_shared", small), server_caller(server.url, "small_separate", small))
+            results["instances_c4"] = {"shared_rps": row.pop("a_rps"), "per_instance_rps": row.pop("b_rps"), **row}
 
             make = server_caller(server.url, "tiny", tiny)
             _run_threads(4, min(1000, rss_requests), make)

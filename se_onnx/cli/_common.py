@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -11,6 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from se_onnx.errors import SeOnnxError
+
+
+def add_rewrite_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """The arguments of every command that rewrites a model: MODEL, -o OUTPUT and --in-place."""
+    parser.add_argument("model", help="input ONNX model")
+    parser.add_argument("-o", "--output", required=True, help=output_help)
+    parser.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input model")
 
 
 def check_output_path(model_path: str, output: str, in_place: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import check_output_path, print_blocks, print_json, print_table
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, print_blocks, print_json, print_table
 from se_onnx.fuse import FORMS, fuse_se
 from se_onnx.model_io import load_model, save_model
 from se_onnx.runtime import PROVIDERS
@@ -20,9 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "form ONNX Runtime runs fastest on --provider, measured on this model (the original is kept "
         "unless another form is clearly faster). Outputs are unchanged up to float rounding.",
     )
-    parser.add_argument("model", help="input ONNX model")
-    parser.add_argument("-o", "--output", required=True, help="where to write the fused model")
-    parser.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input model")
+    add_rewrite_arguments(parser, "where to write the fused model")
     parser.add_argument("--form", choices=FORMS, default="canonical", help="the form to write (default canonical)")
     timing = parser.add_argument_group("--form fastest: how candidate forms are timed")
     timing.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from se_onnx.cli._common import check_output_path, load_npz, print_json, print_table
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, load_npz, print_json, print_table
 from se_onnx.insert import INITS, PLACEMENTS, InsertOptions, insert_se
 from se_onnx.model_io import load_model, save_model
 
@@ -18,9 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Mul) after conv layers. By default the gate starts at exactly 1, so the model's outputs are "
         "unchanged until the blocks are trained.",
     )
-    parser.add_argument("model", help="input ONNX model")
-    parser.add_argument("-o", "--output", required=True, help="where to write the model with SE blocks")
-    parser.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input model")
+    add_rewrite_arguments(parser, "where to write the model with SE blocks")
     placement = parser.add_argument_group("placement")
     placement.add_argument(
         "--where",

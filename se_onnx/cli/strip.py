@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import check_output_path, print_blocks, print_json
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, print_blocks, print_json
 from se_onnx.model_io import load_model, save_model
 from se_onnx.strip import strip_se
 
@@ -17,9 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "instead, and nodes and initializers left unused are dropped. Graph inputs and outputs keep "
         "their names.",
     )
-    parser.add_argument("model", help="input ONNX model")
-    parser.add_argument("-o", "--output", required=True, help="where to write the model without SE blocks")
-    parser.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input model")
+    add_rewrite_arguments(parser, "where to write the model without SE blocks")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
 

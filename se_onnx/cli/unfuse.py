@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import check_output_path, print_json
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, print_json
 from se_onnx.fuse import FUNCTION_NAME, unfuse_se
 from se_onnx.model_io import load_model, save_model
 
@@ -16,9 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=f"Inline every se_onnx.{FUNCTION_NAME} node that `se-onnx fuse --form function` "
         "wrote, and drop the functions and the se_onnx opset import.",
     )
-    parser.add_argument("model", help="input ONNX model")
-    parser.add_argument("-o", "--output", required=True, help="where to write the unfused model")
-    parser.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the input model")
+    add_rewrite_arguments(parser, "where to write the unfused model")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
 
