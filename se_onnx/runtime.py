@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnxruntime as ort
 
 from se_onnx.errors import SeOnnxError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -82,6 +86,8 @@ def ort_providers(
         name = PROVIDERS[provider]
     except KeyError:
         raise SeOnnxError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}") from None
+    import onnxruntime as ort  # imported when first needed: commands that run no model start faster
+
     available = ort.get_available_providers()
     if name not in available:
         raise SeOnnxError(
@@ -119,6 +125,8 @@ def make_session(
     `spinning=False` stops the intra-op threads from busy-waiting after a run; sessions timed in
     turn need it, or one session's spinning threads slow down the next session's run.
     """
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
