@@ -73,6 +73,12 @@ def _probe_model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
 
+def numpy_dtype(ort_type: str) -> type | None:
+    """The numpy type of an ONNX Runtime tensor type ('tensor(float)' → float32); None for the
+    types numpy has no plain type for (bfloat16, float8, maps, sequences)."""
+    return _ORT_TYPES.get(ort_type)
+
+
 def ort_providers(
     provider: str, *, device_id: int = 0, gpu_mem_limit: int | None = None
 ) -> list[str | tuple[str, dict[str, str]]]:
@@ -164,7 +170,7 @@ def random_inputs(
             dim if isinstance(dim, int) and dim >= 0 else dims.get(dim, batch if axis == 0 else 1)
             for axis, dim in enumerate(meta.shape)
         ]
-        dtype = _ORT_TYPES.get(meta.type)
+        dtype = numpy_dtype(meta.type)
         if dtype is None:
             raise SeOnnxError(f"input {meta.name!r} has type {meta.type}, which se-onnx cannot generate")
         if np.issubdtype(dtype, np.floating):

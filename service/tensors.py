@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
+from se_onnx.runtime import numpy_dtype
 from service.errors import bad_request
 from service.schemas import InferRequest, RequestInput
 
@@ -32,18 +33,12 @@ DATATYPES: dict[str, type] = {
     "BYTES": np.object_,
 }
 _BY_DTYPE = {np.dtype(dtype): name for name, dtype in DATATYPES.items()}
-_ONNX_NAMES = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "float16": "FP16", "float": "FP32", "double": "FP64", "string": "BYTES",
-}  # fmt: skip
 
 
 def datatype_of_ort(ort_type: str) -> str | None:
     """'tensor(float)' → 'FP32'; None for types the protocol has no name for (bfloat16, maps…)."""
-    if not (ort_type.startswith("tensor(") and ort_type.endswith(")")):
-        return None
-    return _ONNX_NAMES.get(ort_type[len("tensor(") : -1])
+    dtype = numpy_dtype(ort_type)
+    return None if dtype is None else _BY_DTYPE[np.dtype(dtype)]
 
 
 def datatype_of_array(array: np.ndarray) -> str:
