@@ -1,6 +1,9 @@
 """Benchmark `se-onnx serve` against ONNX Runtime in-process, on the same models and inputs.
 
-Starts the server on loopback, drives it with tritonclient.http (binary tensors) and prints:
+Starts the server on loopback, drives it with tritonclient.http (binary tensors) and tritonclient.grpc, and prints:
+  protocols    ResNet-50-sized, batch 1, concurrency 1 and 4: gRPC, HTTP binary and HTTP JSON vs direct ORT,
+               interleaved in one run (goal gRPC ≥ 0.97 of direct ORT); tiny_conv p50 over each protocol
+               at concurrency 1 (goal gRPC p50 ≤ 0.35 ms)
   resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (1 and 4 instances): server vs direct ORT throughput (goal ≥ 95 %)
   tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
   batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×), and
@@ -11,6 +14,7 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
     python benchmarks/bench_service.py                # full run (minutes; run on a quiet machine)
     python benchmarks/bench_service.py --quick        # smoke run with tiny settings
     python benchmarks/bench_service.py --json out.json
+    python benchmarks/bench_service.py --only protocols
 """
 
 from __future__ import annotations
@@ -71,7 +75,9 @@ class Server:
 
         self.port = _free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.grpc_url = f"127.0.0.1:{_free_port()}"
         command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--grpc-port", self.grpc_url.rsplit(":", 1)[1],
                    "--model-repository", str(repository), "--provider", "cpu", "--log-level", "warning",
                    "--intra-op-threads", str(threads)]  # fmt: skip
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -127,15 +133,30 @@ def _run_threads(concurrency: int, requests: int, work) -> tuple[float, list[flo
     return time.perf_counter() - started, latencies
 
 
-def server_caller(url: str, model: str, x: np.ndarray):
+def server_caller(url: str, model: str, x: np.ndarray, binary: bool = True):
+    """HTTP with binary tensors (or JSON `data`), one client per thread."""
     import tritonclient.http as triton
 
     def make(_index: int):
         client = triton.InferenceServerClient(url, network_timeout=300)
         tensor = triton.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=True)
-        outputs = [triton.InferRequestedOutput(client.get_model_metadata(model)["outputs"][0]["name"], binary_data=True)]
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        outputs = [triton.InferRequestedOutput(client.get_model_metadata(model)["outputs"][0]["name"], binary_data=binary)]
         return lambda: client.infer(model, [tensor], outputs=outputs)
+
+    return make
+
+
+def grpc_caller(url: str, model: str, x: np.ndarray):
+    """gRPC (raw_input_contents), one client and channel per thread."""
+    import tritonclient.grpc as triton
+
+    def make(_index: int):
+        client = triton.InferenceServerClient(url)
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        outputs = [triton.InferRequestedOutput(client.get_model_metadata(model).outputs[0].name)]
+        return lambda: client.infer(model, [tensor], outputs=outputs, client_timeout=300)
 
     return make
 
@@ -151,20 +172,75 @@ def throughput(concurrency: int, requests: int, make) -> float:
     return requests / seconds
 
 
-def compare(rounds: int, concurrency: int, requests: int, make_a, make_b) -> dict:
-    """Throughput of A and B measured in alternating rounds (A B, B A, …): the medians, and the
-    median and range of the round-by-round ratio B/A, so that a drift of the machine's speed
-    shows up as spread instead of bias."""
-    a_rps, b_rps = [], []
+def compare_all(rounds: int, concurrency: int, requests: int, makers: dict) -> dict:
+    """Throughput of each caller measured in rotating rounds (A B C, B C A, …): each one's median,
+    and the median and range of its round-by-round ratio to the first, so that a drift of the
+    machine's speed shows up as spread instead of bias."""
+    names = list(makers)
+    rps: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
-        order = ((a_rps, make_a), (b_rps, make_b)) if index % 2 == 0 else ((b_rps, make_b), (a_rps, make_a))
-        for sink, make in order:
-            sink.append(throughput(concurrency, requests, make))
-    ratios = [b / a for a, b in zip(a_rps, b_rps)]
-    return {
-        "a_rps": statistics.median(a_rps), "b_rps": statistics.median(b_rps),
-        "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": rounds,
-    }  # fmt: skip
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            rps[name].append(throughput(concurrency, requests, makers[name]))
+    baseline = names[0]
+    result = {f"{name}_rps": statistics.median(values) for name, values in rps.items()}
+    for name in names[1:]:
+        ratios = [b / a for a, b in zip(rps[baseline], rps[name])]
+        result[f"{name}_ratio"] = statistics.median(ratios)
+        result[f"{name}_ratio_range"] = f"{min(ratios):.3f}-{max(ratios):.3f}"
+    return {**result, "rounds": rounds}
+
+
+def compare(rounds: int, concurrency: int, requests: int, make_a, make_b) -> dict:
+    """A against B with compare_all: their medians, and B/A's median ratio and range."""
+    row = compare_all(rounds, concurrency, requests, {"a": make_a, "b": make_b})
+    low, high = map(float, row["b_ratio_range"].split("-"))
+    return {"a_rps": row["a_rps"], "b_rps": row["b_rps"], "ratio": row["b_ratio"], "ratio_min": low, "ratio_max": high, "rounds": rounds}
+
+
+def latencies_all(rounds: int, requests: int, makers: dict) -> dict:
+    """p50 and p99 (ms) of each caller at concurrency 1, in rotating rounds: the median of the rounds' values."""
+    names = list(makers)
+    p50: dict[str, list[float]] = {name: [] for name in names}
+    p99: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        _run_threads(1, 50, makers[name])  # warm-up: connections, first-call costs
+    for index in range(rounds):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            _, latencies = _run_threads(1, requests, makers[name])
+            ordered = sorted(latencies)
+            p50[name].append(statistics.median(ordered) * 1e3)
+            p99[name].append(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3)
+    result = {}
+    for name in names:
+        result[f"{name}_p50_ms"] = statistics.median(p50[name])
+        result[f"{name}_p99_ms"] = statistics.median(p99[name])
+    return {**result, "rounds": rounds}
+
+
+def protocols(server: Server, repository: Path, rounds: int, requests: int, threads: int) -> dict[str, dict]:
+    """Direct ORT, gRPC, HTTP binary and HTTP JSON on the same model and inputs, interleaved."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=threads)
+    results = {}
+    # Concurrency 4 against four instances, as the direct runs' four threads share one session.
+    for concurrency, model in ((1, "resnet50"), (4, "resnet50_x4")):
+        makers = {
+            "direct": direct_caller(session, image),
+            "grpc": grpc_caller(server.grpc_url, model, image),
+            "http_binary": server_caller(server.url, model, image),
+            "http_json": server_caller(server.url, model, image, binary=False),
+        }
+        results[f"protocols_{model}_c{concurrency}"] = {**compare_all(rounds, concurrency, requests, makers), "goal": "grpc_ratio >= 0.97"}
+    del session
+    tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
+    makers = {
+        "grpc": grpc_caller(server.grpc_url, "tiny", tiny),
+        "http_binary": server_caller(server.url, "tiny", tiny),
+        "http_json": server_caller(server.url, "tiny", tiny, binary=False),
+    }
+    results["protocols_tiny_c1"] = {**latencies_all(rounds, max(requests * 10, 50), makers), "goal": "grpc_p50_ms <= 0.35"}
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-requests", type=int, help="requests for the RSS check (default 10000; quick 200)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--only", choices=("protocols",), help="run one section only")
     args = parser.parse_args(argv)
     requests = args.requests or (8 if args.quick else 60)
     rounds = args.rounds or (1 if args.quick else 5)
@@ -185,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         build_repository(repository, max_batch_size=16)
         server = Server(repository, args.threads)
         try:
+            results.update(protocols(server, repository, rounds, requests, args.threads))
+            if args.only == "protocols":
+                return _report(results, args.json)
             rng = np.random.default_rng(0)
             image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
             session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=args.threads)
@@ -233,11 +313,15 @@ def main(argv: list[str] | None = None) -> int:
             }  # fmt: skip
         finally:
             server.stop()
+    return _report(results, args.json)
+
+
+def _report(results: dict[str, dict], json_path: str | None) -> int:
     for name, values in results.items():
         shown = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items())
         print(f"{name:14s} {shown}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -155,9 +155,10 @@ class DataPlane:
                 names = _requested_outputs(model, request)
                 timeout = _timeout(self.config.request_timeout, request.parameters.get("timeout"))
                 try:
-                    outputs = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
+                    computed = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise ServiceError(503, f"request timed out after {timeout:g} s") from None
+            outputs = {name: computed[name] for name in names}
             response = encode(InferenceResult(model, request, outputs))
         except BaseException:  # a cancelled call (client gone) counts as failed too
             model.recorder.request(False, time.perf_counter() - started)
