@@ -171,7 +171,10 @@ def _image_folder(root: Path, signature: ClassifierSignature, options: ImageOpti
 
 
 def _image(file: Path, rgb: bool, resize: int, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise SeOnnxError("reading image folders needs Pillow: pip install 'se-onnx[train]' (or pillow)") from None
 
     try:
         with Image.open(file) as image:
