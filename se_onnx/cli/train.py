@@ -82,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
             written.append(result.epoch)
         print(_row(result), file=table, flush=True)
 
-    warnings.formatwarning = lambda message, *_, **__: f"se-onnx: warning: {message}\n"
     print(_row(None), file=table)
-    _, report = train_model(model, train_data, val_data, options, on_epoch=checkpoint)
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"se-onnx: warning: {message}", file=sys.stderr)
+        _, report = train_model(model, train_data, val_data, options, on_epoch=checkpoint)
     if args.plot:
         plot_history(report, args.plot)
     if report.interrupted:
