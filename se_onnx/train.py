@@ -1,5 +1,5 @@
 """Fine-tunes an ONNX classifier in PyTorch (by default only its SE blocks) and writes the trained
-values back into the same ONNX graph, initializer by initializer."""
+values back into the same ONNX graph, initializer by initializer. Needs the `train` extra."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx_ir as ir
+import torch
 
 from se_onnx.datasets import ClassifierSignature, Dataset
 from se_onnx.detect import SEBlock, find_se
 from se_onnx.errors import SeOnnxError
 from se_onnx.export_weights import block_key
 from se_onnx.model_io import atomic_output
+from se_onnx.torch_graph import OnnxModule
 
 TRAIN_SCOPES = ("se", "all")
 # Inputs that hold a layer's weights and biases, by op type; everything else constant stays fixed
@@ -125,10 +127,6 @@ def train_model(
     completed epoch and the report says it was interrupted.
     """
     options.validate()
-    import torch
-
-    from se_onnx.torch_graph import OnnxModule
-
     ClassifierSignature.of(model)  # refuses a model that does not output class scores
     _refuse_non_float32(model)
     names, blocks = trainable_initializers(model, options.train)
@@ -141,8 +139,8 @@ def train_model(
     parameters = [module.parameters_by_name[name] for name in names]
     report = TrainReport(options.train, names, sum(p.numel() for p in parameters), len(blocks), [], _empty_epoch())
 
-    with _deterministic(torch, options.seed):
-        report.saturated_gates = _saturated(module, train_data, gate_inputs, options.batch_size, torch)
+    with _deterministic(options.seed):
+        report.saturated_gates = _saturated(module, train_data, gate_inputs, options.batch_size)
         for key in report.saturated_gates:
             warnings.warn(
                 f"SE block {key!r} has a saturated gate (mean σ' < {SATURATED_SLOPE:g}): training will hardly move it; "
@@ -208,7 +206,7 @@ def _empty_epoch() -> EpochResult:
     return EpochResult(0, math.nan, math.nan, None, None, 0.0)
 
 
-def _write_back(model: ir.Model, module, names: list[str]) -> None:
+def _write_back(model: ir.Model, module: OnnxModule, names: list[str]) -> None:
     """Copy the trained parameters into `model`'s initializers of the same names, in their dtype."""
     for name in names:
         value = model.graph.initializers[name]
@@ -216,7 +214,7 @@ def _write_back(model: ir.Model, module, names: list[str]) -> None:
         value.const_value = ir.tensor(array.astype(value.const_value.dtype.numpy()), name=name)
 
 
-def _saturated(module, data: Dataset, gate_inputs: dict[str, str], batch_size: int, torch) -> list[str]:
+def _saturated(module: OnnxModule, data: Dataset, gate_inputs: dict[str, str], batch_size: int) -> list[str]:
     """The blocks whose sigmoid gate has a vanishing slope on the first batch of data."""
     if not gate_inputs:
         return []
@@ -239,7 +237,7 @@ def _refuse_non_float32(model: ir.Model) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(torch, seed: int) -> Iterator[None]:
+def _deterministic(seed: int) -> Iterator[None]:
     """Seeded, deterministic kernels for the duration of training; the global settings come back after."""
     previous = torch.are_deterministic_algorithms_enabled()
     state = torch.random.get_rng_state()

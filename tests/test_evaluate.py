@@ -4,6 +4,7 @@ report (table, JSON, PNG), FLOPs and parameters, and its errors. No PyTorch need
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -132,3 +133,14 @@ def test_a_model_without_class_scores_is_refused(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 1, 8, 8), np.float32), y=np.array([0, 1]))
     assert main(["evaluate", str(tmp_path / "features.onnx"), "--data", str(tmp_path / "d.npz")]) == 2
     assert "not class scores" in capsys.readouterr().err
+
+
+def test_train_without_pytorch_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in a core install
+    monkeypatch.delitem(sys.modules, "se_onnx.train", raising=False)
+    monkeypatch.delitem(sys.modules, "se_onnx.torch_graph", raising=False)
+    onnx.save(_mean_classifier(5), tmp_path / "m.onnx")
+    args = ["train", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--data", str(tmp_path / "d.npz")]
+    assert main(args) == 2
+    assert "pip install 'se-onnx[train]'" in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()
