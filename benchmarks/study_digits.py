@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         run(["insert", str(base), "-o", str(se), "--where", "conv", "--ratio", str(args.ratio)])
         common = ["--data", str(args.out / "train.npz"), "--val", str(args.out / "val.npz"), "--epochs", str(args.epochs),
                   "--lr", str(args.lr), "--seed", str(seed), "--no-progress"]
-        trained = run(["train", str(se), "-o", str(se_trained), *common])
+        history = ["--plot", str(args.out / "history.png")] if seed == 0 else []
+        trained = run(["train", str(se), "-o", str(se_trained), *common, *history])
         control = run(["train", str(base), "-o", str(tuned), "--train", "all", *common])
         test = ["--data", str(args.out / "test.npz"), "--runs", str(args.runs)]
         plot = ["--plot", str(args.out / "compare.png")] if seed == 0 else []

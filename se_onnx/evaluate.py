@@ -220,7 +220,8 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike) -> None:
         axis.set_title(title, fontsize=10)
         if labels:  # accuracy: zoomed in, since the differences worth seeing are small
             low = min(min(v) for v in values)
-            axis.set_ylim(max(0.0, low - 0.1 * (1 - low) - 0.01), 1.0)
+            bottom = max(0.0, low - 0.1 * (1 - low) - 0.01)
+            axis.set_ylim(bottom, 1.0 + 0.08 * (1.0 - bottom))  # room for the bars' labels
             axis.legend(fontsize=8, loc="lower right")
     figure.suptitle(
         f"{names[1]} vs {names[0]}: Δtop-1 {100 * (comparison.b.top1 - comparison.a.top1):+.2f} points, "
