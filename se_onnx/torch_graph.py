@@ -161,14 +161,15 @@ def _reshape(inputs: list, attributes: Mapping[str, object], opset: int) -> Tens
 
 def _flatten(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
     x = inputs[0]
-    axis = int(attributes.get("axis", 1)) % max(x.dim(), 1) if x.dim() else 0
-    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+    axis = int(attributes.get("axis", 1))
+    axis = axis + x.dim() if axis < 0 else axis  # axis = rank is allowed: N·…·last × 1
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 def _unsqueeze(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
-    x = inputs[0]
-    axes = sorted(a % (x.dim() + len(_axes(inputs, attributes))) for a in _axes(inputs, attributes))
-    for axis in axes:
+    x, axes = inputs[0], _axes(inputs, attributes)
+    rank = x.dim() + len(axes)  # negative axes count from the end of the output
+    for axis in sorted(a % rank for a in axes):
         x = x.unsqueeze(axis)
     return x
 

@@ -123,8 +123,8 @@ def train_model(
 
     `on_epoch(model, result)` is called with epoch 0 (the model as it came, measured) and after
     each completed epoch with a model that holds that epoch's weights, so a caller can keep a
-    checkpoint. On Ctrl-C the copy holds the last
-    completed epoch and the report says it was interrupted.
+    checkpoint. On Ctrl-C the copy holds the last completed epoch and the report says it was
+    interrupted.
     """
     options.validate()
     ClassifierSignature.of(model)  # refuses a model that does not output class scores
@@ -178,11 +178,11 @@ def train_model(
             val = run(val_data, train=False, order=None, label="validate") if val_data is not None else (None, None)
             return EpochResult(epoch, train_loss, train_accuracy, val[0], val[1], time.perf_counter() - started)
 
-        started = time.perf_counter()
-        report.baseline = evaluate(0, started, *run(train_data, train=False, order=None, label="epoch 0 (before)"))
-        if on_epoch is not None:
-            on_epoch(trained, report.baseline)
         try:
+            started = time.perf_counter()
+            report.baseline = evaluate(0, started, *run(train_data, train=False, order=None, label="epoch 0 (before)"))
+            if on_epoch is not None:
+                on_epoch(trained, report.baseline)
             for epoch in range(1, options.epochs + 1):
                 started = time.perf_counter()
                 order = rng.permutation(len(train_data))
