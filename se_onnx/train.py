@@ -262,6 +262,7 @@ def plot_history(report: TrainReport, path) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     results = [report.baseline, *report.epochs]
     epochs = [r.epoch for r in results]
@@ -271,6 +272,7 @@ def plot_history(report: TrainReport, path) -> None:
         if report.baseline.val_loss is not None:
             axis.plot(epochs, [getattr(r, f"val_{key}") for r in results], "s-", label="validation")
         axis.set_xlabel("epoch (0: before training)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend()
