@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             # Report not ready at once, so load balancers stop sending while in-flight requests finish.
-            app.state.service.ready = False
+            app.state.data_plane.ready = False
             super().handle_exit(sig, frame)
 
     server = Server(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.routers.dependencies import Plane
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(plane: Plane) -> Response:
+    return Response(generate_latest(plane.recorder.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from service.errors import ServiceError, bad_request
+from service.errors import bad_request
+from service.routers.dependencies import Plane, require_api_key
 from service.schemas import LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, openapi_body
 
-API_KEY_HEADER = "X-API-Key"
 T = TypeVar("T", bound=BaseModel)
-
-
-def require_api_key(request: Request) -> None:
-    """403 while no key is configured (the repository API is off); 401 for a missing or wrong key,
-    taken from X-API-Key or `Authorization: Bearer <key>`."""
-    expected = request.app.state.service.config.api_key
-    if not expected:
-        raise ServiceError(403, "the repository API is disabled; start the server with --api-key to enable it")
-    given = request.headers.get(API_KEY_HEADER)
-    if given is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ServiceError(401, f"missing or wrong API key (send it as {API_KEY_HEADER} or Authorization: Bearer)")
-
 
 router = APIRouter(prefix="/v2/repository", tags=["repository"], dependencies=[Depends(require_api_key)])
 
@@ -49,9 +33,9 @@ async def _body(request: Request, schema: type[T]) -> T:
     summary="Every model in the repository and its state",
     openapi_extra=openapi_body(RepositoryIndexRequest, "optional; `ready: true` lists ready models only"),
 )
-async def index(request: Request) -> list[RepositoryModel]:
+async def index(request: Request, plane: Plane) -> list[RepositoryModel]:
     body = await _body(request, RepositoryIndexRequest)
-    return [RepositoryModel(**row) for row in request.app.state.service.repository.index(body.ready)]
+    return [RepositoryModel(**row) for row in plane.repository_index(body.ready)]
 
 
 @router.post(
@@ -59,12 +43,12 @@ async def index(request: Request) -> list[RepositoryModel]:
     summary="Load or reload a model",
     openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own"),
 )
-async def load(request: Request, model_name: str) -> Response:
+async def load(request: Request, model_name: str, plane: Plane) -> Response:
     body = await _body(request, LoadRequest)
     override = body.parameters.get("config")
     if override is not None and not isinstance(override, str):
         raise bad_request("parameter 'config' must be a string holding the model's JSON config")
-    await request.app.state.service.repository.load(model_name, override)
+    await plane.load(model_name, override)
     return Response(status_code=200)
 
 
@@ -73,7 +57,7 @@ async def load(request: Request, model_name: str) -> Response:
     summary="Unload a model once its in-flight requests finish",
     openapi_extra=openapi_body(UnloadRequest, "optional"),
 )
-async def unload(request: Request, model_name: str) -> Response:
+async def unload(request: Request, model_name: str, plane: Plane) -> Response:
     await _body(request, UnloadRequest)
-    await request.app.state.service.repository.unload(model_name)
+    await plane.unload(model_name)
     return Response(status_code=200)
