@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from se_onnx.runtime import numpy_dtype
 from service.errors import bad_request
 from service.schemas import InferRequest, RequestInput
+from service.shm import SharedMemoryRegistry, region_slice
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -58,12 +59,13 @@ class TensorSpec:
 
 
 def parse_request(
-    body: bytes, header_length: str | None, inputs: Mapping[str, TensorSpec]
+    body: bytes, header_length: str | None, inputs: Mapping[str, TensorSpec], shared_memory: SharedMemoryRegistry
 ) -> tuple[InferRequest, dict[str, np.ndarray]]:
     """The request and its input arrays, checked against the model's inputs (400 on any mistake).
 
     `header_length` is the Inference-Header-Content-Length header: absent means the body is JSON
     only, 0 means the body is the raw bytes of the model's single input (Triton's raw request).
+    Inputs whose parameters name a shared memory region are read from `shared_memory`.
     """
     if header_length is None:
         json_size = len(body)
@@ -85,7 +87,7 @@ def parse_request(
         request = InferRequest.model_validate(document)
     except ValidationError as error:
         raise bad_request(f"invalid inference request: {_first_error(error)}") from None
-    return request, _decode_inputs(request, memoryview(body)[json_size:], inputs)
+    return request, _decode_inputs(request, memoryview(body)[json_size:], inputs, shared_memory)
 
 
 def _raw_request(body: bytes, inputs: Mapping[str, TensorSpec]) -> tuple[InferRequest, dict[str, np.ndarray]]:
@@ -125,14 +127,21 @@ def _raw_shape(spec: TensorSpec, count: int) -> list[int]:
 
 
 def _decode_inputs(
-    request: InferRequest, binary: memoryview, inputs: Mapping[str, TensorSpec]
+    request: InferRequest, binary: memoryview, inputs: Mapping[str, TensorSpec], shared_memory: SharedMemoryRegistry
 ) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in request.inputs:
         check_input(inputs, arrays, tensor.name, tensor.datatype, tensor.shape)
         size = tensor.parameters.get("binary_data_size")
-        if size is not None:
+        what = f"input {tensor.name!r}"
+        where = region_slice(tensor.parameters, what)
+        if where is not None:
+            if size is not None or tensor.data is not None:
+                raise bad_request(f"{what}: data in shared memory takes neither data nor binary_data_size")
+            chunk = shared_memory.read(where, what)
+            arrays[tensor.name] = array_from_bytes(tensor.name, tensor.datatype, tensor.shape, chunk)
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad_request(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
@@ -287,14 +296,18 @@ def binary_outputs(request: InferRequest, names: Sequence[str]) -> dict[str, boo
 
 
 def encode_response(
-    header: dict, outputs: Mapping[str, np.ndarray], binary: Mapping[str, bool]
+    header: dict, outputs: Mapping[str, np.ndarray], binary: Mapping[str, bool], in_shared_memory: Collection[str] = ()
 ) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the length of its JSON header."""
+    """The response body and, when any output is binary, the length of its JSON header. Outputs
+    `in_shared_memory` are described without data, as Triton does."""
     described, chunks = [], []
     for name, as_binary in binary.items():
         array = outputs[name]
         datatype = datatype_of_array(array)
         entry: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in in_shared_memory:
+            described.append(entry)
+            continue
         if as_binary:
             raw = serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
