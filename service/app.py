@@ -1,4 +1,4 @@
-"""The FastAPI application: `create_app(config)` wires the repository, routers, middleware and lifespan."""
+"""The FastAPI application: `create_app(config)` wires the data plane, routers, middleware, the gRPC server and lifespan."""
 
 from __future__ import annotations
 
@@ -37,9 +37,17 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         # Models load in the background so that /v2/health/live answers during a long start-up.
         plane.start()
+        grpc_server = None
         try:
+            if config.grpc_port:
+                from service.grpc_server import GrpcServer  # grpc is only imported when it serves
+
+                grpc_server = GrpcServer(plane, plane.config)
+                await grpc_server.start()
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             await plane.close()
 
     app = FastAPI(

@@ -70,6 +70,8 @@ class DataPlane:
         self.repository = ModelRepository(config, self.recorder)
         self.shared_memory = SharedMemoryRegistry()
         self.ready = False
+        # Set when start-up loading has ended, whether or not it worked (`ready` says which).
+        self.loading_done = asyncio.Event()
         # Set once the server stops taking requests (SIGTERM); streams end after their current requests.
         self.stopping = asyncio.Event()
         self._loading: asyncio.Task | None = None
@@ -85,8 +87,11 @@ class DataPlane:
             except Exception:  # an unreadable repository: stay live but never ready, and say why
                 log.exception("cannot load the model repository", extra={"path": str(self.config.model_repository)})
                 return
-            self.ready = True
-            log.info("server ready", extra={"models": self.repository.index()})
+            finally:
+                self.loading_done.set()
+            if not self.stopping.is_set():
+                self.ready = True
+                log.info("server ready", extra={"models": self.repository.index()})
 
         self._loading = asyncio.get_running_loop().create_task(load())
 
