@@ -1,8 +1,11 @@
 """Benchmark `se-onnx serve` against ONNX Runtime in-process, on the same models and inputs.
 
-Starts the server on loopback, drives it with tritonclient.http (binary tensors) and prints:
+Starts the server on loopback, drives it with tritonclient.http (binary tensors unless a row says
+otherwise) and prints:
   resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (1 and 4 instances): server vs direct ORT throughput (goal ≥ 95 %)
-  tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
+  resnet50 json  the same at concurrency 4 with JSON tensors (goal ≥ 75 %)
+  resnet50 shm   the same at concurrency 1 and 4 with tensors in system shared memory (goal ≥ 98 %)
+  tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server, binary (goal p50 ≤ 1 ms) and JSON (goal p50 ≤ 0.5 ms)
   batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×), and
                the most batching can gain: ONNX Runtime's items/s at batch 16 over batch 1, in process
   rss          server RSS before and after many requests on tiny_conv (goal < 5 % growth)
@@ -73,7 +76,7 @@ class Server:
         self.url = f"127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--model-repository", str(repository), "--provider", "cpu", "--log-level", "warning",
-                   "--intra-op-threads", str(threads)]  # fmt: skip
+                   "--intra-op-threads", str(threads), "--grpc-port", "0"]  # fmt: skip
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         client = triton.InferenceServerClient(self.url)
         deadline = time.monotonic() + 300
@@ -127,17 +130,44 @@ def _run_threads(concurrency: int, requests: int, work) -> tuple[float, list[flo
     return time.perf_counter() - started, latencies
 
 
-def server_caller(url: str, model: str, x: np.ndarray):
+def server_caller(url: str, model: str, x: np.ndarray, tensors: str = "binary"):
+    """Callers of `model` through tritonclient.http, one client per thread. `tensors`: "binary"
+    (binary tensor data), "json" (JSON `data`), or "shm" (each thread writes its input to a
+    shared memory region of its own per request and reads the output from it)."""
     import tritonclient.http as triton
 
-    def make(_index: int):
+    def make(index: int):
         client = triton.InferenceServerClient(url, network_timeout=300)
+        output = client.get_model_metadata(model)["outputs"][0]
         tensor = triton.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=True)
-        outputs = [triton.InferRequestedOutput(client.get_model_metadata(model)["outputs"][0]["name"], binary_data=True)]
-        return lambda: client.infer(model, [tensor], outputs=outputs)
+        requested = triton.InferRequestedOutput(output["name"], binary_data=tensors == "binary")
+        if tensors != "shm":
+            tensor.set_data_from_numpy(x, binary_data=tensors == "binary")
+            return lambda: client.infer(model, [tensor], outputs=[requested])
+        import tritonclient.utils.shared_memory as shm
+
+        shape = [x.shape[0], *output["shape"][1:]]
+        out_bytes = int(np.prod(shape)) * 4
+        region = f"bench-{os.getpid()}-{model}-{index}"
+        handle = shm.create_shared_memory_region(region, f"/{region}", x.nbytes + out_bytes)
+        _SHM_HANDLES.append(handle)
+        client.unregister_system_shared_memory(region)
+        client.register_system_shared_memory(region, f"/{region}", x.nbytes + out_bytes)
+        tensor.set_shared_memory(region, x.nbytes)
+        requested.set_shared_memory(region, out_bytes, offset=x.nbytes)
+
+        def call():
+            shm.set_shared_memory_region(handle, [x])
+            client.infer(model, [tensor], outputs=[requested])
+            return shm.get_contents_as_numpy(handle, np.float32, shape, offset=x.nbytes)
+
+        return call
 
     return make
+
+
+# Shared memory regions the callers made, destroyed when the benchmark ends.
+_SHM_HANDLES: list = []
 
 
 def direct_caller(session, x: np.ndarray):
@@ -190,23 +220,29 @@ def main(argv: list[str] | None = None) -> int:
             session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=args.threads)
             # Concurrency 4 against one instance (requests queue, each run uses every core) and
             # against four (runs overlap, as the direct runs' four threads do on one session).
-            for concurrency, model in ((1, "resnet50"), (4, "resnet50"), (4, "resnet50_x4")):
-                row = compare(rounds, concurrency, requests, direct_caller(session, image), server_caller(server.url, model, image))
-                results[f"{model}_c{concurrency}"] = {
-                    "direct_rps": row.pop("a_rps"), "server_rps": row.pop("b_rps"), **row, "goal": "ratio >= 0.95",
-                }
+            runs = [(1, "resnet50", "binary"), (4, "resnet50", "binary"), (4, "resnet50_x4", "binary"),
+                    (4, "resnet50_x4", "json"), (1, "resnet50", "shm"), (4, "resnet50_x4", "shm")]  # fmt: skip
+            for concurrency, model, tensors in runs:
+                make = server_caller(server.url, model, image, tensors)
+                row = compare(rounds, concurrency, requests, direct_caller(session, image), make)
+                suffix = "" if tensors == "binary" else f"_{tensors}"
+                goal = {"binary": "ratio >= 0.95", "json": "ratio >= 0.75", "shm": "ratio >= 0.98"}[tensors]
+                results[f"{model}{suffix}_c{concurrency}"] = {
+                    "direct_rps": row.pop("a_rps"), "server_rps": row.pop("b_rps"), **row, "goal": goal,
+                }  # fmt: skip
             del session
 
             tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
-            make = server_caller(server.url, "tiny", tiny)
-            _run_threads(1, 50, make)
-            _, latencies = _run_threads(1, max(requests * 50, 50), make)
-            ordered = sorted(latencies)
-            results["tiny_c1"] = {
-                "p50_ms": statistics.median(latencies) * 1e3,
-                "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
-                "goal": "p50 <= 1 ms",
-            }
+            for tensors, goal in (("binary", "p50 <= 1 ms"), ("json", "p50 <= 0.5 ms")):
+                make = server_caller(server.url, "tiny", tiny, tensors)
+                _run_threads(1, 50, make)
+                _, latencies = _run_threads(1, max(requests * 50, 50), make)
+                ordered = sorted(latencies)
+                results["tiny_c1" if tensors == "binary" else f"tiny_{tensors}_c1"] = {
+                    "p50_ms": statistics.median(latencies) * 1e3,
+                    "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
+                    "goal": goal,
+                }
 
             small = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
             # What batching can gain at most: ONNX Runtime's own items/s at batch 16 over batch 1,
@@ -233,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             }  # fmt: skip
         finally:
             server.stop()
+            if _SHM_HANDLES:
+                import tritonclient.utils.shared_memory as shm
+
+                for handle in _SHM_HANDLES:
+                    shm.destroy_shared_memory_region(handle)
     for name, values in results.items():
         shown = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items())
         print(f"{name:14s} {shown}")

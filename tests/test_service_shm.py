@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 import tritonclient.utils.shared_memory as shm
-from service_helpers import identity_model, relu_neg_model, serve, serve_async, slow_model, write_repo
+from service_helpers import free_port, identity_model, relu_neg_model, serve, serve_async, slow_model, start_server, stop_server, write_repo
 from tritonclient.utils import serialize_byte_tensor
 
 from service.shm import SHM_ROOT
@@ -39,7 +39,12 @@ def regions():
 def repo(tmp_path_factory):
     return write_repo(
         tmp_path_factory.mktemp("repo"),
-        {"relu": relu_neg_model(), "text": identity_model(["BYTES"]), "slow": slow_model(size=1024, matmuls=2)},
+        {
+            "relu": relu_neg_model(),
+            "text": identity_model(["BYTES"]),
+            "pair": identity_model(["FP32", "INT64"]),
+            "slow": slow_model(size=1024, matmuls=2),
+        },
     )
 
 
@@ -225,3 +230,51 @@ def test_openapi_documents_the_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v2/systemsharedmemory/region/{region_name}/register" in paths
     assert "/v2/systemsharedmemory/status" in paths
+
+
+def test_tritonclient_grpc_system_shared_memory(repo, regions):
+    """tritonclient.grpc unchanged against a real server: register (with the key), status, an input
+    in a region beside one in raw contents' place, outputs in a region and inline, unregister."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    x = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
+    handle, key = regions(2 * x.nbytes)
+    shm.set_shared_memory_region(handle, [x])
+    grpc_port = free_port()
+    process, _ = start_server(repo, env={"SE_ONNX_API_KEY": "k3y"}, grpc_port=grpc_port)
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert "system_shared_memory" in client.get_server_metadata().extensions
+        with pytest.raises(InferenceServerException) as error:
+            client.register_system_shared_memory("io", key, 2 * x.nbytes)
+        assert error.value.status() == "StatusCode.UNAUTHENTICATED"
+        auth = {"x-api-key": "k3y"}
+        client.register_system_shared_memory("io", key, 2 * x.nbytes, headers=auth)
+        region = client.get_system_shared_memory_status(headers=auth).regions["io"]
+        assert (region.name, region.key, region.offset, region.byte_size) == ("io", key, 0, 2 * x.nbytes)
+        tensor = grpcclient.InferInput("x", [2, 4], "FP32")
+        tensor.set_shared_memory("io", x.nbytes)
+        relu = grpcclient.InferRequestedOutput("relu")
+        relu.set_shared_memory("io", x.nbytes, offset=x.nbytes)
+        result = client.infer("relu", [tensor], outputs=[relu, grpcclient.InferRequestedOutput("neg")])
+        np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, 4], offset=x.nbytes), np.maximum(x, 0))
+        # One input from the region, the other in raw_input_contents: the raw entries are the inline inputs'.
+        pair = [grpcclient.InferInput("in_FP32", [1, 3], "FP32"), grpcclient.InferInput("in_INT64", [1, 3], "INT64")]
+        pair[0].set_shared_memory("io", 12)
+        pair[1].set_data_from_numpy(np.array([[7, 8, 9]], np.int64))
+        result = client.infer("pair", pair)
+        np.testing.assert_array_equal(result.as_numpy("out_FP32"), x.reshape(-1)[:3].reshape(1, 3))
+        np.testing.assert_array_equal(result.as_numpy("out_INT64"), [[7, 8, 9]])
+        tensor.set_shared_memory("io", x.nbytes, offset=x.nbytes + 4)  # runs past the region's end
+        with pytest.raises(InferenceServerException, match="runs past the end") as error:
+            client.infer("relu", [tensor])
+        assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+        client.unregister_system_shared_memory(headers=auth)
+        assert not client.get_system_shared_memory_status(headers=auth).regions
+        with pytest.raises(InferenceServerException) as error:
+            client.get_cuda_shared_memory_status()
+        assert error.value.status() == "StatusCode.UNIMPLEMENTED"
+    finally:
+        assert stop_server(process) == 0
