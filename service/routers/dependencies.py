@@ -15,14 +15,16 @@ API_KEY_HEADER = "X-API-Key"
 T = TypeVar("T", bound=BaseModel)
 
 
-def data_plane(request: Request) -> DataPlane:
+# Dependencies are coroutines: FastAPI runs a plain function in a worker thread, a hop that cost
+# about a third of a small request's time on the event loop.
+async def data_plane(request: Request) -> DataPlane:
     return request.app.state.data_plane
 
 
 Plane = Annotated[DataPlane, Depends(data_plane)]
 
 
-def api_key(request: Request) -> str | None:
+async def api_key(request: Request) -> str | None:
     """The key a request carries, from X-API-Key or `Authorization: Bearer <key>`."""
     given = request.headers.get(API_KEY_HEADER)
     if given is None:
@@ -31,7 +33,7 @@ def api_key(request: Request) -> str | None:
     return given
 
 
-def require_api_key(plane: Plane, key: Annotated[str | None, Depends(api_key)]) -> None:
+async def require_api_key(plane: Plane, key: Annotated[str | None, Depends(api_key)]) -> None:
     plane.authorize(key)
 
 

@@ -11,7 +11,7 @@ from service.routers.dependencies import Plane, api_key, json_body
 from service.schemas import SharedMemoryRegisterRequest, SharedMemoryStatus, openapi_body
 
 
-def require_key_if_set(plane: Plane, key: Annotated[str | None, Depends(api_key)]) -> None:
+async def require_key_if_set(plane: Plane, key: Annotated[str | None, Depends(api_key)]) -> None:
     plane.authorize_shared_memory(key)
 
 
