@@ -166,14 +166,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(repo: Path, *args: str, env: dict[str, str] | None = None, grpc_port: int = 0) -> tuple[subprocess.Popen, str]:
+def start_server(
+    repo: Path, *args: str, env: dict[str, str] | None = None, grpc_port: int | None = 0
+) -> tuple[subprocess.Popen, str]:
     """`python -m se_onnx serve` on loopback, ready; (process, HTTP host:port). gRPC is off
-    unless `grpc_port` is given, so that servers started in parallel do not race for 8001."""
+    unless `grpc_port` is given (None: as the environment says), so that servers started in
+    parallel do not race for 8001."""
     import tritonclient.http as triton
 
     port = free_port()
+    grpc = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port), *args],
+        [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), *grpc, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_MODEL_REPOSITORY": str(repo), **(env or {})},
         stdout=subprocess.DEVNULL,
