@@ -24,6 +24,8 @@ from service.errors import ServiceError, bad_request
 from service.model import ServedModel
 from service.recorder import Recorder
 from service.repository import ModelRepository
+from service.shm import RegionSlice, SharedMemoryRegistry, region_slice
+from service.tensors import serialize_bytes
 
 log = logging.getLogger("service.dataplane")
 
@@ -31,7 +33,8 @@ T = TypeVar("T")
 Parameters = dict[str, Any]
 
 # Triton's extensions that this server offers, as server metadata lists them.
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+# CUDA shared memory is not among them: no GPU check exists for it.
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "system_shared_memory"]
 
 
 @dataclass
@@ -52,6 +55,8 @@ class InferenceResult:
     model: ServedModel
     request: InferenceRequest
     outputs: dict[str, np.ndarray]
+    # Outputs already written to shared memory, as their parameters asked: their responses carry no data.
+    in_shared_memory: dict[str, RegionSlice] = field(default_factory=dict)
 
 
 class DataPlane:
@@ -63,6 +68,7 @@ class DataPlane:
         self.config = config
         self.recorder = Recorder()
         self.repository = ModelRepository(config, self.recorder)
+        self.shared_memory = SharedMemoryRegistry()
         self.ready = False
         # Set when start-up loading has ended, whether or not it worked (`ready` says which).
         self.loading_done = asyncio.Event()
@@ -100,6 +106,7 @@ class DataPlane:
             self._loading.cancel()
             await asyncio.gather(self._loading, return_exceptions=True)
         await self.repository.close()
+        self.shared_memory.unregister()
         log.info("server stopped")
 
     # -- health and metadata ------------------------------------------------------------------
@@ -153,18 +160,33 @@ class DataPlane:
             with model:  # in flight: an unload waits for it
                 request = decode(model)
                 names = _requested_outputs(model, request)
+                regions = self._output_regions(request)
                 timeout = _timeout(self.config.request_timeout, request.parameters.get("timeout"))
                 try:
                     computed = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise ServiceError(503, f"request timed out after {timeout:g} s") from None
-            outputs = {name: computed[name] for name in names}
-            response = encode(InferenceResult(model, request, outputs))
+                outputs = {name: computed[name] for name in names}
+                for name, where in regions.items():
+                    array = outputs[name]
+                    raw = serialize_bytes(array) if array.dtype.kind in "OSU" else np.ascontiguousarray(array)
+                    self.shared_memory.write(where, memoryview(raw).cast("B"), f"output {name!r}")
+            response = encode(InferenceResult(model, request, outputs, regions))
         except BaseException:  # a cancelled call (client gone) counts as failed too
             model.recorder.request(False, time.perf_counter() - started)
             raise
         model.recorder.request(True, time.perf_counter() - started)
         return response
+
+    def _output_regions(self, request: InferenceRequest) -> dict[str, RegionSlice]:
+        """The outputs to write to shared memory and where, checked before the model runs."""
+        regions = {}
+        for name, parameters in (request.outputs or {}).items():
+            where = region_slice(parameters, f"output {name!r}")
+            if where is not None:
+                self.shared_memory.check(where, f"output {name!r}")
+                regions[name] = where
+        return regions
 
     # -- repository ---------------------------------------------------------------------------
 
@@ -175,6 +197,11 @@ class DataPlane:
             raise ServiceError(403, "the repository API is disabled; start the server with --api-key to enable it")
         if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
             raise ServiceError(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+
+    def authorize_shared_memory(self, key: str | None) -> None:
+        """Registering shared memory opens files on the server: with an API key set, it takes the key."""
+        if self.config.api_key:
+            self.authorize(key)
 
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         return self.repository.index(ready_only)

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from typing import TypeVar
-
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ValidationError
 
 from service.errors import bad_request
-from service.routers.dependencies import Plane, require_api_key
+from service.routers.dependencies import Plane, json_body, require_api_key
 from service.schemas import LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, openapi_body
 
-T = TypeVar("T", bound=BaseModel)
-
 router = APIRouter(prefix="/v2/repository", tags=["repository"], dependencies=[Depends(require_api_key)])
-
-
-async def _body(request: Request, schema: type[T]) -> T:
-    raw = await request.body()
-    if not raw.strip():
-        return schema()
-    try:
-        return schema.model_validate(json.loads(raw))
-    except (ValueError, ValidationError) as error:
-        raise bad_request(f"invalid request body: {' '.join(str(error).split())}") from None
 
 
 @router.post(
@@ -34,7 +18,7 @@ async def _body(request: Request, schema: type[T]) -> T:
     openapi_extra=openapi_body(RepositoryIndexRequest, "optional; `ready: true` lists ready models only"),
 )
 async def index(request: Request, plane: Plane) -> list[RepositoryModel]:
-    body = await _body(request, RepositoryIndexRequest)
+    body = await json_body(request, RepositoryIndexRequest)
     return [RepositoryModel(**row) for row in plane.repository_index(body.ready)]
 
 
@@ -44,7 +28,7 @@ async def index(request: Request, plane: Plane) -> list[RepositoryModel]:
     openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own"),
 )
 async def load(request: Request, model_name: str, plane: Plane) -> Response:
-    body = await _body(request, LoadRequest)
+    body = await json_body(request, LoadRequest)
     override = body.parameters.get("config")
     if override is not None and not isinstance(override, str):
         raise bad_request("parameter 'config' must be a string holding the model's JSON config")
@@ -58,6 +42,6 @@ async def load(request: Request, model_name: str, plane: Plane) -> Response:
     openapi_extra=openapi_body(UnloadRequest, "optional"),
 )
 async def unload(request: Request, model_name: str, plane: Plane) -> Response:
-    await _body(request, UnloadRequest)
+    await json_body(request, UnloadRequest)
     await plane.unload(model_name)
     return Response(status_code=200)
