@@ -117,8 +117,8 @@ def _in_process(source: Path, folder: Path, rounds: int, clock) -> Comparison:
     """load_model → insert_se → save_model (checked, atomic) against onnx.load → onnx.save."""
     ours, theirs = folder / "in_process_se.onnx", folder / "in_process_plain.onnx"
 
-    def se_onnx() -> None:
-        model, _ = insert_se(load_model(source), PAPER_OPTIONS)
+    def se_onnx() -> None:  # what `se-onnx insert` does
+        model, _ = insert_se(load_model(source), PAPER_OPTIONS, in_place=True)
         save_model(model, ours)
 
     def baseline() -> None:
@@ -165,7 +165,7 @@ def _scaling(sizes: list[int], folder: Path, rounds: int) -> list[ScalingPoint]:
             cpu_start, start = time.process_time(), time.perf_counter()
             model = load_model(source)
             pass_start = time.perf_counter()
-            inserted, report = insert_se(model, InsertOptions(where="conv"))
+            inserted, report = insert_se(model, InsertOptions(where="conv"), in_place=True)
             passes.append(time.perf_counter() - pass_start)
             save_model(inserted, folder / f"chain_{convs}_se.onnx")
             totals.append(time.perf_counter() - start)

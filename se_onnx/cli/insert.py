@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         weights=load_npz(args.weights) if args.weights else None,
     )
     options.validate()
-    model, report = insert_se(load_model(args.model), options)
+    model, report = insert_se(load_model(args.model), options, in_place=True)
     save_model(model, args.output)
     if args.json:
         print_json(report.to_dict())

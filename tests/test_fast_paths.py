@@ -1,0 +1,70 @@
+"""Tests of the shortcuts a command takes for speed: imports put off or skipped, in-place insertion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import onnx
+import onnx_ir as ir
+
+from models import build_samples
+from se_onnx import InsertOptions, insert_se
+
+
+def _run_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def test_insert_command_imports_neither_sympy_nor_other_commands(tmp_path):
+    source = tmp_path / "model.onnx"
+    onnx.save(build_samples.resnet_like(opset=13), source)
+    loaded = _run_python(
+        f"""
+        import sys
+        from se_onnx.cli import main
+        sys.argv = ["se-onnx", "insert", {str(source)!r}, "-o", {str(tmp_path / "se.onnx")!r}, "--json"]
+        assert main() == 0
+        print(sorted(name for name in ("sympy.core", "onnxruntime", "se_onnx.fuse", "se_onnx.bench", "fastapi") if name in sys.modules))
+        """
+    )
+    assert loaded.splitlines()[-1] == "[]"
+    onnx.checker.check_model(str(tmp_path / "se.onnx"), full_check=True)
+
+
+def test_sympy_put_off_still_loads_when_used():
+    out = _run_python(
+        """
+        import sys
+        from se_onnx.cli._deferred_imports import defer_unused_imports
+        defer_unused_imports()
+        import onnx_ir as ir
+        before = "sympy.core" in sys.modules
+        dim = ir.SymbolicDim("N") * 2 + 1
+        import sympy
+        print(before, dim, "sympy.core" in sys.modules, isinstance(sympy.Symbol("N") * 2, sympy.Expr))
+        """
+    )
+    assert out == "False 2*N + 1 True True"
+
+
+def test_help_still_lists_every_command(capsys):
+    from se_onnx.cli import main
+
+    try:
+        main(["--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    out = capsys.readouterr().out
+    for command in ("insert", "inspect", "verify", "export-weights", "fuse", "unfuse", "strip", "bench", "serve"):
+        assert command in out
+
+
+def test_in_place_insertion_adds_the_blocks_to_the_model_itself():
+    model = ir.serde.deserialize_model(build_samples.resnet_like(opset=13))
+    copy, _ = insert_se(model.clone(), InsertOptions(where="residual"))
+    inserted, report = insert_se(model, InsertOptions(where="residual"), in_place=True)
+    assert inserted is model and report.blocks
+    assert onnx.printer.to_text(ir.to_proto(inserted)) == onnx.printer.to_text(ir.to_proto(copy))
