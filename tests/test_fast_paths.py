@@ -1,4 +1,5 @@
-"""Tests of the shortcuts a command takes for speed: imports put off or skipped, in-place insertion."""
+"""Tests of the shortcuts a command takes for speed: imports put off or skipped, models read from
+mapped pages, in-place insertion."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import textwrap
 
 import onnx
 import onnx_ir as ir
+import pytest
 
 from models import build_samples
-from se_onnx import InsertOptions, insert_se
+from se_onnx import InsertOptions, SeOnnxError, insert_se, load_model
 
 
 def _run_python(code: str) -> str:
@@ -68,3 +70,16 @@ def test_in_place_insertion_adds_the_blocks_to_the_model_itself():
     inserted, report = insert_se(model, InsertOptions(where="residual"), in_place=True)
     assert inserted is model and report.blocks
     assert onnx.printer.to_text(ir.to_proto(inserted)) == onnx.printer.to_text(ir.to_proto(copy))
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".json"])
+def test_load_model_reads_what_ir_load_reads(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    onnx.save(build_samples.resnet_like(opset=13), path)  # onnx picks the format by the suffix
+    assert ir.to_proto(load_model(path)) == ir.to_proto(ir.load(path))
+
+
+def test_an_empty_file_is_not_a_model(tmp_path):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(SeOnnxError, match="not a valid ONNX model"):
+        load_model(tmp_path / "empty.onnx")
