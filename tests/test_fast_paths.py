@@ -12,7 +12,7 @@ import onnx_ir as ir
 import pytest
 
 from models import build_samples
-from se_onnx import InsertOptions, SeOnnxError, insert_se, load_model
+from se_onnx import InsertOptions, SeOnnxError, insert_se, load_model, save_model
 
 
 def _run_python(code: str) -> str:
@@ -83,3 +83,15 @@ def test_an_empty_file_is_not_a_model(tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(SeOnnxError, match="not a valid ONNX model"):
         load_model(tmp_path / "empty.onnx")
+
+
+def test_a_model_failing_the_check_while_it_is_written_keeps_the_old_output(tmp_path):
+    # The bytes are written while they are checked; a failed check must leave the old file alone.
+    model = ir.serde.deserialize_model(build_samples.resnet_like(opset=13))
+    relu = next(node for node in model.graph if node.op_type == "Relu")
+    relu.outputs[0].name = model.graph.inputs[0].name  # two producers of one name: invalid SSA
+    output = tmp_path / "out.onnx"
+    output.write_bytes(b"the previous model")
+    with pytest.raises(SeOnnxError, match="fails onnx.checker, nothing was written"):
+        save_model(model, output)
+    assert output.read_bytes() == b"the previous model" and [p.name for p in tmp_path.iterdir()] == ["out.onnx"]

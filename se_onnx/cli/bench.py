@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Time a model in ONNX Runtime: warm-up, then latency (median, p90, mean, min) and "
         "throughput. With two models, runs them interleaved (A B A B …) on the same seeded inputs and "
         "reports B/A pair by pair. --se-cost times a model against a copy with its SE blocks "
-        "stripped and breaks the difference down by op type with ONNX Runtime's profiler.",
+        "stripped, breaks the difference down by role and op type with ONNX Runtime's profiler "
+        "(as many profiled runs, interleaved, differences taken run by run), and says whether the "
+        "breakdown adds up to the measured difference or the difference is within noise.",
     )
     parser.add_argument("model_a", metavar="A", help="ONNX model")
     parser.add_argument("model_b", metavar="B", nargs="?", help="second model, timed against A on the same inputs")
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per model first (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0: its choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    parser.add_argument("--se-cost", action="store_true", help="time A against A without its SE blocks, with a per-op breakdown")
+    parser.add_argument("--se-cost", action="store_true", help="time A against A without its SE blocks, with a breakdown by role and op type")
     parser.add_argument("--plot", metavar="FILE.png", help="also write a comparison chart")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
