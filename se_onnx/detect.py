@@ -4,6 +4,11 @@ A block is matched backwards from its rescale Mul, one stage at a time:
 
     x ─► squeeze ─► layer ─► activation ─► layer ─► gate ─► (Reshape/Unsqueeze) ─► Mul(x, ·)
 
+The matchers read the graph through QuantizeLinear → DequantizeLinear pairs (ONNX Runtime's QDQ
+format, `se_onnx.qdq`): a block's pairs belong to the block. A feature map may be channels-first
+(N×C×spatial) or, in the NHWC islands TensorFlow exporters write, channels-last (N×spatial×C:
+ReduceMean over axes 1…rank-2, the gate broadcast on the last axis).
+
 Each stage below is one matcher that states the pattern it accepts in its docstring, checks it
 (raising `_Mismatch` with the reason a near-miss failed), and normalizes what it found into the
 parameters of the canonical block (`se_onnx.se_block`): layers in Linear layout (out × in) with
@@ -20,6 +25,7 @@ import enum
 import numpy as np
 import onnx_ir as ir
 
+from se_onnx.qdq import clips_at_zero, dequantized, qdq_pairs_between, through_qdq
 from se_onnx.se_block import Activation, Gate, SEWeights
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -75,6 +81,8 @@ class Squeeze:
     op_type: str  # GlobalAveragePool or ReduceMean
     nodes: tuple[ir.Node, ...]
     spatial_rank: int | None  # known from ReduceMean's non-negative axes; None otherwise
+    channels_last: bool = False  # ReduceMean over axes 1…rank-2 of an N×spatial×C map
+    keeps_dims: bool = False  # the mean stays N×1…×C (or N×C×1…) up to the first layer
 
 
 @dataclasses.dataclass
@@ -90,6 +98,11 @@ class SEBlock:
     nodes: tuple[ir.Node, ...]  # every node of the block, from squeeze to the rescale Mul
     spatial_rank: int
     dtype: ir.DataType
+    channels_last: bool = False  # the feature map is N×spatial×C
+
+    @property
+    def layout(self) -> str:
+        return "NHWC" if self.channels_last else "NCHW"
 
     @property
     def channels(self) -> int:
@@ -121,6 +134,7 @@ class SEBlock:
             "activation": self.activation.describe() if self.activation else None,
             "gate": {"op_type": self.gate.op_type, "alpha": self.gate.alpha, "beta": self.gate.beta},
             "spatial_rank": self.spatial_rank,
+            "layout": self.layout,
             "dtype": self.dtype.name,
             "nodes": [node.name for node in self.nodes],
         }
@@ -195,7 +209,7 @@ def _match_block(mul: ir.Node) -> SEBlock:
 def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlock:
     broadcast_nodes, gate_output = _strip_gate_broadcast(gate_operand)
     gate, gate_nodes, excitation = _match_gate(gate_output)
-    if excitation is x:
+    if through_qdq(excitation) is through_qdq(x):
         # x·gate(x) is an activation (SiLU, HardSwish) on the feature map, not an SE block.
         raise _Mismatch(Stage.GATE, "the gate's input is the rescaled tensor itself (an activation)")
     last = _match_layer(excitation)
@@ -205,8 +219,10 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
     else:
         layers = (_match_layer(hidden, stage=Stage.ACTIVATION), last)
     squeeze = _match_squeeze(layers[0].nodes[0].inputs[0], x)
-    _check_widths(layers, x)
+    _check_widths(layers, x, squeeze.channels_last)
     spatial_rank = _spatial_rank(x, squeeze, layers, broadcast_nodes)
+    if squeeze.channels_last:
+        _check_channels_last_broadcast(squeeze, broadcast_nodes, layers[0].in_features, spatial_rank)
     nodes = (
         *squeeze.nodes,
         *_layer_nodes(layers[0]),
@@ -216,6 +232,7 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
         *broadcast_nodes,
         mul,
     )
+    nodes = (*_with_qdq_pairs(nodes, x), mul)
     _check_private(nodes, mul)
     return SEBlock(
         input=x,
@@ -227,18 +244,33 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
         nodes=nodes,
         spatial_rank=spatial_rank,
         dtype=_dtype(x, layers[0]),
+        channels_last=squeeze.channels_last,
     )
+
+
+def _with_qdq_pairs(nodes: tuple[ir.Node, ...], x: ir.Value) -> tuple[ir.Node, ...]:
+    """The block's nodes (without the rescale Mul) and the Q/DQ pairs between them, which go
+    with the block when it is rewritten or removed; the pairs that round `x` stay outside."""
+    source = through_qdq(x)
+    members: dict[ir.Node, None] = {}
+    for node in nodes:
+        for value in node.inputs:
+            if value is not None and value is not x:
+                members.update(dict.fromkeys(qdq_pairs_between(value, source)))
+        members[node] = None
+    members.pop(nodes[-1])
+    return tuple(members)
 
 
 def _strip_gate_broadcast(value: ir.Value) -> tuple[tuple[ir.Node, ...], ir.Value]:
     """Pattern: gate → Reshape/Unsqueeze … → Mul. The reshapes only restore the unit spatial dims,
     which the canonical block does with one Unsqueeze."""
     nodes: list[ir.Node] = []
-    producer = value.producer()
+    producer = _producer(value)
     while producer is not None and producer.op_type in _GATE_BROADCAST_OPS and producer.domain == "":
         nodes.insert(0, producer)
         value = producer.inputs[0]
-        producer = value.producer()
+        producer = _producer(value)
     return tuple(nodes), value
 
 
@@ -251,7 +283,7 @@ def _match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
     The written-out hard sigmoid is normalized to HardSigmoid(alpha=1/h, beta=b/h): PyTorch's
     hardsigmoid exported at old opsets and Keras' hard_sigmoid take this form with b=3, h=6.
     """
-    node = value.producer()
+    node = _producer(value)
     if node is None or node.domain != "":
         raise _Mismatch(Stage.RESCALE, "neither Mul operand comes from a Sigmoid or hard-sigmoid gate")
     if node.op_type == "Sigmoid":
@@ -270,7 +302,7 @@ def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node
     if factor is None or factor.size != 1:
         raise _Mismatch(Stage.RESCALE, f"{scale.op_type} gate candidate has no scalar constant")
     scale_by = 1.0 / float(factor.item()) if scale.op_type == "Div" else float(factor.item())
-    clip = clip_output.producer()
+    clip = _producer(clip_output)
     if clip is None or clip.op_type != "Clip":
         raise _Mismatch(Stage.RESCALE, "neither Mul operand comes from a gate")
     low, high = _clip_bounds(clip)
@@ -278,7 +310,7 @@ def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node
         raise _Mismatch(Stage.GATE, f"hard-sigmoid Clip bounds ({low}, {high}) are not (0, h)")
     if not np.isclose(scale_by * high, 1.0, rtol=_CONSTANT_RTOL):
         raise _Mismatch(Stage.GATE, f"hard sigmoid scales Clip(0, {high:g}) by {scale_by:g}, not 1/{high:g}")
-    shift = clip.inputs[0].producer() if clip.inputs[0] is not None else None
+    shift = _producer(clip.inputs[0]) if clip.inputs[0] is not None else None
     if shift is None or shift.op_type != "Add":
         raise _Mismatch(Stage.GATE, "hard-sigmoid Clip does not follow an Add of its offset")
     excitation, offset = _split_constant_operand(shift)
@@ -310,13 +342,13 @@ def _match_layer(value: ir.Value, stage: Stage = Stage.EXCITATION) -> Excitation
     The weight must be constant; it is normalized to out × in, with Gemm's alpha/beta, the layer's
     own bias and the separate Add's bias all folded into one bias vector.
     """
-    node = value.producer()
+    node = _producer(value)
     bias_add = None
     extra_bias = None
     if node is not None and node.op_type == "Add" and node.domain == "":
         operand, extra_bias = _split_constant_operand(node)
         if extra_bias is not None:
-            bias_add, node = node, operand.producer()
+            bias_add, node = node, _producer(operand)
     if node is None or node.op_type not in _LAYER_OPS or node.domain != "":
         found = "a graph input" if node is None else node.op_type
         raise _Mismatch(stage, f"expected a 1×1 Conv, Gemm or MatMul excitation layer, found {found}")
@@ -409,8 +441,9 @@ def _per_channel(array: np.ndarray, channels: int, trailing_unit_dims: int, stag
 def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node, ...], ir.Value]:
     """Pattern: Relu | LeakyRelu | PRelu | HardSwish | h·Sigmoid(h) (SiLU) | h·HardSigmoid(h)
     (HardSwish before opset 14), or nothing when the
-    value comes straight from the squeeze (the one-layer "effective SE" variant)."""
-    node = value.producer()
+    value comes straight from the squeeze (the one-layer "effective SE" variant). A Q/DQ pair that
+    clips at zero right after the first layer is its Relu (ONNX Runtime's quantizer folds it so)."""
+    node = _producer(value)
     if node is None or node.domain != "":
         raise _Mismatch(Stage.ACTIVATION, "the excitation layer's input is not computed in the graph")
     if node.op_type in ("Relu", "HardSwish"):
@@ -424,6 +457,8 @@ def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node
         return Activation("PRelu", slope=_prelu_slope(slope)), (node,), node.inputs[0]
     if node.op_type == "Mul":
         return _match_written_out_silu(node)
+    if node.op_type in (*_LAYER_OPS, "Add") and clips_at_zero(value, _constant):
+        return Activation("Relu"), (), value
     if node.op_type in (*_LAYER_OPS, "Add") or _is_squeeze_node(node):
         return None, (), value
     raise _Mismatch(Stage.ACTIVATION, f"unsupported activation {node.op_type} between the excitation layers")
@@ -433,8 +468,8 @@ def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ..
     """h·Sigmoid(h) is SiLU; h·HardSigmoid(h; 1/6, 0.5) is HardSwish as written before opset 14."""
     for index in (0, 1):
         hidden, other = mul.inputs[index], mul.inputs[1 - index]
-        gate = other.producer() if other is not None else None
-        if gate is None or gate.domain != "" or gate.inputs[0] is not hidden:
+        gate = _producer(other) if other is not None else None
+        if gate is None or gate.domain != "" or through_qdq(gate.inputs[0]) is not through_qdq(hidden):
             continue
         if gate.op_type == "Sigmoid":
             return Activation("SiLU"), (gate, mul), hidden
@@ -463,22 +498,37 @@ def _match_squeeze(value: ir.Value, x: ir.Value) -> Squeeze:
     """Pattern: GlobalAveragePool(x) | ReduceMean(x) over every spatial axis (axes as attribute or
     input, keepdims 0 or 1), then any Flatten/Reshape/Squeeze; x must be the rescaled tensor."""
     nodes: list[ir.Node] = []
-    node = value.producer()
+    node = _producer(value)
     while node is not None and node.op_type in _SQUEEZE_FLATTEN_OPS and node.domain == "":
         nodes.insert(0, node)
-        node = node.inputs[0].producer()
+        node = _producer(node.inputs[0])
     if node is None or node.op_type not in ("GlobalAveragePool", "ReduceMean") or node.domain != "":
         found = "a graph input" if node is None else node.op_type
         raise _Mismatch(Stage.SQUEEZE, f"the first excitation layer does not read a global spatial mean (found {found})")
-    if node.inputs[0] is not x:
+    if not _same_rounding(node.inputs[0], x):
         raise _Mismatch(Stage.SQUEEZE, "the squeezed tensor is not the one the Mul rescales")
-    spatial_rank = _reduce_mean_spatial_rank(node, x) if node.op_type == "ReduceMean" else None
-    return Squeeze(node.op_type, (node, *nodes), spatial_rank)
+    spatial_rank, channels_last = None, False
+    if node.op_type == "ReduceMean":
+        spatial_rank, channels_last = _reduce_mean_spatial_axes(node, x)
+    keeps_dims = not nodes and (node.op_type == "GlobalAveragePool" or _int_attribute(node, "keepdims", 1) == 1)
+    return Squeeze(node.op_type, (node, *nodes), spatial_rank, channels_last, keeps_dims)
 
 
-def _reduce_mean_spatial_rank(node: ir.Node, x: ir.Value) -> int | None:
-    """Check that ReduceMean averages exactly the spatial axes (2…rank-1); return the spatial rank
-    when the axes tell it. LayerNorm/GroupNorm/RMSNorm means fail here (they reduce other axes)."""
+def _same_rounding(value: ir.Value, x: ir.Value) -> bool:
+    """`value` is `x`, or another DequantizeLinear of the same tensor with the same scale and zero
+    point (ONNX Runtime's quantizer gives each consumer its own pair when asked to)."""
+    if value is x:
+        return True
+    if through_qdq(value) is not through_qdq(x):
+        return False
+    mine, theirs = value.producer(), x.producer()
+    return mine is not None and theirs is not None and list(mine.inputs[1:]) == list(theirs.inputs[1:])
+
+
+def _reduce_mean_spatial_axes(node: ir.Node, x: ir.Value) -> tuple[int | None, bool]:
+    """Check that ReduceMean averages exactly the spatial axes, 2…rank-1 (channels first) or
+    1…rank-2 (channels last); return the spatial rank when the axes tell it, and whether the
+    channels are last. LayerNorm/GroupNorm/RMSNorm means fail here (they reduce other axes)."""
     if "axes" in node.attributes:
         axes = _ints_attribute(node, "axes", [])
     elif len(node.inputs) > 1 and node.inputs[1] is not None:
@@ -497,24 +547,54 @@ def _reduce_mean_spatial_rank(node: ir.Node, x: ir.Value) -> int | None:
         # Negative axes with an unknown rank: spatial if they are the trailing ones, -1…-k.
         if sorted(axes) != list(range(-len(axes), 0)):
             raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages axes {axes}, not the spatial ones")
-        return None
+        return None, False
     spatial = sorted(axes)
-    if spatial != list(range(2, 2 + len(spatial))) or (rank is not None and len(spatial) != rank - 2):
+    first = spatial[0]
+    if first not in (1, 2) or spatial != list(range(first, first + len(spatial))) or (
+        rank is not None and len(spatial) != rank - 2
+    ):
         raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages axes {axes}, not the spatial ones")
-    return len(spatial)
+    return len(spatial), first == 1
 
 
 # --- Whole-block checks --------------------------------------------------------------------------
 
 
-def _check_widths(layers: tuple[ExcitationLayer, ...], x: ir.Value) -> None:
+def _check_widths(layers: tuple[ExcitationLayer, ...], x: ir.Value, channels_last: bool) -> None:
     channels = layers[0].in_features
     if layers[-1].out_features != channels:
         raise _Mismatch(Stage.BLOCK, f"the excitation maps {channels} channels to {layers[-1].out_features}")
     if len(layers) == 2 and layers[1].in_features != layers[0].out_features:
         raise _Mismatch(Stage.BLOCK, "the two excitation layers' widths do not chain")
-    if x.shape is not None and len(x.shape) > 1 and isinstance(x.shape[1], int) and x.shape[1] != channels:
-        raise _Mismatch(Stage.BLOCK, f"the feature map has {x.shape[1]} channels, the excitation {channels}")
+    if x.shape is not None and len(x.shape) > 1:
+        found = x.shape[-1 if channels_last else 1]
+        if isinstance(found, int) and found != channels:
+            raise _Mismatch(Stage.BLOCK, f"the feature map has {found} channels, the excitation {channels}")
+
+
+def _check_channels_last_broadcast(
+    squeeze: Squeeze, broadcast_nodes: tuple[ir.Node, ...], channels: int, spatial_rank: int
+) -> None:
+    """An N×spatial×C map needs its gate as N×1…×C: kept by the squeeze, or restored by an
+    Unsqueeze of axes 1…rank-2 or a Reshape to (N, 1…, C). An N×C gate would broadcast C over W."""
+    unit_axes = list(range(1, 1 + spatial_rank))
+    if not broadcast_nodes:
+        if squeeze.keeps_dims:
+            return
+        raise _Mismatch(Stage.BLOCK, "the N×C gate is not broadcast back over the channels-last feature map")
+    last = broadcast_nodes[-1]
+    if last.op_type == "Reshape":
+        target = _constant(last.inputs[1])
+        if target is not None and list(target[1:-1]) == [1] * spatial_rank and int(target[-1]) in (channels, -1):
+            return
+    elif len(broadcast_nodes) == 1:
+        axes = _ints_attribute(last, "axes", []) if "axes" in last.attributes else None
+        if axes is None and len(last.inputs) > 1:
+            array = _constant(last.inputs[1])
+            axes = None if array is None else [int(a) for a in array.reshape(-1)]
+        if axes == unit_axes:
+            return
+    raise _Mismatch(Stage.BLOCK, f"the gate is not reshaped to N×{'1×' * spatial_rank}C for the channels-last feature map")
 
 
 def _spatial_rank(
@@ -594,6 +674,9 @@ def _constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
         if producer.op_type == "Identity" and producer.domain == "":
             value = producer.inputs[0]
             continue
+        array = dequantized(producer, _constant)
+        if array is not None:
+            return ir.Tensor(array)
         try:
             return ir.convenience.get_const_tensor(value)
         except ValueError:
@@ -604,6 +687,11 @@ def _constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
 def _constant(value: ir.Value | None) -> np.ndarray | None:
     tensor = _constant_tensor(value)
     return None if tensor is None else tensor.numpy()
+
+
+def _producer(value: ir.Value) -> ir.Node | None:
+    """The node that computes `value`, seen through the Q/DQ pairs that round it."""
+    return through_qdq(value).producer()
 
 
 def _split_constant_operand(node: ir.Node) -> tuple[ir.Value, np.ndarray | None]:

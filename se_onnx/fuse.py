@@ -149,7 +149,8 @@ def fuse_se(
 
 def rebuild_se(model: ir.Model, layout: str) -> ir.Model:
     """A copy of `model` with every SE block rebuilt in `layout`: "gemm" (the canonical form) or
-    "conv" (GlobalAveragePool → 1×1 Conv → activation → 1×1 Conv → gate → Mul)."""
+    "conv" (GlobalAveragePool → 1×1 Conv → activation → 1×1 Conv → gate → Mul; channels-last
+    blocks stay in the gemm layout, since GlobalAveragePool and Conv read channels first)."""
     return _rewrite(model, _layout_builder(layout))
 
 
@@ -262,7 +263,9 @@ def _layout_builder(layout: str) -> _Builder:
             names=names,
             activation=block.activation,
             gate=block.gate,
-            layout=layout,
+            # GlobalAveragePool and Conv read channels first: an NHWC block keeps the gemm layout.
+            layout="gemm" if block.channels_last else layout,
+            channels_last=block.channels_last,
         )
         _add(model.graph, built)
         _keep_output_type(built.output, block.output)
@@ -293,6 +296,7 @@ def _to_functions(model: ir.Model) -> ir.Model:
             dtype=block.dtype,
             activation=block.activation,
             gate=block.gate,
+            channels_last=block.channels_last,
         )
         overload = _overload(block)
         if overload not in functions:
@@ -331,7 +335,8 @@ def _to_functions(model: ir.Model) -> ir.Model:
 def _overload(block: SEBlock) -> str:
     """The name of the function body a block needs: what varies between bodies."""
     activation = block.activation.op_type.lower() if block.activation else "one_layer"
-    return f"{activation}_{block.gate.op_type.lower()}_{block.spatial_rank}d"
+    layout = "_nhwc" if block.channels_last else ""
+    return f"{activation}_{block.gate.op_type.lower()}_{block.spatial_rank}d{layout}"
 
 
 def _function(body: BuiltBlock, overload: str, opset: int) -> ir.Function:

@@ -3,6 +3,13 @@
 Placement follows SENet: on each residual branch, after the branch's last conv (and its
 BatchNorm), before the residual Add; or after every conv, past its BatchNorm and activation so
 that Conv+BN+activation fusions survive; or after convs chosen by name.
+
+A conv's layer is followed the way exporters write it (`follow_layer`): through a Transpose to
+channels-last (tf2onnx runs BatchNorm, activations and residual Adds in NHWC between Transposes
+around each Conv), BatchNorm as a node or as Mul + Add by per-channel constants, and the
+QuantizeLinear → DequantizeLinear pairs of a QDQ model. A block in an NHWC island is built
+channels-last where the layer ends, so no Transpose is added. In a QDQ model the float block sits
+after a DequantizeLinear and is followed by a copy of the Q/DQ pair before it (see `_requantize`).
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from se_onnx.detect import _constant as constant_array
 from se_onnx.detect import find_se
 from se_onnx.errors import SeOnnxError
 from se_onnx.gc_pause import collector_paused
 from se_onnx.naming import NameScope, names_in_use
+from se_onnx.qdq import is_op, through_qdq
 from se_onnx.se_block import MIN_OPSET, SEWeights, build_se_block, squeeze_width
 
 PLACEMENTS = ("auto", "residual", "conv")
@@ -34,6 +43,8 @@ _ACTIVATIONS = frozenset(
 _QUANTIZED_CONVS = frozenset({"QLinearConv", "ConvInteger"})
 # How far back the residual check walks from a branch to find its shortcut's source.
 _RESIDUAL_SEARCH_LIMIT = 256
+# How many nodes (Transposes, BatchNorm's Mul and Add, Q/DQ) a layer is followed through.
+_LAYER_STEP_LIMIT = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +92,25 @@ class InsertedBlock:
     squeeze_channels: int
     spatial_rank: int
     nodes: tuple[str, ...]
+    layout: str = "NCHW"  # NHWC: built channels-last, in a Transposed island
+    through: tuple[str, ...] = ()  # the ops between the conv and the block, in order
+    requantized: bool = False  # a float block between a DequantizeLinear and a copy of its pair
+
+    @property
+    def position(self) -> str:
+        """Where the block sits, in words."""
+        if self.placement == "residual":
+            where = "before the residual Add, after " + " → ".join(("Conv", *self.through))
+        else:
+            where = "after " + " → ".join(("Conv", *self.through)) if self.through else "right after the Conv"
+        return f"{where} ({self.layout}{', requantized' if self.requantized else ''})"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"nodes": list(self.nodes)}
+        return dataclasses.asdict(self) | {
+            "nodes": list(self.nodes),
+            "through": list(self.through),
+            "position": self.position,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +174,23 @@ class ConvInfo:
         """The facts, or None when the weight's shape is not known statically."""
         weight = node.inputs[1] if len(node.inputs) > 1 else None
         shape = weight.shape if weight is not None else None
+        if shape is None and weight is not None and (array := constant_array(weight)) is not None:
+            shape = array.shape  # a DequantizeLinear of a constant, which shape inference has not seen
         if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape):
             return None
         group = node.attributes.get_int("group", 1)
         return cls(node, shape[0], shape[1] * group, tuple(shape[2:]), group)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPath:
+    """How far a conv's layer reaches: the value it ends in, the ops it passed, its layout there,
+    and the Q/DQ pair that value comes out of (in a QDQ model)."""
+
+    end: ir.Value
+    through: tuple[str, ...]
+    channels_last: bool
+    quantized: tuple[ir.Node, ir.Node] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +201,7 @@ class InsertionSite:
     placement: str
     anchor: ir.Value
     uses: tuple[tuple[ir.Node, int], ...]  # (consumer, input index) pairs to rewire
+    path: LayerPath
 
 
 @dataclasses.dataclass
@@ -193,10 +234,10 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
 
     placement = options.where
     if placement == "auto":
-        has_residual = not options.nodes and any(True for _ in _residual_sites(candidates))
+        has_residual = not options.nodes and any(True for _ in _residual_sites(candidates, convs))
         placement = "residual" if has_residual else "conv"
     if placement == "residual":
-        sites = list(_residual_sites(candidates))
+        sites = list(_residual_sites(candidates, convs))
     else:
         sites = []
         se_inputs = {id(block.input) for block in find_se(model)}
@@ -247,26 +288,35 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
     blocks = []
     for site, site_weights in zip(sites, weights):
         anchor = site.anchor
+        scope = names.child(f"{site.conv.name}/se/")
         built = build_se_block(
             anchor,
             site_weights,
             spatial_rank=site.conv.spatial_rank,
             opset=opset,
             dtype=_feature_dtype(site),
-            names=names.child(f"{site.conv.name}/se/"),
+            names=scope,
+            channels_last=site.path.channels_last,
         )
         for initializer in built.initializers:
             graph.register_initializer(initializer)
         graph.extend(built.nodes)
+        nodes, output = list(built.nodes), built.output
+        if site.path.quantized is not None:
+            pair = _requantize(output, *site.path.quantized, scope)
+            graph.extend(pair)
+            nodes += pair
+            output = pair[-1].outputs[0]
+            output.type, output.shape = anchor.type, anchor.shape
         for consumer, index in site.uses:
-            consumer.replace_input_with(index, built.output)
+            consumer.replace_input_with(index, output)
         after = anchor.name
         if site.placement == "conv" and anchor.is_graph_output():
             # The graph output keeps its name; the pre-SE feature map takes a fresh one.
-            for index, output in enumerate(graph.outputs):
-                if output is anchor:
-                    graph.outputs[index] = built.output
-            anchor.name, built.output.name = names(f"{anchor.name}_before_se"), anchor.name
+            for index, graph_output in enumerate(graph.outputs):
+                if graph_output is anchor:
+                    graph.outputs[index] = output
+            anchor.name, output.name = names(f"{anchor.name}_before_se"), anchor.name
         blocks.append(
             InsertedBlock(
                 name=site.conv.name,
@@ -275,10 +325,33 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
                 channels=site_weights.channels,
                 squeeze_channels=site_weights.squeeze_channels,
                 spatial_rank=site.conv.spatial_rank,
-                nodes=tuple(node.name for node in built.nodes),
+                nodes=tuple(node.name for node in nodes),
+                layout="NHWC" if site.path.channels_last else "NCHW",
+                through=site.path.through,
+                requantized=site.path.quantized is not None,
             )
         )
     return blocks
+
+
+def _requantize(value: ir.Value, quantize: ir.Node, dequantize: ir.Node, names: NameScope) -> list[ir.Node]:
+    """A copy of the Q/DQ pair the block's input came out of, applied to the block's output.
+
+    The block only scales its input by gates in [0, 1], and a quantization range always holds 0,
+    so the input's scale and zero point hold the output too: nothing clips, and under identity
+    init the pair gives back the very integers the model had. The DequantizeLinear → op →
+    QuantizeLinear groups around the block, which ONNX Runtime fuses into int8 kernels
+    (QLinearConv, QLinearAdd), keep their shape.
+    """
+    copies = []
+    for node, stem in ((quantize, "requantize"), (dequantize, "dequantize")):
+        inputs = [value, *node.inputs[1:]]
+        attributes = {name: attribute.value for name, attribute in node.attributes.items()}
+        copy = ir.node(node.op_type, inputs, attributes, domain=node.domain, name=names(stem), num_outputs=1)
+        copy.outputs[0].name = names(f"{stem}_output")
+        copies.append(copy)
+        value = copy.outputs[0]
+    return copies
 
 
 def _weights_per_site(sites: Sequence[InsertionSite], options: InsertOptions) -> list[SEWeights]:
@@ -332,38 +405,124 @@ def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:
 
 
 def _conv_site(info: ConvInfo) -> InsertionSite:
-    """After the conv, past a BatchNorm and an activation that only it feeds."""
+    """After the conv, past its BatchNorm and an activation that only it feeds."""
+    path = follow_layer(info, activation=True)
+    return InsertionSite(info, "conv", path.end, tuple(path.end.uses()), path)
+
+
+def follow_layer(info: ConvInfo, *, activation: bool) -> LayerPath:
+    """Follow a conv's output through what belongs to its layer, each step the value's only reader:
+    a Transpose to channels-last, BatchNorm (a node, or Mul/Add by a per-channel constant), Q/DQ
+    pairs, and with `activation` one activation (then a Q/DQ pair after it) to end the walk."""
     value = info.node.outputs[0]
-    consumer = _sole_consumer(value)
-    if consumer is not None and consumer.op_type == "BatchNormalization" and consumer.inputs[0] is value:
-        value = consumer.outputs[0]
+    through: list[str] = []
+    channels_last = False
+    quantized = None
+    for _ in range(_LAYER_STEP_LIMIT):
+        if activation and (silu := _silu_output(value)) is not None:
+            value, activation = silu, False
+            through.append("SiLU")
+            quantized = None
+            continue
         consumer = _sole_consumer(value)
-    if consumer is not None and consumer.op_type in _ACTIVATIONS and consumer.inputs[0] is value:
-        value = consumer.outputs[0]
-    elif (silu := _silu_output(value)) is not None:
-        value = silu
-    return InsertionSite(info, "conv", value, tuple(value.uses()))
+        if consumer is None or consumer.inputs[0] is None:
+            break
+        op = consumer.op_type
+        if is_op(consumer, "QuantizeLinear") and (dequantize := _sole_consumer(consumer.outputs[0])) is not None:
+            if not is_op(dequantize, "DequantizeLinear"):
+                break
+            value, quantized = dequantize.outputs[0], (consumer, dequantize)
+            through.append("Q/DQ")
+            continue
+        if activation and op in _ACTIVATIONS and consumer.inputs[0] is value:
+            activation = False
+        elif op == "Transpose" and not channels_last and _to_channels_last(consumer, info.spatial_rank):
+            channels_last = True
+        elif op == "BatchNormalization" and not channels_last and consumer.inputs[0] is value:
+            pass
+        elif op in ("Mul", "Add") and _per_channel_operand(consumer, value, info, channels_last):
+            pass
+        else:
+            break
+        value, quantized = consumer.outputs[0], None
+        through.append(op)
+        if not activation and op in _ACTIVATIONS:
+            # One Q/DQ pair may still follow the activation; nothing else belongs to the layer.
+            if (pair := _qdq_after(value)) is not None:
+                value, quantized = pair[1].outputs[0], pair
+                through.append("Q/DQ")
+            break
+    return LayerPath(value, tuple(through), channels_last, quantized)
+
+
+def _qdq_after(value: ir.Value) -> tuple[ir.Node, ir.Node] | None:
+    quantize = _sole_consumer(value)
+    if not is_op(quantize, "QuantizeLinear"):
+        return None
+    dequantize = _sole_consumer(quantize.outputs[0])
+    return (quantize, dequantize) if is_op(dequantize, "DequantizeLinear") else None
+
+
+def _to_channels_last(transpose: ir.Node, spatial_rank: int) -> bool:
+    perm = transpose.attributes.get_ints("perm", None)
+    return perm is not None and list(perm) == [0, *range(2, 2 + spatial_rank), 1]
+
+
+def _per_channel_operand(node: ir.Node, value: ir.Value, info: ConvInfo, channels_last: bool) -> bool:
+    """Whether `node` is value·k or value + k with k a constant per channel of the layer
+    (a scalar, or C values on the channel axis): BatchNorm as exporters decompose it."""
+    if len(node.inputs) != 2 or value not in node.inputs or node.inputs[0] is node.inputs[1]:
+        return False
+    array = constant_array(node.inputs[1] if node.inputs[0] is value else node.inputs[0])
+    if array is None or array.ndim > info.spatial_rank + 2:
+        return False
+    if array.size == 1:
+        return True
+    shape = list(array.shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape.pop(0)
+    expected = [info.out_channels] if channels_last else [info.out_channels, *([1] * info.spatial_rank)]
+    return shape == expected
 
 
 def conv_before(value: ir.Value) -> ir.Node | None:
-    """The conv whose layer ends in `value` (the inverse of `_conv_site`), or None.
+    """The conv whose layer ends in `value` (the inverse of `follow_layer`), or None.
 
-    Walks back through an activation (or x·Sigmoid(x)) and a BatchNorm; an SE block is keyed by
-    this conv's name, so weights exported from one model find their place in another.
+    Walks back through an activation (or x·Sigmoid(x)), then through what `follow_layer` follows
+    (BatchNorm as a node or as Mul/Add by a constant, Transposes, Q/DQ pairs); an SE block is keyed
+    by this conv's name, so weights exported from one model find their place in another.
     """
+    value = through_qdq(value)
     producer = value.producer()
-    if producer is not None and producer.op_type == "Mul":
-        producer = _silu_input_producer(producer)
+    if producer is not None and producer.op_type == "Mul" and (x := _silu_input(producer)) is not None:
+        value = x
     elif producer is not None and producer.op_type in _ACTIVATIONS:
-        producer = producer.inputs[0].producer()
-    if producer is not None and producer.op_type == "BatchNormalization":
-        producer = producer.inputs[0].producer()
-    return producer if producer is not None and _is_conv(producer) else None
+        value = producer.inputs[0]
+    return _conv_behind(value)
 
 
-def _silu_input_producer(mul: ir.Node) -> ir.Node | None:
-    x = next((v for v in mul.inputs if v is not None and _silu_output(v) is mul.outputs[0]), None)
-    return x.producer() if x is not None else None
+def _conv_behind(value: ir.Value) -> ir.Node | None:
+    """The conv that produces `value`, directly or through BatchNorm, Transposes and Q/DQ pairs."""
+    for _ in range(_LAYER_STEP_LIMIT):
+        producer = through_qdq(value).producer()
+        if producer is None:
+            return None
+        if _is_conv(producer):
+            return producer
+        if producer.op_type in ("BatchNormalization", "Transpose"):
+            value = producer.inputs[0]
+        elif producer.op_type in ("Mul", "Add") and len(producer.inputs) == 2:
+            constants = [constant_array(operand) is not None for operand in producer.inputs]
+            if constants.count(True) != 1:
+                return None
+            value = producer.inputs[constants.index(False)]
+        else:
+            return None
+    return None
+
+
+def _silu_input(mul: ir.Node) -> ir.Value | None:
+    return next((v for v in mul.inputs if v is not None and _silu_output(v) is mul.outputs[0]), None)
 
 
 def _silu_output(value: ir.Value) -> ir.Value | None:
@@ -377,61 +536,63 @@ def _silu_output(value: ir.Value) -> ir.Value | None:
     return None
 
 
-def _residual_sites(candidates: Sequence[ConvInfo]) -> Iterator[InsertionSite]:
-    """One site per residual Add: the branch operand, when it ends in one of the candidate convs."""
-    by_node = {id(info.node): info for info in candidates}
-    adds = {}
-    for info in candidates:
-        for add in _residual_adds_after(info):
-            adds[id(add)] = add
-    for add in adds.values():
-        branch = _residual_branch(add)
-        if branch is None:
-            continue
-        index, conv = branch
-        info = by_node.get(id(conv))
-        if info is not None:
-            yield InsertionSite(info, "residual", add.inputs[index], ((add, index),))
+def _residual_sites(candidates: Sequence[ConvInfo], convs: Sequence[ir.Node]) -> Iterator[InsertionSite]:
+    """One site per residual Add: the branch operand, when it ends in one of the candidate convs.
 
-
-def _residual_adds_after(info: ConvInfo) -> Iterator[ir.Node]:
-    value = info.node.outputs[0]
-    for consumer in value.consumers():
-        if consumer.op_type == "BatchNormalization" and consumer.inputs[0] is value:
-            yield from (n for n in consumer.outputs[0].consumers() if n.op_type == "Add")
-        elif consumer.op_type == "Add":
-            yield consumer
-
-
-def _residual_branch(add: ir.Node) -> tuple[int, ir.Node] | None:
-    """(operand index, conv) of a residual Add's branch, or None when the Add is not residual.
-
-    The branch ends in a conv (and maybe its BatchNorm); the shortcut is either the block's input
-    itself or a projection conv of it. Either way the shortcut's source is an ancestor of the
-    branch conv's input, which rules out Adds of unrelated feature maps (FPN merges, bias Adds).
+    Every conv's layer (`follow_layer`, without its activation) is followed to its end; an Add of
+    two computed values that reads such an end is residual when `_residual_branch` says so.
     """
-    if len(add.inputs) != 2 or any(v is None or v.const_value is not None or v.is_initializer() for v in add.inputs):
+    candidate_ids = {id(info.node) for info in candidates}
+    paths: dict[int, tuple[ConvInfo, LayerPath]] = {}
+    for node in convs:
+        info = ConvInfo.of(node)
+        if info is not None:
+            path = follow_layer(info, activation=False)
+            paths[id(path.end)] = (info, path)
+    adds: dict[int, ir.Node] = {}
+    for _, path in paths.values():
+        for consumer in path.end.consumers():
+            if consumer.op_type == "Add" and consumer.domain in ("", "ai.onnx"):
+                adds[id(consumer)] = consumer
+    for add in adds.values():
+        branch = _residual_branch(add, paths)
+        if branch is not None and id(branch[1].node) in candidate_ids:
+            index, info, path = branch
+            yield InsertionSite(info, "residual", add.inputs[index], ((add, index),), path)
+
+
+def _residual_branch(
+    add: ir.Node, paths: Mapping[int, tuple[ConvInfo, LayerPath]]
+) -> tuple[int, ConvInfo, LayerPath] | None:
+    """(operand index, conv, its layer) of a residual Add's branch, or None when it is not residual.
+
+    The branch ends in a conv's layer; the shortcut is either the block's input itself or a
+    projection conv of it. Either way the shortcut's source is an ancestor of the branch conv's
+    input, which rules out Adds of unrelated feature maps (FPN merges, bias Adds).
+    """
+    if len(add.inputs) != 2 or any(v is None or constant_array(v) is not None for v in add.inputs):
         return None
-    convs = [_conv_behind(value) for value in add.inputs]
-    if convs[0] is not None and convs[0].outputs[0].shape is not None and add.inputs[1].shape is not None:
-        if len(convs[0].outputs[0].shape) != len(add.inputs[1].shape):
-            return None
+    shapes = [v.shape for v in add.inputs]
+    if shapes[0] is not None and shapes[1] is not None and len(shapes[0]) != len(shapes[1]):
+        return None
+    layers = [paths.get(id(value)) for value in add.inputs]
     for branch, shortcut in ((0, 1), (1, 0)):
-        conv = convs[branch]
-        if conv is None:
+        if layers[branch] is None:
             continue
-        shortcut_source = add.inputs[shortcut] if convs[shortcut] is None else convs[shortcut].inputs[0]
-        if conv.inputs[0] is not shortcut_source and _is_ancestor(shortcut_source, conv.inputs[0]):
-            return branch, conv
+        info, path = layers[branch]
+        source = through_qdq(add.inputs[shortcut]) if layers[shortcut] is None else _layer_input(layers[shortcut][0])
+        if _layer_input(info) is not source and _is_ancestor(source, info.node.inputs[0]):
+            return branch, info, path
     return None
 
 
-def _conv_behind(value: ir.Value) -> ir.Node | None:
-    """The conv that produces `value`, directly or through its BatchNorm."""
+def _layer_input(info: ConvInfo) -> ir.Value:
+    """The feature map a conv reads, before the Transpose to channels-first and Q/DQ pairs."""
+    value = through_qdq(info.node.inputs[0])
     producer = value.producer()
-    if producer is not None and producer.op_type == "BatchNormalization":
-        producer = producer.inputs[0].producer()
-    return producer if producer is not None and _is_conv(producer) else None
+    if producer is not None and producer.op_type == "Transpose":
+        value = through_qdq(producer.inputs[0])
+    return value
 
 
 def _is_ancestor(ancestor: ir.Value, value: ir.Value) -> bool:
@@ -458,6 +619,8 @@ def _sole_consumer(value: ir.Value) -> ir.Node | None:
 
 def _feature_dtype(site: InsertionSite) -> ir.DataType:
     dtype = site.anchor.dtype or site.conv.node.inputs[1].dtype
+    if dtype is None and (weight := constant_array(site.conv.node.inputs[1])) is not None:
+        dtype = ir.DataType.from_numpy(weight.dtype)
     if dtype is None:
         raise SeOnnxError(f"the element type of {site.anchor.name!r} is unknown")
     if not dtype.is_floating_point():

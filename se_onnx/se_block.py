@@ -194,15 +194,25 @@ def build_se_block(
     names: NameScope,
     activation: Activation = RELU,
     gate: Gate = SIGMOID,
+    channels_last: bool = False,
 ) -> BuiltBlock:
-    """Build the canonical SE block over the N×C×spatial feature map `x`.
+    """Build the canonical SE block over the N×C×spatial (or, `channels_last`, N×spatial×C)
+    feature map `x`.
 
     Nodes are valid at `opset` (ReduceMean's axes move to an input at 18, Unsqueeze's at 13), the
     weights are cast to `dtype`, and every name comes from `names`. The batch dim stays symbolic.
     """
     layers = [(weights.fc1_weight, weights.fc1_bias), (weights.fc2_weight, weights.fc2_bias)]
     return build_excitation(
-        x, layers, spatial_rank=spatial_rank, opset=opset, dtype=dtype, names=names, activation=activation, gate=gate
+        x,
+        layers,
+        spatial_rank=spatial_rank,
+        opset=opset,
+        dtype=dtype,
+        names=names,
+        activation=activation,
+        gate=gate,
+        channels_last=channels_last,
     )
 
 
@@ -217,12 +227,16 @@ def build_excitation(
     activation: Activation | None,
     gate: Gate,
     layout: str = "gemm",
+    channels_last: bool = False,
 ) -> BuiltBlock:
     """An SE block with one or two excitation layers (weight out × in, bias out) in `layout`.
 
     Two layers have `activation` between them; one layer (the "effective SE" variant) has none.
+    `channels_last`: `x` is N×spatial×C (an NHWC island, as TensorFlow exports run between
+    Transposes); the squeeze averages axes 1…rank and the gate broadcasts on the last axis.
     """
-    return _build(_Tape(names, dtype), x, layers, spatial_rank, opset, activation, gate, layout)
+    tape = _Tape(names, dtype)
+    return _build(tape, x, layers, spatial_rank, opset, activation, gate, layout, channels_last)
 
 
 def build_se_function_body(
@@ -233,6 +247,7 @@ def build_se_function_body(
     dtype: ir.DataType,
     activation: Activation | None,
     gate: Gate,
+    channels_last: bool = False,
 ) -> BuiltBlock:
     """The body of a function that computes one SE block in the gemm layout.
 
@@ -242,7 +257,7 @@ def build_se_function_body(
     """
     tape = _Tape(NameScope(set()), dtype, function=True)
     x = tape.input("X", None)
-    return _build(tape, x, layers, spatial_rank, opset, activation, gate, "gemm")
+    return _build(tape, x, layers, spatial_rank, opset, activation, gate, "gemm", channels_last)
 
 
 def _build(
@@ -254,6 +269,7 @@ def _build(
     activation: Activation | None,
     gate: Gate,
     layout: str,
+    channels_last: bool,
 ) -> BuiltBlock:
     if opset < MIN_OPSET:
         raise SeOnnxError(f"opset {opset} is older than {MIN_OPSET}, the oldest se-onnx supports")
@@ -262,9 +278,12 @@ def _build(
     if len(layers) not in (1, 2) or (len(layers) == 2) != (activation is not None):
         raise SeOnnxError("an SE block has two excitation layers with an activation, or one without")
     conv = layout == "conv"
+    if conv and channels_last:
+        raise SeOnnxError("the conv layout needs a channels-first feature map")
     batch = x.shape[0] if x.shape is not None and len(x.shape) > 0 else None
     unit_dims = [1] * spatial_rank if conv else []
-    spatial_axes = list(range(2, 2 + spatial_rank))
+    first_spatial_axis = 1 if channels_last else 2
+    spatial_axes = list(range(first_spatial_axis, first_spatial_axis + spatial_rank))
 
     def shape(channels: int) -> ir.Shape:
         return ir.Shape([batch, int(channels), *unit_dims])
@@ -302,7 +321,8 @@ def _build(
         raise SeOnnxError(f"unsupported SE gate {gate.op_type!r}")
 
     if not conv:
-        broadcast = ir.Shape([batch, channels, *([1] * spatial_rank)])
+        unit_spatial = [1] * spatial_rank
+        broadcast = ir.Shape([batch, *unit_spatial, channels] if channels_last else [batch, channels, *unit_spatial])
         if opset >= UNSQUEEZE_AXES_AS_INPUT:
             axes = block.constant("unsqueeze_axes", np.array(spatial_axes, np.int64), exact=True)
             scale = block.op("Unsqueeze", [scale, axes], None, "unsqueeze", broadcast)
