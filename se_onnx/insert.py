@@ -15,22 +15,28 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from se_onnx.constants import is_constant, static_shape, value_dtype
 from se_onnx.detect import find_se
 from se_onnx.errors import SeOnnxError
 from se_onnx.gc_pause import collector_paused
+from se_onnx.graph_utils import (
+    MAIN_GRAPH,
+    conv_behind,
+    conv_layer_output,
+    graph_paths,
+    graphs,
+    is_conv,
+    model_opset,
+    node_label,
+    owning_graph,
+    scoped_name,
+)
 from se_onnx.naming import NameScope, names_in_use
-from se_onnx.se_block import MIN_OPSET, SEWeights, build_se_block, squeeze_width
+from se_onnx.se_block import SEWeights, build_se_block, squeeze_width
 
 PLACEMENTS = ("auto", "residual", "conv")
 INITS = ("identity", "random")
 
-# Elementwise activations that a conv layer's output may pass through before the SE block.
-_ACTIVATIONS = frozenset(
-    {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSwish", "HardSigmoid",
-        "Sigmoid", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu",
-    }
-)
 _QUANTIZED_CONVS = frozenset({"QLinearConv", "ConvInteger"})
 # How far back the residual check walks from a branch to find its shortcut's source.
 _RESIDUAL_SEARCH_LIMIT = 256
@@ -74,13 +80,14 @@ class InsertOptions:
 class InsertedBlock:
     """One SE block the pass added."""
 
-    name: str  # the conv it follows; the key of its weights
+    name: str  # the conv it follows (scoped by its graph when in a subgraph); the key of its weights
     placement: str  # residual or conv
     after: str  # the feature map it rescales
     channels: int
     squeeze_channels: int
     spatial_rank: int
     nodes: tuple[str, ...]
+    graph: str = MAIN_GRAPH  # the path of the graph it sits in
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"nodes": list(self.nodes)}
@@ -129,10 +136,12 @@ class ConvInfo:
     in_channels: int
     kernel: tuple[int, ...]
     group: int
+    graph: str = MAIN_GRAPH  # the path of the graph the conv sits in
 
     @property
     def name(self) -> str:
-        return self.node.name or self.node.outputs[0].name
+        """The conv's label, prefixed by its graph's path when it sits in a subgraph."""
+        return scoped_name(node_label(self.node), self.graph)
 
     @property
     def spatial_rank(self) -> int:
@@ -143,14 +152,21 @@ class ConvInfo:
         return self.group > 1 and self.group == self.in_channels
 
     @classmethod
-    def of(cls, node: ir.Node) -> ConvInfo | None:
-        """The facts, or None when the weight's shape is not known statically."""
-        weight = node.inputs[1] if len(node.inputs) > 1 else None
-        shape = weight.shape if weight is not None else None
-        if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape):
+    def of(cls, node: ir.Node, graph: str = MAIN_GRAPH) -> ConvInfo | None:
+        """The facts, or None when the weight's shape is not known statically (nor a constant)."""
+        shape = static_shape(node.inputs[1]) if len(node.inputs) > 1 else None
+        if shape is None or len(shape) < 3:
             return None
         group = node.attributes.get_int("group", 1)
-        return cls(node, shape[0], shape[1] * group, tuple(shape[2:]), group)
+        return cls(node, shape[0], shape[1] * group, tuple(shape[2:]), group, graph)
+
+
+def model_convs(model: ir.Model) -> Iterator[tuple[ir.Node, str]]:
+    """Every Conv of the model with the path of its graph, subgraphs to any depth."""
+    for graph, path in graphs(model):
+        for node in graph:
+            if is_conv(node):
+                yield node, path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,18 +192,17 @@ class InsertionPlan:
 def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) -> InsertionPlan:
     """Decide where blocks go without changing the model (`insert_se` and `inspect` share it)."""
     options.validate()
-    graph = model.graph
-    _refuse_quantized(graph)
-    convs = [node for node in graph if _is_conv(node)]
-    skipped = [SkippedConv(_node_label(node), "inside a subgraph (If/Loop/Scan)") for node in _subgraph_convs(graph)]
-    if not convs and not skipped:
+    _refuse_quantized(model.graph)
+    convs = list(model_convs(model))
+    if not convs:
         raise SeOnnxError("the model has no Conv node, so there is nowhere to add SE blocks")
+    skipped: list[SkippedConv] = []
     candidates: list[ConvInfo] = []
-    for node in convs:
-        info = ConvInfo.of(node)
+    for node, path in convs:
+        info = ConvInfo.of(node, path)
         reason = _exclusion(info, options) if info is not None else "weight shape is not known statically"
         if reason:
-            skipped.append(SkippedConv(_node_label(node), reason))
+            skipped.append(SkippedConv(scoped_name(node_label(node), path), reason))
         else:
             candidates.append(info)
 
@@ -222,31 +237,19 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
             raise SeOnnxError(_nothing_matches(plan, options))
         dtype = _feature_dtype(plan.sites[0])
         blocks = _add_blocks(model, plan.sites, options, opset)
-        model.graph.sort()
+        model.graph.sort()  # and every subgraph
     return model, InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
 
 
-
-def model_opset(model: ir.Model) -> int:
-    """The model's default-domain opset, refusing one older than se-onnx supports."""
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    if opset is None:
-        raise SeOnnxError("the model imports no default-domain (ai.onnx) opset")
-    if opset < MIN_OPSET:
-        raise SeOnnxError(
-            f"the model's opset {opset} is older than {MIN_OPSET}; convert it first "
-            "(onnx.version_converter.convert_version)"
-        )
-    return opset
-
-
 def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
-    graph = model.graph
     names = NameScope(names_in_use(model))
+    paths = graph_paths(model)
     weights = _weights_per_site(sites, options)
     blocks = []
     for site, site_weights in zip(sites, weights):
         anchor = site.anchor
+        # The block goes where its feature map is defined; bodies nested there see it too.
+        graph = owning_graph(anchor)
         built = build_se_block(
             anchor,
             site_weights,
@@ -276,6 +279,7 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
                 squeeze_channels=site_weights.squeeze_channels,
                 spatial_rank=site.conv.spatial_rank,
                 nodes=tuple(node.name for node in built.nodes),
+                graph=paths[graph],
             )
         )
     return blocks
@@ -320,8 +324,9 @@ def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.n
 
 def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:
     """Why the options rule this conv out, or None when it is a candidate."""
+    labels = {info.name, node_label(info.node)}  # a conv in a subgraph answers to both
     if options.nodes and not any(
-        info.name == pattern or re.fullmatch(pattern, info.name) for pattern in options.nodes
+        label == pattern or re.fullmatch(pattern, label) for pattern in options.nodes for label in labels
     ):
         return "not selected by --nodes"
     if info.out_channels < options.min_channels:
@@ -333,48 +338,8 @@ def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:
 
 def _conv_site(info: ConvInfo) -> InsertionSite:
     """After the conv, past a BatchNorm and an activation that only it feeds."""
-    value = info.node.outputs[0]
-    consumer = _sole_consumer(value)
-    if consumer is not None and consumer.op_type == "BatchNormalization" and consumer.inputs[0] is value:
-        value = consumer.outputs[0]
-        consumer = _sole_consumer(value)
-    if consumer is not None and consumer.op_type in _ACTIVATIONS and consumer.inputs[0] is value:
-        value = consumer.outputs[0]
-    elif (silu := _silu_output(value)) is not None:
-        value = silu
+    value = conv_layer_output(info.node)
     return InsertionSite(info, "conv", value, tuple(value.uses()))
-
-
-def conv_before(value: ir.Value) -> ir.Node | None:
-    """The conv whose layer ends in `value` (the inverse of `_conv_site`), or None.
-
-    Walks back through an activation (or x·Sigmoid(x)) and a BatchNorm; an SE block is keyed by
-    this conv's name, so weights exported from one model find their place in another.
-    """
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Mul":
-        producer = _silu_input_producer(producer)
-    elif producer is not None and producer.op_type in _ACTIVATIONS:
-        producer = producer.inputs[0].producer()
-    if producer is not None and producer.op_type == "BatchNormalization":
-        producer = producer.inputs[0].producer()
-    return producer if producer is not None and _is_conv(producer) else None
-
-
-def _silu_input_producer(mul: ir.Node) -> ir.Node | None:
-    x = next((v for v in mul.inputs if v is not None and _silu_output(v) is mul.outputs[0]), None)
-    return x.producer() if x is not None else None
-
-
-def _silu_output(value: ir.Value) -> ir.Value | None:
-    """The output of x·Sigmoid(x) when that is all `value` feeds (SiLU as exporters write it)."""
-    consumers = {node.op_type: node for node in value.consumers()}
-    if len(value.uses()) != 2 or set(consumers) != {"Sigmoid", "Mul"}:
-        return None
-    sigmoid, mul = consumers["Sigmoid"], consumers["Mul"]
-    if set(mul.inputs) == {value, sigmoid.outputs[0]} and len(sigmoid.outputs[0].uses()) == 1:
-        return mul.outputs[0]
-    return None
 
 
 def _residual_sites(candidates: Sequence[ConvInfo]) -> Iterator[InsertionSite]:
@@ -410,9 +375,9 @@ def _residual_branch(add: ir.Node) -> tuple[int, ir.Node] | None:
     itself or a projection conv of it. Either way the shortcut's source is an ancestor of the
     branch conv's input, which rules out Adds of unrelated feature maps (FPN merges, bias Adds).
     """
-    if len(add.inputs) != 2 or any(v is None or v.const_value is not None or v.is_initializer() for v in add.inputs):
+    if len(add.inputs) != 2 or any(v is None or is_constant(v) for v in add.inputs):
         return None
-    convs = [_conv_behind(value) for value in add.inputs]
+    convs = [conv_behind(value) for value in add.inputs]
     if convs[0] is not None and convs[0].outputs[0].shape is not None and add.inputs[1].shape is not None:
         if len(convs[0].outputs[0].shape) != len(add.inputs[1].shape):
             return None
@@ -424,14 +389,6 @@ def _residual_branch(add: ir.Node) -> tuple[int, ir.Node] | None:
         if conv.inputs[0] is not shortcut_source and _is_ancestor(shortcut_source, conv.inputs[0]):
             return branch, conv
     return None
-
-
-def _conv_behind(value: ir.Value) -> ir.Node | None:
-    """The conv that produces `value`, directly or through its BatchNorm."""
-    producer = value.producer()
-    if producer is not None and producer.op_type == "BatchNormalization":
-        producer = producer.inputs[0].producer()
-    return producer if producer is not None and _is_conv(producer) else None
 
 
 def _is_ancestor(ancestor: ir.Value, value: ir.Value) -> bool:
@@ -449,15 +406,8 @@ def _is_ancestor(ancestor: ir.Value, value: ir.Value) -> bool:
     return False
 
 
-def _sole_consumer(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return next(iter(uses)).node
-
-
 def _feature_dtype(site: InsertionSite) -> ir.DataType:
-    dtype = site.anchor.dtype or site.conv.node.inputs[1].dtype
+    dtype = site.anchor.dtype or value_dtype(site.conv.node.inputs[1])
     if dtype is None:
         raise SeOnnxError(f"the element type of {site.anchor.name!r} is unknown")
     if not dtype.is_floating_point():
@@ -465,25 +415,11 @@ def _feature_dtype(site: InsertionSite) -> ir.DataType:
     return dtype
 
 
-def _is_conv(node: ir.Node) -> bool:
-    return node.op_type == "Conv" and node.domain in ("", "ai.onnx")
-
-
-def _node_label(node: ir.Node) -> str:
-    return node.name or node.outputs[0].name
-
-
-def _subgraph_convs(graph: ir.Graph) -> Iterator[ir.Node]:
-    for node in ir.traversal.RecursiveGraphIterator(graph):
-        if _is_conv(node) and node.graph is not graph:
-            yield node
-
-
 def _refuse_quantized(graph: ir.Graph) -> None:
     for node in ir.traversal.RecursiveGraphIterator(graph):
         if node.op_type in _QUANTIZED_CONVS:
             raise SeOnnxError(
-                f"the model is quantized ({node.op_type} node {_node_label(node)!r}); "
+                f"the model is quantized ({node.op_type} node {node_label(node)!r}); "
                 "insert SE blocks into the float model, then quantize it"
             )
 
