@@ -25,8 +25,10 @@ import enum
 import numpy as np
 import onnx_ir as ir
 
-from se_onnx.qdq import clips_at_zero, dequantized, qdq_pairs_between, through_qdq
-from se_onnx.se_block import Activation, Gate, SEWeights
+from se_onnx.constants import constant_array, value_dtype
+from se_onnx.graph_utils import MAIN_GRAPH, float_attribute, graphs, int_attribute, ints_attribute, node_label
+from se_onnx.qdq import clips_at_zero, qdq_pairs_between, through_qdq
+from se_onnx.se_block import Activation, Gate, LayerWeights, SEWeights
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 _GATE_BROADCAST_OPS = ("Reshape", "Unsqueeze")
@@ -57,21 +59,20 @@ class _Mismatch(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ExcitationLayer:
-    """One excitation layer, normalized to Linear layout with its biases folded in."""
+    """One excitation layer as the model wrote it, with its weights normalized (biases folded in)."""
 
     op_type: str  # Conv, Gemm or MatMul, as the model wrote it
-    weight: np.ndarray  # out × in, float32
-    bias: np.ndarray  # out, float32
+    weights: LayerWeights  # out × in and out, float32
     nodes: tuple[ir.Node, ...]  # the layer node and any separate bias Add
     spatial_rank: int | None  # a 1×1 Conv's spatial rank; None for Gemm and MatMul
 
     @property
     def in_features(self) -> int:
-        return int(self.weight.shape[1])
+        return self.weights.in_features
 
     @property
     def out_features(self) -> int:
-        return int(self.weight.shape[0])
+        return self.weights.out_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,7 @@ class SEBlock:
     nodes: tuple[ir.Node, ...]  # every node of the block, from squeeze to the rescale Mul
     spatial_rank: int
     dtype: ir.DataType
+    graph: str = MAIN_GRAPH  # the path of the graph it sits in (`se_onnx.graph_utils.graphs`)
     channels_last: bool = False  # the feature map is N×spatial×C
 
     @property
@@ -120,8 +122,8 @@ class SEBlock:
         """The two layers as `SEWeights` (the one-layer variant has none; see `layers`)."""
         if len(self.layers) != 2:
             raise ValueError("a one-layer SE block has no fc1/fc2 pair")
-        fc1, fc2 = self.layers
-        return SEWeights(fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        (fc1_weight, fc1_bias), (fc2_weight, fc2_bias) = (layer.weights for layer in self.layers)
+        return SEWeights(fc1_weight, fc1_bias, fc2_weight, fc2_bias)
 
     def to_dict(self) -> dict:
         return {
@@ -136,6 +138,7 @@ class SEBlock:
             "spatial_rank": self.spatial_rank,
             "layout": self.layout,
             "dtype": self.dtype.name,
+            "graph": self.graph,
             "nodes": [node.name for node in self.nodes],
         }
 
@@ -147,9 +150,10 @@ class NearMiss:
     node: str
     stage: Stage
     reason: str
+    graph: str = MAIN_GRAPH
 
     def to_dict(self) -> dict:
-        return {"node": self.node, "stage": self.stage.name.lower(), "reason": self.reason}
+        return {"node": self.node, "stage": self.stage.name.lower(), "reason": self.reason, "graph": self.graph}
 
 
 @dataclasses.dataclass
@@ -167,23 +171,27 @@ class Detection:
 
 
 def find_se(model: ir.Model) -> list[SEBlock]:
-    """Every SE block in the model's main graph, in graph order."""
+    """Every SE block in the model, main graph first, then If/Loop/Scan bodies, in graph order."""
     return detect(model).blocks
 
 
 def detect(model: ir.Model) -> Detection:
-    """The SE blocks in the model's main graph, plus near-misses that got past the gate and at
-    least one excitation layer before a check failed."""
+    """The SE blocks in every graph of the model (subgraphs to any depth), plus near-misses that
+    got past the gate and at least one excitation layer before a check failed."""
     blocks: list[SEBlock] = []
     near_misses: list[NearMiss] = []
-    for node in model.graph:
-        if node.op_type != "Mul" or node.domain != "" or len(node.inputs) != 2:
-            continue
-        try:
-            blocks.append(_match_block(node))
-        except _Mismatch as mismatch:
-            if mismatch.stage >= Stage.ACTIVATION:
-                near_misses.append(NearMiss(node.name or "", mismatch.stage, mismatch.reason))
+    for graph, path in graphs(model):
+        for node in graph:
+            if node.op_type != "Mul" or node.domain != "" or len(node.inputs) != 2:
+                continue
+            try:
+                block = _match_block(node)
+            except _Mismatch as mismatch:
+                if mismatch.stage >= Stage.ACTIVATION:
+                    near_misses.append(NearMiss(node_label(node), mismatch.stage, mismatch.reason, path))
+            else:
+                block.graph = path
+                blocks.append(block)
     return Detection(blocks, near_misses)
 
 
@@ -289,8 +297,8 @@ def _match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
     if node.op_type == "Sigmoid":
         return Gate("Sigmoid"), (node,), node.inputs[0]
     if node.op_type == "HardSigmoid":
-        alpha = _float_attribute(node, "alpha", 0.2)
-        beta = _float_attribute(node, "beta", 0.5)
+        alpha = float_attribute(node, "alpha", 0.2)
+        beta = float_attribute(node, "beta", 0.5)
         return Gate("HardSigmoid", alpha, beta), (node,), node.inputs[0]
     if node.op_type in ("Div", "Mul"):
         return _match_written_out_hard_sigmoid(node)
@@ -324,11 +332,11 @@ def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node
 
 def _clip_bounds(clip: ir.Node) -> tuple[float | None, float | None]:
     if "min" in clip.attributes or "max" in clip.attributes:  # opset < 11
-        return _float_attribute(clip, "min", None), _float_attribute(clip, "max", None)
+        return float_attribute(clip, "min", None), float_attribute(clip, "max", None)
     bounds = []
     for index in (1, 2):
         operand = clip.inputs[index] if len(clip.inputs) > index else None
-        array = _constant(operand) if operand is not None else None
+        array = constant_array(operand) if operand is not None else None
         bounds.append(float(array.item()) if array is not None and array.size == 1 else None)
     return bounds[0], bounds[1]
 
@@ -361,20 +369,20 @@ def _match_layer(value: ir.Value, stage: Stage = Stage.EXCITATION) -> Excitation
     if extra_bias is not None:
         bias = bias + _per_channel(extra_bias, weight.shape[0], spatial_rank or 0, stage)
     nodes = (node,) if bias_add is None else (node, bias_add)
-    return ExcitationLayer(node.op_type, weight, bias, nodes, spatial_rank)
+    return ExcitationLayer(node.op_type, LayerWeights(weight, bias), nodes, spatial_rank)
 
 
 def _conv_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray, int]:
-    weight = _constant(node.inputs[1])
+    weight = constant_array(node.inputs[1])
     if weight is None:
         raise _Mismatch(stage, f"Conv {node.name!r} has a weight that is not constant")
     if weight.ndim < 3 or any(d != 1 for d in weight.shape[2:]):
         raise _Mismatch(stage, f"Conv {node.name!r} has kernel {weight.shape[2:]}, not 1×1")
-    if _int_attribute(node, "group", 1) != 1:
+    if int_attribute(node, "group", 1) != 1:
         raise _Mismatch(stage, f"Conv {node.name!r} is a grouped conv")
     spatial_rank = weight.ndim - 2
-    if any(s != 1 for s in _ints_attribute(node, "strides", [1] * spatial_rank)) or any(
-        p != 0 for p in _ints_attribute(node, "pads", [0] * 2 * spatial_rank)
+    if any(s != 1 for s in ints_attribute(node, "strides", [1] * spatial_rank)) or any(
+        p != 0 for p in ints_attribute(node, "pads", [0] * 2 * spatial_rank)
     ):
         raise _Mismatch(stage, f"Conv {node.name!r} has strides or pads")
     if node.attributes.get("auto_pad") is not None and node.attributes["auto_pad"].value not in ("NOTSET", "VALID"):
@@ -389,23 +397,23 @@ def _conv_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray, in
 
 
 def _gemm_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
-    weight = _constant(node.inputs[1])
+    weight = constant_array(node.inputs[1])
     if weight is None or weight.ndim != 2:
         raise _Mismatch(stage, f"Gemm {node.name!r} has a weight that is not a constant matrix")
-    if _int_attribute(node, "transA", 0):
+    if int_attribute(node, "transA", 0):
         raise _Mismatch(stage, f"Gemm {node.name!r} transposes its input")
-    weight = weight.astype(np.float32) * _float_attribute(node, "alpha", 1.0)
-    if not _int_attribute(node, "transB", 0):
+    weight = weight.astype(np.float32) * float_attribute(node, "alpha", 1.0)
+    if not int_attribute(node, "transB", 0):
         weight = weight.T
     bias = _optional_constant(node, 2, stage)
     if bias is None:
         return weight, np.zeros(weight.shape[0], np.float32)
-    beta = _float_attribute(node, "beta", 1.0)
+    beta = float_attribute(node, "beta", 1.0)
     return weight, _per_channel(bias, weight.shape[0], 0, stage) * beta
 
 
 def _matmul_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
-    weight = _constant(node.inputs[1])
+    weight = constant_array(node.inputs[1])
     if weight is None or weight.ndim != 2:
         raise _Mismatch(stage, f"MatMul {node.name!r} has a right operand that is not a constant matrix")
     weight = weight.astype(np.float32).T
@@ -416,7 +424,7 @@ def _optional_constant(node: ir.Node, index: int, stage: Stage) -> np.ndarray | 
     operand = node.inputs[index] if len(node.inputs) > index else None
     if operand is None:
         return None
-    array = _constant(operand)
+    array = constant_array(operand)
     if array is None:
         raise _Mismatch(stage, f"{node.op_type} {node.name!r} has a bias that is not constant")
     return array
@@ -449,15 +457,15 @@ def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node
     if node.op_type in ("Relu", "HardSwish"):
         return Activation(node.op_type), (node,), node.inputs[0]
     if node.op_type == "LeakyRelu":
-        return Activation("LeakyRelu", alpha=_float_attribute(node, "alpha", 0.01)), (node,), node.inputs[0]
+        return Activation("LeakyRelu", alpha=float_attribute(node, "alpha", 0.01)), (node,), node.inputs[0]
     if node.op_type == "PRelu":
-        slope = _constant(node.inputs[1])
+        slope = constant_array(node.inputs[1])
         if slope is None:
             raise _Mismatch(Stage.ACTIVATION, f"PRelu {node.name!r} has a slope that is not constant")
         return Activation("PRelu", slope=_prelu_slope(slope)), (node,), node.inputs[0]
     if node.op_type == "Mul":
         return _match_written_out_silu(node)
-    if node.op_type in (*_LAYER_OPS, "Add") and clips_at_zero(value, _constant):
+    if node.op_type in (*_LAYER_OPS, "Add") and clips_at_zero(value):
         return Activation("Relu"), (), value
     if node.op_type in (*_LAYER_OPS, "Add") or _is_squeeze_node(node):
         return None, (), value
@@ -474,7 +482,7 @@ def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ..
         if gate.op_type == "Sigmoid":
             return Activation("SiLU"), (gate, mul), hidden
         if gate.op_type == "HardSigmoid" and np.allclose(
-            [_float_attribute(gate, "alpha", 0.2), _float_attribute(gate, "beta", 0.5)], [1 / 6, 0.5], rtol=_CONSTANT_RTOL
+            [float_attribute(gate, "alpha", 0.2), float_attribute(gate, "beta", 0.5)], [1 / 6, 0.5], rtol=_CONSTANT_RTOL
         ):
             return Activation("HardSwish"), (gate, mul), hidden
     raise _Mismatch(Stage.ACTIVATION, "Mul between the excitation layers is not h·Sigmoid(h) or h·HardSigmoid(h)")
@@ -510,7 +518,7 @@ def _match_squeeze(value: ir.Value, x: ir.Value) -> Squeeze:
     spatial_rank, channels_last = None, False
     if node.op_type == "ReduceMean":
         spatial_rank, channels_last = _reduce_mean_spatial_axes(node, x)
-    keeps_dims = not nodes and (node.op_type == "GlobalAveragePool" or _int_attribute(node, "keepdims", 1) == 1)
+    keeps_dims = not nodes and (node.op_type == "GlobalAveragePool" or int_attribute(node, "keepdims", 1) == 1)
     return Squeeze(node.op_type, (node, *nodes), spatial_rank, channels_last, keeps_dims)
 
 
@@ -530,9 +538,9 @@ def _reduce_mean_spatial_axes(node: ir.Node, x: ir.Value) -> tuple[int | None, b
     1…rank-2 (channels last); return the spatial rank when the axes tell it, and whether the
     channels are last. LayerNorm/GroupNorm/RMSNorm means fail here (they reduce other axes)."""
     if "axes" in node.attributes:
-        axes = _ints_attribute(node, "axes", [])
+        axes = ints_attribute(node, "axes", [])
     elif len(node.inputs) > 1 and node.inputs[1] is not None:
-        array = _constant(node.inputs[1])
+        array = constant_array(node.inputs[1])
         if array is None:
             raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} has axes that are not constant")
         axes = [int(axis) for axis in array.reshape(-1)]
@@ -584,13 +592,13 @@ def _check_channels_last_broadcast(
         raise _Mismatch(Stage.BLOCK, "the N×C gate is not broadcast back over the channels-last feature map")
     last = broadcast_nodes[-1]
     if last.op_type == "Reshape":
-        target = _constant(last.inputs[1])
+        target = constant_array(last.inputs[1])
         if target is not None and list(target[1:-1]) == [1] * spatial_rank and int(target[-1]) in (channels, -1):
             return
     elif len(broadcast_nodes) == 1:
-        axes = _ints_attribute(last, "axes", []) if "axes" in last.attributes else None
+        axes = ints_attribute(last, "axes", []) if "axes" in last.attributes else None
         if axes is None and len(last.inputs) > 1:
-            array = _constant(last.inputs[1])
+            array = constant_array(last.inputs[1])
             axes = None if array is None else [int(a) for a in array.reshape(-1)]
         if axes == unit_axes:
             return
@@ -619,16 +627,16 @@ def _broadcast_spatial_ranks(broadcast_nodes: tuple[ir.Node, ...]) -> list[int]:
         return []
     last = broadcast_nodes[-1]
     if last.op_type == "Reshape":
-        target = _constant(last.inputs[1])
+        target = constant_array(last.inputs[1])
         return [] if target is None else [target.size - 2]
     # A chain of Unsqueezes from N × C restores every spatial dim.
     added = 0
     for node in broadcast_nodes:
         if node.op_type != "Unsqueeze":
             return []
-        axes = _ints_attribute(node, "axes", []) if "axes" in node.attributes else None
+        axes = ints_attribute(node, "axes", []) if "axes" in node.attributes else None
         if axes is None:
-            array = _constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+            array = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
             if array is None:
                 return []
             axes = list(array.reshape(-1))
@@ -652,41 +660,12 @@ def _layer_nodes(layer: ExcitationLayer) -> tuple[ir.Node, ...]:
 
 
 def _dtype(x: ir.Value, layer: ExcitationLayer) -> ir.DataType:
-    if x.type is not None and x.dtype is not None:
-        return x.dtype
-    weight = layer.nodes[0].inputs[1]
-    tensor = _constant_tensor(weight)
-    assert tensor is not None  # the layer matcher checked the weight is constant
-    return tensor.dtype
+    dtype = value_dtype(x) or value_dtype(layer.nodes[0].inputs[1])
+    assert dtype is not None  # the layer matcher checked the weight is constant
+    return dtype
 
 
-# --- Constants and attributes --------------------------------------------------------------------
-
-
-def _constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
-    """The value's constant tensor, looking through Identity nodes (exporters share constants so)."""
-    while value is not None:
-        if value.const_value is not None:
-            return value.const_value
-        producer = value.producer()
-        if producer is None:
-            return None
-        if producer.op_type == "Identity" and producer.domain == "":
-            value = producer.inputs[0]
-            continue
-        array = dequantized(producer, _constant)
-        if array is not None:
-            return ir.Tensor(array)
-        try:
-            return ir.convenience.get_const_tensor(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    tensor = _constant_tensor(value)
-    return None if tensor is None else tensor.numpy()
+# --- Operands -----------------------------------------------------------------------------------
 
 
 def _producer(value: ir.Value) -> ir.Node | None:
@@ -699,7 +678,7 @@ def _split_constant_operand(node: ir.Node) -> tuple[ir.Value, np.ndarray | None]
     if len(node.inputs) != 2 or node.inputs[0] is None or node.inputs[1] is None:
         return node.inputs[0], None
     for index in (1, 0):
-        array = _constant(node.inputs[index])
+        array = constant_array(node.inputs[index])
         if array is not None:
             return node.inputs[1 - index], array
     return node.inputs[0], None
@@ -707,22 +686,3 @@ def _split_constant_operand(node: ir.Node) -> tuple[ir.Value, np.ndarray | None]
 
 def _static_rank(value: ir.Value) -> int | None:
     return None if value.shape is None else len(value.shape)
-
-
-def _float_attribute(node: ir.Node, name: str, default: float | None) -> float | None:
-    """The attribute's value; a default as the float32 an explicit attribute would hold, so that
-    HardSigmoid() and HardSigmoid(alpha=0.2) report the same gate."""
-    attribute = node.attributes.get(name)
-    if attribute is None:
-        return None if default is None else float(np.float32(default))
-    return float(attribute.value)
-
-
-def _int_attribute(node: ir.Node, name: str, default: int) -> int:
-    attribute = node.attributes.get(name)
-    return default if attribute is None else int(attribute.value)
-
-
-def _ints_attribute(node: ir.Node, name: str, default: list[int]) -> list[int]:
-    attribute = node.attributes.get(name)
-    return list(default) if attribute is None else [int(v) for v in attribute.value]

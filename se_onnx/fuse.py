@@ -38,14 +38,13 @@ import functools
 import statistics
 from collections.abc import Callable, Mapping
 
-import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import InlinePass, RemoveUnusedNodesPass
+from onnx_ir.passes.common import InlinePass
 
 from se_onnx.bench import pairwise_ratio, time_interleaved
 from se_onnx.detect import SEBlock, detect
 from se_onnx.errors import SeOnnxError
-from se_onnx.insert import model_opset
+from se_onnx.graph_utils import model_opset, redirect, remove_unused
 from se_onnx.model_io import uses_external_data
 from se_onnx.naming import NameScope, names_in_use
 from se_onnx.runtime import make_session, random_inputs
@@ -54,10 +53,10 @@ from se_onnx.se_block import (
     GATE_ALPHA,
     GATE_BETA,
     BuiltBlock,
+    LayerWeights,
     build_excitation,
     build_se_function_body,
 )
-from se_onnx.strip import redirect
 
 FORMS = ("canonical", "function", "fastest")
 # What `fastest` times: the model as given, and the block layouts `se_block` can build.
@@ -158,7 +157,7 @@ def unfuse_se(model: ir.Model) -> tuple[ir.Model, UnfuseReport]:
     """A copy of `model` with every `se_onnx.SqueezeExcitation` call inlined (the inverse of the
     function form). Raises SeOnnxError when the model has no such call."""
     model = model.clone()
-    calls = [node for node in model.graph if node.domain == SE_DOMAIN and node.op_type == FUNCTION_NAME]
+    calls = [node for node in model.graph.all_nodes() if node.domain == SE_DOMAIN and node.op_type == FUNCTION_NAME]
     if not calls:
         raise SeOnnxError(f"the model has no {SE_DOMAIN}.{FUNCTION_NAME} node to unfuse")
     removed = [f"{d}::{n}:{o}" if o else f"{d}::{n}" for (d, n, o) in model.functions if d == SE_DOMAIN]
@@ -234,22 +233,21 @@ def _rewrite(model: ir.Model, build: _Builder) -> ir.Model:
     model = model.clone()
     opset = model_opset(model)
     names = NameScope(names_in_use(model))
-    graph = model.graph
     # A block may rescale the output of the block before it, which that block's rewrite replaced.
     replaced: dict[ir.Value, ir.Value] = {}
     for index, block in enumerate(_blocks(model)):
         scope = names.child(f"{block.rescale.name or f'se_{index}'}/")
         output = build(model, block, replaced.get(block.input, block.input), opset, scope)
-        redirect(graph, block.output, output, names)
+        redirect(block.output, output, names)
         replaced[block.output] = output
-        graph.remove(block.nodes, safe=True)
-    RemoveUnusedNodesPass()(model)  # the old blocks' weights
-    graph.sort()
+        block.rescale.graph.remove(block.nodes, safe=True)
+    remove_unused(model)  # the old blocks' weights
+    model.graph.sort()
     return model
 
 
-def _layers(block: SEBlock) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(layer.weight, layer.bias) for layer in block.layers]
+def _layers(block: SEBlock) -> list[LayerWeights]:
+    return [layer.weights for layer in block.layers]
 
 
 def _layout_builder(layout: str) -> _Builder:
@@ -267,7 +265,7 @@ def _layout_builder(layout: str) -> _Builder:
             layout="gemm" if block.channels_last else layout,
             channels_last=block.channels_last,
         )
-        _add(model.graph, built)
+        _add(block.rescale.graph, built)
         _keep_output_type(built.output, block.output)
         return built.output
 
@@ -307,7 +305,7 @@ def _to_functions(model: ir.Model) -> ir.Model:
             weight = ir.Value(
                 name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(block.dtype), const_value=tensor
             )
-            model.graph.register_initializer(weight)
+            block.rescale.graph.register_initializer(weight)
             weights.append(weight)
         node = ir.Node(
             SE_DOMAIN,
@@ -318,7 +316,7 @@ def _to_functions(model: ir.Model) -> ir.Model:
             num_outputs=1,
             name=names(FUNCTION_NAME),
         )
-        model.graph.append(node)
+        block.rescale.graph.append(node)
         output = node.outputs[0]
         output.name = names("output")
         _keep_output_type(output, block.output)

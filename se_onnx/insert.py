@@ -22,29 +22,32 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from se_onnx.detect import _constant as constant_array
+from se_onnx.constants import is_constant, static_shape, value_dtype
 from se_onnx.detect import find_se
 from se_onnx.errors import SeOnnxError
 from se_onnx.gc_pause import collector_paused
+from se_onnx.graph_utils import (
+    MAIN_GRAPH,
+    LayerPath,
+    follow_layer,
+    graph_paths,
+    graphs,
+    is_conv,
+    model_opset,
+    node_label,
+    owning_graph,
+    scoped_name,
+)
 from se_onnx.naming import NameScope, names_in_use
-from se_onnx.qdq import is_op, through_qdq
-from se_onnx.se_block import MIN_OPSET, SEWeights, build_se_block, squeeze_width
+from se_onnx.qdq import through_qdq
+from se_onnx.se_block import SEWeights, build_se_block, squeeze_width
 
 PLACEMENTS = ("auto", "residual", "conv")
 INITS = ("identity", "random")
 
-# Elementwise activations that a conv layer's output may pass through before the SE block.
-_ACTIVATIONS = frozenset(
-    {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSwish", "HardSigmoid",
-        "Sigmoid", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu",
-    }
-)
 _QUANTIZED_CONVS = frozenset({"QLinearConv", "ConvInteger"})
 # How far back the residual check walks from a branch to find its shortcut's source.
 _RESIDUAL_SEARCH_LIMIT = 256
-# How many nodes (Transposes, BatchNorm's Mul and Add, Q/DQ) a layer is followed through.
-_LAYER_STEP_LIMIT = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +88,14 @@ class InsertOptions:
 class InsertedBlock:
     """One SE block the pass added."""
 
-    name: str  # the conv it follows; the key of its weights
+    name: str  # the conv it follows (scoped by its graph when in a subgraph); the key of its weights
     placement: str  # residual or conv
     after: str  # the feature map it rescales
     channels: int
     squeeze_channels: int
     spatial_rank: int
     nodes: tuple[str, ...]
+    graph: str = MAIN_GRAPH  # the path of the graph it sits in
     layout: str = "NCHW"  # NHWC: built channels-last, in a Transposed island
     through: tuple[str, ...] = ()  # the ops between the conv and the block, in order
     requantized: bool = False  # a float block between a DequantizeLinear and a copy of its pair
@@ -156,10 +160,12 @@ class ConvInfo:
     in_channels: int
     kernel: tuple[int, ...]
     group: int
+    graph: str = MAIN_GRAPH  # the path of the graph the conv sits in
 
     @property
     def name(self) -> str:
-        return self.node.name or self.node.outputs[0].name
+        """The conv's label, prefixed by its graph's path when it sits in a subgraph."""
+        return scoped_name(node_label(self.node), self.graph)
 
     @property
     def spatial_rank(self) -> int:
@@ -170,27 +176,21 @@ class ConvInfo:
         return self.group > 1 and self.group == self.in_channels
 
     @classmethod
-    def of(cls, node: ir.Node) -> ConvInfo | None:
-        """The facts, or None when the weight's shape is not known statically."""
-        weight = node.inputs[1] if len(node.inputs) > 1 else None
-        shape = weight.shape if weight is not None else None
-        if shape is None and weight is not None and (array := constant_array(weight)) is not None:
-            shape = array.shape  # a DequantizeLinear of a constant, which shape inference has not seen
-        if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape):
+    def of(cls, node: ir.Node, graph: str = MAIN_GRAPH) -> ConvInfo | None:
+        """The facts, or None when the weight's shape is not known statically (nor a constant)."""
+        shape = static_shape(node.inputs[1]) if len(node.inputs) > 1 else None
+        if shape is None or len(shape) < 3:
             return None
         group = node.attributes.get_int("group", 1)
-        return cls(node, shape[0], shape[1] * group, tuple(shape[2:]), group)
+        return cls(node, shape[0], shape[1] * group, tuple(shape[2:]), group, graph)
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerPath:
-    """How far a conv's layer reaches: the value it ends in, the ops it passed, its layout there,
-    and the Q/DQ pair that value comes out of (in a QDQ model)."""
-
-    end: ir.Value
-    through: tuple[str, ...]
-    channels_last: bool
-    quantized: tuple[ir.Node, ir.Node] | None
+def model_convs(model: ir.Model) -> Iterator[tuple[ir.Node, str]]:
+    """Every Conv of the model with the path of its graph, subgraphs to any depth."""
+    for graph, path in graphs(model):
+        for node in graph:
+            if is_conv(node):
+                yield node, path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,18 +217,17 @@ class InsertionPlan:
 def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) -> InsertionPlan:
     """Decide where blocks go without changing the model (`insert_se` and `inspect` share it)."""
     options.validate()
-    graph = model.graph
-    _refuse_quantized(graph)
-    convs = [node for node in graph if _is_conv(node)]
-    skipped = [SkippedConv(_node_label(node), "inside a subgraph (If/Loop/Scan)") for node in _subgraph_convs(graph)]
-    if not convs and not skipped:
+    _refuse_quantized(model.graph)
+    convs = list(model_convs(model))
+    if not convs:
         raise SeOnnxError("the model has no Conv node, so there is nowhere to add SE blocks")
+    skipped: list[SkippedConv] = []
     candidates: list[ConvInfo] = []
-    for node in convs:
-        info = ConvInfo.of(node)
+    for node, path in convs:
+        info = ConvInfo.of(node, path)
         reason = _exclusion(info, options) if info is not None else "weight shape is not known statically"
         if reason:
-            skipped.append(SkippedConv(_node_label(node), reason))
+            skipped.append(SkippedConv(scoped_name(node_label(node), path), reason))
         else:
             candidates.append(info)
 
@@ -263,31 +262,19 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
             raise SeOnnxError(_nothing_matches(plan, options))
         dtype = _feature_dtype(plan.sites[0])
         blocks = _add_blocks(model, plan.sites, options, opset)
-        model.graph.sort()
+        model.graph.sort()  # and every subgraph
     return model, InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
 
 
-
-def model_opset(model: ir.Model) -> int:
-    """The model's default-domain opset, refusing one older than se-onnx supports."""
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    if opset is None:
-        raise SeOnnxError("the model imports no default-domain (ai.onnx) opset")
-    if opset < MIN_OPSET:
-        raise SeOnnxError(
-            f"the model's opset {opset} is older than {MIN_OPSET}; convert it first "
-            "(onnx.version_converter.convert_version)"
-        )
-    return opset
-
-
 def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
-    graph = model.graph
     names = NameScope(names_in_use(model))
+    paths = graph_paths(model)
     weights = _weights_per_site(sites, options)
     blocks = []
     for site, site_weights in zip(sites, weights):
         anchor = site.anchor
+        # The block goes where its feature map is defined; bodies nested there see it too.
+        graph = owning_graph(anchor)
         scope = names.child(f"{site.conv.name}/se/")
         built = build_se_block(
             anchor,
@@ -329,6 +316,7 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
                 layout="NHWC" if site.path.channels_last else "NCHW",
                 through=site.path.through,
                 requantized=site.path.quantized is not None,
+                graph=paths[graph],
             )
         )
     return blocks
@@ -393,8 +381,9 @@ def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.n
 
 def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:
     """Why the options rule this conv out, or None when it is a candidate."""
+    labels = {info.name, node_label(info.node)}  # a conv in a subgraph answers to both
     if options.nodes and not any(
-        info.name == pattern or re.fullmatch(pattern, info.name) for pattern in options.nodes
+        label == pattern or re.fullmatch(pattern, label) for pattern in options.nodes for label in labels
     ):
         return "not selected by --nodes"
     if info.out_channels < options.min_channels:
@@ -406,137 +395,11 @@ def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:
 
 def _conv_site(info: ConvInfo) -> InsertionSite:
     """After the conv, past its BatchNorm and an activation that only it feeds."""
-    path = follow_layer(info, activation=True)
+    path = follow_layer(info.node, activation=True)
     return InsertionSite(info, "conv", path.end, tuple(path.end.uses()), path)
 
 
-def follow_layer(info: ConvInfo, *, activation: bool) -> LayerPath:
-    """Follow a conv's output through what belongs to its layer, each step the value's only reader:
-    a Transpose to channels-last, BatchNorm (a node, or Mul/Add by a per-channel constant), Q/DQ
-    pairs, and with `activation` one activation (then a Q/DQ pair after it) to end the walk."""
-    value = info.node.outputs[0]
-    through: list[str] = []
-    channels_last = False
-    quantized = None
-    for _ in range(_LAYER_STEP_LIMIT):
-        if activation and (silu := _silu_output(value)) is not None:
-            value, activation = silu, False
-            through.append("SiLU")
-            quantized = None
-            continue
-        consumer = _sole_consumer(value)
-        if consumer is None or consumer.inputs[0] is None:
-            break
-        op = consumer.op_type
-        if is_op(consumer, "QuantizeLinear") and (dequantize := _sole_consumer(consumer.outputs[0])) is not None:
-            if not is_op(dequantize, "DequantizeLinear"):
-                break
-            value, quantized = dequantize.outputs[0], (consumer, dequantize)
-            through.append("Q/DQ")
-            continue
-        if activation and op in _ACTIVATIONS and consumer.inputs[0] is value:
-            activation = False
-        elif op == "Transpose" and not channels_last and _to_channels_last(consumer, info.spatial_rank):
-            channels_last = True
-        elif op == "BatchNormalization" and not channels_last and consumer.inputs[0] is value:
-            pass
-        elif op in ("Mul", "Add") and _per_channel_operand(consumer, value, info, channels_last):
-            pass
-        else:
-            break
-        value, quantized = consumer.outputs[0], None
-        through.append(op)
-        if not activation and op in _ACTIVATIONS:
-            # One Q/DQ pair may still follow the activation; nothing else belongs to the layer.
-            if (pair := _qdq_after(value)) is not None:
-                value, quantized = pair[1].outputs[0], pair
-                through.append("Q/DQ")
-            break
-    return LayerPath(value, tuple(through), channels_last, quantized)
-
-
-def _qdq_after(value: ir.Value) -> tuple[ir.Node, ir.Node] | None:
-    quantize = _sole_consumer(value)
-    if not is_op(quantize, "QuantizeLinear"):
-        return None
-    dequantize = _sole_consumer(quantize.outputs[0])
-    return (quantize, dequantize) if is_op(dequantize, "DequantizeLinear") else None
-
-
-def _to_channels_last(transpose: ir.Node, spatial_rank: int) -> bool:
-    perm = transpose.attributes.get_ints("perm", None)
-    return perm is not None and list(perm) == [0, *range(2, 2 + spatial_rank), 1]
-
-
-def _per_channel_operand(node: ir.Node, value: ir.Value, info: ConvInfo, channels_last: bool) -> bool:
-    """Whether `node` is value·k or value + k with k a constant per channel of the layer
-    (a scalar, or C values on the channel axis): BatchNorm as exporters decompose it."""
-    if len(node.inputs) != 2 or value not in node.inputs or node.inputs[0] is node.inputs[1]:
-        return False
-    array = constant_array(node.inputs[1] if node.inputs[0] is value else node.inputs[0])
-    if array is None or array.ndim > info.spatial_rank + 2:
-        return False
-    if array.size == 1:
-        return True
-    shape = list(array.shape)
-    while len(shape) > 1 and shape[0] == 1:
-        shape.pop(0)
-    expected = [info.out_channels] if channels_last else [info.out_channels, *([1] * info.spatial_rank)]
-    return shape == expected
-
-
-def conv_before(value: ir.Value) -> ir.Node | None:
-    """The conv whose layer ends in `value` (the inverse of `follow_layer`), or None.
-
-    Walks back through an activation (or x·Sigmoid(x)), then through what `follow_layer` follows
-    (BatchNorm as a node or as Mul/Add by a constant, Transposes, Q/DQ pairs); an SE block is keyed
-    by this conv's name, so weights exported from one model find their place in another.
-    """
-    value = through_qdq(value)
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Mul" and (x := _silu_input(producer)) is not None:
-        value = x
-    elif producer is not None and producer.op_type in _ACTIVATIONS:
-        value = producer.inputs[0]
-    return _conv_behind(value)
-
-
-def _conv_behind(value: ir.Value) -> ir.Node | None:
-    """The conv that produces `value`, directly or through BatchNorm, Transposes and Q/DQ pairs."""
-    for _ in range(_LAYER_STEP_LIMIT):
-        producer = through_qdq(value).producer()
-        if producer is None:
-            return None
-        if _is_conv(producer):
-            return producer
-        if producer.op_type in ("BatchNormalization", "Transpose"):
-            value = producer.inputs[0]
-        elif producer.op_type in ("Mul", "Add") and len(producer.inputs) == 2:
-            constants = [constant_array(operand) is not None for operand in producer.inputs]
-            if constants.count(True) != 1:
-                return None
-            value = producer.inputs[constants.index(False)]
-        else:
-            return None
-    return None
-
-
-def _silu_input(mul: ir.Node) -> ir.Value | None:
-    return next((v for v in mul.inputs if v is not None and _silu_output(v) is mul.outputs[0]), None)
-
-
-def _silu_output(value: ir.Value) -> ir.Value | None:
-    """The output of x·Sigmoid(x) when that is all `value` feeds (SiLU as exporters write it)."""
-    consumers = {node.op_type: node for node in value.consumers()}
-    if len(value.uses()) != 2 or set(consumers) != {"Sigmoid", "Mul"}:
-        return None
-    sigmoid, mul = consumers["Sigmoid"], consumers["Mul"]
-    if set(mul.inputs) == {value, sigmoid.outputs[0]} and len(sigmoid.outputs[0].uses()) == 1:
-        return mul.outputs[0]
-    return None
-
-
-def _residual_sites(candidates: Sequence[ConvInfo], convs: Sequence[ir.Node]) -> Iterator[InsertionSite]:
+def _residual_sites(candidates: Sequence[ConvInfo], convs: Sequence[tuple[ir.Node, str]]) -> Iterator[InsertionSite]:
     """One site per residual Add: the branch operand, when it ends in one of the candidate convs.
 
     Every conv's layer (`follow_layer`, without its activation) is followed to its end; an Add of
@@ -544,10 +407,10 @@ def _residual_sites(candidates: Sequence[ConvInfo], convs: Sequence[ir.Node]) ->
     """
     candidate_ids = {id(info.node) for info in candidates}
     paths: dict[int, tuple[ConvInfo, LayerPath]] = {}
-    for node in convs:
-        info = ConvInfo.of(node)
+    for node, graph in convs:
+        info = ConvInfo.of(node, graph)
         if info is not None:
-            path = follow_layer(info, activation=False)
+            path = follow_layer(node, activation=False)
             paths[id(path.end)] = (info, path)
     adds: dict[int, ir.Node] = {}
     for _, path in paths.values():
@@ -570,7 +433,7 @@ def _residual_branch(
     projection conv of it. Either way the shortcut's source is an ancestor of the branch conv's
     input, which rules out Adds of unrelated feature maps (FPN merges, bias Adds).
     """
-    if len(add.inputs) != 2 or any(v is None or constant_array(v) is not None for v in add.inputs):
+    if len(add.inputs) != 2 or any(v is None or is_constant(v) for v in add.inputs):
         return None
     shapes = [v.shape for v in add.inputs]
     if shapes[0] is not None and shapes[1] is not None and len(shapes[0]) != len(shapes[1]):
@@ -610,17 +473,8 @@ def _is_ancestor(ancestor: ir.Value, value: ir.Value) -> bool:
     return False
 
 
-def _sole_consumer(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return next(iter(uses)).node
-
-
 def _feature_dtype(site: InsertionSite) -> ir.DataType:
-    dtype = site.anchor.dtype or site.conv.node.inputs[1].dtype
-    if dtype is None and (weight := constant_array(site.conv.node.inputs[1])) is not None:
-        dtype = ir.DataType.from_numpy(weight.dtype)
+    dtype = site.anchor.dtype or value_dtype(site.conv.node.inputs[1])
     if dtype is None:
         raise SeOnnxError(f"the element type of {site.anchor.name!r} is unknown")
     if not dtype.is_floating_point():
@@ -628,25 +482,11 @@ def _feature_dtype(site: InsertionSite) -> ir.DataType:
     return dtype
 
 
-def _is_conv(node: ir.Node) -> bool:
-    return node.op_type == "Conv" and node.domain in ("", "ai.onnx")
-
-
-def _node_label(node: ir.Node) -> str:
-    return node.name or node.outputs[0].name
-
-
-def _subgraph_convs(graph: ir.Graph) -> Iterator[ir.Node]:
-    for node in ir.traversal.RecursiveGraphIterator(graph):
-        if _is_conv(node) and node.graph is not graph:
-            yield node
-
-
 def _refuse_quantized(graph: ir.Graph) -> None:
     for node in ir.traversal.RecursiveGraphIterator(graph):
         if node.op_type in _QUANTIZED_CONVS:
             raise SeOnnxError(
-                f"the model is quantized ({node.op_type} node {_node_label(node)!r}); "
+                f"the model is quantized ({node.op_type} node {node_label(node)!r}); "
                 "insert SE blocks into the float model, then quantize it"
             )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,6 +61,21 @@ RELU = Activation("Relu")
 SIGMOID = Gate("Sigmoid")
 
 
+class LayerWeights(typing.NamedTuple):
+    """One excitation layer in PyTorch's Linear layout; every builder and matcher speaks it."""
+
+    weight: np.ndarray  # out × in
+    bias: np.ndarray  # out
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class SEWeights:
     """The two excitation layers in PyTorch's Linear layout (weight is out × in)."""
@@ -78,6 +94,9 @@ class SEWeights:
     @property
     def squeeze_channels(self) -> int:
         return int(self.fc1_weight.shape[0])
+
+    def layers(self) -> tuple[LayerWeights, LayerWeights]:
+        return LayerWeights(self.fc1_weight, self.fc1_bias), LayerWeights(self.fc2_weight, self.fc2_bias)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return dict(zip(self.KEYS, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)))
@@ -218,7 +237,7 @@ def build_se_block(
 
 def build_excitation(
     x: ir.Value,
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     *,
     spatial_rank: int,
     opset: int,
@@ -240,7 +259,7 @@ def build_excitation(
 
 
 def build_se_function_body(
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     *,
     spatial_rank: int,
     opset: int,
@@ -263,7 +282,7 @@ def build_se_function_body(
 def _build(
     block: _Tape,
     x: ir.Value,
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     spatial_rank: int,
     opset: int,
     activation: Activation | None,
@@ -359,7 +378,8 @@ def _activate(
 
 
 class _Tape:
-    """Records the nodes and initializers of one block, each named from the block's scope.
+    """Records one block's nodes and initializers on an onnx-ir tape, naming each from the block's
+    scope and typing each output with the block's dtype.
 
     In a function body (`function=True`) weights become body inputs, exact constants become
     Constant nodes, and attributes that a call may set become references to the call's attributes.
@@ -369,10 +389,17 @@ class _Tape:
         self.names = names
         self.dtype = dtype
         self.function = function
-        self.nodes: list[ir.Node] = []
-        self.initializers: list[ir.Value] = []
+        self.tape = ir.tape.Tape()
         self.inputs: list[ir.Value] = []
         self.arguments: list[np.ndarray] = []
+
+    @property
+    def nodes(self) -> list[ir.Node]:
+        return list(self.tape.nodes)
+
+    @property
+    def initializers(self) -> list[ir.Value]:
+        return list(self.tape.initializers)
 
     def input(self, stem: str, array: np.ndarray | None) -> ir.Value:
         value = ir.Value(name=self.names(stem))
@@ -391,13 +418,10 @@ class _Tape:
         # conversion checks were a third of the insertion pass's time.
         tensor = ir.Tensor(array, name=name)
         if self.function:
-            node = ir.node("Constant", [], {"value": tensor}, name=self.names(f"{stem}_constant"), num_outputs=1)
-            node.outputs[0].name = name
-            self.nodes.append(node)
-            return node.outputs[0]
-        value = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-        self.initializers.append(value)
-        return value
+            output = self.tape.op("Constant", [], {"value": tensor}, name=self.names(f"{stem}_constant"))
+            output.name = name
+            return output
+        return self.tape.initializer(tensor)
 
     def attribute(self, name: str, call_attribute: str, value: float | None) -> ir.Attr | float | None:
         """A float attribute: its value, or in a function body a reference to the call's."""
@@ -414,11 +438,9 @@ class _Tape:
         shape: ir.Shape | None,
     ) -> ir.Value:
         """Add a node; its output has the block's dtype and `shape` (None: unknown)."""
-        node = ir.node(op_type, inputs, attributes, name=self.names(stem), num_outputs=1)
-        output = node.outputs[0]
+        output = self.tape.op(op_type, inputs, attributes, name=self.names(stem))
         output.name = self.names(f"{stem}_output")
         if not self.function:  # a function body is generic over its callers' types
             output.type = ir.TensorType(self.dtype)
             output.shape = shape
-        self.nodes.append(node)
         return output
