@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
         return 0
-    rows = [(b.name, b.channels, b.squeeze_channels) for b in report.blocks]
-    print_table(("after conv", "C", "squeeze"), rows)
+    rows = [(b.name, b.channels, b.squeeze_channels, b.position) for b in report.blocks]
+    print_table(("after conv", "C", "squeeze", "where"), rows)
     print(
         f"\n{len(report.blocks)} SE blocks ({report.placement} placement, opset {report.opset}, "
         f"{report.dtype}, +{report.parameters_added:,} parameters) written to {args.output}"
