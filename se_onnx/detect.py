@@ -156,6 +156,36 @@ class Detection:
         }
 
 
+@dataclasses.dataclass
+class FindResult(ir.passes.PassResult):
+    """The model, unchanged, and what the analysis found in it."""
+
+    report: Detection
+
+
+class FindSE(ir.passes.PassBase):
+    """Finds the model's SE blocks and near-misses (an onnx-ir analysis pass: changes nothing).
+
+    The result carries the `Detection`; in a `PassManager`, read it from `report` after the run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: Detection | None = None
+
+    @property
+    def in_place(self) -> bool:
+        return True
+
+    @property
+    def changes_input(self) -> bool:
+        return False
+
+    def call(self, model: ir.Model) -> FindResult:
+        self.report = detect(model)
+        return FindResult(model, False, self.report)
+
+
 def find_se(model: ir.Model) -> list[SEBlock]:
     """Every SE block in the model, main graph first, then If/Loop/Scan bodies, in graph order."""
     return detect(model).blocks

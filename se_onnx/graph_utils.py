@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from se_onnx.constants import is_constant
 from se_onnx.errors import SeOnnxError
 from se_onnx.naming import NameScope
 from se_onnx.se_block import MIN_OPSET
@@ -145,13 +146,14 @@ def redirect(output: ir.Value, replacement: ir.Value, names: NameScope) -> None:
     kept.name = name
 
 
-# --- Conv layers: conv → BatchNorm → activation -------------------------------------------------
+# --- Conv layers: conv → bias Add → BatchNorm → activation -------------------------------------
 
 
 def conv_layer_output(conv: ir.Node) -> ir.Value:
-    """Where a conv layer ends: past a BatchNorm and an activation (or x·Sigmoid(x)) that only it
-    feeds, so that Conv+BN+activation fusions survive an SE block after it."""
+    """Where a conv layer ends: past a separate bias Add, a BatchNorm and an activation (or
+    x·Sigmoid(x)) that only it feeds, so that Conv+BN+activation fusions survive an SE block after it."""
     value = conv.outputs[0]
+    value = bias_add_output(value) or value
     consumer = sole_consumer(value)
     if is_op(consumer, "BatchNormalization") and consumer.inputs[0] is value:
         value = consumer.outputs[0]
@@ -175,14 +177,33 @@ def conv_before(value: ir.Value) -> ir.Node | None:
         node = producer(node.inputs[0])
     if is_op(node, "BatchNormalization"):
         node = producer(node.inputs[0])
-    return node if is_conv(node) else None
+    return _past_bias_add(node)
 
 
 def conv_behind(value: ir.Value) -> ir.Node | None:
-    """The conv that produces `value`, directly or through its BatchNorm."""
+    """The conv that produces `value`, directly or through its BatchNorm and a separate bias Add."""
     node = producer(value)
     if is_op(node, "BatchNormalization"):
         node = producer(node.inputs[0])
+    return _past_bias_add(node)
+
+
+def bias_add_output(value: ir.Value) -> ir.Value | None:
+    """The output of value + constant when that Add is all `value` feeds: a conv bias written as
+    its own node (Paddle2ONNX writes every conv bias so)."""
+    add = sole_consumer(value)
+    if not is_op(add, "Add") or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1] if add.inputs[0] is value else add.inputs[0]
+    return add.outputs[0] if is_constant(other) else None
+
+
+def _past_bias_add(node: ir.Node | None) -> ir.Node | None:
+    """`node` when it is a conv, or the conv behind it when it is that conv's separate bias Add."""
+    if is_op(node, "Add"):
+        conv = next((producer(v, "Conv") for v in node.inputs if v is not None and producer(v, "Conv")), None)
+        if conv is not None and bias_add_output(conv.outputs[0]) is node.outputs[0]:
+            return conv
     return node if is_conv(node) else None
 
 
