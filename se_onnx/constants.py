@@ -65,7 +65,7 @@ def value_dtype(value: ir.Value | None) -> ir.DataType | None:
     """The value's element type: from its type, else from its constant."""
     if value is None:
         return None
-    if value.dtype is not None:
+    if value.dtype not in (None, ir.DataType.UNDEFINED):
         return value.dtype
     tensor = constant_tensor(value)
     return None if tensor is None else tensor.dtype

@@ -39,8 +39,10 @@ class GraphBuilder:
         constants: bool = False,
         names: dict[str, int] | None = None,
         prefix: str = "",
+        opset: int = 13,
     ) -> None:
         self.rng = rng
+        self.opset = opset
         self.np_dtype = np.dtype(dtype)
         self.elem_type = helper.np_dtype_to_tensor_dtype(self.np_dtype)
         self.constants = constants
@@ -76,12 +78,13 @@ class GraphBuilder:
         return self.tensor(stem, self.rng.uniform(-bound, bound, shape))
 
     def paddle_bias(self, stem: str, channels: int, rank: int) -> str:
-        """A bias as Paddle2ONNX writes it: Reshape(Constant(C), Constant(value_ints=[1, C, 1…]))."""
+        """A bias as Paddle2ONNX writes it: Reshape(Constant(C), Constant(value_ints=[1, C, 1…]))
+        (the shape as a `value` tensor before opset 12, which introduced value_ints)."""
         values = self.tensor(stem, self.rng.uniform(-0.5, 0.5, channels))
         shape = self.name(stem + "_shape")
-        self.nodes.append(
-            helper.make_node("Constant", [], [shape], name=shape + "_constant", value_ints=[1, channels, *([1] * rank)])
-        )
+        dims = [1, channels, *([1] * rank)]
+        form = {"value_ints": dims} if self.opset >= 12 else {"value": numpy_helper.from_array(np.array(dims, np.int64))}
+        self.nodes.append(helper.make_node("Constant", [], [shape], name=shape + "_constant", **form))
         return self.op("Reshape", [values, shape], stem + "_reshape")
 
     def conv(self, x: str, in_channels: int, out_channels: int, stem: str, *, kernel: int = 3, paddle: bool = False) -> str:
@@ -121,20 +124,24 @@ def _rename_output(builder: GraphBuilder, output: str) -> None:
     builder.nodes[-1].output[0] = output
 
 
-def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2) -> onnx.ModelProto:
-    """x → [Conv 3×3 → bias Add → Relu → SE] × blocks → Conv 1×1 → bias Add → ·Constant(1.0) → y."""
-    g = GraphBuilder(rng=np.random.default_rng(0), dtype=dtype, constants=True)
+def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2, se: bool = True) -> onnx.ModelProto:
+    """x → [Conv 3×3 → bias Add → Relu → SE] × blocks → Conv 1×1 → bias Add → ·Constant(1.0) → y
+    (without `se`, the same trunk with no SE blocks, for the insertion pass)."""
+    g = GraphBuilder(rng=np.random.default_rng(0), dtype=dtype, constants=True, opset=opset)
     h = "x"
     in_channels = 3
     for index in range(blocks):
         h = g.conv(h, in_channels, CHANNELS, f"conv{index}", paddle=True)
         h = g.op("Relu", [h], f"relu{index}")
-        h = g.paddle_se(h, CHANNELS, SQUEEZE_CHANNELS, f"block{index}/")
+        if se:
+            h = g.paddle_se(h, CHANNELS, SQUEEZE_CHANNELS, f"block{index}/")
         in_channels = CHANNELS
     h = g.conv(h, CHANNELS, CHANNELS, "head", kernel=1, paddle=True)
-    # The user's own Constant, in the value_float form (float32 whatever the model's dtype: Cast it).
+    # The user's own Constant, in the value_float form from opset 12 (float32 whatever the model's
+    # dtype: Cast it).
     scale = g.name("output_scale")
-    g.nodes.append(helper.make_node("Constant", [], [scale], name="output_scale_constant", value_float=1.0))
+    form = {"value_float": 1.0} if opset >= 12 else {"value": numpy_helper.from_array(np.array(1.0, np.float32))}
+    g.nodes.append(helper.make_node("Constant", [], [scale], name="output_scale_constant", **form))
     cast = g.op("Cast", [scale], "output_scale_cast", to=g.elem_type)
     g.op("Mul", [h, cast], "output_scale")
     _rename_output(g, "y")
