@@ -26,6 +26,10 @@ def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
     if producer is None or producer.domain not in ("", "ai.onnx"):
         return None
     if producer.op_type == "Constant":
+        attribute = producer.attributes.get("value")
+        if attribute is not None and not attribute.is_ref() and len(producer.attributes) == 1:
+            # Read as is: onnx-ir's helper would rename the node's tensor after the value.
+            return attribute.as_tensor()
         try:
             return ir.convenience.get_const_tensor(value)
         except ValueError:  # a malformed Constant or a sparse one
