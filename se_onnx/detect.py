@@ -598,6 +598,8 @@ def _check_private(nodes: tuple[ir.Node, ...], mul: ir.Node) -> None:
     """Every value inside the block must be used only inside it, so it can be rewritten or removed."""
     members = set(nodes)
     for node in nodes:
+        if node.graph is not mul.graph:
+            raise _Mismatch(Stage.BLOCK, f"{node.name!r} sits in another graph than the rescale (across an If/Loop boundary)")
         if node is mul:
             continue
         for output in node.outputs:

@@ -27,6 +27,7 @@ from se_onnx.graph_utils import (
     graph_paths,
     graphs,
     is_conv,
+    is_op,
     model_opset,
     node_label,
     owning_graph,
@@ -395,9 +396,9 @@ def _residual_adds_after(info: ConvInfo) -> Iterator[ir.Node]:
     value = info.node.outputs[0]
     value = bias_add_output(value) or value
     for consumer in value.consumers():
-        if consumer.op_type == "BatchNormalization" and consumer.inputs[0] is value:
-            yield from (n for n in consumer.outputs[0].consumers() if n.op_type == "Add")
-        elif consumer.op_type == "Add":
+        if is_op(consumer, "BatchNormalization") and consumer.inputs[0] is value:
+            yield from (n for n in consumer.outputs[0].consumers() if is_op(n, "Add"))
+        elif is_op(consumer, "Add"):
             yield consumer
 
 
@@ -449,7 +450,7 @@ def _feature_dtype(site: InsertionSite) -> ir.DataType:
 
 
 def _refuse_quantized(graph: ir.Graph) -> None:
-    for node in ir.traversal.RecursiveGraphIterator(graph):
+    for node in graph.all_nodes():
         if node.op_type in _QUANTIZED_CONVS:
             raise SeOnnxError(
                 f"the model is quantized ({node.op_type} node {node_label(node)!r}); "
