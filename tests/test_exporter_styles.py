@@ -12,6 +12,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from models import build_samples
 from se_onnx import InsertOptions, find_se, fuse_se, insert_se, strip_se, unfuse_se
 from se_onnx.detect import detect
 from se_onnx.export_weights import export_se_weights
@@ -75,9 +76,20 @@ PADDLE_CASES = [
 ]
 SUBGRAPH_CASES = [
     pytest.param(build, constants, id=f"{build.__name__}-{'constants' if constants else 'initializers'}")
-    for build in (styles.if_model, styles.loop_model)
+    for build in (styles.if_model, styles.loop_model, styles.scan_model)
     for constants in (False, True)
 ]
+# The graph of each subgraph model's SE block, and the graphs `insert --where conv` adds blocks to.
+BLOCK_GRAPH = {
+    styles.if_model: "main/pick.then_branch",
+    styles.loop_model: "main/repeat.body",
+    styles.scan_model: "main/steps.body",
+}
+INSERT_GRAPHS = {
+    styles.if_model: {"main", "main/pick.then_branch", "main/pick.else_branch"},
+    styles.loop_model: {"main", "main/repeat.body/inner_pick.then_branch"},  # two levels down
+    styles.scan_model: {"main/steps.body"},
+}
 
 
 # --- Paddle2ONNX: Constant-node weights, biases as Reshape(Constant) in a separate Add ------------
@@ -174,22 +186,17 @@ def test_paddle_export_weights_reads_the_constants_and_round_trips_through_inser
 @pytest.mark.parametrize(("build", "constants"), SUBGRAPH_CASES)
 def test_blocks_in_subgraphs_are_found_and_report_their_graph(build, constants):
     blocks = find_se(ir.from_proto(build(constants=constants)))
-    expected = "main/pick.then_branch" if build is styles.if_model else "main/repeat.body"
-    assert [block.graph for block in blocks] == [expected]
-    assert blocks[0].to_dict()["graph"] == expected
+    assert [block.graph for block in blocks] == [BLOCK_GRAPH[build]]
+    assert blocks[0].to_dict()["graph"] == BLOCK_GRAPH[build]
 
 
 @pytest.mark.parametrize(("build", "constants"), SUBGRAPH_CASES)
 def test_identity_insert_in_subgraphs_keeps_outputs_on_both_branches(build, constants):
     proto = build(constants=constants)
     model, report = insert_se(ir.from_proto(proto), InsertOptions(where="conv"))
-    graphs = {block.graph for block in report.blocks}
+    assert {block.graph for block in report.blocks} == INSERT_GRAPHS[build]
     if build is styles.if_model:
-        assert graphs == {"main", "main/pick.then_branch", "main/pick.else_branch"}
-        names = {block.name for block in report.blocks}
-        assert {"pick.else_branch/conv", "pick.then_branch/then_head"} <= names
-    else:
-        assert graphs == {"main", "main/repeat.body/inner_pick.then_branch"}  # two levels down
+        assert {"pick.else_branch/conv", "pick.then_branch/then_head"} <= {block.name for block in report.blocks}
     _assert_same_outputs(proto, model)
     inserted = _checked(model)
     original_nodes = {node.name for node in _all_nodes(proto.graph)}
@@ -244,3 +251,36 @@ def test_export_weights_keys_subgraph_blocks_by_their_graph_and_round_trips():
     again = export_se_weights(model)
     for key, array in arrays.items():
         np.testing.assert_allclose(again[key], array, rtol=1e-6)
+
+
+# --- A whole network in both branches of an If -----------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["residual", "conv"])
+def test_a_resnet_in_if_branches_gets_blocks_in_both(where):
+    proto = styles.in_if_branches(build_samples.resnet_like())
+    model, report = insert_se(ir.from_proto(proto), InsertOptions(where=where))
+    assert {block.graph for block in report.blocks} == {"main/pick.then_branch", "main/pick.else_branch"}
+    then = sorted(b.name.split("/", 1)[1] for b in report.blocks if b.graph.endswith("then_branch"))
+    other = sorted(b.name.split("/", 1)[1] for b in report.blocks if b.graph.endswith("else_branch"))
+    assert then == other and then  # the same convs on both sides, told apart by their graph
+    _, plain = insert_se(ir.from_proto(build_samples.resnet_like()), InsertOptions(where=where))
+    assert then == sorted(block.name for block in plain.blocks)  # as in the main graph
+    _assert_same_outputs(proto, model)
+
+
+def test_se_blocks_in_if_branches_are_found_fused_stripped_and_exported():
+    proto = styles.in_if_branches(build_samples.mobilenet_se_like())
+    blocks = find_se(ir.from_proto(proto))
+    assert [block.graph for block in blocks] == ["main/pick.else_branch"] * 2 + ["main/pick.then_branch"] * 2
+    for form in ("canonical", "function"):
+        fused, _ = fuse_se(ir.from_proto(proto), form)
+        _assert_same_outputs(proto, fused)
+    stripped, report = strip_se(ir.from_proto(proto))
+    assert len(report.blocks) == 4 and find_se(stripped) == []
+    arrays = export_se_weights(ir.from_proto(proto))
+    keys = sorted({key.rsplit(".", 2)[0] for key in arrays})
+    assert len(keys) == 4 and all(key.startswith(("pick.then_branch/", "pick.else_branch/")) for key in keys)
+    model, _ = insert_se(stripped, InsertOptions(where="conv", nodes=tuple(keys), weights=arrays))
+    again = export_se_weights(model)
+    assert sorted(again) == sorted(arrays)
