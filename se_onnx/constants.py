@@ -37,6 +37,10 @@ def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
     if producer is None or producer.domain not in ("", "ai.onnx"):
         return None
     if producer.op_type == "Constant":
+        attribute = producer.attributes.get("value")
+        if attribute is not None and not attribute.is_ref() and len(producer.attributes) == 1:
+            # Read as is: onnx-ir's helper would rename the node's tensor after the value.
+            return attribute.as_tensor()
         try:
             return ir.convenience.get_const_tensor(value)
         except ValueError:  # a malformed Constant or a sparse one
@@ -76,7 +80,7 @@ def value_dtype(value: ir.Value | None) -> ir.DataType | None:
     """The value's element type: from its type, else from its constant."""
     if value is None:
         return None
-    if value.dtype is not None:
+    if value.dtype not in (None, ir.DataType.UNDEFINED):
         return value.dtype
     tensor = constant_tensor(value)
     return None if tensor is None else tensor.dtype

@@ -170,6 +170,36 @@ class Detection:
         }
 
 
+@dataclasses.dataclass
+class FindResult(ir.passes.PassResult):
+    """The model, unchanged, and what the analysis found in it."""
+
+    report: Detection
+
+
+class FindSE(ir.passes.PassBase):
+    """Finds the model's SE blocks and near-misses (an onnx-ir analysis pass: changes nothing).
+
+    The result carries the `Detection`; in a `PassManager`, read it from `report` after the run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: Detection | None = None
+
+    @property
+    def in_place(self) -> bool:
+        return True
+
+    @property
+    def changes_input(self) -> bool:
+        return False
+
+    def call(self, model: ir.Model) -> FindResult:
+        self.report = detect(model)
+        return FindResult(model, False, self.report)
+
+
 def find_se(model: ir.Model) -> list[SEBlock]:
     """Every SE block in the model, main graph first, then If/Loop/Scan bodies, in graph order."""
     return detect(model).blocks
@@ -648,6 +678,8 @@ def _check_private(nodes: tuple[ir.Node, ...], mul: ir.Node) -> None:
     """Every value inside the block must be used only inside it, so it can be rewritten or removed."""
     members = set(nodes)
     for node in nodes:
+        if node.graph is not mul.graph:
+            raise _Mismatch(Stage.BLOCK, f"{node.name!r} sits in another graph than the rescale (across an If/Loop boundary)")
         if node is mul:
             continue
         for output in node.outputs:

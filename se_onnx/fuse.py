@@ -39,7 +39,6 @@ import statistics
 from collections.abc import Callable, Mapping
 
 import onnx_ir as ir
-from onnx_ir.passes.common import InlinePass
 
 from se_onnx.bench import pairwise_ratio, time_interleaved
 from se_onnx.detect import SEBlock, detect
@@ -52,6 +51,8 @@ from se_onnx.se_block import (
     ACTIVATION_ALPHA,
     GATE_ALPHA,
     GATE_BETA,
+    FUNCTION_NAME,
+    SE_DOMAIN,
     BuiltBlock,
     LayerWeights,
     build_excitation,
@@ -60,9 +61,8 @@ from se_onnx.se_block import (
 
 FORMS = ("canonical", "function", "fastest")
 # What `fastest` times: the model as given, and the block layouts `se_block` can build.
-CANDIDATES = ("original", "canonical", "conv")
-SE_DOMAIN = "se_onnx"
-FUNCTION_NAME = "SqueezeExcitation"
+_CANDIDATE_LAYOUTS = {"original": None, "canonical": "gemm", "conv": "conv"}
+CANDIDATES = tuple(_CANDIDATE_LAYOUTS)
 # Function overloads arrived in IR version 10.
 FUNCTION_IR_VERSION = 10
 # A candidate must be this much faster than the original (median ratio below 1 - MIN_GAIN) to be
@@ -103,14 +103,50 @@ class FuseReport:
 
 
 @dataclasses.dataclass
-class UnfuseReport:
-    """What `unfuse_se` inlined."""
+class FuseResult(ir.passes.PassResult):
+    """The model with its SE blocks in the form asked for, and the report."""
 
-    blocks_inlined: int
-    functions_removed: list[str]  # "domain::name:overload" of each function dropped
+    report: FuseReport
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+class FuseSE(ir.passes.InPlacePass):
+    """Rewrites every SE block of the model into `form` in place (an onnx-ir pass; forms in the
+    module docstring). `provider`, `runs`, `warmup` and `batch` set how `fastest` measures
+    (`measure_forms`); when it keeps the original, the model is unchanged.
+
+    Raises SeOnnxError for an unknown form or a model without SE blocks. The result carries the
+    report; in a `PassManager`, read it from `report` after the run.
+    """
+
+    def __init__(
+        self, form: str = "canonical", *, provider: str = "cpu", runs: int = 50, warmup: int = 5, batch: int = 1
+    ) -> None:
+        super().__init__()
+        _check_form(form)
+        self.form = form
+        self.provider, self.runs, self.warmup, self.batch = provider, runs, warmup, batch
+        self.report: FuseReport | None = None
+
+    def call(self, model: ir.Model) -> FuseResult:
+        form = self.form
+        blocks = [block.to_dict() for block in _blocks(model)]
+        if form == "canonical":
+            _rewrite(model, _layout_builder("gemm"))
+            self.report = FuseReport(form, form, blocks)
+        elif form == "function":
+            _to_functions(model)
+            self.report = FuseReport(form, form, blocks)
+        else:
+            candidates = {name: model if layout is None else rebuild_se(model, layout) for name, layout in _CANDIDATE_LAYOUTS.items()}
+            timings = measure_forms(
+                candidates, provider=self.provider, runs=self.runs, warmup=self.warmup, batch=self.batch
+            )
+            best = min(timings, key=lambda timing: timing.ratio)
+            written = best.form if best.ratio < 1.0 - MIN_GAIN else "original"
+            if written != "original":
+                _rewrite(model, _layout_builder(_CANDIDATE_LAYOUTS[written]))
+            self.report = FuseReport(form, written, blocks, self.provider, timings)
+        return FuseResult(model, self.report.written != "original", self.report)
 
 
 def fuse_se(
@@ -122,50 +158,25 @@ def fuse_se(
     warmup: int = 5,
     batch: int = 1,
 ) -> tuple[ir.Model, FuseReport]:
-    """A copy of `model` with every SE block rewritten into `form` (see the module docstring).
+    """A copy of `model` with every SE block rewritten into `form`, and the report (`FuseSE` on a
+    copy). The input model is not modified."""
+    fuse = FuseSE(form, provider=provider, runs=runs, warmup=warmup, batch=batch)
+    result = fuse(model.clone())
+    return result.model, result.report
 
-    `provider`, `runs`, `warmup` and `batch` set how `fastest` measures (`measure_forms`). The input model is not
-    modified. Raises SeOnnxError for an unknown form or a model without SE blocks.
-    """
+
+def _check_form(form: str) -> None:
     if form not in FORMS:
         raise SeOnnxError(f"--form must be one of {', '.join(FORMS)}, not {form!r}")
-    blocks = [block.to_dict() for block in _blocks(model)]
-    if form == "canonical":
-        return rebuild_se(model, "gemm"), FuseReport(form, form, blocks)
-    if form == "function":
-        return _to_functions(model), FuseReport(form, form, blocks)
-    candidates = {
-        "original": model,
-        "canonical": rebuild_se(model, "gemm"),
-        "conv": rebuild_se(model, "conv"),
-    }
-    timings = measure_forms(candidates, provider=provider, runs=runs, warmup=warmup, batch=batch)
-    best = min(timings, key=lambda timing: timing.ratio)
-    written = best.form if best.ratio < 1.0 - MIN_GAIN else "original"
-    fused = model.clone() if written == "original" else candidates[written]
-    return fused, FuseReport(form, written, blocks, provider, timings)
 
 
 def rebuild_se(model: ir.Model, layout: str) -> ir.Model:
     """A copy of `model` with every SE block rebuilt in `layout`: "gemm" (the canonical form) or
     "conv" (GlobalAveragePool → 1×1 Conv → activation → 1×1 Conv → gate → Mul; channels-last
     blocks stay in the gemm layout, since GlobalAveragePool and Conv read channels first)."""
-    return _rewrite(model, _layout_builder(layout))
-
-
-def unfuse_se(model: ir.Model) -> tuple[ir.Model, UnfuseReport]:
-    """A copy of `model` with every `se_onnx.SqueezeExcitation` call inlined (the inverse of the
-    function form). Raises SeOnnxError when the model has no such call."""
     model = model.clone()
-    calls = [node for node in model.graph.all_nodes() if node.domain == SE_DOMAIN and node.op_type == FUNCTION_NAME]
-    if not calls:
-        raise SeOnnxError(f"the model has no {SE_DOMAIN}.{FUNCTION_NAME} node to unfuse")
-    removed = [f"{d}::{n}:{o}" if o else f"{d}::{n}" for (d, n, o) in model.functions if d == SE_DOMAIN]
-    InlinePass(criteria=lambda function: function.domain == SE_DOMAIN)(model)
-    if not any(node.domain == SE_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)):
-        model.opset_imports.pop(SE_DOMAIN, None)
-    model.graph.sort()
-    return model, UnfuseReport(len(calls), removed)
+    _rewrite(model, _layout_builder(layout))
+    return model
 
 
 def measure_forms(
@@ -228,9 +239,8 @@ def _blocks(model: ir.Model) -> list[SEBlock]:
 _Builder = Callable[[ir.Model, SEBlock, ir.Value, int, NameScope], ir.Value]
 
 
-def _rewrite(model: ir.Model, build: _Builder) -> ir.Model:
-    """A copy of `model` with each SE block replaced by what `build` makes for it."""
-    model = model.clone()
+def _rewrite(model: ir.Model, build: _Builder) -> None:
+    """Replace each SE block of `model` by what `build` makes for it, in place."""
     opset = model_opset(model)
     names = NameScope(names_in_use(model))
     # A block may rescale the output of the block before it, which that block's rewrite replaced.
@@ -243,7 +253,6 @@ def _rewrite(model: ir.Model, build: _Builder) -> ir.Model:
         block.rescale.graph.remove(block.nodes, safe=True)
     remove_unused(model)  # the old blocks' weights
     model.graph.sort()
-    return model
 
 
 def _layers(block: SEBlock) -> list[LayerWeights]:
@@ -283,7 +292,7 @@ def _keep_output_type(new: ir.Value, old: ir.Value) -> None:
     new.shape = old.shape or new.shape
 
 
-def _to_functions(model: ir.Model) -> ir.Model:
+def _to_functions(model: ir.Model) -> None:
     functions: dict[str, ir.Function] = {}
 
     def build(model: ir.Model, block: SEBlock, x: ir.Value, opset: int, names: NameScope) -> ir.Value:
@@ -322,12 +331,11 @@ def _to_functions(model: ir.Model) -> ir.Model:
         _keep_output_type(output, block.output)
         return output
 
-    model = _rewrite(model, build)
+    _rewrite(model, build)
     for function in functions.values():
         model.functions[function.identifier()] = function
     model.opset_imports[SE_DOMAIN] = 1
     model.ir_version = max(model.ir_version, FUNCTION_IR_VERSION)
-    return model
 
 
 def _overload(block: SEBlock) -> str:

@@ -229,17 +229,13 @@ def _to_channels_last(transpose: ir.Node, spatial_rank: int) -> bool:
 def _per_channel_operand(
     node: ir.Node, value: ir.Value, weight_shape: tuple[int, ...] | None, channels_last: bool
 ) -> bool:
-    """Whether `node` is value·k or value + k with k a constant per channel of the conv with
-    weight `weight_shape` (a scalar, or C values on the channel axis): BatchNorm as exporters
-    decompose it, or a bias Add kept apart from its conv."""
-    if len(node.inputs) != 2 or value not in node.inputs or node.inputs[0] is node.inputs[1]:
+    """Whether `node` is value·k or value + k with k a constant of C values on the channel axis of
+    the conv with weight `weight_shape`: BatchNorm as exporters decompose it, or a bias Add kept
+    apart from its conv. (A scalar is not: it is more often the model's own output scaling.)"""
+    if weight_shape is None or len(node.inputs) != 2 or value not in node.inputs or node.inputs[0] is node.inputs[1]:
         return False
     array = constant_array(node.inputs[1] if node.inputs[0] is value else node.inputs[0])
-    if array is None or (weight_shape is not None and array.ndim > len(weight_shape)):
-        return False
-    if array.size == 1:
-        return True
-    if weight_shape is None:
+    if array is None or array.ndim > len(weight_shape):
         return False
     shape = list(array.shape)
     while len(shape) > 1 and shape[0] == 1:

@@ -33,6 +33,7 @@ from se_onnx.graph_utils import (
     graph_paths,
     graphs,
     is_conv,
+    is_op,
     model_opset,
     node_label,
     owning_graph,
@@ -221,11 +222,18 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
     convs = list(model_convs(model))
     if not convs:
         raise SeOnnxError("the model has no Conv node, so there is nowhere to add SE blocks")
+    se_blocks = find_se(model)
+    se_nodes = {id(node) for block in se_blocks for node in block.nodes}
     skipped: list[SkippedConv] = []
     candidates: list[ConvInfo] = []
     for node, path in convs:
         info = ConvInfo.of(node, path)
-        reason = _exclusion(info, options) if info is not None else "weight shape is not known statically"
+        if id(node) in se_nodes:
+            reason = "an excitation layer of an SE block"
+        elif info is None:
+            reason = "weight shape is not known statically"
+        else:
+            reason = _exclusion(info, options)
         if reason:
             skipped.append(SkippedConv(scoped_name(node_label(node), path), reason))
         else:
@@ -239,7 +247,7 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
         sites = list(_residual_sites(candidates, convs))
     else:
         sites = []
-        se_inputs = {id(block.input) for block in find_se(model)}
+        se_inputs = {id(block.input) for block in se_blocks}
         for site in map(_conv_site, candidates):
             if id(site.anchor) in se_inputs:
                 skipped.append(SkippedConv(site.conv.name, "already followed by an SE block"))
@@ -248,22 +256,46 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
     return InsertionPlan(placement, sites, skipped, len(convs))
 
 
-def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tuple[ir.Model, InsertReport]:
-    """Return a copy of `model` with SE blocks added as `options` say, and a report of them.
+@dataclasses.dataclass
+class InsertResult(ir.passes.PassResult):
+    """The model with its blocks added, and the report of them."""
 
-    The input model is not modified. Raises SeOnnxError when the options are invalid, the model is
-    unsupported (no conv, quantized convs, opset < 11), or nothing matches the placement.
+    report: InsertReport
+
+
+class InsertSE(ir.passes.InPlacePass):
+    """Adds SE blocks to the model in place, as `options` say (an onnx-ir pass).
+
+    Raises SeOnnxError when the options are invalid, the model is unsupported (no conv, quantized
+    convs, opset < 11), or nothing matches the placement; the model is then unchanged. The result
+    carries the report; in a `PassManager`, whose result does not, read it from `report` after.
     """
-    opset = model_opset(model)
+
+    def __init__(self, options: InsertOptions = InsertOptions()) -> None:
+        super().__init__()
+        self.options = options
+        self.report: InsertReport | None = None
+
+    def call(self, model: ir.Model) -> InsertResult:
+        opset = model_opset(model)
+        with collector_paused():
+            plan = plan_insertion(model, self.options)
+            if not plan.sites:
+                raise SeOnnxError(_nothing_matches(plan, self.options))
+            dtype = _feature_dtype(plan.sites[0])
+            blocks = _add_blocks(model, plan.sites, self.options, opset)
+            model.graph.sort()  # and every subgraph
+        self.report = InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
+        return InsertResult(model, True, self.report)
+
+
+def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tuple[ir.Model, InsertReport]:
+    """Return a copy of `model` with SE blocks added as `options` say, and a report of them
+    (`InsertSE` on a copy). The input model is not modified."""
     with collector_paused():
         model = model.clone()
-        plan = plan_insertion(model, options)
-        if not plan.sites:
-            raise SeOnnxError(_nothing_matches(plan, options))
-        dtype = _feature_dtype(plan.sites[0])
-        blocks = _add_blocks(model, plan.sites, options, opset)
-        model.graph.sort()  # and every subgraph
-    return model, InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
+    result = InsertSE(options)(model)
+    return result.model, result.report
 
 
 def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
@@ -483,7 +515,7 @@ def _feature_dtype(site: InsertionSite) -> ir.DataType:
 
 
 def _refuse_quantized(graph: ir.Graph) -> None:
-    for node in ir.traversal.RecursiveGraphIterator(graph):
+    for node in graph.all_nodes():
         if node.op_type in _QUANTIZED_CONVS:
             raise SeOnnxError(
                 f"the model is quantized ({node.op_type} node {node_label(node)!r}); "

@@ -184,6 +184,9 @@ def squeeze_width(channels: int, ratio: float, min_squeeze: int = 1, divisor: in
 # How the excitation is laid out: "gemm" (ReduceMean → Gemm → … → Unsqueeze → Mul, the insertion
 # pass's form) or "conv" (GlobalAveragePool → 1×1 Conv → … → Mul, the form torchvision exports).
 LAYOUTS = ("gemm", "conv")
+# The function that the fuse pass's function form calls, one overload per kind of block.
+SE_DOMAIN = "se_onnx"
+FUNCTION_NAME = "SqueezeExcitation"
 # The attributes a function-form block's body refers to (see `build_se_function_body`).
 GATE_ALPHA, GATE_BETA, ACTIVATION_ALPHA = "gate_alpha", "gate_beta", "activation_alpha"
 

@@ -23,33 +23,52 @@ class StripReport:
         return dataclasses.asdict(self)
 
 
-def strip_se(model: ir.Model) -> tuple[ir.Model, StripReport]:
-    """A copy of `model` without its SE blocks: every consumer of a block's output reads the
-    block's input instead, and nodes and initializers left unused are dropped.
+@dataclasses.dataclass
+class StripResult(ir.passes.PassResult):
+    """The model without its SE blocks, and what was removed."""
 
-    Raises SeOnnxError when the model has no SE block.
+    report: StripReport
+
+
+class StripSE(ir.passes.InPlacePass):
+    """Removes the model's SE blocks in place (an onnx-ir pass): every reader of a block's output
+    reads the block's input instead, and nodes and initializers left unused are dropped.
+
+    Raises SeOnnxError when the model has no SE block. The result carries the report; in a
+    `PassManager`, read it from `report` after the run.
     """
-    model = model.clone()
-    blocks = detect(model).blocks
-    if not blocks:
-        raise SeOnnxError("the model has no SE block to strip")
-    described = [block.to_dict() for block in blocks]
-    names = NameScope(names_in_use(model))
-    node_count, initializer_count = _counts(model)
-    # A block may rescale the output of the block before it, which is bypassed by then.
-    replaced: dict[ir.Value, ir.Value] = {}
-    for block in blocks:
-        replaced[block.output] = replaced.get(block.input, block.input)
-        redirect(block.output, replaced[block.output], names)
-    remove_unused(model)
-    model.graph.sort()
-    nodes_left, initializers_left = _counts(model)
-    report = StripReport(
-        blocks=described,
-        nodes_removed=node_count - nodes_left,
-        initializers_removed=initializer_count - initializers_left,
-    )
-    return model, report
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: StripReport | None = None
+
+    def call(self, model: ir.Model) -> StripResult:
+        blocks = detect(model).blocks
+        if not blocks:
+            raise SeOnnxError("the model has no SE block to strip")
+        described = [block.to_dict() for block in blocks]
+        names = NameScope(names_in_use(model))
+        node_count, initializer_count = _counts(model)
+        # A block may rescale the output of the block before it, which is bypassed by then.
+        replaced: dict[ir.Value, ir.Value] = {}
+        for block in blocks:
+            replaced[block.output] = replaced.get(block.input, block.input)
+            redirect(block.output, replaced[block.output], names)
+        remove_unused(model)
+        model.graph.sort()
+        nodes_left, initializers_left = _counts(model)
+        self.report = StripReport(
+            blocks=described,
+            nodes_removed=node_count - nodes_left,
+            initializers_removed=initializer_count - initializers_left,
+        )
+        return StripResult(model, True, self.report)
+
+
+def strip_se(model: ir.Model) -> tuple[ir.Model, StripReport]:
+    """A copy of `model` without its SE blocks, and what was removed (`StripSE` on a copy)."""
+    result = StripSE()(model.clone())
+    return result.model, result.report
 
 
 def _counts(model: ir.Model) -> tuple[int, int]:

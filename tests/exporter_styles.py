@@ -8,6 +8,9 @@
   branches capture the feature map and a weight from the outer graph, and reuse node names.
 - `loop_model`: a Loop body runs conv → SE block on its carried feature map, with an If nested in
   the body (two levels of subgraph).
+- `scan_model`: a Scan body runs conv → SE block on each step of a sequence of feature maps.
+- `in_if_branches(model)`: any single-graph model moved whole into both branches of an If (as a
+  voice-activity model picks its network by sample rate), names reused across the branches.
 
 Every builder returns a checked `onnx.ModelProto`; `feeds(model)` makes seeded inputs for it.
 SE nodes are named "<prefix>se/…" so tests can tell which nodes a detected block should hold.
@@ -39,8 +42,10 @@ class GraphBuilder:
         constants: bool = False,
         names: dict[str, int] | None = None,
         prefix: str = "",
+        opset: int = 13,
     ) -> None:
         self.rng = rng
+        self.opset = opset
         self.np_dtype = np.dtype(dtype)
         self.elem_type = helper.np_dtype_to_tensor_dtype(self.np_dtype)
         self.constants = constants
@@ -76,12 +81,13 @@ class GraphBuilder:
         return self.tensor(stem, self.rng.uniform(-bound, bound, shape))
 
     def paddle_bias(self, stem: str, channels: int, rank: int) -> str:
-        """A bias as Paddle2ONNX writes it: Reshape(Constant(C), Constant(value_ints=[1, C, 1…]))."""
+        """A bias as Paddle2ONNX writes it: Reshape(Constant(C), Constant(value_ints=[1, C, 1…]))
+        (the shape as a `value` tensor before opset 12, which introduced value_ints)."""
         values = self.tensor(stem, self.rng.uniform(-0.5, 0.5, channels))
         shape = self.name(stem + "_shape")
-        self.nodes.append(
-            helper.make_node("Constant", [], [shape], name=shape + "_constant", value_ints=[1, channels, *([1] * rank)])
-        )
+        dims = [1, channels, *([1] * rank)]
+        form = {"value_ints": dims} if self.opset >= 12 else {"value": numpy_helper.from_array(np.array(dims, np.int64))}
+        self.nodes.append(helper.make_node("Constant", [], [shape], name=shape + "_constant", **form))
         return self.op("Reshape", [values, shape], stem + "_reshape")
 
     def conv(self, x: str, in_channels: int, out_channels: int, stem: str, *, kernel: int = 3, paddle: bool = False) -> str:
@@ -121,20 +127,24 @@ def _rename_output(builder: GraphBuilder, output: str) -> None:
     builder.nodes[-1].output[0] = output
 
 
-def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2) -> onnx.ModelProto:
-    """x → [Conv 3×3 → bias Add → Relu → SE] × blocks → Conv 1×1 → bias Add → ·Constant(1.0) → y."""
-    g = GraphBuilder(rng=np.random.default_rng(0), dtype=dtype, constants=True)
+def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2, se: bool = True) -> onnx.ModelProto:
+    """x → [Conv 3×3 → bias Add → Relu → SE] × blocks → Conv 1×1 → bias Add → ·Constant(1.0) → y
+    (without `se`, the same trunk with no SE blocks, for the insertion pass)."""
+    g = GraphBuilder(rng=np.random.default_rng(0), dtype=dtype, constants=True, opset=opset)
     h = "x"
     in_channels = 3
     for index in range(blocks):
         h = g.conv(h, in_channels, CHANNELS, f"conv{index}", paddle=True)
         h = g.op("Relu", [h], f"relu{index}")
-        h = g.paddle_se(h, CHANNELS, SQUEEZE_CHANNELS, f"block{index}/")
+        if se:
+            h = g.paddle_se(h, CHANNELS, SQUEEZE_CHANNELS, f"block{index}/")
         in_channels = CHANNELS
     h = g.conv(h, CHANNELS, CHANNELS, "head", kernel=1, paddle=True)
-    # The user's own Constant, in the value_float form (float32 whatever the model's dtype: Cast it).
+    # The user's own Constant, in the value_float form from opset 12 (float32 whatever the model's
+    # dtype: Cast it).
     scale = g.name("output_scale")
-    g.nodes.append(helper.make_node("Constant", [], [scale], name="output_scale_constant", value_float=1.0))
+    form = {"value_float": 1.0} if opset >= 12 else {"value": numpy_helper.from_array(np.array(1.0, np.float32))}
+    g.nodes.append(helper.make_node("Constant", [], [scale], name="output_scale_constant", **form))
     cast = g.op("Cast", [scale], "output_scale_cast", to=g.elem_type)
     g.op("Mul", [h, cast], "output_scale")
     _rename_output(g, "y")
@@ -219,11 +229,73 @@ def loop_model(*, opset: int = 13, dtype: str = "float32", constants: bool = Fal
     return _model(graph, opset)
 
 
+def scan_model(*, opset: int = 13, dtype: str = "float32", constants: bool = False) -> onnx.ModelProto:
+    """x (steps × N × 3 × SPATIAL) → Scan(body: Conv → Relu → SE → Conv, per step) → y (steps × N × C × SPATIAL)."""
+    rng = np.random.default_rng(3)
+    names: dict[str, int] = {}
+    main = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
+    body = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
+    b = body.conv("step", 3, CHANNELS, "step_conv")
+    b = body.op("Relu", [b], "step_relu")
+    b = body.paddle_se(b, CHANNELS, SQUEEZE_CHANNELS, "step/")
+    body.conv(b, CHANNELS, CHANNELS, "step_head", kernel=1)
+    _rename_output(body, "step_y")
+    body_graph = body.graph("scan_body", [feature_map("step", main.elem_type, 3)], [feature_map("step_y", main.elem_type)])
+    main.nodes.append(helper.make_node("Scan", ["x"], ["y"], name="steps", body=body_graph, num_scan_inputs=1))
+    x = helper.make_tensor_value_info("x", main.elem_type, [2, "N", 3, *SPATIAL])
+    y = helper.make_tensor_value_info("y", main.elem_type, [2, "N", CHANNELS, *SPATIAL])
+    return _model(main.graph("scan_style", [x], [y]), opset)
+
+
+def in_if_branches(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`'s graph as both branches of an If on a new `flag` input: the branches read the graph
+    inputs from the outer scope, keep their initializers and node names, and prefix every other
+    value name with "then/" or "else/" so that values stay unique across the scopes."""
+    graph = model.graph
+    outer = {value.name for value in graph.input}
+
+    def branch(prefix: str) -> onnx.GraphProto:
+        def rename(name: str) -> str:
+            return name if not name or name in outer else prefix + name
+
+        nodes = []
+        for node in graph.node:
+            copy = onnx.NodeProto.FromString(node.SerializeToString())
+            copy.input[:] = [rename(name) for name in node.input]
+            copy.output[:] = [rename(name) for name in node.output]
+            nodes.append(copy)
+        initializers = []
+        for tensor in graph.initializer:
+            copy = onnx.TensorProto.FromString(tensor.SerializeToString())
+            copy.name = rename(tensor.name)
+            initializers.append(copy)
+        outputs = []
+        for value in graph.output:
+            copy = onnx.ValueInfoProto.FromString(value.SerializeToString())
+            copy.name = rename(value.name)
+            outputs.append(copy)
+        return helper.make_graph(nodes, f"{prefix.strip('/')}_branch", [], outputs, initializers)
+
+    pick = helper.make_node(
+        "If", ["flag"], [value.name for value in graph.output], name="pick", then_branch=branch("then/"), else_branch=branch("else/")
+    )
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    nested = helper.make_graph([pick], graph.name, [*graph.input, flag], list(graph.output))
+    result = helper.make_model(nested, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    onnx.checker.check_model(result, full_check=True)
+    return result
+
+
 def feeds(model: onnx.ModelProto, *, flag: bool = True, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs: x of batch × 3 × SPATIAL in the model's dtype, and `flag` where it has one."""
-    x = model.graph.input[0]
-    dtype = helper.tensor_dtype_to_np_dtype(x.type.tensor_type.elem_type)
-    result = {"x": np.random.default_rng(seed).standard_normal((batch, 3, *SPATIAL)).astype(dtype)}
-    if any(value.name == "flag" for value in model.graph.input):
-        result["flag"] = np.array(flag)
+    """Seeded inputs in the model's dtype for every float input (symbolic dims set to `batch`),
+    and `flag` where it has one."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for value in model.graph.input:
+        if value.name == "flag":
+            result["flag"] = np.array(flag)
+            continue
+        tensor_type = value.type.tensor_type
+        shape = [dim.dim_value if dim.HasField("dim_value") else batch for dim in tensor_type.shape.dim]
+        result[value.name] = rng.standard_normal(shape).astype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
     return result

@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=(),
         metavar="NAME",
-        help="only these convs: node names or regular expressions matching whole names "
+        help="only these convs: node names or regular expressions matching whole names; a conv "
+        "in an If/Loop body also answers to its graph's path and name, e.g. pick.then_branch/conv "
         "(with --where auto, places after each chosen conv)",
     )
     placement.add_argument("--min-channels", type=int, default=1, help="skip convs with fewer output channels")
