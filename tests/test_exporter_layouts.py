@@ -300,3 +300,17 @@ def test_integer_convs_stay_refused(qdq_resnet, op_type):
     next(node for node in model.graph if node.op_type == "Conv").op_type = op_type
     with pytest.raises(SeOnnxError, match="insert SE blocks into the float model, then quantize it"):
         insert_se(model)
+
+
+@pytest.mark.parametrize(
+    "options", [{"extra_options": {"DedicatedQDQPair": True}}, {"per_channel": True}], ids=["dedicated_pairs", "per_channel"]
+)
+def test_quantizer_options_keep_the_blocks_visible(quantized_se, options):
+    float_model, _ = quantized_se
+    quantized = quantize_qdq(float_model, **options)
+    model = ir.from_proto(quantized)
+    assert len(find_se(model)) == 2
+    feeds = calibration_inputs(quantized, batches=1, batch=3, seed=7)[0]
+    reference = _run(quantized, feeds)
+    fused = _proto(fuse_se(model, form="canonical")[0])
+    np.testing.assert_allclose(_run(fused, feeds), reference, atol=0.05 * np.abs(reference).max())

@@ -16,7 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="add SE blocks after conv layers",
         description="Add Squeeze-and-Excitation blocks (ReduceMean → Gemm → Relu → Gemm → Sigmoid → "
         "Mul) after conv layers. By default the gate starts at exactly 1, so the model's outputs are "
-        "unchanged until the blocks are trained.",
+        "unchanged until the blocks are trained. A conv's layer is followed through a Transpose to "
+        "NHWC (tf2onnx), BatchNorm as a node or as Mul + Add, and QuantizeLinear/DequantizeLinear "
+        "pairs: in an NHWC island the block is built channels-last, and in a QDQ model it runs in "
+        "float and is requantized on its input's scale (for int8 SE blocks, insert into the float "
+        "model and quantize after). The report says where each block sits.",
     )
     add_rewrite_arguments(parser, "where to write the model with SE blocks")
     placement = parser.add_argument_group("placement")
@@ -24,9 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--where",
         choices=PLACEMENTS,
         default="auto",
-        help="residual: on each residual branch before its Add (SENet); conv: after every conv, past "
-        "its BatchNorm and activation; auto (default): residual if the model has residual blocks, "
-        "else conv",
+        help="residual: on each residual branch before its Add (SENet), NHWC Adds included; conv: "
+        "after every conv, past its BatchNorm and activation; auto (default): residual if the model "
+        "has residual blocks, else conv",
     )
     placement.add_argument(
         "--nodes",
