@@ -18,7 +18,7 @@ from se_onnx.detect import detect
 from se_onnx.export_weights import export_se_weights
 from se_onnx.inspect import inspect_model
 from tests import exporter_styles as styles
-from tests.se_variants import ort_outputs
+from tests.se_variants import Variant, ort_outputs, se_model
 
 FLAGS = (True, False)
 
@@ -54,8 +54,10 @@ def _all_nodes(graph: onnx.GraphProto):
 def _without_rescales(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model with each SE rescale Mul passing its feature map through: what stripping computes."""
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    rescales = {block.rescale.name for block in find_se(ir.from_proto(onnx.ModelProto.FromString(proto.SerializeToString())))}
+    assert rescales
     for node in _all_nodes(proto.graph):
-        if node.name.endswith("se/scale"):
+        if node.name in rescales:
             node.op_type = "Identity"
             del node.input[1:]
     return proto
@@ -284,3 +286,20 @@ def test_se_blocks_in_if_branches_are_found_fused_stripped_and_exported():
     model, _ = insert_se(stripped, InsertOptions(where="conv", nodes=tuple(keys), weights=arrays))
     again = export_se_weights(model)
     assert sorted(again) == sorted(arrays)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_block_whose_output_is_the_branch_output(dtype):
+    """Stripping reads the block's input through an Identity that keeps the branch output's name;
+    fusing hands the name to the new block's output."""
+    proto = styles.in_if_branches(se_model(Variant(se_is_output=True, dtype=dtype, opset=18)))
+    stripped, _ = strip_se(ir.from_proto(proto))
+    _assert_same_outputs(_without_rescales(proto), stripped)
+    branch_outputs = {output.name for node in _checked(stripped).graph.node for attribute in node.attribute
+                      for output in attribute.g.output}
+    assert branch_outputs == {"then/y", "else/y"}
+    fused, _ = fuse_se(ir.from_proto(proto), "canonical")
+    _assert_same_outputs(proto, fused, rtol=1e-3)
+    model, report = insert_se(stripped, InsertOptions(where="conv"))
+    assert report.blocks
+    _assert_same_outputs(_checked(stripped), model)
