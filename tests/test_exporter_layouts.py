@@ -19,9 +19,10 @@ from exporter_layouts import (
     tf_resnet,
 )
 from models import build_samples
-from se_onnx import InsertOptions, SeOnnxError, find_se, fuse_se, insert_se, strip_se
+from se_onnx import InsertOptions, SeOnnxError, find_se, fuse_se, insert_se, strip_se, unfuse_se
 from se_onnx.export_weights import export_se_weights
 from se_onnx.fuse import rebuild_se
+from se_onnx.inspect import inspect_model
 from se_onnx.runtime import make_session
 
 pytest.importorskip("onnxruntime.quantization")
@@ -65,15 +66,19 @@ def _axes(node: ir.Node) -> list[int]:
 def _every_pass_on_inserted(
     original: onnx.ModelProto, with_se: ir.Model, blocks: int, where: str, *, atol: float = 1e-5
 ) -> None:
-    """find, fuse, strip and export-weights on a model that `insert_se(where=where)` gave random SE
-    blocks; the exported weights, inserted into the original, give the same model back."""
+    """find, inspect, fuse, unfuse, strip and export-weights on a model that
+    `insert_se(where=where)` gave random SE blocks; the exported weights, inserted into the
+    original, give the same model back."""
     with_se_proto = _proto(with_se)
     found = find_se(with_se)
-    assert len(found) == blocks
+    assert len(found) == blocks == len(inspect_model(with_se).se_blocks)
     for form in ("canonical", "function"):
         fused, report = fuse_se(with_se, form=form)
         assert len(report.blocks) == blocks
         _close(_proto(fused), with_se_proto, atol=atol)
+    unfused, _ = unfuse_se(fused)
+    assert len(find_se(unfused)) == blocks
+    _close(_proto(unfused), with_se_proto, atol=atol)
     _close(_proto(rebuild_se(with_se, "conv")), with_se_proto, atol=atol)
     stripped, report = strip_se(with_se)
     assert len(report.blocks) == blocks and not find_se(stripped)
