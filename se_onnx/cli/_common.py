@@ -69,7 +69,7 @@ def print_blocks(blocks: list[dict]) -> None:
                 block["squeeze_channels"] or "-",
                 block["activation"] or "- (1 layer)",
                 gate_text,
-                block["squeeze"] + "/" + "+".join(block["layers"]),
+                block["squeeze"] + "/" + "+".join(block["layers"]) + (", NHWC" if block["layout"] == "NHWC" else ""),
                 len(block["nodes"]),
                 block["output"],
                 block["graph"],
