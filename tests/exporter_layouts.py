@@ -9,7 +9,8 @@
 - `keras_se_model`: an SE block written in NHWC, as tf2onnx converts Keras' squeeze-excite
   (ReduceMean over axes 1, 2 → Dense (MatMul + Add) → … → gate broadcast on the last axis).
 - `quantize_qdq`: ONNX Runtime's `quantize_static` in its default QDQ format (QuantizeLinear /
-  DequantizeLinear around each op, uint8 activations, int8 weights), calibrated on seeded inputs.
+  DequantizeLinear around each op; int8 activations and weights in ONNX Runtime 1.32), calibrated on
+  seeded inputs.
 """
 
 from __future__ import annotations

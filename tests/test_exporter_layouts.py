@@ -319,3 +319,28 @@ def test_quantizer_options_keep_the_blocks_visible(quantized_se, options):
     reference = _run(quantized, feeds)
     fused = _proto(fuse_se(model, form="canonical")[0])
     np.testing.assert_allclose(_run(fused, feeds), reference, atol=0.05 * np.abs(reference).max())
+
+
+def test_qdq_nhwc_islands_get_requantized_nhwc_blocks():
+    original = quantize_qdq(tf_resnet())
+    for where in ("residual", "conv"):
+        model, report = insert_se(ir.from_proto(original), InsertOptions(where=where))
+        assert all(block.layout == "NHWC" and block.requantized for block in report.blocks)
+        assert all(block.through[:3] == ("Q/DQ", "Transpose", "Q/DQ") for block in report.blocks)
+        _close(_proto(model), original, atol=0)
+    model, _ = insert_se(ir.from_proto(original), InsertOptions(where="residual", init="random"))
+    _every_pass_on_inserted(original, model, blocks=2, where="residual")
+
+
+def test_quantized_nhwc_se_blocks_are_found_fused_and_stripped():
+    quantized = quantize_qdq(keras_se_model())
+    model = ir.from_proto(quantized)
+    (block,) = find_se(model)
+    # int8 activations here: the folded Relu is a pair whose zero point is -128.
+    assert block.layout == "NHWC" and block.activation.op_type == "Relu"
+    feeds = calibration_inputs(quantized, batches=1, batch=3, seed=7)[0]
+    reference = _run(quantized, feeds)
+    for fused in (fuse_se(model, form="canonical")[0], fuse_se(model, form="function")[0]):
+        np.testing.assert_allclose(_run(_proto(fused), feeds), reference, atol=0.05 * np.abs(reference).max())
+    stripped, _ = strip_se(model)
+    assert not find_se(stripped) and "MatMul" not in [n.op_type for n in _proto(stripped).graph.node]
