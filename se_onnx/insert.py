@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from se_onnx.constants import is_constant, static_shape, value_dtype
+from se_onnx.constants import constant_array, is_constant, static_shape, value_dtype
 from se_onnx.detect import find_se
 from se_onnx.errors import SeOnnxError
 from se_onnx.gc_pause import collector_paused
@@ -44,7 +44,7 @@ from se_onnx.qdq import through_qdq
 from se_onnx.se_block import SEWeights, build_se_block, squeeze_width
 
 PLACEMENTS = ("auto", "residual", "conv")
-INITS = ("identity", "random")
+INITS = ("identity", "saturated", "random")
 
 _QUANTIZED_CONVS = frozenset({"QLinearConv", "ConvInteger"})
 # How far back the residual check walks from a branch to find its shortcut's source.
@@ -62,7 +62,9 @@ class InsertOptions:
     divisor: int | None = None
     min_channels: int = 1
     skip_depthwise: bool = False
-    init: str = "identity"  # identity (gate = 1, outputs unchanged) or random
+    # identity: gate = 2·σ(0) = 1, outputs unchanged, trainable; saturated: gate = σ(20) = 1, the
+    # plain block, outputs unchanged but not trainable; random: PyTorch's default init.
+    init: str = "identity"
     seed: int = 0
     # Trained weights keyed "<block>.fc1.weight" etc., as `export_se_weights` writes them.
     weights: Mapping[str, np.ndarray] | None = None
@@ -322,7 +324,7 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
         graph.extend(built.nodes)
         nodes, output = list(built.nodes), built.output
         if site.path.quantized is not None:
-            pair = _requantize(output, *site.path.quantized, scope)
+            pair = _requantize(graph, output, *site.path.quantized, site_weights.gate_gain, scope)
             graph.extend(pair)
             nodes += pair
             output = pair[-1].outputs[0]
@@ -354,18 +356,29 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
     return blocks
 
 
-def _requantize(value: ir.Value, quantize: ir.Node, dequantize: ir.Node, names: NameScope) -> list[ir.Node]:
+def _requantize(
+    graph: ir.Graph, value: ir.Value, quantize: ir.Node, dequantize: ir.Node, gain: float, names: NameScope
+) -> list[ir.Node]:
     """A copy of the Q/DQ pair the block's input came out of, applied to the block's output.
 
-    The block only scales its input by gates in [0, 1], and a quantization range always holds 0,
-    so the input's scale and zero point hold the output too: nothing clips, and under identity
-    init the pair gives back the very integers the model had. The DequantizeLinear → op →
-    QuantizeLinear groups around the block, which ONNX Runtime fuses into int8 kernels
-    (QLinearConv, QLinearAdd), keep their shape.
+    The block scales its input by gates in [0, gain], and a quantization range always holds 0, so
+    the input's zero point with its scale times the gain holds the output: nothing clips. With a
+    gain of 1 (`--init saturated`, or weights without one) the pair is the input's own, and under
+    that identity init it gives back the very integers the model had; the trainable identity's
+    gain of 2 makes the grid twice as coarse. The DequantizeLinear → op → QuantizeLinear groups
+    around the block keep their shape.
     """
+    scale = quantize.inputs[1]
+    if gain != 1:
+        array = constant_array(scale)
+        if array is None:
+            raise SeOnnxError(f"the scale of {node_label(quantize)!r} is not a constant, so the SE block cannot be requantized")
+        tensor = ir.Tensor((array * np.asarray(gain, array.dtype)).astype(array.dtype), name=names("requantize_scale"))
+        scale = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        graph.register_initializer(scale)
     copies = []
     for node, stem in ((quantize, "requantize"), (dequantize, "dequantize")):
-        inputs = [value, *node.inputs[1:]]
+        inputs = [value, scale, *node.inputs[2:]]
         attributes = {name: attribute.value for name, attribute in node.attributes.items()}
         copy = ir.node(node.op_type, inputs, attributes, domain=node.domain, name=names(stem), num_outputs=1)
         copy.outputs[0].name = names(f"{stem}_output")
@@ -378,7 +391,7 @@ def _weights_per_site(sites: Sequence[InsertionSite], options: InsertOptions) ->
     if options.weights is not None:
         return _weights_from_file(sites, options.weights)
     rng = np.random.default_rng(options.seed)
-    make = SEWeights.identity if options.init == "identity" else SEWeights.random
+    make = {"identity": SEWeights.identity, "saturated": SEWeights.saturated, "random": SEWeights.random}[options.init]
     result = []
     for site in sites:
         channels = site.conv.out_channels
