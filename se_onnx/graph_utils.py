@@ -48,11 +48,9 @@ def graphs(model: ir.Model) -> Iterator[tuple[ir.Graph, str]]:
         yield graph, path
         for node in graph:
             for attribute in node.attributes.values():
-                if attribute.is_ref():
-                    continue
-                if attribute.type == ir.AttributeType.GRAPH:
+                if attribute.type == ir.AttributeType.GRAPH and not attribute.is_ref():
                     yield from walk(attribute.value, f"{path}/{node_label(node)}.{attribute.name}")
-                elif attribute.type == ir.AttributeType.GRAPHS:
+                elif attribute.type == ir.AttributeType.GRAPHS and not attribute.is_ref():
                     for index, subgraph in enumerate(attribute.value):
                         yield from walk(subgraph, f"{path}/{node_label(node)}.{attribute.name}[{index}]")
 
