@@ -74,7 +74,7 @@ def _user_constants(proto: onnx.ModelProto) -> dict[str, bytes]:
 
 PADDLE_CASES = [
     pytest.param(dict(opset=opset, dtype=dtype), id=f"opset{opset}-{dtype}")
-    for opset, dtype in ((11, "float32"), (13, "float32"), (18, "float32"), (13, "float16"))
+    for opset, dtype in ((11, "float32"), (13, "float32"), (18, "float32"), (21, "float32"), (13, "float16"))
 ]
 SUBGRAPH_CASES = [
     pytest.param(build, constants, id=f"{build.__name__}-{'constants' if constants else 'initializers'}")
