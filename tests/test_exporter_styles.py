@@ -137,6 +137,15 @@ def test_paddle_insert_puts_blocks_after_each_bias_add_and_activation(case):
     assert len(find_se(model)) == 3
 
 
+@pytest.mark.parametrize("opset", [11, 18])
+def test_paddle_residual_block_gets_its_block_before_the_residual_add(opset):
+    proto = styles.paddle_resnet_model(opset=opset)
+    model, report = insert_se(ir.from_proto(proto))
+    assert report.placement == "residual"
+    assert [(block.name, block.after) for block in report.blocks] == [("branch_b", "branch_b_bias_out")]
+    _assert_same_outputs(proto, model)
+
+
 @pytest.mark.parametrize("case", PADDLE_CASES)
 def test_paddle_strip_removes_the_blocks_and_their_constants_only(case):
     proto = styles.paddle_model(**case)
