@@ -42,7 +42,7 @@ def model_opset(model: ir.Model) -> int:
 
 def graphs(model: ir.Model) -> Iterator[tuple[ir.Graph, str]]:
     """The main graph and every If/Loop/Scan body in it, to any depth, each with its path:
-    "main", then "main/<node>.<attribute>" (Scan-like lists add "[i]") one level per subgraph."""
+    "main", then "main/<node>.<attribute>" one level per subgraph (a list of graphs adds "[i]")."""
 
     def walk(graph: ir.Graph, path: str) -> Iterator[tuple[ir.Graph, str]]:
         yield graph, path
