@@ -46,17 +46,15 @@ def model_opset(model: ir.Model) -> int:
 
 def graphs(model: ir.Model) -> Iterator[tuple[ir.Graph, str]]:
     """The main graph and every If/Loop/Scan body in it, to any depth, each with its path:
-    "main", then "main/<node>.<attribute>" (Scan-like lists add "[i]") one level per subgraph."""
+    "main", then "main/<node>.<attribute>" one level per subgraph (a list of graphs adds "[i]")."""
 
     def walk(graph: ir.Graph, path: str) -> Iterator[tuple[ir.Graph, str]]:
         yield graph, path
         for node in graph:
             for attribute in node.attributes.values():
-                if attribute.is_ref():
-                    continue
-                if attribute.type == ir.AttributeType.GRAPH:
+                if attribute.type == ir.AttributeType.GRAPH and not attribute.is_ref():
                     yield from walk(attribute.value, f"{path}/{node_label(node)}.{attribute.name}")
-                elif attribute.type == ir.AttributeType.GRAPHS:
+                elif attribute.type == ir.AttributeType.GRAPHS and not attribute.is_ref():
                     for index, subgraph in enumerate(attribute.value):
                         yield from walk(subgraph, f"{path}/{node_label(node)}.{attribute.name}[{index}]")
 

@@ -302,13 +302,15 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
 
 def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
     names = NameScope(names_in_use(model))
-    paths = graph_paths(model)
+    paths: dict[ir.Graph, str] = {model.graph: MAIN_GRAPH}
     weights = _weights_per_site(sites, options)
     blocks = []
     for site, site_weights in zip(sites, weights):
         anchor = site.anchor
         # The block goes where its feature map is defined; bodies nested there see it too.
         graph = owning_graph(anchor)
+        if graph not in paths:  # the first block in a subgraph: walk them all once
+            paths = graph_paths(model)
         scope = names.child(f"{site.conv.name}/se/")
         built = build_se_block(
             anchor,

@@ -4,6 +4,7 @@
   each conv bias is `Reshape(Constant)` in a separate `Add`, and the SE block is
   GlobalAveragePool → Conv → Add → Relu → Conv → Add → HardSigmoid(0.2, 0.5) → Mul. A user's own
   `Constant` (a scalar in `value_float` form) scales the output, so tests can check it survives.
+  `paddle_resnet_model` is the same style with a residual block.
 - `if_model`: the network sits in the branches of an If that picks one of two conv stacks; the
   branches capture the feature map and a weight from the outer graph, and reuse node names.
 - `loop_model`: a Loop body runs conv → SE block on its carried feature map, with an If nested in
@@ -149,6 +150,19 @@ def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2, se
     g.op("Mul", [h, cast], "output_scale")
     _rename_output(g, "y")
     graph = g.graph("paddle_style", [feature_map("x", g.elem_type, 3)], [feature_map("y", g.elem_type)])
+    return _model(graph, opset)
+
+
+def paddle_resnet_model(*, opset: int = 13, dtype: str = "float32") -> onnx.ModelProto:
+    """Paddle style with a residual block: x → Conv → Add → Relu → [Conv → Add → Relu → Conv → Add]
+    + shortcut → Relu → y, every weight a Constant node and every bias a Reshape(Constant) Add."""
+    g = GraphBuilder(rng=np.random.default_rng(4), dtype=dtype, constants=True, opset=opset)
+    stem = g.op("Relu", [g.conv("x", 3, CHANNELS, "stem", paddle=True)], "stem_relu")
+    h = g.op("Relu", [g.conv(stem, CHANNELS, CHANNELS, "branch_a", paddle=True)], "branch_relu")
+    h = g.conv(h, CHANNELS, CHANNELS, "branch_b", paddle=True)
+    g.op("Relu", [g.op("Add", [h, stem], "residual")], "out_relu")
+    _rename_output(g, "y")
+    graph = g.graph("paddle_resnet", [feature_map("x", g.elem_type, 3)], [feature_map("y", g.elem_type)])
     return _model(graph, opset)
 
 

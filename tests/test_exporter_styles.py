@@ -74,7 +74,7 @@ def _user_constants(proto: onnx.ModelProto) -> dict[str, bytes]:
 
 PADDLE_CASES = [
     pytest.param(dict(opset=opset, dtype=dtype), id=f"opset{opset}-{dtype}")
-    for opset, dtype in ((11, "float32"), (13, "float32"), (18, "float32"), (13, "float16"))
+    for opset, dtype in ((11, "float32"), (13, "float32"), (18, "float32"), (21, "float32"), (13, "float16"))
 ]
 SUBGRAPH_CASES = [
     pytest.param(build, constants, id=f"{build.__name__}-{'constants' if constants else 'initializers'}")
@@ -135,6 +135,15 @@ def test_paddle_insert_puts_blocks_after_each_bias_add_and_activation(case):
     _assert_same_outputs(proto, model)
     assert _user_constants(_checked(model)) == _user_constants(proto) == constants
     assert len(find_se(model)) == 3
+
+
+@pytest.mark.parametrize("opset", [11, 18])
+def test_paddle_residual_block_gets_its_block_before_the_residual_add(opset):
+    proto = styles.paddle_resnet_model(opset=opset)
+    model, report = insert_se(ir.from_proto(proto))
+    assert report.placement == "residual"
+    assert [(block.name, block.after) for block in report.blocks] == [("branch_b", "branch_b_bias_out")]
+    _assert_same_outputs(proto, model)
 
 
 @pytest.mark.parametrize("case", PADDLE_CASES)
