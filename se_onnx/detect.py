@@ -20,7 +20,7 @@ import enum
 import numpy as np
 import onnx_ir as ir
 
-from se_onnx.constants import constant_array, value_dtype
+from se_onnx.constants import constant_array, is_constant, value_dtype
 from se_onnx.graph_utils import MAIN_GRAPH, float_attribute, graphs, int_attribute, ints_attribute, node_label
 from se_onnx.se_block import Activation, Gate, LayerWeights, SEWeights
 
@@ -110,7 +110,7 @@ class SEBlock:
         if len(self.layers) != 2:
             raise ValueError("a one-layer SE block has no fc1/fc2 pair")
         (fc1_weight, fc1_bias), (fc2_weight, fc2_bias) = (layer.weights for layer in self.layers)
-        return SEWeights(fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        return SEWeights(fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_gain=self.gate.gain)
 
     def to_dict(self) -> dict:
         return {
@@ -121,7 +121,12 @@ class SEBlock:
             "squeeze": self.squeeze.op_type,
             "layers": [layer.op_type for layer in self.layers],
             "activation": self.activation.describe() if self.activation else None,
-            "gate": {"op_type": self.gate.op_type, "alpha": self.gate.alpha, "beta": self.gate.beta},
+            "gate": {
+                "op_type": self.gate.op_type,
+                "alpha": self.gate.alpha,
+                "beta": self.gate.beta,
+                "gain": self.gate.gain,
+            },
             "spatial_rank": self.spatial_rank,
             "dtype": self.dtype.name,
             "graph": self.graph,
@@ -231,6 +236,9 @@ def _match_block(mul: ir.Node) -> SEBlock:
 
 
 def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlock:
+    if is_constant(x):
+        # A gate times a constant is a gate's gain (or a scaled gate), not a rescaled feature map.
+        raise _Mismatch(Stage.RESCALE, "the Mul rescales a constant")
     broadcast_nodes, gate_output = _strip_gate_broadcast(gate_operand)
     gate, gate_nodes, excitation = _match_gate(gate_output)
     if excitation is x:
@@ -284,12 +292,23 @@ def _strip_gate_broadcast(value: ir.Value) -> tuple[tuple[ir.Node, ...], ir.Valu
 
 
 def _match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
-    """Pattern: Sigmoid(z) | HardSigmoid(z; alpha, beta) | Clip(z + b, 0, h) / h (or · 1/h).
+    """Pattern: Sigmoid(z) | HardSigmoid(z; alpha, beta) | Clip(z + b, 0, h) / h (or · 1/h), each
+    optionally times a scalar constant gain (the trainable identity init's 2·σ, NFNets' SE gate).
 
     The written-out hard sigmoid is normalized to HardSigmoid(alpha=1/h, beta=b/h): PyTorch's
     hardsigmoid exported at old opsets and Keras' hard_sigmoid take this form with b=3, h=6.
     """
     node = value.producer()
+    if node is not None and node.op_type == "Mul" and node.domain == "":
+        gated, gain = _split_constant_operand(node)
+        if gain is not None and gain.size == 1 and gated is not None and gated.producer() is not None:
+            try:
+                gate, nodes, excitation = _match_gate(gated)
+            except _Mismatch:
+                pass  # a written-out hard sigmoid's own Mul(·, 1/h)
+            else:
+                if gate.gain == 1:
+                    return dataclasses.replace(gate, gain=float(gain.item())), (*nodes, node), excitation
     if node is None or node.domain != "":
         raise _Mismatch(Stage.RESCALE, "neither Mul operand comes from a Sigmoid or hard-sigmoid gate")
     if node.op_type == "Sigmoid":
