@@ -252,16 +252,31 @@ def test_fuse_in_subgraphs_keeps_outputs(build, constants, form):
         assert [block.graph for block in find_se(fused)] == [report.blocks[0]["graph"]]
 
 
-def test_export_weights_keys_subgraph_blocks_by_their_graph_and_round_trips():
-    proto = styles.if_model()
+@pytest.mark.parametrize(("build", "constants"), SUBGRAPH_CASES)
+def test_export_weights_keys_subgraph_blocks_by_their_graph_and_round_trips(build, constants):
+    proto = build(constants=constants)
     arrays = export_se_weights(ir.from_proto(proto))
-    assert sorted({key.rsplit(".", 2)[0] for key in arrays}) == ["pick.then_branch/conv"]
+    (key,) = sorted({key.rsplit(".", 2)[0] for key in arrays})
+    assert key.startswith(BLOCK_GRAPH[build].removeprefix("main/") + "/")
     stripped, _ = strip_se(ir.from_proto(proto))
-    model, _ = insert_se(stripped, InsertOptions(where="conv", nodes=("pick.then_branch/conv",), weights=arrays))
+    model, report = insert_se(stripped, InsertOptions(where="conv", nodes=(key,), weights=arrays))
+    assert [(block.name, block.graph) for block in report.blocks] == [(key, BLOCK_GRAPH[build])]
     _checked(model)
     again = export_se_weights(model)
-    for key, array in arrays.items():
-        np.testing.assert_allclose(again[key], array, rtol=1e-6)
+    assert sorted(again) == sorted(arrays)
+    for name, array in arrays.items():
+        np.testing.assert_allclose(again[name], array, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("build", "constants"), SUBGRAPH_CASES)
+def test_inspect_lists_subgraph_convs_and_blocks_with_their_graphs(build, constants):
+    proto = build(constants=constants)
+    summary = inspect_model(ir.from_proto(proto))
+    assert {conv.graph for conv in summary.convs} >= {BLOCK_GRAPH[build]}
+    assert all(conv.out_channels is not None for conv in summary.convs)  # every weight shape known
+    assert [block.graph for block in summary.se_blocks] == [BLOCK_GRAPH[build]]
+    _, report = insert_se(ir.from_proto(proto), InsertOptions(where="conv"))
+    assert summary.insertion_sites["conv"] == [block.name for block in report.blocks]
 
 
 # --- A whole network in both branches of an If -----------------------------------------------------
