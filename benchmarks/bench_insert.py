@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import build_samples  # noqa: E402
-from se_onnx import InsertOptions, insert_se, load_model, save_model  # noqa: E402
+from se_onnx import InsertOptions, InsertSE, insert_se, load_model, save_model  # noqa: E402
 from se_onnx.bench import BenchOptions, Spread, benchmark, pairwise_ratio, time_interleaved  # noqa: E402
 
 # The SENet paper's setting, for every part: blocks on the residual branches, r = 16 (+10 % weights;
@@ -58,8 +58,8 @@ class Comparison:
 class ScalingPoint:
     convs: int
     blocks: int
-    seconds: float  # median of load_model + insert_se + save_model
-    pass_seconds: float  # median of insert_se alone
+    seconds: float  # median of load_model + InsertSE + save_model
+    pass_seconds: float  # median of the pass alone
     cpu_seconds: float  # median CPU time of the whole, which a busy machine disturbs less
 
     @property
@@ -118,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _in_process(source: Path, folder: Path, rounds: int, clock) -> Comparison:
-    """load_model → insert_se → save_model (checked, atomic) against onnx.load → onnx.save."""
+    """load_model → InsertSE → save_model (checked, atomic) against onnx.load → onnx.save."""
     ours, theirs = folder / "in_process_se.onnx", folder / "in_process_plain.onnx"
 
-    def se_onnx() -> None:  # what `se-onnx insert` does
-        model, _ = insert_se(load_model(source), PAPER_OPTIONS, in_place=True)
+    def se_onnx() -> None:  # what `se-onnx insert` does: the pass in place on the loaded model
+        model = load_model(source)
+        InsertSE(PAPER_OPTIONS)(model)
         save_model(model, ours)
 
     def baseline() -> None:
@@ -176,9 +177,9 @@ def _scaling(sizes: list[int], folder: Path, rounds: int) -> list[ScalingPoint]:
             cpu_start, start = time.process_time(), time.perf_counter()
             model = load_model(source)
             pass_start = time.perf_counter()
-            inserted, report = insert_se(model, InsertOptions(where="conv"), in_place=True)
+            report = InsertSE(InsertOptions(where="conv"))(model).report
             passes.append(time.perf_counter() - pass_start)
-            save_model(inserted, folder / f"chain_{convs}_se.onnx")
+            save_model(model, folder / f"chain_{convs}_se.onnx")
             totals.append(time.perf_counter() - start)
             cpu.append(time.process_time() - cpu_start)
             blocks = len(report.blocks)
@@ -232,7 +233,7 @@ def _print(results: dict, args: argparse.Namespace) -> None:
         points, fit = results["scaling"]["points"], results["scaling"]["fit"]
         print(f"Scaling on conv chains (--where conv, load + insert + checked save), median of {args.scaling_rounds}\n")
         _table(
-            ("convs", "blocks", "total", "insert_se", "CPU", "µs / conv"),
+            ("convs", "blocks", "total", "pass", "CPU", "µs / conv"),
             [(p.convs, p.blocks, f"{p.seconds:.2f} s", f"{p.pass_seconds:.2f} s", f"{p.cpu_seconds:.2f} s", f"{p.us_per_conv:.0f}") for p in points],
         )
         print(

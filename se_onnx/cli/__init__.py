@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "unfuse",
     "strip",
     "bench",
+    "train",
+    "evaluate",
     "serve",
 )
 
