@@ -224,7 +224,12 @@ class GrpcServer:
 
     async def start(self) -> None:
         # The HTTP size limit applies to each message; past it gRPC answers RESOURCE_EXHAUSTED.
-        options = [("grpc.max_receive_message_length", self._config.max_request_size), ("grpc.max_send_message_length", -1)]
+        # No SO_REUSEPORT (grpcio's default): a second server on a taken port must fail, not share it.
+        options = [
+            ("grpc.max_receive_message_length", self._config.max_request_size),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
         server = grpc.aio.server(options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -3,8 +3,11 @@ every RPC, streaming, status codes, the repository key, health, reflection, SIGT
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,7 +19,7 @@ import tritonclient.http as triton_http
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from service_helpers import free_port, identity_model, relu_neg_model, slow_model, start_server, stop_server, write_repo
+from service_helpers import ROOT, free_port, identity_model, relu_neg_model, slow_model, start_server, stop_server, write_repo
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
@@ -324,3 +327,12 @@ def test_sigterm_finishes_open_stream_and_unary_calls_and_exits_0(tmp_path):
     assert streamed.empty(), "the stream ended with an error"
     with pytest.raises(InferenceServerException):
         triton.InferenceServerClient(url).is_server_live(client_timeout=2)
+
+
+def test_a_taken_grpc_port_stops_the_server_at_start_up(server, tmp_path):
+    """grpcio shares a port between processes unless told not to; a second server must fail instead."""
+    url, _, repo = server
+    command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
+               "--grpc-port", url.rsplit(":", 1)[1], "--model-repository", str(repo)]  # fmt: skip
+    failed = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0 and "cannot listen for gRPC on 127.0.0.1:" in failed.stderr
