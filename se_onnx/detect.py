@@ -108,7 +108,7 @@ class SEBlock:
         if len(self.layers) != 2:
             raise ValueError("a one-layer SE block has no fc1/fc2 pair")
         fc1, fc2 = self.layers
-        return SEWeights(fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return SEWeights(fc1.weight, fc1.bias, fc2.weight, fc2.bias, gate_gain=self.gate.gain)
 
     def to_dict(self) -> dict:
         return {
@@ -119,7 +119,12 @@ class SEBlock:
             "squeeze": self.squeeze.op_type,
             "layers": [layer.op_type for layer in self.layers],
             "activation": self.activation.describe() if self.activation else None,
-            "gate": {"op_type": self.gate.op_type, "alpha": self.gate.alpha, "beta": self.gate.beta},
+            "gate": {
+                "op_type": self.gate.op_type,
+                "alpha": self.gate.alpha,
+                "beta": self.gate.beta,
+                "gain": self.gate.gain,
+            },
             "spatial_rank": self.spatial_rank,
             "dtype": self.dtype.name,
             "nodes": [node.name for node in self.nodes],
@@ -193,6 +198,9 @@ def _match_block(mul: ir.Node) -> SEBlock:
 
 
 def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlock:
+    if _constant_tensor(x) is not None:
+        # A gate times a constant is a gate's gain (or a scaled gate), not a rescaled feature map.
+        raise _Mismatch(Stage.RESCALE, "the Mul rescales a constant")
     broadcast_nodes, gate_output = _strip_gate_broadcast(gate_operand)
     gate, gate_nodes, excitation = _match_gate(gate_output)
     if excitation is x:
@@ -246,12 +254,23 @@ def _strip_gate_broadcast(value: ir.Value) -> tuple[tuple[ir.Node, ...], ir.Valu
 
 
 def _match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
-    """Pattern: Sigmoid(z) | HardSigmoid(z; alpha, beta) | Clip(z + b, 0, h) / h (or · 1/h).
+    """Pattern: Sigmoid(z) | HardSigmoid(z; alpha, beta) | Clip(z + b, 0, h) / h (or · 1/h), each
+    optionally times a scalar constant gain (the trainable identity init's 2·σ, NFNets' SE gate).
 
     The written-out hard sigmoid is normalized to HardSigmoid(alpha=1/h, beta=b/h): PyTorch's
     hardsigmoid exported at old opsets and Keras' hard_sigmoid take this form with b=3, h=6.
     """
     node = value.producer()
+    if node is not None and node.op_type == "Mul" and node.domain == "":
+        gated, gain = _split_constant_operand(node)
+        if gain is not None and gain.size == 1 and gated is not None and gated.producer() is not None:
+            try:
+                gate, nodes, excitation = _match_gate(gated)
+            except _Mismatch:
+                pass  # a written-out hard sigmoid's own Mul(·, 1/h)
+            else:
+                if gate.gain == 1:
+                    return dataclasses.replace(gate, gain=float(gain.item())), (*nodes, node), excitation
     if node is None or node.domain != "":
         raise _Mismatch(Stage.RESCALE, "neither Mul operand comes from a Sigmoid or hard-sigmoid gate")
     if node.op_type == "Sigmoid":

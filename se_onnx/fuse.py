@@ -331,7 +331,8 @@ def _to_functions(model: ir.Model) -> ir.Model:
 def _overload(block: SEBlock) -> str:
     """The name of the function body a block needs: what varies between bodies."""
     activation = block.activation.op_type.lower() if block.activation else "one_layer"
-    return f"{activation}_{block.gate.op_type.lower()}_{block.spatial_rank}d"
+    gain = "" if block.gate.gain == 1 else "_gain"
+    return f"{activation}_{block.gate.op_type.lower()}{gain}_{block.spatial_rank}d"
 
 
 def _function(body: BuiltBlock, overload: str, opset: int) -> ir.Function:

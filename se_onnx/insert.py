@@ -22,7 +22,7 @@ from se_onnx.naming import NameScope, names_in_use
 from se_onnx.se_block import MIN_OPSET, SEWeights, build_se_block, squeeze_width
 
 PLACEMENTS = ("auto", "residual", "conv")
-INITS = ("identity", "random")
+INITS = ("identity", "saturated", "random")
 
 # Elementwise activations that a conv layer's output may pass through before the SE block.
 _ACTIVATIONS = frozenset(
@@ -47,7 +47,9 @@ class InsertOptions:
     divisor: int | None = None
     min_channels: int = 1
     skip_depthwise: bool = False
-    init: str = "identity"  # identity (gate = 1, outputs unchanged) or random
+    # identity: gate = 2·σ(0) = 1, outputs unchanged, trainable; saturated: gate = σ(20) = 1, the
+    # plain block, outputs unchanged but not trainable; random: PyTorch's default init.
+    init: str = "identity"
     seed: int = 0
     # Trained weights keyed "<block>.fc1.weight" etc., as `export_se_weights` writes them.
     weights: Mapping[str, np.ndarray] | None = None
@@ -285,7 +287,7 @@ def _weights_per_site(sites: Sequence[InsertionSite], options: InsertOptions) ->
     if options.weights is not None:
         return _weights_from_file(sites, options.weights)
     rng = np.random.default_rng(options.seed)
-    make = SEWeights.identity if options.init == "identity" else SEWeights.random
+    make = {"identity": SEWeights.identity, "saturated": SEWeights.saturated, "random": SEWeights.random}[options.init]
     result = []
     for site in sites:
         channels = site.conv.out_channels

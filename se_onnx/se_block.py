@@ -26,8 +26,13 @@ UNSQUEEZE_AXES_AS_INPUT = 13
 HARD_SWISH_OPSET = 14
 MIN_OPSET = 11
 
-# sigmoid(IDENTITY_GATE_BIAS) rounds to exactly 1 in fp32, fp16 and bf16.
-IDENTITY_GATE_BIAS = 20.0
+# sigmoid(SATURATED_GATE_BIAS) rounds to exactly 1 in fp32, fp16 and bf16, but σ' there is
+# about 2·10⁻⁹, so gradient descent cannot move a block started this way.
+SATURATED_GATE_BIAS = 20.0
+# The trainable identity: the gate starts at σ(0) = 0.5, where σ' = 0.25, and a constant gain of
+# 1/σ(0) = 2 puts the factor back. Both are exact in every float type, so the gate is exactly 1.
+TRAINABLE_GATE_BIAS = 0.0
+TRAINABLE_GATE_GAIN = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +54,13 @@ class Gate:
     op_type: str = "Sigmoid"  # Sigmoid or HardSigmoid
     alpha: float | None = None  # HardSigmoid: max(0, min(1, alpha·x + beta))
     beta: float | None = None
+    gain: float = 1.0  # a constant the gate is multiplied by (2 in the trainable identity init)
 
     def describe(self) -> str:
+        text = self.op_type
         if self.op_type == "HardSigmoid":
-            return f"HardSigmoid(alpha={self.alpha:g}, beta={self.beta:g})"
-        return self.op_type
+            text = f"HardSigmoid(alpha={self.alpha:g}, beta={self.beta:g})"
+        return text if self.gain == 1 else f"{self.gain:g}·{text}"
 
 
 RELU = Activation("Relu")
@@ -62,14 +69,17 @@ SIGMOID = Gate("Sigmoid")
 
 @dataclasses.dataclass(frozen=True)
 class SEWeights:
-    """The two excitation layers in PyTorch's Linear layout (weight is out × in)."""
+    """The two excitation layers in PyTorch's Linear layout (weight is out × in), and the gate's gain."""
 
     fc1_weight: np.ndarray  # S × C
     fc1_bias: np.ndarray  # S
     fc2_weight: np.ndarray  # C × S
     fc2_bias: np.ndarray  # C
+    gate_gain: float = 1.0
 
     KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    # Optional in a weights file; written only for a gate with a gain, so plain blocks keep four keys.
+    GAIN_KEY = "gate.gain"
 
     @property
     def channels(self) -> int:
@@ -80,7 +90,10 @@ class SEWeights:
         return int(self.fc1_weight.shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return dict(zip(self.KEYS, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)))
+        arrays = dict(zip(self.KEYS, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)))
+        if self.gate_gain != 1:
+            arrays[self.GAIN_KEY] = np.array(self.gate_gain, np.float32)
+        return arrays
 
     @classmethod
     def from_arrays(
@@ -112,20 +125,36 @@ class SEWeights:
                     f"{where}: {key} has shape {tuple(np.shape(arrays[key]))}, expected {shape}"
                 )
             shaped[key] = array
-        return cls(*(shaped[key] for key in cls.KEYS))
+        gain = np.asarray(arrays.get(cls.GAIN_KEY, 1.0))
+        if gain.size != 1:
+            raise SeOnnxError(f"{where}: {cls.GAIN_KEY} has shape {gain.shape}, expected a scalar")
+        return cls(*(shaped[key] for key in cls.KEYS), gate_gain=float(gain.item()))
 
     @classmethod
     def identity(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
-        """A block whose gate is exactly 1: W2 = 0 and a large b2, so the model is unchanged.
+        """A trainable block whose gate is exactly 1: W2 = 0, b2 = 0 and a gain of 1/σ(0) = 2.
 
-        W1 keeps a random init so that fine-tuning has a live path through the activation.
+        The gate sits where σ' = 0.25, so gradients reach W2 and b2; W1 keeps a random init so
+        that they also reach W1 once W2 moves.
         """
+        return cls._constant_gate(channels, squeeze_channels, rng, TRAINABLE_GATE_BIAS, TRAINABLE_GATE_GAIN)
+
+    @classmethod
+    def saturated(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
+        """A plain block (no gain) whose gate is exactly 1: W2 = 0 and b2 = 20. Not trainable: σ' ≈ 2·10⁻⁹."""
+        return cls._constant_gate(channels, squeeze_channels, rng, SATURATED_GATE_BIAS, 1.0)
+
+    @classmethod
+    def _constant_gate(
+        cls, channels: int, squeeze_channels: int, rng: np.random.Generator, bias: float, gain: float
+    ) -> SEWeights:
         fc1 = _pytorch_linear_init(squeeze_channels, channels, rng)
         return cls(
             fc1_weight=fc1[0],
             fc1_bias=np.zeros(squeeze_channels, np.float32),
             fc2_weight=np.zeros((channels, squeeze_channels), np.float32),
-            fc2_bias=np.full(channels, IDENTITY_GATE_BIAS, np.float32),
+            fc2_bias=np.full(channels, bias, np.float32),
+            gate_gain=gain,
         )
 
     @classmethod
@@ -199,8 +228,10 @@ def build_se_block(
 
     Nodes are valid at `opset` (ReduceMean's axes move to an input at 18, Unsqueeze's at 13), the
     weights are cast to `dtype`, and every name comes from `names`. The batch dim stays symbolic.
+    The gate's gain is the weights' `gate_gain`.
     """
     layers = [(weights.fc1_weight, weights.fc1_bias), (weights.fc2_weight, weights.fc2_bias)]
+    gate = dataclasses.replace(gate, gain=weights.gate_gain)
     return build_excitation(
         x, layers, spatial_rank=spatial_rank, opset=opset, dtype=dtype, names=names, activation=activation, gate=gate
     )
@@ -300,6 +331,9 @@ def _build(
         scale = block.op("Sigmoid", [value], None, "gate", shape(channels))
     else:
         raise SeOnnxError(f"unsupported SE gate {gate.op_type!r}")
+    if gate.gain != 1:
+        gain = block.constant("gate_gain", np.array(gate.gain, np.float32))
+        scale = block.op("Mul", [scale, gain], None, "gate_gain", shape(channels))
 
     if not conv:
         broadcast = ir.Shape([batch, channels, *([1] * spatial_rank)])

@@ -12,7 +12,7 @@ from models import build_samples
 from se_onnx import InsertOptions, SeOnnxError, insert_se, load_model, save_model, verify
 from se_onnx.detect import find_se
 from se_onnx.runtime import make_session, random_inputs
-from se_onnx.se_block import IDENTITY_GATE_BIAS, SEWeights, squeeze_width
+from se_onnx.se_block import SATURATED_GATE_BIAS, TRAINABLE_GATE_BIAS, TRAINABLE_GATE_GAIN, SEWeights, squeeze_width
 
 SAMPLES = {
     "resnet": build_samples.resnet_like,
@@ -212,9 +212,11 @@ def test_fixed_batch_models(tmp_path):
     assert verify(_save(original, tmp_path / "a.onnx"), _save(model, tmp_path / "b.onnx"), batch=3).passed
 
 
-def test_identity_gate_is_exactly_one():
+def test_identity_gates_are_exactly_one():
     for dtype in (np.float32, np.float16):
-        assert (1 / (1 + np.exp(-np.array(IDENTITY_GATE_BIAS, dtype)))).astype(dtype) == 1
+        assert (1 / (1 + np.exp(-np.array(SATURATED_GATE_BIAS, dtype)))).astype(dtype) == 1
+        trainable = (1 / (1 + np.exp(-np.array(TRAINABLE_GATE_BIAS, dtype)))).astype(dtype)
+        assert trainable * np.array(TRAINABLE_GATE_GAIN, dtype) == 1
 
 
 def test_external_data_model_is_written_with_external_data(tmp_path):

@@ -63,6 +63,8 @@ def print_blocks(blocks: list[dict]) -> None:
         gate_text = gate["op_type"]
         if gate.get("alpha") is not None:
             gate_text += f"({gate['alpha']:.4g}, {gate['beta']:.4g})"
+        if gate.get("gain", 1) != 1:
+            gate_text = f"{gate['gain']:g}·{gate_text}"
         rows.append(
             (
                 block["channels"],

@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "insert",
         help="add SE blocks after conv layers",
         description="Add Squeeze-and-Excitation blocks (ReduceMean → Gemm → Relu → Gemm → Sigmoid → "
-        "Mul) after conv layers. By default the gate starts at exactly 1, so the model's outputs are "
-        "unchanged until the blocks are trained.",
+        "Mul) after conv layers. By default the gate starts at exactly 1 (2·σ(0)), so the model's outputs "
+        "are unchanged until the blocks are trained, and gradients reach them.",
     )
     add_rewrite_arguments(parser, "where to write the model with SE blocks")
     placement = parser.add_argument_group("placement")
@@ -47,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--init",
         choices=INITS,
         default="identity",
-        help="identity (default): gate = 1, outputs unchanged; random: PyTorch's default init",
+        help="identity (default): gate = 2·σ(0) = 1, outputs unchanged, trainable (se-onnx train); "
+        "saturated: the plain block with gate = σ(20) = 1, outputs unchanged, one Mul fewer, but "
+        "gradients vanish (for blocks you will never train); random: PyTorch's default init",
     )
     init.add_argument("--seed", type=int, default=0, help="seed for the random parts of the init (default 0)")
     init.add_argument(
