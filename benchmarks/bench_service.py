@@ -174,10 +174,10 @@ def grpc_caller(url: str, model: str, x: np.ndarray, shm: bool = False):
     return make
 
 
-# Shared memory callers by region name (made once, so that no measurement times their set-up) and
-# their regions, destroyed when the benchmark ends.
-_SHM_CALLS: dict = {}
-_SHM_HANDLES: list = []
+# Shared memory regions by name, made and registered once (so that no measurement times their
+# set-up; clients cannot be kept, tritonclient.http's belong to the thread that made them), and
+# destroyed when the benchmark ends.
+_SHM_REGIONS: dict = {}
 
 
 def _shm_call(client, model: str, x: np.ndarray, tensor, requested, output_shape: list[int], name: str):
@@ -185,14 +185,13 @@ def _shm_call(client, model: str, x: np.ndarray, tensor, requested, output_shape
     does it: each call copies the input in and reads the output where the server wrote it."""
     import tritonclient.utils.shared_memory as shm
 
-    if name in _SHM_CALLS:
-        return _SHM_CALLS[name]
     shape = [x.shape[0], *output_shape[1:]]
     out_bytes = int(np.prod(shape)) * 4
     region = f"bench-{os.getpid()}-{name}"
-    handle = shm.create_shared_memory_region(region, f"/{region}", x.nbytes + out_bytes)
-    _SHM_HANDLES.append(handle)
-    client.register_system_shared_memory(region, f"/{region}", x.nbytes + out_bytes)
+    if region not in _SHM_REGIONS:
+        _SHM_REGIONS[region] = shm.create_shared_memory_region(region, f"/{region}", x.nbytes + out_bytes)
+        client.register_system_shared_memory(region, f"/{region}", x.nbytes + out_bytes)
+    handle = _SHM_REGIONS[region]
     tensor.set_shared_memory(region, x.nbytes)
     requested.set_shared_memory(region, out_bytes, offset=x.nbytes)
 
@@ -201,7 +200,6 @@ def _shm_call(client, model: str, x: np.ndarray, tensor, requested, output_shape
         client.infer(model, [tensor], outputs=[requested])
         return shm.get_contents_as_numpy(handle, np.float32, shape, offset=x.nbytes)
 
-    _SHM_CALLS[name] = call
     return call
 
 
@@ -383,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
             }  # fmt: skip
         finally:
             server.stop()
-            if _SHM_HANDLES:
+            if _SHM_REGIONS:
                 import tritonclient.utils.shared_memory as shm
 
-                for handle in _SHM_HANDLES:
+                for handle in _SHM_REGIONS.values():
                     shm.destroy_shared_memory_region(handle)
     return _report(results, args.json)
 
