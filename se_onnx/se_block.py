@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,6 +68,21 @@ RELU = Activation("Relu")
 SIGMOID = Gate("Sigmoid")
 
 
+class LayerWeights(typing.NamedTuple):
+    """One excitation layer in PyTorch's Linear layout; every builder and matcher speaks it."""
+
+    weight: np.ndarray  # out × in
+    bias: np.ndarray  # out
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class SEWeights:
     """The two excitation layers in PyTorch's Linear layout (weight is out × in), and the gate's gain."""
@@ -88,6 +104,9 @@ class SEWeights:
     @property
     def squeeze_channels(self) -> int:
         return int(self.fc1_weight.shape[0])
+
+    def layers(self) -> tuple[LayerWeights, LayerWeights]:
+        return LayerWeights(self.fc1_weight, self.fc1_bias), LayerWeights(self.fc2_weight, self.fc2_bias)
 
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = dict(zip(self.KEYS, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)))
@@ -194,6 +213,9 @@ def squeeze_width(channels: int, ratio: float, min_squeeze: int = 1, divisor: in
 # How the excitation is laid out: "gemm" (ReduceMean → Gemm → … → Unsqueeze → Mul, the insertion
 # pass's form) or "conv" (GlobalAveragePool → 1×1 Conv → … → Mul, the form torchvision exports).
 LAYOUTS = ("gemm", "conv")
+# The function that the fuse pass's function form calls, one overload per kind of block.
+SE_DOMAIN = "se_onnx"
+FUNCTION_NAME = "SqueezeExcitation"
 # The attributes a function-form block's body refers to (see `build_se_function_body`).
 GATE_ALPHA, GATE_BETA, ACTIVATION_ALPHA = "gate_alpha", "gate_beta", "activation_alpha"
 
@@ -223,8 +245,10 @@ def build_se_block(
     names: NameScope,
     activation: Activation = RELU,
     gate: Gate = SIGMOID,
+    channels_last: bool = False,
 ) -> BuiltBlock:
-    """Build the canonical SE block over the N×C×spatial feature map `x`.
+    """Build the canonical SE block over the N×C×spatial (or, `channels_last`, N×spatial×C)
+    feature map `x`.
 
     Nodes are valid at `opset` (ReduceMean's axes move to an input at 18, Unsqueeze's at 13), the
     weights are cast to `dtype`, and every name comes from `names`. The batch dim stays symbolic.
@@ -233,13 +257,21 @@ def build_se_block(
     layers = [(weights.fc1_weight, weights.fc1_bias), (weights.fc2_weight, weights.fc2_bias)]
     gate = dataclasses.replace(gate, gain=weights.gate_gain)
     return build_excitation(
-        x, layers, spatial_rank=spatial_rank, opset=opset, dtype=dtype, names=names, activation=activation, gate=gate
+        x,
+        layers,
+        spatial_rank=spatial_rank,
+        opset=opset,
+        dtype=dtype,
+        names=names,
+        activation=activation,
+        gate=gate,
+        channels_last=channels_last,
     )
 
 
 def build_excitation(
     x: ir.Value,
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     *,
     spatial_rank: int,
     opset: int,
@@ -248,22 +280,27 @@ def build_excitation(
     activation: Activation | None,
     gate: Gate,
     layout: str = "gemm",
+    channels_last: bool = False,
 ) -> BuiltBlock:
     """An SE block with one or two excitation layers (weight out × in, bias out) in `layout`.
 
     Two layers have `activation` between them; one layer (the "effective SE" variant) has none.
+    `channels_last`: `x` is N×spatial×C (an NHWC island, as TensorFlow exports run between
+    Transposes); the squeeze averages axes 1…rank and the gate broadcasts on the last axis.
     """
-    return _build(_Tape(names, dtype), x, layers, spatial_rank, opset, activation, gate, layout)
+    tape = _Tape(names, dtype)
+    return _build(tape, x, layers, spatial_rank, opset, activation, gate, layout, channels_last)
 
 
 def build_se_function_body(
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     *,
     spatial_rank: int,
     opset: int,
     dtype: ir.DataType,
     activation: Activation | None,
     gate: Gate,
+    channels_last: bool = False,
 ) -> BuiltBlock:
     """The body of a function that computes one SE block in the gemm layout.
 
@@ -273,18 +310,19 @@ def build_se_function_body(
     """
     tape = _Tape(NameScope(set()), dtype, function=True)
     x = tape.input("X", None)
-    return _build(tape, x, layers, spatial_rank, opset, activation, gate, "gemm")
+    return _build(tape, x, layers, spatial_rank, opset, activation, gate, "gemm", channels_last)
 
 
 def _build(
     block: _Tape,
     x: ir.Value,
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     spatial_rank: int,
     opset: int,
     activation: Activation | None,
     gate: Gate,
     layout: str,
+    channels_last: bool,
 ) -> BuiltBlock:
     if opset < MIN_OPSET:
         raise SeOnnxError(f"opset {opset} is older than {MIN_OPSET}, the oldest se-onnx supports")
@@ -293,9 +331,12 @@ def _build(
     if len(layers) not in (1, 2) or (len(layers) == 2) != (activation is not None):
         raise SeOnnxError("an SE block has two excitation layers with an activation, or one without")
     conv = layout == "conv"
+    if conv and channels_last:
+        raise SeOnnxError("the conv layout needs a channels-first feature map")
     batch = x.shape[0] if x.shape is not None and len(x.shape) > 0 else None
     unit_dims = [1] * spatial_rank if conv else []
-    spatial_axes = list(range(2, 2 + spatial_rank))
+    first_spatial_axis = 1 if channels_last else 2
+    spatial_axes = list(range(first_spatial_axis, first_spatial_axis + spatial_rank))
 
     def shape(channels: int) -> ir.Shape:
         return ir.Shape([batch, int(channels), *unit_dims])
@@ -336,7 +377,8 @@ def _build(
         scale = block.op("Mul", [scale, gain], None, "gate_gain", shape(channels))
 
     if not conv:
-        broadcast = ir.Shape([batch, channels, *([1] * spatial_rank)])
+        unit_spatial = [1] * spatial_rank
+        broadcast = ir.Shape([batch, *unit_spatial, channels] if channels_last else [batch, channels, *unit_spatial])
         if opset >= UNSQUEEZE_AXES_AS_INPUT:
             axes = block.constant("unsqueeze_axes", np.array(spatial_axes, np.int64), exact=True)
             scale = block.op("Unsqueeze", [scale, axes], None, "unsqueeze", broadcast)
@@ -373,7 +415,8 @@ def _activate(
 
 
 class _Tape:
-    """Records the nodes and initializers of one block, each named from the block's scope.
+    """Records one block's nodes and initializers on an onnx-ir tape, naming each from the block's
+    scope and typing each output with the block's dtype.
 
     In a function body (`function=True`) weights become body inputs, exact constants become
     Constant nodes, and attributes that a call may set become references to the call's attributes.
@@ -383,10 +426,17 @@ class _Tape:
         self.names = names
         self.dtype = dtype
         self.function = function
-        self.nodes: list[ir.Node] = []
-        self.initializers: list[ir.Value] = []
+        self.tape = ir.tape.Tape()
         self.inputs: list[ir.Value] = []
         self.arguments: list[np.ndarray] = []
+
+    @property
+    def nodes(self) -> list[ir.Node]:
+        return list(self.tape.nodes)
+
+    @property
+    def initializers(self) -> list[ir.Value]:
+        return list(self.tape.initializers)
 
     def input(self, stem: str, array: np.ndarray | None) -> ir.Value:
         value = ir.Value(name=self.names(stem))
@@ -405,13 +455,10 @@ class _Tape:
         # conversion checks were a third of the insertion pass's time.
         tensor = ir.Tensor(array, name=name)
         if self.function:
-            node = ir.node("Constant", [], {"value": tensor}, name=self.names(f"{stem}_constant"), num_outputs=1)
-            node.outputs[0].name = name
-            self.nodes.append(node)
-            return node.outputs[0]
-        value = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-        self.initializers.append(value)
-        return value
+            output = self.tape.op("Constant", [], {"value": tensor}, name=self.names(f"{stem}_constant"))
+            output.name = name
+            return output
+        return self.tape.initializer(tensor)
 
     def attribute(self, name: str, call_attribute: str, value: float | None) -> ir.Attr | float | None:
         """A float attribute: its value, or in a function body a reference to the call's."""
@@ -428,11 +475,9 @@ class _Tape:
         shape: ir.Shape | None,
     ) -> ir.Value:
         """Add a node; its output has the block's dtype and `shape` (None: unknown)."""
-        node = ir.node(op_type, inputs, attributes, name=self.names(stem), num_outputs=1)
-        output = node.outputs[0]
+        output = self.tape.op(op_type, inputs, attributes, name=self.names(stem))
         output.name = self.names(f"{stem}_output")
         if not self.function:  # a function body is generic over its callers' types
             output.type = ir.TensorType(self.dtype)
             output.shape = shape
-        self.nodes.append(node)
         return output

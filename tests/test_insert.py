@@ -270,7 +270,7 @@ def test_conv_feeding_a_graph_output_keeps_the_output_name(tmp_path):
     assert verify(_save(original, tmp_path / "a.onnx"), _save(model, tmp_path / "b.onnx")).passed
 
 
-def test_convs_inside_subgraphs_are_reported_as_skipped():
+def test_convs_inside_subgraphs_get_blocks_named_by_their_graph():
     inner_weight = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "inner_w")
     branch = helper.make_graph(
         [helper.make_node("Conv", ["y", "inner_w"], ["z"], name="inner_conv")],
@@ -295,8 +295,11 @@ def test_convs_inside_subgraphs_are_reported_as_skipped():
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model, report = insert_se(_ir(proto), InsertOptions(where="conv"))
-    assert [b.name for b in report.blocks] == ["outer_conv"]
-    assert ("inner_conv", "inside a subgraph (If/Loop/Scan)") in [(s.conv, s.reason) for s in report.skipped]
+    assert [(b.name, b.graph) for b in report.blocks] == [
+        ("outer_conv", "main"),
+        ("if.then_branch/inner_conv", "main/if.then_branch"),
+    ]
+    assert report.skipped == []
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
 
 

@@ -38,7 +38,7 @@ def test_identity_init_leaves_outputs_unchanged(opset, tmp_path):
         np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
     blocks = find_se(model)
     assert blocks and all(block.gate.gain == TRAINABLE_GATE_GAIN for block in blocks)
-    assert all(np.all(block.layers[1].bias == 0) for block in blocks)
+    assert all(np.all(block.layers[1].weights.bias == 0) for block in blocks)
 
 
 @pytest.mark.parametrize("opset", OPSETS)
