@@ -166,11 +166,11 @@ class DataPlane:
                     computed = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise ServiceError(503, f"request timed out after {timeout:g} s") from None
-            outputs = {name: computed[name] for name in names}
-            for name, where in regions.items():
-                array = outputs[name]
-                raw = serialize_bytes(array) if array.dtype.kind in "OSU" else np.ascontiguousarray(array)
-                self.shared_memory.write(where, memoryview(raw).cast("B"), f"output {name!r}")
+                outputs = {name: computed[name] for name in names}
+                for name, where in regions.items():
+                    array = outputs[name]
+                    raw = serialize_bytes(array) if array.dtype.kind in "OSU" else np.ascontiguousarray(array)
+                    self.shared_memory.write(where, memoryview(raw).cast("B"), f"output {name!r}")
             response = encode(InferenceResult(model, request, outputs, regions))
         except BaseException:  # a cancelled call (client gone) counts as failed too
             model.recorder.request(False, time.perf_counter() - started)
