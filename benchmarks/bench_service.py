@@ -1,14 +1,12 @@
 """Benchmark `se-onnx serve` against ONNX Runtime in-process, on the same models and inputs.
 
-Starts the server on loopback, drives it with tritonclient.http (binary tensors unless a row says
-otherwise) and tritonclient.grpc, and prints:
+Starts the server on loopback, drives it with tritonclient.http (binary tensors) and tritonclient.grpc, and prints:
   protocols    ResNet-50-sized, batch 1, concurrency 1 and 4: gRPC, gRPC + shared memory, HTTP binary,
-               HTTP JSON and HTTP + shared memory against direct ORT, all interleaved in one run (goal gRPC
-               ≥ 0.97 of direct ORT); tiny_conv p50 over each at concurrency 1 (goal gRPC p50 ≤ 0.35 ms)
+               HTTP + shared memory and HTTP JSON vs direct ORT, interleaved in one run (goals: gRPC ≥ 0.97,
+               shared memory ≥ 0.98, JSON at concurrency 4 ≥ 0.75 of direct ORT); tiny_conv p50 over
+               each protocol at concurrency 1 (goals gRPC p50 ≤ 0.35 ms, JSON ≤ 0.5 ms)
   resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (1 and 4 instances): server vs direct ORT throughput (goal ≥ 95 %)
-  resnet50 json  the same at concurrency 4 with JSON tensors (goal ≥ 75 %)
-  resnet50 shm   the same at concurrency 1 and 4 with tensors in system shared memory (goal ≥ 98 %)
-  tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server, binary (goal p50 ≤ 1 ms) and JSON (goal p50 ≤ 0.5 ms)
+  tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
   batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×), and
                the most batching can gain: ONNX Runtime's items/s at batch 16 over batch 1, in process
   rss          server RSS before and after many requests on tiny_conv (goal < 5 % growth)
@@ -80,8 +78,9 @@ class Server:
         self.url = f"127.0.0.1:{self.port}"
         self.grpc_url = f"127.0.0.1:{_free_port()}"
         command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--grpc-port", self.grpc_url.rsplit(":", 1)[1],
                    "--model-repository", str(repository), "--provider", "cpu", "--log-level", "warning",
-                   "--intra-op-threads", str(threads), "--grpc-port", self.grpc_url.rsplit(":", 1)[1]]  # fmt: skip
+                   "--intra-op-threads", str(threads)]  # fmt: skip
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         client = triton.InferenceServerClient(self.url)
         deadline = time.monotonic() + 300
@@ -136,11 +135,11 @@ def _run_threads(concurrency: int, requests: int, work) -> tuple[float, list[flo
 
 
 def server_caller(url: str, model: str, x: np.ndarray, tensors: str = "binary"):
-    """Callers of `model`, one client per thread. `tensors`: "binary" (tritonclient.http, binary
-    tensor data), "shm" (tritonclient.http; each thread writes its input to a shared memory region
-    of its own per request and reads the output from it), or "json" (JSON `data` in a body encoded
-    once, posted with http.client: tritonclient re-encodes 150k floats per call, which costs
-    the client more than the server's whole JSON path and would measure the client instead)."""
+    """HTTP callers, one client per thread. `tensors`: "binary" (tritonclient.http, binary tensor
+    data), "shm" (tritonclient.http, tensors in system shared memory: see `_shm_caller`), or "json"
+    (JSON `data` in a body encoded once, posted with http.client: tritonclient re-encodes the
+    150k floats of a ResNet input on every call, which costs the client more than the server's whole
+    JSON path and would measure the client instead)."""
     import tritonclient.http as triton
 
     def make(index: int):
@@ -150,29 +149,58 @@ def server_caller(url: str, model: str, x: np.ndarray, tensors: str = "binary"):
             return _json_call(url, model, x, output["name"])
         tensor = triton.InferInput("input", list(x.shape), "FP32")
         requested = triton.InferRequestedOutput(output["name"], binary_data=True)
-        if tensors == "binary":
-            tensor.set_data_from_numpy(x, binary_data=True)
-            return lambda: client.infer(model, [tensor], outputs=[requested])
-        import tritonclient.utils.shared_memory as shm
-
-        shape = [x.shape[0], *output["shape"][1:]]
-        out_bytes = int(np.prod(shape)) * 4
-        region = f"bench-{os.getpid()}-{model}-{index}"
-        handle = shm.create_shared_memory_region(region, f"/{region}", x.nbytes + out_bytes)
-        _SHM_HANDLES.append(handle)
-        client.unregister_system_shared_memory(region)
-        client.register_system_shared_memory(region, f"/{region}", x.nbytes + out_bytes)
-        tensor.set_shared_memory(region, x.nbytes)
-        requested.set_shared_memory(region, out_bytes, offset=x.nbytes)
-
-        def call():
-            shm.set_shared_memory_region(handle, [x])
-            client.infer(model, [tensor], outputs=[requested])
-            return shm.get_contents_as_numpy(handle, np.float32, shape, offset=x.nbytes)
-
-        return call
+        if tensors == "shm":
+            return _shm_call(client, model, x, tensor, requested, output["shape"], f"http-{model}-{index}")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        return lambda: client.infer(model, [tensor], outputs=[requested])
 
     return make
+
+
+def grpc_caller(url: str, model: str, x: np.ndarray, shm: bool = False):
+    """gRPC (raw_input_contents, or tensors in system shared memory), one client and channel per thread."""
+    import tritonclient.grpc as triton
+
+    def make(index: int):
+        client = triton.InferenceServerClient(url)
+        output = client.get_model_metadata(model).outputs[0]
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        requested = triton.InferRequestedOutput(output.name)
+        if shm:
+            return _shm_call(client, model, x, tensor, requested, list(output.shape), f"grpc-{model}-{index}")
+        tensor.set_data_from_numpy(x)
+        return lambda: client.infer(model, [tensor], outputs=[requested], client_timeout=300)
+
+    return make
+
+
+# Shared memory regions by name, made and registered once (so that no measurement times their
+# set-up; clients cannot be kept, tritonclient.http's belong to the thread that made them), and
+# destroyed when the benchmark ends.
+_SHM_REGIONS: dict = {}
+
+
+def _shm_call(client, model: str, x: np.ndarray, tensor, requested, output_shape: list[int], name: str):
+    """A call with input and output in a region of the caller's own, as a client on the same host
+    does it: each call copies the input in and reads the output where the server wrote it."""
+    import tritonclient.utils.shared_memory as shm
+
+    shape = [x.shape[0], *output_shape[1:]]
+    out_bytes = int(np.prod(shape)) * 4
+    region = f"bench-{os.getpid()}-{name}"
+    if region not in _SHM_REGIONS:
+        _SHM_REGIONS[region] = shm.create_shared_memory_region(region, f"/{region}", x.nbytes + out_bytes)
+        client.register_system_shared_memory(region, f"/{region}", x.nbytes + out_bytes)
+    handle = _SHM_REGIONS[region]
+    tensor.set_shared_memory(region, x.nbytes)
+    requested.set_shared_memory(region, out_bytes, offset=x.nbytes)
+
+    def call():
+        shm.set_shared_memory_region(handle, [x])
+        client.infer(model, [tensor], outputs=[requested])
+        return shm.get_contents_as_numpy(handle, np.float32, shape, offset=x.nbytes)
+
+    return call
 
 
 def _json_call(url: str, model: str, x: np.ndarray, output: str):
@@ -196,45 +224,6 @@ def _json_call(url: str, model: str, x: np.ndarray, output: str):
         return np.array(reply["outputs"][0]["data"], np.float32)
 
     return call
-
-
-def grpc_caller(url: str, model: str, x: np.ndarray, tensors: str = "raw"):
-    """tritonclient.grpc callers of `model`, one client (and channel) per thread. `tensors`: "raw"
-    (raw_input_contents) or "shm" (each thread's own shared memory region, as server_caller)."""
-    import tritonclient.grpc as triton
-
-    def make(index: int):
-        client = triton.InferenceServerClient(url)
-        output = client.get_model_metadata(model).outputs[0]
-        tensor = triton.InferInput("input", list(x.shape), "FP32")
-        requested = triton.InferRequestedOutput(output.name)
-        if tensors == "raw":
-            tensor.set_data_from_numpy(x)
-            return lambda: client.infer(model, [tensor], outputs=[requested], client_timeout=300)
-        import tritonclient.utils.shared_memory as shm
-
-        shape = [x.shape[0], *output.shape[1:]]
-        out_bytes = int(np.prod(shape)) * 4
-        region = f"bench-grpc-{os.getpid()}-{model}-{index}"
-        handle = shm.create_shared_memory_region(region, f"/{region}", x.nbytes + out_bytes)
-        _SHM_HANDLES.append(handle)
-        client.unregister_system_shared_memory(region)
-        client.register_system_shared_memory(region, f"/{region}", x.nbytes + out_bytes)
-        tensor.set_shared_memory(region, x.nbytes)
-        requested.set_shared_memory(region, out_bytes, offset=x.nbytes)
-
-        def call():
-            shm.set_shared_memory_region(handle, [x])
-            client.infer(model, [tensor], outputs=[requested], client_timeout=300)
-            return shm.get_contents_as_numpy(handle, np.float32, shape, offset=x.nbytes)
-
-        return call
-
-    return make
-
-
-# Shared memory regions the callers made, destroyed when the benchmark ends.
-_SHM_HANDLES: list = []
 
 
 def direct_caller(session, x: np.ndarray):
@@ -294,30 +283,31 @@ def latencies_all(rounds: int, requests: int, makers: dict) -> dict:
 
 
 def protocols(server: Server, repository: Path, rounds: int, requests: int, threads: int) -> dict[str, dict]:
-    """Direct ORT and every way to call the server, on the same model and inputs, interleaved."""
+    """Direct ORT, gRPC, HTTP binary and HTTP JSON on the same model and inputs, interleaved."""
     rng = np.random.default_rng(0)
     image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=threads)
-
-    def callers(model: str, x: np.ndarray) -> dict:
-        return {
-            "grpc": grpc_caller(server.grpc_url, model, x),
-            "grpc_shm": grpc_caller(server.grpc_url, model, x, "shm"),
-            "http_binary": server_caller(server.url, model, x),
-            "http_json": server_caller(server.url, model, x, "json"),
-            "http_shm": server_caller(server.url, model, x, "shm"),
-        }
-
     results = {}
     # Concurrency 4 against four instances, as the direct runs' four threads share one session.
     for concurrency, model in ((1, "resnet50"), (4, "resnet50_x4")):
-        makers = {"direct": direct_caller(session, image), **callers(model, image)}
-        row = compare_all(rounds, concurrency, requests, makers)
-        results[f"protocols_{model}_c{concurrency}"] = {**row, "goal": "grpc_ratio >= 0.97, grpc_shm_ratio >= 0.98"}
+        makers = {
+            "direct": direct_caller(session, image),
+            "grpc": grpc_caller(server.grpc_url, model, image),
+            "grpc_shm": grpc_caller(server.grpc_url, model, image, shm=True),
+            "http_binary": server_caller(server.url, model, image),
+            "http_shm": server_caller(server.url, model, image, "shm"),
+            "http_json": server_caller(server.url, model, image, "json"),
+        }
+        goal = "grpc_ratio >= 0.97, *_shm_ratio >= 0.98" + (", http_json_ratio >= 0.75" if concurrency == 4 else "")
+        results[f"protocols_{model}_c{concurrency}"] = {**compare_all(rounds, concurrency, requests, makers), "goal": goal}
     del session
     tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
-    row = latencies_all(rounds, max(requests * 10, 50), callers("tiny", tiny))
-    results["protocols_tiny_c1"] = {**row, "goal": "grpc_p50_ms <= 0.35"}
+    makers = {
+        "grpc": grpc_caller(server.grpc_url, "tiny", tiny),
+        "http_binary": server_caller(server.url, "tiny", tiny),
+        "http_json": server_caller(server.url, "tiny", tiny, "json"),
+    }
+    results["protocols_tiny_c1"] = {**latencies_all(rounds, max(requests * 10, 50), makers), "goal": "grpc_p50_ms <= 0.35, http_json_p50_ms <= 0.5"}
     return results
 
 
@@ -348,29 +338,23 @@ def main(argv: list[str] | None = None) -> int:
             session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=args.threads)
             # Concurrency 4 against one instance (requests queue, each run uses every core) and
             # against four (runs overlap, as the direct runs' four threads do on one session).
-            runs = [(1, "resnet50", "binary"), (4, "resnet50", "binary"), (4, "resnet50_x4", "binary"),
-                    (4, "resnet50_x4", "json"), (1, "resnet50", "shm"), (4, "resnet50_x4", "shm")]  # fmt: skip
-            for concurrency, model, tensors in runs:
-                make = server_caller(server.url, model, image, tensors)
-                row = compare(rounds, concurrency, requests, direct_caller(session, image), make)
-                suffix = "" if tensors == "binary" else f"_{tensors}"
-                goal = {"binary": "ratio >= 0.95", "json": "ratio >= 0.75", "shm": "ratio >= 0.98"}[tensors]
-                results[f"{model}{suffix}_c{concurrency}"] = {
-                    "direct_rps": row.pop("a_rps"), "server_rps": row.pop("b_rps"), **row, "goal": goal,
-                }  # fmt: skip
+            for concurrency, model in ((1, "resnet50"), (4, "resnet50"), (4, "resnet50_x4")):
+                row = compare(rounds, concurrency, requests, direct_caller(session, image), server_caller(server.url, model, image))
+                results[f"{model}_c{concurrency}"] = {
+                    "direct_rps": row.pop("a_rps"), "server_rps": row.pop("b_rps"), **row, "goal": "ratio >= 0.95",
+                }
             del session
 
             tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
-            for tensors, goal in (("binary", "p50 <= 1 ms"), ("json", "p50 <= 0.5 ms")):
-                make = server_caller(server.url, "tiny", tiny, tensors)
-                _run_threads(1, 50, make)
-                _, latencies = _run_threads(1, max(requests * 50, 50), make)
-                ordered = sorted(latencies)
-                results["tiny_c1" if tensors == "binary" else f"tiny_{tensors}_c1"] = {
-                    "p50_ms": statistics.median(latencies) * 1e3,
-                    "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
-                    "goal": goal,
-                }
+            make = server_caller(server.url, "tiny", tiny)
+            _run_threads(1, 50, make)
+            _, latencies = _run_threads(1, max(requests * 50, 50), make)
+            ordered = sorted(latencies)
+            results["tiny_c1"] = {
+                "p50_ms": statistics.median(latencies) * 1e3,
+                "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
+                "goal": "p50 <= 1 ms",
+            }
 
             small = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
             # What batching can gain at most: ONNX Runtime's own items/s at batch 16 over batch 1,
@@ -397,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
             }  # fmt: skip
         finally:
             server.stop()
-            if _SHM_HANDLES:
+            if _SHM_REGIONS:
                 import tritonclient.utils.shared_memory as shm
 
-                for handle in _SHM_HANDLES:
+                for handle in _SHM_REGIONS.values():
                     shm.destroy_shared_memory_region(handle)
     return _report(results, args.json)
 

@@ -61,7 +61,8 @@ class AccessLog:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        # Below --log-level info nothing is logged, so the response need not be watched either.
+        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status, sent = 500, 0

@@ -4,6 +4,7 @@ datatype, the raw single-input request, and every client error with its status a
 from __future__ import annotations
 
 import gzip
+import logging
 import json
 import re
 import struct
@@ -335,3 +336,14 @@ def test_compressed_bodies(client):
     _error(client.post("/v2/models/relu/infer", content=body, headers={"Content-Encoding": "br"}), 400, "unsupported Content-Encoding")
     bomb = zlib.compress(b" " * 100_000)  # small on the wire, past the 4096-byte limit inflated
     _error(client.post("/v2/models/relu/infer", content=bomb, headers={"Content-Encoding": "deflate"}), 413, "inflates past")
+
+
+def test_access_log_line_per_request_at_info_only(client, caplog):
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        client.get("/v2/health/live")
+    (record,) = [r for r in caplog.records if r.name == "service.access"]
+    assert (record.method, record.path, record.status) == ("GET", "/v2/health/live", 200)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service.access"):
+        client.get("/v2/health/live")
+    assert not [r for r in caplog.records if r.name == "service.access"]
