@@ -36,14 +36,29 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise SeOnnxError(f"{path}: not a valid ONNX model ({_one_line(error)})") from None
     if model.ir_version < 3 or (len(model.graph) == 0 and not model.graph.outputs):
         raise SeOnnxError(f"{path}: not a valid ONNX model (no graph; is the file truncated?)")
+    folder = path.resolve().parent
     for value in model.graph.initializers.values():
         tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor) and not Path(tensor.path).is_file():
-            raise SeOnnxError(
-                f"{path}: initializer {value.name!r} lives in external data file "
-                f"{tensor.location!r}, which is missing"
-            )
+        if isinstance(tensor, ir.ExternalTensor):
+            _check_external_data(path, folder, value.name, tensor)
     return model
+
+
+def _check_external_data(path: Path, folder: Path, name: str, tensor: ir.ExternalTensor) -> None:
+    """The external data file exists inside the model's folder (symlinks followed) and holds the tensor."""
+    where = f"{path}: initializer {name!r} lives in external data file {tensor.location!r}"
+    data = Path(tensor.path)
+    if Path(tensor.location).is_absolute() or not data.resolve().is_relative_to(folder):
+        raise SeOnnxError(f"{where}, which escapes the model's folder")
+    try:
+        size = data.stat().st_size
+    except FileNotFoundError:
+        raise SeOnnxError(f"{where}, which is missing") from None
+    except OSError as error:
+        raise SeOnnxError(f"{where}, which cannot be read ({error.strerror})") from None
+    needed = (tensor.offset or 0) + tensor.nbytes
+    if needed > size:
+        raise SeOnnxError(f"{where}, which holds {size:,} bytes where the tensor needs {needed:,}")
 
 
 def uses_external_data(model: ir.Model) -> bool:

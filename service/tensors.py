@@ -136,7 +136,8 @@ def _decode_inputs(
             raise bad_request(f"input {tensor.name!r} is given twice")
         if tensor.datatype != spec.datatype:
             raise bad_request(f"input {tensor.name!r}: datatype {tensor.datatype}, expected {spec.datatype}")
-        if any(dim < 0 for dim in tensor.shape) or not spec.accepts(tensor.shape):
+        _check_dims(tensor)
+        if not spec.accepts(tensor.shape):
             raise bad_request(f"input {tensor.name!r}: shape {tensor.shape} does not match {list(spec.shape)}")
         size = tensor.parameters.get("binary_data_size")
         if size is not None:
@@ -154,6 +155,23 @@ def _decode_inputs(
     if missing:
         raise bad_request(f"missing input {', '.join(map(repr, missing))}")
     return arrays
+
+
+def _check_dims(tensor: RequestInput) -> None:
+    """A request gives each dimension's actual size: never -1 (the metadata's "dynamic"), nor more
+    elements than an array can index."""
+    for dim in tensor.shape:
+        if dim < 0:
+            raise bad_request(
+                f"input {tensor.name!r}: shape {tensor.shape} has the negative dimension {dim}; "
+                "a request gives each dimension's actual size"
+            )
+    if math.prod(dim for dim in tensor.shape if dim) > _MAX_ELEMENTS:
+        raise bad_request(f"input {tensor.name!r}: shape {tensor.shape} is too large for any array")
+
+
+# numpy indexes arrays with int64; a shape past this cannot even describe an empty array.
+_MAX_ELEMENTS = np.iinfo(np.int64).max
 
 
 def _from_binary(tensor: RequestInput, chunk: memoryview) -> np.ndarray:

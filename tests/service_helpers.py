@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +21,8 @@ from onnx import TensorProto, helper
 
 from service.app import create_app
 from service.config import ServerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Every protocol datatype and the ONNX element type it carries.
 DATATYPES = {
@@ -151,3 +158,48 @@ def binary_body(header: dict, chunks: list[bytes]) -> tuple[bytes, dict]:
 def split_binary(response) -> tuple[dict, bytes]:
     size = int(response.headers["Inference-Header-Content-Length"])
     return json.loads(response.content[:size]), response.content[size:]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(
+    repo: Path, *args: str, env: dict[str, str] | None = None, scheme: str = "http", **client_options
+) -> tuple[subprocess.Popen, str]:
+    """`python -m se_onnx serve` on a free loopback port, once ready; `client_options` go to the
+    httpx client that polls readiness (TLS: `verify`, `cert`). Returns the process and host:port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_MODEL_REPOSITORY": str(repo), **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with httpx.Client(**client_options) as client:
+        while True:
+            try:
+                if client.get(f"{scheme}://{url}/v2/health/ready").status_code == 200:
+                    return process, url
+            except httpx.HTTPError:  # not listening yet
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"server did not start: {process.communicate()[1][-2000:]}")
+            time.sleep(0.1)
+
+
+def stop_server(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()

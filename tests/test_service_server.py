@@ -16,52 +16,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
+from service_helpers import free_port as _free_port
 from service_helpers import identity_model, relu_neg_model, slow_model, write_repo
+from service_helpers import start_server as _start
+from service_helpers import stop_server as _stop
 from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "k3y"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(repo: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_MODEL_REPOSITORY": str(repo), **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"127.0.0.1:{port}"
-    client = triton.InferenceServerClient(url)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if client.is_server_ready():
-                return process, url
-        except Exception:  # not listening yet
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start: {process.communicate()[1][-2000:]}")
-        time.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,19 @@ import asyncio
 import time
 import zlib
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
+from service.auth import require_scoped_key
 from service.errors import ServiceError, bad_request
-from service.schemas import InferRequest, InferResponse, ModelMetadata, openapi_body
+from service.schemas import ErrorResponse, InferRequest, InferResponse, ModelMetadata, StatisticsResponse, empty_ok, openapi_body
 from service.tensors import HEADER_LENGTH, binary_outputs, encode_response, parse_request
 
-router = APIRouter(prefix="/v2/models/{model_name}", tags=["models"])
+router = APIRouter(
+    prefix="/v2/models/{model_name}",
+    tags=["models"],
+    dependencies=[Depends(require_scoped_key)],
+    responses={401: {"model": ErrorResponse}},
+)
 
 
 def _add(method: str, route: str, **kwargs):
@@ -43,7 +49,7 @@ async def model_config(request: Request, model_name: str, version: str | None) -
     return request.app.state.service.repository.get(model_name, version).triton_config()
 
 
-@_add("GET", "/stats", summary="Inference statistics of the model's versions (Triton's statistics extension)")
+@_add("GET", "/stats", response_model=StatisticsResponse, summary="Inference statistics of the model's versions (Triton's statistics extension)")
 async def model_stats(request: Request, model_name: str, version: str | None) -> dict:
     repository = request.app.state.service.repository
     if version is not None:
@@ -54,7 +60,7 @@ async def model_stats(request: Request, model_name: str, version: str | None) ->
     return {"model_stats": [model.stats.to_dict(model.name, model.version) for model in models]}
 
 
-@_add("GET", "/ready", summary="200 when the model (version) is ready")
+@_add("GET", "/ready", summary="200 when the model (version) is ready", **empty_ok("ready"))
 async def model_ready(request: Request, model_name: str, version: str | None) -> Response:
     request.app.state.service.repository.get(model_name, version)
     return Response(status_code=200)
@@ -65,6 +71,8 @@ async def model_ready(request: Request, model_name: str, version: str | None) ->
     "/infer",
     summary="Run the model",
     response_model=InferResponse,
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                     "description": f"JSON, or with binary outputs a JSON header of {HEADER_LENGTH} bytes and then the tensors"}},
     openapi_extra=openapi_body(
         InferRequest,
         f"JSON, or a JSON header of {HEADER_LENGTH} bytes followed by binary tensors "

@@ -2,44 +2,38 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from service.errors import ServiceError, bad_request
-from service.schemas import LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, openapi_body
+from service.auth import require_repository_key
+from service.errors import bad_request, first_error
+from service.schemas import ErrorResponse, LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, empty_ok, openapi_body
 
-API_KEY_HEADER = "X-API-Key"
 T = TypeVar("T", bound=BaseModel)
 
 
-def require_api_key(request: Request) -> None:
-    """403 while no key is configured (the repository API is off); 401 for a missing or wrong key,
-    taken from X-API-Key or `Authorization: Bearer <key>`."""
-    expected = request.app.state.service.config.api_key
-    if not expected:
-        raise ServiceError(403, "the repository API is disabled; start the server with --api-key to enable it")
-    given = request.headers.get(API_KEY_HEADER)
-    if given is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ServiceError(401, f"missing or wrong API key (send it as {API_KEY_HEADER} or Authorization: Bearer)")
-
-
-router = APIRouter(prefix="/v2/repository", tags=["repository"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/v2/repository",
+    tags=["repository"],
+    dependencies=[Depends(require_repository_key)],
+    responses={code: {"model": ErrorResponse} for code in (401, 403)},
+)
 
 
 async def _body(request: Request, schema: type[T]) -> T:
     raw = await request.body()
-    if not raw.strip():
+    if not raw:  # the body is optional; whitespace alone is not JSON
         return schema()
     try:
         return schema.model_validate(json.loads(raw))
-    except (ValueError, ValidationError) as error:
+    except RecursionError:
+        raise bad_request("invalid request body: JSON nested too deeply") from None
+    except ValidationError as error:
+        raise bad_request(f"invalid request body: {first_error(error)}") from None
+    except ValueError as error:  # not JSON, or not UTF-8
         raise bad_request(f"invalid request body: {' '.join(str(error).split())}") from None
 
 
@@ -57,6 +51,7 @@ async def index(request: Request) -> list[RepositoryModel]:
 @router.post(
     "/models/{model_name}/load",
     summary="Load or reload a model",
+    **empty_ok("loaded"),
     openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own"),
 )
 async def load(request: Request, model_name: str) -> Response:
@@ -71,6 +66,7 @@ async def load(request: Request, model_name: str) -> Response:
 @router.post(
     "/models/{model_name}/unload",
     summary="Unload a model once its in-flight requests finish",
+    **empty_ok("unloaded"),
     openapi_extra=openapi_body(UnloadRequest, "optional"),
 )
 async def unload(request: Request, model_name: str) -> Response:
