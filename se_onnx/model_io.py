@@ -32,6 +32,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     try:
         with collector_paused():
             model = ir.load(path)
+    except OSError as error:  # no permission, a read error: not the file's content
+        raise SeOnnxError(f"{path}: cannot read the model ({error.strerror or _one_line(error)})") from None
     except Exception as error:  # protobuf raises several unrelated types for a bad file
         raise SeOnnxError(f"{path}: not a valid ONNX model ({_one_line(error)})") from None
     if model.ir_version < 3 or (len(model.graph) == 0 and not model.graph.outputs):
@@ -86,6 +88,11 @@ def save_model(
     if external_data is None:
         external_data = uses_external_data(model) or _weights_bytes(model) > _INLINE_WEIGHTS_LIMIT
     data_name = f"{path.name}.data" if external_data else None
+    with _write_errors(path):
+        _save_staged(model, path, data_name, check)
+
+
+def _save_staged(model: ir.Model, path: Path, data_name: str | None, check: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".se-onnx-", dir=path.parent))
     try:
@@ -187,18 +194,29 @@ def _check(model: bytes | Path) -> None:
 
 
 @contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """An OSError while writing (a full disk, no permission) as one line; the staging files are
+    gone by then, and `path` was never touched."""
+    try:
+        yield
+    except OSError as error:
+        raise SeOnnxError(f"{path}: cannot write ({error.strerror or _one_line(error)}); nothing was written") from None
+
+
+@contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path`, moved onto `path` only when the `with` block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(prefix=".se-onnx-", suffix=path.suffix, dir=path.parent)
-    os.close(descriptor)
-    try:
-        yield Path(staging)
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+    with _write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, staging = tempfile.mkstemp(prefix=".se-onnx-", suffix=path.suffix, dir=path.parent)
+        os.close(descriptor)
+        try:
+            yield Path(staging)
+            os.replace(staging, path)
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)
 
 
 def _weights_bytes(model: ir.Model) -> int:

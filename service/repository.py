@@ -33,6 +33,7 @@ _FAILURE_CLASSES = (
     ("escapes", "its external data escapes the model's folder"),
     ("absolute path not allowed for external data", "its external data escapes the model's folder"),
     ("external data", "its external data cannot be read"),
+    ("size to read", "its external data is shorter than its tensors"),
     ("protobuf", "the file is not a valid ONNX model"),
     ("not a valid onnx model", "the file is not a valid ONNX model"),
     ("the protocol cannot carry", "it has a tensor type the protocol cannot carry"),

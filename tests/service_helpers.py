@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -177,7 +178,8 @@ def start_server(
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_MODEL_REPOSITORY": str(repo), **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        # A file, not a pipe: the access log of a long run would fill a pipe and block the server.
+        stderr=tempfile.TemporaryFile("w+"),
         text=True,
     )
     url = f"127.0.0.1:{port}"
@@ -191,8 +193,15 @@ def start_server(
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"server did not start: {process.communicate()[1][-2000:]}")
+                process.wait()
+                raise RuntimeError(f"server did not start: {server_log(process)[-2000:]}")
             time.sleep(0.1)
+
+
+def server_log(process: subprocess.Popen) -> str:
+    """What the server wrote to stderr so far."""
+    process.stderr.seek(0)
+    return process.stderr.read()
 
 
 def stop_server(process: subprocess.Popen) -> int:
