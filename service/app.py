@@ -17,12 +17,14 @@ from service import __version__
 from service.config import ServerConfig
 from service.errors import ServiceError, first_error
 from service.metrics import Metrics
-from service.middleware import AccessLog, BodyLimit
+from service.middleware import AccessLog, BodyLimit, Compression
 from service.repository import ModelRepository
 from service.routers import health, inference, metrics, repository
 from service.schemas import COMPONENTS, ErrorResponse
 
 log = logging.getLogger("service.app")
+# Below this many bytes a compressed response saves less than the time spent compressing it.
+COMPRESSION_MIN_BYTES = 1024
 
 
 class ServiceState:
@@ -94,6 +96,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app.openapi = openapi
     app.add_middleware(BodyLimit, limit=config.max_request_size)
+    app.add_middleware(Compression, minimum_size=COMPRESSION_MIN_BYTES)
     app.add_middleware(AccessLog)
     return app
 
