@@ -1,8 +1,7 @@
-"""The FastAPI application: `create_app(config)` wires the repository, routers, middleware and lifespan."""
+"""The FastAPI application: `create_app(config)` wires the data plane, routers, middleware, the gRPC server and lifespan."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from contextlib import asynccontextmanager
@@ -15,26 +14,15 @@ from starlette.exceptions import HTTPException
 from se_onnx.runtime import resolve_provider
 from service import __version__
 from service.config import ServerConfig
+from service.dataplane import DataPlane
 from service.errors import ServiceError, first_error
-from service.metrics import Metrics
 from service.middleware import AccessLog, BodyLimit, Compression
-from service.repository import ModelRepository
 from service.routers import health, inference, metrics, repository
 from service.schemas import COMPONENTS, ErrorResponse
 
 log = logging.getLogger("service.app")
 # Below this many bytes a compressed response saves less than the time spent compressing it.
 COMPRESSION_MIN_BYTES = 1024
-
-
-class ServiceState:
-    """What the routers share, on `app.state.service`."""
-
-    def __init__(self, config: ServerConfig):
-        self.config = config
-        self.metrics = Metrics()
-        self.repository = ModelRepository(config, self.metrics)
-        self.ready = False
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -45,29 +33,24 @@ def create_app(config: ServerConfig) -> FastAPI:
         # 'auto' picking one is expected; a named GPU provider replaced by the CPU deserves a warning.
         level = logging.INFO if config.provider == "auto" else logging.WARNING
         log.log(level, "provider resolved", extra={"requested": config.provider, "provider": provider})
-    state = ServiceState(dataclasses.replace(config, provider=provider))
+    plane = DataPlane(dataclasses.replace(config, provider=provider))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Models load in the background so that /v2/health/live answers during a long start-up.
-        async def start() -> None:
-            try:
-                await state.repository.load_all()
-            except Exception:  # an unreadable repository: stay live but never ready, and say why
-                log.exception("cannot load the model repository", extra={"path": str(config.model_repository)})
-                return
-            state.ready = True
-            log.info("server ready", extra={"models": state.repository.index()})
-
-        loading = asyncio.create_task(start())
+        plane.start()
+        grpc_server = None
         try:
+            if config.grpc_port:
+                from service.grpc_server import GrpcServer  # grpc is only imported when it serves
+
+                grpc_server = GrpcServer(plane, plane.config)
+                await grpc_server.start()
             yield
         finally:
-            state.ready = False
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
-            await state.repository.close()
-            log.info("server stopped")
+            if grpc_server is not None:
+                await grpc_server.stop()
+            await plane.close()
 
     app = FastAPI(
         title="se-onnx inference server",
@@ -76,7 +59,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         lifespan=lifespan,
         responses={code: {"model": ErrorResponse} for code in (400, 404, 413, 503)},
     )
-    app.state.service = state
+    app.state.data_plane = plane
     for router in (health.router, inference.router, repository.router, metrics.router):
         app.include_router(router)
     _add_error_handlers(app)

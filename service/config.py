@@ -21,6 +21,9 @@ class ServerConfig:
     model_repository: Path
     host: str = "0.0.0.0"
     port: int = 8000
+    # gRPC on the same host; 0 turns it off (the default here, so that apps built in tests bind
+    # nothing; `se-onnx serve` defaults to 8001, as Triton).
+    grpc_port: int = 0
     provider: str = "auto"
     allow_cpu_fallback: bool = False
     device_id: int = 0

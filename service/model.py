@@ -17,8 +17,7 @@ from se_onnx.runtime import make_session, random_inputs, resolve_provider
 from service.batcher import DynamicBatcher, Feeds
 from service.config import ModelConfig, ServerConfig
 from service.errors import ServiceError, bad_request
-from service.metrics import Metrics
-from service.stats import ModelStats
+from service.recorder import ModelRecorder
 from service.tensors import TensorSpec, datatype_of_ort
 
 PLATFORM = "onnxruntime_onnx"
@@ -43,7 +42,7 @@ class ServedModel:
     `session_per_instance` gives each thread its own session (benchmarks/bench_service.py
     compares the two)."""
 
-    def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, metrics: Metrics):
+    def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, recorder: ModelRecorder):
         self.name, self.version, self.path, self.config = name, version, path, config
         requested = config.provider or server.provider
         device_id = server.device_id if config.device_id is None else config.device_id
@@ -72,11 +71,7 @@ class ServedModel:
         self.providers = self.session.get_providers()
         self.inputs = _specs(self.session.get_inputs(), name, "input")
         self.outputs = _specs(self.session.get_outputs(), name, "output")
-        labels = {"model": name, "version": version}
-        self._compute = metrics.compute_duration.labels(**labels)
-        self._queue = metrics.queue_duration.labels(**labels)
-        self._batch = metrics.batch_size.labels(**labels)
-        self.stats = ModelStats()
+        self.recorder = recorder
         if config.max_batch_size:
             unbatched = [s.name for s in (*self.inputs.values(), *self.outputs.values()) if not s.shape or s.shape[0] != -1]
             if unbatched:
@@ -118,7 +113,7 @@ class ServedModel:
                 max_queue_size=batching.max_queue_size,
                 preferred_batch_size=batching.preferred_batch_size,
                 instances=self.instances,
-                observe_queue=self._observe_queue,
+                observe_queue=self.recorder.queued,
             )
 
     def metadata(self, versions: list[str]) -> dict:
@@ -174,7 +169,7 @@ class ServedModel:
     def _run(self, feeds: Feeds, names: list[str] | None, enqueued: float | None = None) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         if enqueued is not None:
-            self._observe_queue(started - enqueued)
+            self.recorder.queued(started - enqueued)
         session = self._pool.get() if self._pool is not None else self.session
         try:
             arrays = session.run(names, dict(feeds))
@@ -188,14 +183,8 @@ class ServedModel:
         seconds = time.perf_counter() - started
         first = next(iter(feeds.values()), None)
         rows = first.shape[0] if first is not None and first.ndim else 1
-        self._compute.observe(seconds)
-        self._batch.observe(rows)
-        self.stats.computed(rows, seconds)
+        self.recorder.executed(rows, seconds)
         return dict(zip(names or self.outputs, arrays))
-
-    def _observe_queue(self, seconds: float) -> None:
-        self._queue.observe(seconds)
-        self.stats.queued(seconds)
 
     def _run_all(self, feeds: Feeds) -> dict[str, np.ndarray]:
         return self._run(feeds, None)

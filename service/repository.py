@@ -16,7 +16,7 @@ from typing import NamedTuple
 from se_onnx.errors import SeOnnxError
 from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerConfig
 from service.errors import ServiceError
-from service.metrics import Metrics
+from service.recorder import Recorder
 from service.model import ServedModel
 
 log = logging.getLogger("service.repository")
@@ -61,10 +61,10 @@ class VersionState(NamedTuple):
 
 
 class ModelRepository:
-    def __init__(self, config: ServerConfig, metrics: Metrics):
+    def __init__(self, config: ServerConfig, recorder: Recorder):
         self.root = Path(config.model_repository)
         self._config = config
-        self._metrics = metrics
+        self._recorder = recorder
         self._served: dict[str, dict[str, ServedModel]] = {}
         # name → version → its state; version "" holds a model-level failure (bad config).
         self._states: dict[str, dict[str, VersionState]] = {}
@@ -133,7 +133,7 @@ class ModelRepository:
                     if not path.is_file():
                         raise SeOnnxError(f"{path}: no such model file")
                     model = await asyncio.to_thread(
-                        ServedModel, name, version, path, config, self._config, self._metrics
+                        ServedModel, name, version, path, config, self._config, self._recorder.for_model(name, version)
                     )
                 except SeOnnxError as error:
                     log.error("model not loaded", extra={"model": name, "version": version, "reason": str(error)})

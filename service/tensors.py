@@ -92,7 +92,7 @@ def _raw_request(body: bytes, inputs: Mapping[str, TensorSpec]) -> tuple[InferRe
         raise bad_request(f"a raw binary request needs a model with one input; this one has {len(inputs)}")
     (spec,) = inputs.values()
     if spec.datatype == "BYTES":
-        array = _deserialize_bytes(memoryview(body), spec.name)
+        array = deserialize_bytes(memoryview(body), spec.name)
         count = array.size
     else:
         itemsize = np.dtype(DATATYPES[spec.datatype]).itemsize
@@ -129,66 +129,81 @@ def _decode_inputs(
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in request.inputs:
-        spec = inputs.get(tensor.name)
-        if spec is None:
-            raise bad_request(f"unknown input {tensor.name!r}; the model takes {', '.join(inputs)}")
-        if tensor.name in arrays:
-            raise bad_request(f"input {tensor.name!r} is given twice")
-        if tensor.datatype != spec.datatype:
-            raise bad_request(f"input {tensor.name!r}: datatype {tensor.datatype}, expected {spec.datatype}")
-        _check_dims(tensor)
-        if not spec.accepts(tensor.shape):
-            raise bad_request(f"input {tensor.name!r}: shape {tensor.shape} does not match {list(spec.shape)}")
+        check_input(inputs, arrays, tensor.name, tensor.datatype, tensor.shape)
         size = tensor.parameters.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad_request(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise bad_request(f"input {tensor.name!r}: binary_data_size {size} runs past the end of the body")
-            arrays[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
+            arrays[tensor.name] = array_from_bytes(tensor.name, tensor.datatype, tensor.shape, binary[offset : offset + size])
             offset += size
         else:
             arrays[tensor.name] = _from_json(tensor)
     if offset != len(binary):
         raise bad_request(f"{len(binary) - offset} bytes after the JSON header belong to no input")
-    missing = [name for name in inputs if name not in arrays]
-    if missing:
-        raise bad_request(f"missing input {', '.join(map(repr, missing))}")
+    check_complete(inputs, arrays)
     return arrays
 
 
-def _check_dims(tensor: RequestInput) -> None:
+def check_input(
+    inputs: Mapping[str, TensorSpec], given: Mapping[str, object], name: str, datatype: str, shape: Sequence[int]
+) -> TensorSpec:
+    """The model's spec for input `name` as a request declares it (400 when unknown, repeated,
+    or of another datatype or shape); `given` holds the inputs decoded so far."""
+    spec = inputs.get(name)
+    if spec is None:
+        raise bad_request(f"unknown input {name!r}; the model takes {', '.join(inputs)}")
+    if name in given:
+        raise bad_request(f"input {name!r} is given twice")
+    if datatype != spec.datatype:
+        raise bad_request(f"input {name!r}: datatype {datatype}, expected {spec.datatype}")
+    _check_dims(name, shape)
+    if not spec.accepts(shape):
+        raise bad_request(f"input {name!r}: shape {list(shape)} does not match {list(spec.shape)}")
+    return spec
+
+
+def _check_dims(name: str, shape: Sequence[int]) -> None:
     """A request gives each dimension's actual size: never -1 (the metadata's "dynamic"), nor more
     elements than an array can index."""
-    for dim in tensor.shape:
+    for dim in shape:
         if dim < 0:
             raise bad_request(
-                f"input {tensor.name!r}: shape {tensor.shape} has the negative dimension {dim}; "
+                f"input {name!r}: shape {list(shape)} has the negative dimension {dim}; "
                 "a request gives each dimension's actual size"
             )
-    if math.prod(dim for dim in tensor.shape if dim) > _MAX_ELEMENTS:
-        raise bad_request(f"input {tensor.name!r}: shape {tensor.shape} is too large for any array")
+    if math.prod(dim for dim in shape if dim) > _MAX_ELEMENTS:
+        raise bad_request(f"input {name!r}: shape {list(shape)} is too large for any array")
 
 
 # numpy indexes arrays with int64; a shape past this cannot even describe an empty array.
 _MAX_ELEMENTS = np.iinfo(np.int64).max
 
 
-def _from_binary(tensor: RequestInput, chunk: memoryview) -> np.ndarray:
-    count = math.prod(tensor.shape)
-    if tensor.datatype == "BYTES":
-        array = _deserialize_bytes(chunk, tensor.name)
+def check_complete(inputs: Mapping[str, TensorSpec], given: Mapping[str, object]) -> None:
+    missing = [name for name in inputs if name not in given]
+    if missing:
+        raise bad_request(f"missing input {', '.join(map(repr, missing))}")
+
+
+def array_from_bytes(name: str, datatype: str, shape: Sequence[int], chunk) -> np.ndarray:
+    """An input's array over `chunk` (bytes or a memoryview, not copied): raw little-endian
+    elements, or Triton's length-prefixed layout for BYTES."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        array = deserialize_bytes(memoryview(chunk), name)
     else:
-        dtype = np.dtype(DATATYPES[tensor.datatype])
+        dtype = np.dtype(DATATYPES[datatype])
         if len(chunk) != count * dtype.itemsize:
             raise bad_request(
-                f"input {tensor.name!r}: {len(chunk)} bytes of data, expected {count * dtype.itemsize} "
-                f"for shape {tensor.shape} of {tensor.datatype}"
+                f"input {name!r}: {len(chunk)} bytes of data, expected {count * dtype.itemsize} "
+                f"for shape {list(shape)} of {datatype}"
             )
         array = np.frombuffer(chunk, dtype)
     if array.size != count:
-        raise bad_request(f"input {tensor.name!r}: {array.size} elements, expected {count} for shape {tensor.shape}")
-    return array.reshape(tensor.shape)
+        raise bad_request(f"input {name!r}: {array.size} elements, expected {count} for shape {list(shape)}")
+    return array.reshape(shape)
 
 
 def _from_json(tensor: RequestInput) -> np.ndarray:
@@ -218,7 +233,7 @@ def _flatten(data: object):
         yield data
 
 
-def _deserialize_bytes(chunk: memoryview, name: str) -> np.ndarray:
+def deserialize_bytes(chunk: memoryview, name: str) -> np.ndarray:
     """Triton's BYTES layout: each element a 4-byte little-endian length, then its bytes."""
     items, offset = [], 0
     while offset < len(chunk):
@@ -233,7 +248,7 @@ def _deserialize_bytes(chunk: memoryview, name: str) -> np.ndarray:
     return np.array(items, dtype=object)
 
 
-def _serialize_bytes(array: np.ndarray) -> bytes:
+def serialize_bytes(array: np.ndarray) -> bytes:
     parts = []
     for item in array.reshape(-1):
         raw = item if isinstance(item, bytes) else str(item).encode("utf-8", "surrogateescape")
@@ -243,18 +258,12 @@ def _serialize_bytes(array: np.ndarray) -> bytes:
 
 
 def binary_outputs(request: InferRequest, names: Sequence[str]) -> dict[str, bool]:
-    """Which outputs to return and whether each goes as binary data (400 on an unknown output)."""
+    """The outputs to return (those requested, else all of the model's `names`) and whether each
+    goes as binary data; the data plane checks the requested names against the model."""
     default = bool(request.parameters.get("binary_data_output", False))
     if request.outputs is None:
         return {name: default for name in names}
-    chosen = {}
-    for output in request.outputs:
-        if output.name not in names:
-            raise bad_request(f"unknown output {output.name!r}; the model gives {', '.join(names)}")
-        if output.parameters.get("classification"):
-            raise bad_request(f"output {output.name!r}: the classification extension is not supported")
-        chosen[output.name] = bool(output.parameters.get("binary_data", default))
-    return chosen
+    return {output.name: bool(output.parameters.get("binary_data", default)) for output in request.outputs}
 
 
 def encode_response(
@@ -267,7 +276,7 @@ def encode_response(
         datatype = datatype_of_array(array)
         entry: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if as_binary:
-            raw = _serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+            raw = serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":

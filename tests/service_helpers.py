@@ -168,13 +168,21 @@ def free_port() -> int:
 
 
 def start_server(
-    repo: Path, *args: str, env: dict[str, str] | None = None, scheme: str = "http", **client_options
+    repo: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    grpc_port: int | None = 0,
+    scheme: str = "http",
+    **client_options,
 ) -> tuple[subprocess.Popen, str]:
-    """`python -m se_onnx serve` on a free loopback port, once ready; `client_options` go to the
-    httpx client that polls readiness (TLS: `verify`, `cert`). Returns the process and host:port."""
+    """`python -m se_onnx serve` on loopback, ready; (process, HTTP host:port). gRPC is off
+    unless `grpc_port` is given (None: as the environment says), so that servers started in
+    parallel do not race for 8001. `client_options` go to the httpx client that polls
+    readiness (TLS: `verify`)."""
     port = free_port()
+    grpc = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), *grpc, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_MODEL_REPOSITORY": str(repo), **(env or {})},
         stdout=subprocess.DEVNULL,

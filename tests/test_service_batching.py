@@ -111,7 +111,7 @@ def test_session_per_instance_serves_concurrent_requests(tmp_path):
 
     async def scenario():
         async with serve_async(root) as (app, client):
-            model = app.state.service.repository.get("relu")
+            model = app.state.data_plane.repository.get("relu")
             assert model._pool.qsize() == 3
             metadata = (await client.get("/v2/models/relu")).json()["parameters"]
             assert metadata["instance_count"] == 3 and metadata["session_per_instance"] is True

@@ -54,7 +54,7 @@ def test_command_line_wins_over_environment(monkeypatch):
 def test_bundled_models_are_the_default_repository_and_all_load():
     assert Path(default_model_repository()) == ROOT / "models"
     with serve(ROOT / "models") as client:
-        index = {row["name"]: row for row in client.app.state.service.repository.index()}
+        index = {row["name"]: row for row in client.app.state.data_plane.repository.index()}
         assert {"resnet_tiny", "tiny_conv", "mobilenet_se_tiny"} <= set(index)
         assert "build_samples" not in index
         assert all(row["state"] == "READY" for row in index.values()), index

@@ -127,7 +127,7 @@ def test_unload_lets_in_flight_requests_finish(tmp_path):
         async with serve_async(root, api_key="s3cret") as (app, client):
             x = np.array([[3.0], [4.0]], np.float32)
             request = asyncio.create_task(client.post("/v2/models/slow/infer", json=infer_json("x", x)))
-            model = app.state.service.repository.get("slow")
+            model = app.state.data_plane.repository.get("slow")
             while not model.inflight:
                 await asyncio.sleep(0.001)
             unload = await client.post("/v2/repository/models/slow/unload", headers=KEY)

@@ -10,19 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from service_helpers import free_port as _free_port
-from service_helpers import identity_model, relu_neg_model, slow_model, write_repo
-from service_helpers import start_server as _start
-from service_helpers import stop_server as _stop
+from service_helpers import ROOT, free_port, identity_model, relu_neg_model, slow_model, start_server, stop_server, write_repo
 from tritonclient.utils import InferenceServerException
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "k3y"
 
 
@@ -32,9 +27,9 @@ def server(tmp_path_factory):
         tmp_path_factory.mktemp("repo"),
         {"relu": relu_neg_model(), "types": identity_model(["FP16", "INT64", "BOOL", "BYTES"])},
     )
-    process, url = _start(repo, env={"SE_ONNX_API_KEY": KEY, "SE_ONNX_MAX_REQUEST_SIZE": "1000000"})
+    process, url = start_server(repo, env={"SE_ONNX_API_KEY": KEY, "SE_ONNX_MAX_REQUEST_SIZE": "1000000"})
     yield url, repo
-    assert _stop(process) == 0
+    assert stop_server(process) == 0
 
 
 def test_tritonclient_health_metadata_and_index(server):
@@ -128,7 +123,7 @@ def test_tritonclient_load_and_unload(server):
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
     repo = write_repo(tmp_path / "repo", {"slow": slow_model(1024, 16)})
-    process, url = _start(repo, "--workers-per-model", "1")
+    process, url = start_server(repo, "--workers-per-model", "1")
     results: dict[int, object] = {}
     finished: dict[int, float] = {}
 
@@ -150,7 +145,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
     signalled = time.monotonic()
     for thread in threads:
         thread.join(timeout=120)
-    assert _stop(process) == 0
+    assert stop_server(process) == 0
     assert len(finished) == 3 and max(finished.values()) > signalled, "no request was in flight at SIGTERM"
     assert {i: float(np.asarray(r).reshape(-1)[0]) if isinstance(r, np.ndarray) else repr(r) for i, r in results.items()} == {
         0: 0.0, 1: 1.0, 2: 2.0
@@ -163,17 +158,17 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")
 def test_cuda_without_cuda_fails_at_start_up_unless_fallback_allowed(tmp_path):
     repo = write_repo(tmp_path / "repo", {"relu": relu_neg_model()})
-    command = [sys.executable, "-m", "se_onnx", "serve", "--model-repository", str(repo), "--port", str(_free_port())]
+    command = [sys.executable, "-m", "se_onnx", "serve", "--model-repository", str(repo), "--port", str(free_port())]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_PROVIDER": "cuda"}
     failed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2
     assert "se-onnx: error: the cuda provider (CUDAExecutionProvider) is not available" in failed.stderr
-    process, url = _start(repo, env={"SE_ONNX_PROVIDER": "cuda", "SE_ONNX_ALLOW_CPU_FALLBACK": "1"})
+    process, url = start_server(repo, env={"SE_ONNX_PROVIDER": "cuda", "SE_ONNX_ALLOW_CPU_FALLBACK": "1"})
     try:
         metadata = triton.InferenceServerClient(url).get_model_metadata("relu")
         assert metadata["parameters"]["providers"] == ["CPUExecutionProvider"]
     finally:
-        assert _stop(process) == 0
+        assert stop_server(process) == 0
 
 
 def test_tritonclient_model_config(server):

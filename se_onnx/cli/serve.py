@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import ssl
@@ -41,14 +42,15 @@ def _flag(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve ONNX models over HTTP (Open Inference Protocol, Triton-compatible)",
+        help="serve ONNX models over HTTP and gRPC (Open Inference Protocol, Triton-compatible)",
         description="Serve every model of a repository directory over the Open Inference Protocol "
-        "(KServe v2) as Triton does, JSON and binary tensors. Every option can also be set by the "
+        "(KServe v2) as Triton does: HTTP with JSON and binary tensors, and Triton's gRPC service. Every option can also be set by the "
         "environment variable shown with it. Health: /v2/health/ready; metrics: /metrics; API docs: /docs.",
     )
     _option(parser, "--model-repository", default_model_repository(), "directory of models (default: the bundled models/, else ./models)", metavar="DIR")
     _option(parser, "--host", "0.0.0.0", "address to listen on (default 0.0.0.0)", metavar="ADDRESS")
-    _option(parser, "--port", 8000, "port to listen on (default 8000)", type=int, metavar="PORT")
+    _option(parser, "--port", 8000, "HTTP port to listen on (default 8000)", type=int, metavar="PORT")
+    _option(parser, "--grpc-port", 8001, "gRPC port to listen on, Triton's GRPCInferenceService (default 8001; 0 turns gRPC off)", type=int, metavar="PORT")
     _option(parser, "--provider", "auto", "execution provider for every model without its own (default auto: CUDA when usable, else CPU)", choices=("auto", "cpu", "cuda", "tensorrt"))
     _flag(parser, "--allow-cpu-fallback", "run on the CPU when the requested GPU provider is not usable, instead of failing at start-up")
     _option(parser, "--device-id", 0, "GPU device id (default 0)", type=int, metavar="ID")
@@ -103,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             model_repository=Path(args.model_repository),
             host=args.host,
             port=int(args.port),
+            grpc_port=int(args.grpc_port),
             provider=args.provider,
             allow_cpu_fallback=args.allow_cpu_fallback,
             device_id=int(args.device_id),
@@ -124,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
         raise SeOnnxError(f"--provider must be auto, cpu, cuda or tensorrt, not {config.provider!r}")
     if config.log_level not in ("debug", "info", "warning", "error", "critical"):
         raise SeOnnxError(f"--log-level must be debug, info, warning, error or critical, not {config.log_level!r}")
+    if not 0 <= config.grpc_port <= 65535:
+        raise SeOnnxError(f"--grpc-port must be a port number (0 turns gRPC off), not {config.grpc_port}")
+    if config.grpc_port and config.grpc_port == config.port:
+        raise SeOnnxError(f"--grpc-port and --port are both {config.port}; give gRPC a port of its own")
     if config.workers_per_model < 1 or config.max_request_size < 1:
         raise SeOnnxError("--workers-per-model and --max-request-size must be at least 1")
     if config.api_key_scope not in API_KEY_SCOPES:
@@ -139,8 +146,12 @@ def run(args: argparse.Namespace) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            # Report not ready at once, so load balancers stop sending while in-flight requests finish.
-            app.state.service.ready = False
+            # Report not ready at once, so load balancers stop sending while in-flight requests
+            # finish, and start gRPC's drain; a signal handler may run between any two steps of
+            # the event loop, so the plane hears of it through the loop.
+            plane = app.state.data_plane
+            plane.ready = False
+            asyncio.get_running_loop().call_soon_threadsafe(plane.stop_accepting)
             super().handle_exit(sig, frame)
 
     server = Server(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import zlib
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.auth import require_scoped_key
+from service.dataplane import InferenceRequest, InferenceResult
 from service.errors import ServiceError, bad_request
+from service.routers.dependencies import Plane, require_scoped_key
 from service.schemas import ErrorResponse, InferRequest, InferResponse, ModelMetadata, StatisticsResponse, empty_ok, openapi_body
 from service.tensors import HEADER_LENGTH, binary_outputs, encode_response, parse_request
 
@@ -22,12 +21,12 @@ router = APIRouter(
 
 
 def _add(method: str, route: str, **kwargs):
-    """Register `handler(request, model_name, version)` for …/versions/{version}<route> and, with
-    version None (the newest), for <route>."""
+    """Register `handler(request, plane, model_name, version)` for …/versions/{version}<route>
+    and, with version None (the newest), for <route>."""
 
     def register(handler):
-        async def newest(request: Request, model_name: str):
-            return await handler(request, model_name, None)
+        async def newest(request: Request, plane: Plane, model_name: str):
+            return await handler(request, plane, model_name, None)
 
         newest.__name__ = f"{handler.__name__}_newest"
         router.add_api_route(route, newest, methods=[method], **kwargs)
@@ -38,31 +37,23 @@ def _add(method: str, route: str, **kwargs):
 
 
 @_add("GET", "", response_model=ModelMetadata, summary="Model metadata")
-async def model_metadata(request: Request, model_name: str, version: str | None) -> dict:
-    repository = request.app.state.service.repository
-    model = repository.get(model_name, version)
-    return model.metadata(repository.versions(model_name))
+async def model_metadata(request: Request, plane: Plane, model_name: str, version: str | None) -> dict:
+    return plane.model_metadata(model_name, version)
 
 
 @_add("GET", "/config", summary="Model configuration in Triton's form (max_batch_size, dims without the batch axis)")
-async def model_config(request: Request, model_name: str, version: str | None) -> dict:
-    return request.app.state.service.repository.get(model_name, version).triton_config()
+async def model_config(request: Request, plane: Plane, model_name: str, version: str | None) -> dict:
+    return plane.model_config(model_name, version)
 
 
 @_add("GET", "/stats", response_model=StatisticsResponse, summary="Inference statistics of the model's versions (Triton's statistics extension)")
-async def model_stats(request: Request, model_name: str, version: str | None) -> dict:
-    repository = request.app.state.service.repository
-    if version is not None:
-        models = [repository.get(model_name, version)]
-    else:
-        repository.get(model_name)  # 404 / 503 as for any other request
-        models = [repository.get(model_name, v) for v in repository.versions(model_name)]
-    return {"model_stats": [model.stats.to_dict(model.name, model.version) for model in models]}
+async def model_stats(request: Request, plane: Plane, model_name: str, version: str | None) -> dict:
+    return {"model_stats": plane.statistics(model_name, version)}
 
 
 @_add("GET", "/ready", summary="200 when the model (version) is ready", **empty_ok("ready"))
-async def model_ready(request: Request, model_name: str, version: str | None) -> Response:
-    request.app.state.service.repository.get(model_name, version)
+async def model_ready(request: Request, plane: Plane, model_name: str, version: str | None) -> Response:
+    plane.model(model_name, version)
     return Response(status_code=200)
 
 
@@ -80,46 +71,29 @@ async def model_ready(request: Request, model_name: str, version: str | None) ->
         binary=True,
     ),
 )
-async def infer(request: Request, model_name: str, version: str | None) -> Response:
-    state = request.app.state.service
-    started = time.perf_counter()
-    model = state.repository.get(model_name, version)
-    labels = {"model": model.name, "version": model.version}
-    try:
-        with model:
-            # Read the body ourselves (not via a pydantic parameter): the size limit applies while
-            # it streams, and binary tensors follow the JSON header in the same body.
-            body = _decompress(await request.body(), request.headers.get("content-encoding"), state.config.max_request_size)
-            infer_request, feeds = parse_request(body, request.headers.get(HEADER_LENGTH), model.inputs)
-            chosen = binary_outputs(infer_request, list(model.outputs))
-            timeout = _timeout(state.config.request_timeout, infer_request.parameters.get("timeout"))
-            try:
-                outputs = await asyncio.wait_for(model.infer(feeds, list(chosen)), timeout)
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-                raise ServiceError(503, f"request timed out after {timeout:g} s") from None
-        header = {"model_name": model.name, "model_version": model.version}
-        if infer_request.id is not None:
-            header["id"] = infer_request.id
-        content, json_size = encode_response(header, outputs, chosen)
-    except Exception:
-        state.metrics.failure.labels(**labels).inc()
-        model.stats.request(False, time.perf_counter() - started)
-        raise
-    seconds = time.perf_counter() - started
-    state.metrics.success.labels(**labels).inc()
-    state.metrics.request_duration.labels(**labels).observe(seconds)
-    model.stats.request(True, seconds)
-    if json_size is None:
-        return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_size)})
+async def infer(request: Request, plane: Plane, model_name: str, version: str | None) -> Response:
+    # Read the body ourselves (not via a pydantic parameter): the size limit applies while it
+    # streams, and binary tensors follow the JSON header in the same body.
+    body = _decompress(await request.body(), request.headers.get("content-encoding"), plane.config.max_request_size)
+    header_length = request.headers.get(HEADER_LENGTH)
+    binary: dict[str, bool] = {}  # output name → sent as binary data; filled by decode
 
+    def decode(model) -> InferenceRequest:
+        infer_request, feeds = parse_request(body, header_length, model.inputs)
+        binary.update(binary_outputs(infer_request, list(model.outputs)))
+        outputs = None if infer_request.outputs is None else {o.name: o.parameters for o in infer_request.outputs}
+        return InferenceRequest(feeds, outputs, infer_request.id, infer_request.parameters)
 
-def _timeout(server_seconds: float, request_microseconds: object) -> float | None:
-    """The server's --request-timeout (0: none), shortened by the request's own `timeout` (µs)."""
-    limits = [server_seconds] if server_seconds > 0 else []
-    if isinstance(request_microseconds, int) and not isinstance(request_microseconds, bool) and request_microseconds > 0:
-        limits.append(request_microseconds / 1e6)
-    return min(limits) if limits else None
+    def encode(result: InferenceResult) -> Response:
+        header = {"model_name": result.model.name, "model_version": result.model.version}
+        if result.request.id is not None:
+            header["id"] = result.request.id
+        content, json_size = encode_response(header, result.outputs, binary)
+        if json_size is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_size)})
+
+    return await plane.infer(model_name, version, decode, encode)
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:

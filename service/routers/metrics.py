@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.auth import require_scoped_key
+from service.routers.dependencies import Plane, require_scoped_key
 from service.schemas import ErrorResponse
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_scoped_key)], responses={401: {"model": ErrorResponse}})
@@ -17,5 +17,5 @@ router = APIRouter(tags=["metrics"], dependencies=[Depends(require_scoped_key)],
     response_class=Response,
     responses={200: {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(plane: Plane) -> Response:
+    return Response(generate_latest(plane.recorder.registry), media_type=CONTENT_TYPE_LATEST)

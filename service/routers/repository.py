@@ -8,17 +8,16 @@ from typing import TypeVar
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from service.auth import require_repository_key
 from service.errors import bad_request, first_error
+from service.routers.dependencies import Plane, require_api_key
 from service.schemas import ErrorResponse, LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, empty_ok, openapi_body
 
 T = TypeVar("T", bound=BaseModel)
 
-
 router = APIRouter(
     prefix="/v2/repository",
     tags=["repository"],
-    dependencies=[Depends(require_repository_key)],
+    dependencies=[Depends(require_api_key)],
     responses={code: {"model": ErrorResponse} for code in (401, 403)},
 )
 
@@ -43,9 +42,9 @@ async def _body(request: Request, schema: type[T]) -> T:
     summary="Every model in the repository and its state",
     openapi_extra=openapi_body(RepositoryIndexRequest, "optional; `ready: true` lists ready models only"),
 )
-async def index(request: Request) -> list[RepositoryModel]:
+async def index(request: Request, plane: Plane) -> list[RepositoryModel]:
     body = await _body(request, RepositoryIndexRequest)
-    return [RepositoryModel(**row) for row in request.app.state.service.repository.index(body.ready)]
+    return [RepositoryModel(**row) for row in plane.repository_index(body.ready)]
 
 
 @router.post(
@@ -54,12 +53,12 @@ async def index(request: Request) -> list[RepositoryModel]:
     **empty_ok("loaded"),
     openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own"),
 )
-async def load(request: Request, model_name: str) -> Response:
+async def load(request: Request, model_name: str, plane: Plane) -> Response:
     body = await _body(request, LoadRequest)
     override = body.parameters.get("config")
     if override is not None and not isinstance(override, str):
         raise bad_request("parameter 'config' must be a string holding the model's JSON config")
-    await request.app.state.service.repository.load(model_name, override)
+    await plane.load(model_name, override)
     return Response(status_code=200)
 
 
@@ -69,7 +68,7 @@ async def load(request: Request, model_name: str) -> Response:
     **empty_ok("unloaded"),
     openapi_extra=openapi_body(UnloadRequest, "optional"),
 )
-async def unload(request: Request, model_name: str) -> Response:
+async def unload(request: Request, model_name: str, plane: Plane) -> Response:
     await _body(request, UnloadRequest)
-    await request.app.state.service.repository.unload(model_name)
+    await plane.unload(model_name)
     return Response(status_code=200)

@@ -1,0 +1,212 @@
+"""The data plane that HTTP and gRPC share: models, readiness, inference with its timeout and accounting, statistics, repository.
+
+Front ends only decode and encode: they hand `DataPlane.infer` a function that turns their
+request into an `InferenceRequest` against the model it found, and one that turns the
+`InferenceResult` into their response. Everything between (lookup, readiness, in-flight
+accounting, the timeout, the batcher, metrics and statistics) happens here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service import SERVER_NAME, __version__
+from service.config import ServerConfig
+from service.errors import ServiceError, bad_request
+from service.model import ServedModel
+from service.recorder import Recorder
+from service.repository import ModelRepository
+
+log = logging.getLogger("service.dataplane")
+
+T = TypeVar("T")
+Parameters = dict[str, Any]
+
+# Triton's extensions that this server offers, as server metadata lists them.
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+
+
+@dataclass
+class InferenceRequest:
+    """One inference request as a front end decoded it, its inputs already checked against the model."""
+
+    inputs: dict[str, np.ndarray]
+    # Requested outputs and each one's parameters, in the order asked; None: every output.
+    outputs: dict[str, Parameters] | None = None
+    id: str | None = None
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass
+class InferenceResult:
+    """What a front end encodes: the model that ran, the request, and its outputs in the order requested."""
+
+    model: ServedModel
+    request: InferenceRequest
+    outputs: dict[str, np.ndarray]
+
+
+class DataPlane:
+    """One per server. `start` loads the repository in the background (the server is live at
+    once, ready when loading ends); `stop_accepting` turns readiness off and tells streaming
+    front ends to finish; `close` unloads every model once its requests are done."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.recorder = Recorder()
+        self.repository = ModelRepository(config, self.recorder)
+        self.ready = False
+        # Set when start-up loading has ended, whether or not it worked (`ready` says which).
+        self.loading_done = asyncio.Event()
+        # Set once the server stops taking requests (SIGTERM); streams end after their current requests.
+        self.stopping = asyncio.Event()
+        self._loading: asyncio.Task | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the repository in the background; call on the event loop."""
+
+        async def load() -> None:
+            try:
+                await self.repository.load_all()
+            except Exception:  # an unreadable repository: stay live but never ready, and say why
+                log.exception("cannot load the model repository", extra={"path": str(self.config.model_repository)})
+                return
+            finally:
+                self.loading_done.set()
+            if not self.stopping.is_set():
+                self.ready = True
+                log.info("server ready", extra={"models": self.repository.index()})
+
+        self._loading = asyncio.get_running_loop().create_task(load())
+
+    def stop_accepting(self) -> None:
+        """Report not ready at once, so load balancers stop sending, and let streams wind down."""
+        self.ready = False
+        self.stopping.set()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        if self._loading is not None:
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
+        await self.repository.close()
+        log.info("server stopped")
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """The ready model version (the newest when `version` is None): 404 unknown, 503 not ready."""
+        return self.repository.get(name, version)
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self.repository.get(name, version)
+        except ServiceError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict:
+        return self.model(name, version).metadata(self.repository.versions(name))
+
+    def model_config(self, name: str, version: str | None = None) -> dict:
+        return self.model(name, version).triton_config()
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[dict]:
+        """Triton's statistics of one version, of every loaded version of `name`, or of every model."""
+        if name is None:
+            models = self.repository.loaded()
+        elif version is not None:
+            models = [self.model(name, version)]
+        else:
+            self.model(name)  # 404 / 503 as for any other request
+            models = [self.model(name, v) for v in self.repository.versions(name)]
+        return [model.recorder.stats.to_dict(model.name, model.version) for model in models]
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[ServedModel], InferenceRequest],
+        encode: Callable[[InferenceResult], T],
+    ) -> T:
+        """Run one request on model `name` (`version`, or the newest): `decode(model)` gives the
+        request, `encode(result)` the front end's response, which this returns. Raises
+        ServiceError (the front end maps its status); every outcome is recorded."""
+        started = time.perf_counter()
+        model = self.model(name, version)
+        try:
+            with model:  # in flight: an unload waits for it
+                request = decode(model)
+                names = _requested_outputs(model, request)
+                timeout = _timeout(self.config.request_timeout, request.parameters.get("timeout"))
+                try:
+                    outputs = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                    raise ServiceError(503, f"request timed out after {timeout:g} s") from None
+            response = encode(InferenceResult(model, request, outputs))
+        except BaseException:  # a cancelled call (client gone) counts as failed too
+            model.recorder.request(False, time.perf_counter() - started)
+            raise
+        model.recorder.request(True, time.perf_counter() - started)
+        return response
+
+    # -- repository ---------------------------------------------------------------------------
+
+    def authorize(self, key: str | None) -> None:
+        """403 while no key is configured (the repository API is off); 401 for a missing or wrong key."""
+        expected = self.config.api_key
+        if not expected:
+            raise ServiceError(
+                403, "the repository API is disabled; start the server with an API key (SE_ONNX_API_KEY, --api-key-file or --api-key) to enable it"
+            )
+        if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+            raise ServiceError(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+
+    def authorize_scoped(self, key: str | None) -> None:
+        """Under --api-key-scope all, inference, metadata, statistics and metrics need the key
+        too; health checks never do, so that probes need no secret."""
+        if self.config.api_key and self.config.api_key_scope == "all":
+            self.authorize(key)
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        return self.repository.index(ready_only)
+
+    async def load(self, name: str, config_override: str | None = None) -> None:
+        await self.repository.load(name, config_override)
+
+    async def unload(self, name: str) -> None:
+        await self.repository.unload(name)
+
+
+def _requested_outputs(model: ServedModel, request: InferenceRequest) -> list[str]:
+    if request.outputs is None:
+        return list(model.outputs)
+    for output, parameters in request.outputs.items():
+        if output not in model.outputs:
+            raise bad_request(f"unknown output {output!r}; the model gives {', '.join(model.outputs)}")
+        if parameters.get("classification"):
+            raise bad_request(f"output {output!r}: the classification extension is not supported")
+    return list(request.outputs)
+
+
+def _timeout(server_seconds: float, request_microseconds: object) -> float | None:
+    """The server's --request-timeout (0: none), shortened by the request's own `timeout` (µs)."""
+    limits = [server_seconds] if server_seconds > 0 else []
+    if isinstance(request_microseconds, int) and not isinstance(request_microseconds, bool) and request_microseconds > 0:
+        limits.append(request_microseconds / 1e6)
+    return min(limits) if limits else None

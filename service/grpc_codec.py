@@ -1,0 +1,89 @@
+"""Tensors over gRPC: Triton's ModelInferRequest to an InferenceRequest, and results to ModelInferResponse."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+from service.dataplane import InferenceRequest, InferenceResult, Parameters
+from service.errors import bad_request
+from service.model import ServedModel
+from service.tensors import DATATYPES, array_from_bytes, check_complete, check_input, datatype_of_array, serialize_bytes
+
+# The typed field of InferTensorContents that carries each datatype (FP16 has none: raw only).
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters(entries) -> Parameters:
+    """A protobuf map of InferParameter (or ModelRepositoryParameter) as plain Python values."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in entries.items() if value.WhichOneof("parameter_choice")}
+
+
+def decode_request(request: pb.ModelInferRequest, model: ServedModel) -> InferenceRequest:
+    """The request's inputs as arrays, checked against `model` (400 on any mistake). Raw
+    contents become arrays over the message's bytes without a per-element step."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise bad_request(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input or none")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        check_input(model.inputs, arrays, name, datatype, shape)
+        if raw:
+            arrays[name] = array_from_bytes(name, datatype, shape, raw[index])
+        elif tensor.HasField("contents"):
+            arrays[name] = _from_contents(name, datatype, shape, tensor.contents)
+        else:
+            raise bad_request(f"input {name!r} has neither contents nor raw_input_contents")
+    check_complete(model.inputs, arrays)
+    outputs = {output.name: parameters(output.parameters) for output in request.outputs} or None
+    return InferenceRequest(arrays, outputs, request.id or None, parameters(request.parameters))
+
+
+def _from_contents(name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents) -> np.ndarray:
+    field = _CONTENTS.get(datatype)
+    if field is None:
+        raise bad_request(f"input {name!r}: {datatype} travels in raw_input_contents only")
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise bad_request(f"input {name!r}: {len(values)} elements, expected {count} for shape {shape}")
+    if datatype == "BYTES":
+        array = np.array([value.decode("utf-8", "surrogateescape") for value in values], dtype=object)
+    else:
+        try:  # numbers out of a narrow type's range (300 as UINT8) raise
+            array = np.array(values, dtype=DATATYPES[datatype])
+        except OverflowError as error:
+            raise bad_request(f"input {name!r}: data is not {datatype}: {error}") from None
+    return array.reshape(shape)
+
+
+def encode_response(result: InferenceResult) -> pb.ModelInferResponse:
+    """Every output in raw_output_contents, as tritonclient reads them."""
+    tensors, contents = [], []
+    for name, array in result.outputs.items():
+        datatype = datatype_of_array(array)
+        tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape))
+        contents.append(serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes())
+    return pb.ModelInferResponse(
+        model_name=result.model.name,
+        model_version=result.model.version,
+        id=result.request.id or "",
+        outputs=tensors,
+        raw_output_contents=contents,
+    )
