@@ -60,3 +60,27 @@ def test_client_certificates_required_with_a_ca(pki, repo):
             assert client.get(f"https://{url}/v2/health/ready").status_code == 200
     finally:
         assert stop_server(process) == 0
+
+
+def test_grpc_over_tls_and_the_key_scope(pki, repo):
+    """gRPC takes the same certificate, and --api-key-scope all asks it for the key too."""
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+    from service_helpers import free_port
+    from tritonclient.utils import InferenceServerException
+
+    grpc_port = free_port()
+    tls = ["--ssl-certfile", str(pki / "server.pem"), "--ssl-keyfile", str(pki / "server.key")]
+    process, _ = start_server(repo, *tls, grpc_port=grpc_port, env={"SE_ONNX_API_KEY": "k", "SE_ONNX_API_KEY_SCOPE": "all"},
+                              scheme="https", verify=_context(pki))  # fmt: skip
+    try:
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=str(pki / "ca.pem"))
+        assert client.is_server_ready()  # health needs no key
+        x = triton_grpc.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("relu", [x])
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert client.infer("relu", [x], headers={"x-api-key": "k"}).as_numpy("relu").tolist() == [[1.0] * 4]
+    finally:
+        assert stop_server(process) == 0
