@@ -21,6 +21,7 @@ import numpy as np
 from service import SERVER_NAME, __version__
 from service.config import ServerConfig
 from service.errors import ServiceError, bad_request
+from service.metrics import TritonCollector
 from service.model import ServedModel
 from service.recorder import Recorder
 from service.repository import ModelRepository
@@ -63,6 +64,7 @@ class DataPlane:
         self.config = config
         self.recorder = Recorder()
         self.repository = ModelRepository(config, self.recorder)
+        self.recorder.registry.register(TritonCollector(self._triton_series))
         self.ready = False
         # Set when start-up loading has ended, whether or not it worked (`ready` says which).
         self.loading_done = asyncio.Event()
@@ -101,6 +103,10 @@ class DataPlane:
             await asyncio.gather(self._loading, return_exceptions=True)
         await self.repository.close()
         log.info("server stopped")
+
+    def _triton_series(self) -> list[tuple[dict, int]]:
+        """Each loaded version's statistics and requests in flight, for Triton's nv_* series."""
+        return [(model.recorder.stats.to_dict(model.name, model.version), model.inflight) for model in self.repository.loaded()]
 
     # -- health and metadata ------------------------------------------------------------------
 
