@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import SERVER_NAME, __version__
+from service.classification import classify, requested_classes
 from service.config import ServerConfig
 from service.errors import ServiceError, bad_request
 from service.metrics import TritonCollector
@@ -32,7 +33,7 @@ T = TypeVar("T")
 Parameters = dict[str, Any]
 
 # Triton's extensions that this server offers, as server metadata lists them.
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
 
 @dataclass
@@ -161,7 +162,7 @@ class DataPlane:
                 names = _requested_outputs(model, request)
                 timeout = _timeout(self.config.request_timeout, request.parameters.get("timeout"))
                 try:
-                    outputs = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
+                    outputs = _classified(model, request, await asyncio.wait_for(model.infer(request.inputs, names), timeout))
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise ServiceError(503, f"request timed out after {timeout:g} s") from None
             response = encode(InferenceResult(model, request, outputs))
@@ -205,9 +206,17 @@ def _requested_outputs(model: ServedModel, request: InferenceRequest) -> list[st
     for output, parameters in request.outputs.items():
         if output not in model.outputs:
             raise bad_request(f"unknown output {output!r}; the model gives {', '.join(model.outputs)}")
-        if parameters.get("classification"):
-            raise bad_request(f"output {output!r}: the classification extension is not supported")
+        requested_classes(output, parameters)
     return list(request.outputs)
+
+
+def _classified(model: ServedModel, request: InferenceRequest, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs with those asked for as classifications replaced by their top k classes."""
+    for name, parameters in (request.outputs or {}).items():
+        k = requested_classes(name, parameters)
+        if k is not None:
+            outputs[name] = classify(name, outputs[name], k, model.labels)
+    return outputs
 
 
 def _timeout(server_seconds: float, request_microseconds: object) -> float | None:

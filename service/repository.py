@@ -41,6 +41,7 @@ _FAILURE_CLASSES = (
     ("provider", "its execution provider is not usable"),
     ("memory", "not enough memory"),
     ("directory cannot be read", "its folder cannot be read"),
+    ("cannot read the labels", "its labels.txt cannot be read"),
 )
 
 
