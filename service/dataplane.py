@@ -166,7 +166,14 @@ class DataPlane:
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise ServiceError(503, f"request timed out after {timeout:g} s") from None
             response = encode(InferenceResult(model, request, outputs))
-        except BaseException:  # a cancelled call (client gone) counts as failed too
+        except asyncio.CancelledError:
+            # The client went away (its front end cancelled the call): a request still queued
+            # for a batch or an instance is never computed (the batcher and the executor skip
+            # cancelled work). It counts as failed, and as gone.
+            model.recorder.request(False, time.perf_counter() - started)
+            model.recorder.client_gone()
+            raise
+        except BaseException:
             model.recorder.request(False, time.perf_counter() - started)
             raise
         model.recorder.request(True, time.perf_counter() - started)

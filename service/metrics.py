@@ -24,6 +24,12 @@ class Metrics:
         self.failure = Counter(
             "se_onnx_inference_request_failure", "Inference requests that failed", _LABELS, registry=self.registry
         )
+        self.client_gone = Counter(
+            "se_onnx_inference_client_gone",
+            "Inference requests dropped because their client disconnected (not computed if still queued)",
+            _LABELS,
+            registry=self.registry,
+        )
         self.request_duration = Histogram(
             "se_onnx_inference_request_duration_seconds",
             "Time from receiving a request to having its response, decoding and encoding included",

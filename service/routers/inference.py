@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from collections.abc import Awaitable
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -93,7 +95,29 @@ async def infer(request: Request, plane: Plane, model_name: str, version: str | 
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_size)})
 
-    return await plane.infer(model_name, version, decode, encode)
+    return await _unless_client_gone(request, plane.infer(model_name, version, decode, encode))
+
+
+async def _unless_client_gone(request: Request, call: Awaitable[Response]) -> Response:
+    """`call`'s response, or its cancellation once the client disconnects: a request still
+    waiting for a batch or an instance is then dropped instead of computed for nobody."""
+    work = asyncio.ensure_future(call)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        return Response(status_code=499)  # nobody reads it; the access log shows what happened
+    return work.result()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read: the next message the server has for this request is its disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
