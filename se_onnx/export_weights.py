@@ -7,15 +7,14 @@ import onnx_ir as ir
 
 from se_onnx.detect import SEBlock, find_se
 from se_onnx.errors import SeOnnxError
-from se_onnx.insert import conv_before
+from se_onnx.graph_utils import conv_before, node_label, scoped_name
 
 
 def block_key(block: SEBlock) -> str:
-    """The name a block's weights go by: the conv it follows, else its rescale node."""
+    """The name a block's weights go by: the conv it follows, else its rescale node, prefixed by
+    the path of its graph when it sits in a subgraph (as `insert` names its blocks)."""
     conv = conv_before(block.input)
-    if conv is not None:
-        return conv.name or conv.outputs[0].name
-    return block.rescale.name or block.output.name
+    return scoped_name(node_label(conv if conv is not None else block.rescale), block.graph)
 
 
 def export_se_weights(model: ir.Model) -> dict[str, np.ndarray]:

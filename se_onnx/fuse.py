@@ -38,14 +38,12 @@ import functools
 import statistics
 from collections.abc import Callable, Mapping
 
-import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import InlinePass, RemoveUnusedNodesPass
 
 from se_onnx.bench import pairwise_ratio, time_interleaved
 from se_onnx.detect import SEBlock, detect
 from se_onnx.errors import SeOnnxError
-from se_onnx.insert import model_opset
+from se_onnx.graph_utils import model_opset, redirect, remove_unused
 from se_onnx.model_io import uses_external_data
 from se_onnx.naming import NameScope, names_in_use
 from se_onnx.runtime import make_session, random_inputs
@@ -53,17 +51,18 @@ from se_onnx.se_block import (
     ACTIVATION_ALPHA,
     GATE_ALPHA,
     GATE_BETA,
+    FUNCTION_NAME,
+    SE_DOMAIN,
     BuiltBlock,
+    LayerWeights,
     build_excitation,
     build_se_function_body,
 )
-from se_onnx.strip import redirect
 
 FORMS = ("canonical", "function", "fastest")
 # What `fastest` times: the model as given, and the block layouts `se_block` can build.
-CANDIDATES = ("original", "canonical", "conv")
-SE_DOMAIN = "se_onnx"
-FUNCTION_NAME = "SqueezeExcitation"
+_CANDIDATE_LAYOUTS = {"original": None, "canonical": "gemm", "conv": "conv"}
+CANDIDATES = tuple(_CANDIDATE_LAYOUTS)
 # Function overloads arrived in IR version 10.
 FUNCTION_IR_VERSION = 10
 # A candidate must be this much faster than the original (median ratio below 1 - MIN_GAIN) to be
@@ -104,14 +103,50 @@ class FuseReport:
 
 
 @dataclasses.dataclass
-class UnfuseReport:
-    """What `unfuse_se` inlined."""
+class FuseResult(ir.passes.PassResult):
+    """The model with its SE blocks in the form asked for, and the report."""
 
-    blocks_inlined: int
-    functions_removed: list[str]  # "domain::name:overload" of each function dropped
+    report: FuseReport
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+class FuseSE(ir.passes.InPlacePass):
+    """Rewrites every SE block of the model into `form` in place (an onnx-ir pass; forms in the
+    module docstring). `provider`, `runs`, `warmup` and `batch` set how `fastest` measures
+    (`measure_forms`); when it keeps the original, the model is unchanged.
+
+    Raises SeOnnxError for an unknown form or a model without SE blocks. The result carries the
+    report; in a `PassManager`, read it from `report` after the run.
+    """
+
+    def __init__(
+        self, form: str = "canonical", *, provider: str = "cpu", runs: int = 50, warmup: int = 5, batch: int = 1
+    ) -> None:
+        super().__init__()
+        _check_form(form)
+        self.form = form
+        self.provider, self.runs, self.warmup, self.batch = provider, runs, warmup, batch
+        self.report: FuseReport | None = None
+
+    def call(self, model: ir.Model) -> FuseResult:
+        form = self.form
+        blocks = [block.to_dict() for block in _blocks(model)]
+        if form == "canonical":
+            _rewrite(model, _layout_builder("gemm"))
+            self.report = FuseReport(form, form, blocks)
+        elif form == "function":
+            _to_functions(model)
+            self.report = FuseReport(form, form, blocks)
+        else:
+            candidates = {name: model if layout is None else rebuild_se(model, layout) for name, layout in _CANDIDATE_LAYOUTS.items()}
+            timings = measure_forms(
+                candidates, provider=self.provider, runs=self.runs, warmup=self.warmup, batch=self.batch
+            )
+            best = min(timings, key=lambda timing: timing.ratio)
+            written = best.form if best.ratio < 1.0 - MIN_GAIN else "original"
+            if written != "original":
+                _rewrite(model, _layout_builder(_CANDIDATE_LAYOUTS[written]))
+            self.report = FuseReport(form, written, blocks, self.provider, timings)
+        return FuseResult(model, self.report.written != "original", self.report)
 
 
 def fuse_se(
@@ -123,49 +158,25 @@ def fuse_se(
     warmup: int = 5,
     batch: int = 1,
 ) -> tuple[ir.Model, FuseReport]:
-    """A copy of `model` with every SE block rewritten into `form` (see the module docstring).
+    """A copy of `model` with every SE block rewritten into `form`, and the report (`FuseSE` on a
+    copy). The input model is not modified."""
+    fuse = FuseSE(form, provider=provider, runs=runs, warmup=warmup, batch=batch)
+    result = fuse(model.clone())
+    return result.model, result.report
 
-    `provider`, `runs`, `warmup` and `batch` set how `fastest` measures (`measure_forms`). The input model is not
-    modified. Raises SeOnnxError for an unknown form or a model without SE blocks.
-    """
+
+def _check_form(form: str) -> None:
     if form not in FORMS:
         raise SeOnnxError(f"--form must be one of {', '.join(FORMS)}, not {form!r}")
-    blocks = [block.to_dict() for block in _blocks(model)]
-    if form == "canonical":
-        return rebuild_se(model, "gemm"), FuseReport(form, form, blocks)
-    if form == "function":
-        return _to_functions(model), FuseReport(form, form, blocks)
-    candidates = {
-        "original": model,
-        "canonical": rebuild_se(model, "gemm"),
-        "conv": rebuild_se(model, "conv"),
-    }
-    timings = measure_forms(candidates, provider=provider, runs=runs, warmup=warmup, batch=batch)
-    best = min(timings, key=lambda timing: timing.ratio)
-    written = best.form if best.ratio < 1.0 - MIN_GAIN else "original"
-    fused = model.clone() if written == "original" else candidates[written]
-    return fused, FuseReport(form, written, blocks, provider, timings)
 
 
 def rebuild_se(model: ir.Model, layout: str) -> ir.Model:
     """A copy of `model` with every SE block rebuilt in `layout`: "gemm" (the canonical form) or
-    "conv" (GlobalAveragePool → 1×1 Conv → activation → 1×1 Conv → gate → Mul)."""
-    return _rewrite(model, _layout_builder(layout))
-
-
-def unfuse_se(model: ir.Model) -> tuple[ir.Model, UnfuseReport]:
-    """A copy of `model` with every `se_onnx.SqueezeExcitation` call inlined (the inverse of the
-    function form). Raises SeOnnxError when the model has no such call."""
+    "conv" (GlobalAveragePool → 1×1 Conv → activation → 1×1 Conv → gate → Mul; channels-last
+    blocks stay in the gemm layout, since GlobalAveragePool and Conv read channels first)."""
     model = model.clone()
-    calls = [node for node in model.graph if node.domain == SE_DOMAIN and node.op_type == FUNCTION_NAME]
-    if not calls:
-        raise SeOnnxError(f"the model has no {SE_DOMAIN}.{FUNCTION_NAME} node to unfuse")
-    removed = [f"{d}::{n}:{o}" if o else f"{d}::{n}" for (d, n, o) in model.functions if d == SE_DOMAIN]
-    InlinePass(criteria=lambda function: function.domain == SE_DOMAIN)(model)
-    if not any(node.domain == SE_DOMAIN for node in ir.traversal.RecursiveGraphIterator(model.graph)):
-        model.opset_imports.pop(SE_DOMAIN, None)
-    model.graph.sort()
-    return model, UnfuseReport(len(calls), removed)
+    _rewrite(model, _layout_builder(layout))
+    return model
 
 
 def measure_forms(
@@ -228,27 +239,24 @@ def _blocks(model: ir.Model) -> list[SEBlock]:
 _Builder = Callable[[ir.Model, SEBlock, ir.Value, int, NameScope], ir.Value]
 
 
-def _rewrite(model: ir.Model, build: _Builder) -> ir.Model:
-    """A copy of `model` with each SE block replaced by what `build` makes for it."""
-    model = model.clone()
+def _rewrite(model: ir.Model, build: _Builder) -> None:
+    """Replace each SE block of `model` by what `build` makes for it, in place."""
     opset = model_opset(model)
     names = NameScope(names_in_use(model))
-    graph = model.graph
     # A block may rescale the output of the block before it, which that block's rewrite replaced.
     replaced: dict[ir.Value, ir.Value] = {}
     for index, block in enumerate(_blocks(model)):
         scope = names.child(f"{block.rescale.name or f'se_{index}'}/")
         output = build(model, block, replaced.get(block.input, block.input), opset, scope)
-        redirect(graph, block.output, output, names)
+        redirect(block.output, output, names)
         replaced[block.output] = output
-        graph.remove(block.nodes, safe=True)
-    RemoveUnusedNodesPass()(model)  # the old blocks' weights
-    graph.sort()
-    return model
+        block.rescale.graph.remove(block.nodes, safe=True)
+    remove_unused(model)  # the old blocks' weights
+    model.graph.sort()
 
 
-def _layers(block: SEBlock) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(layer.weight, layer.bias) for layer in block.layers]
+def _layers(block: SEBlock) -> list[LayerWeights]:
+    return [layer.weights for layer in block.layers]
 
 
 def _layout_builder(layout: str) -> _Builder:
@@ -262,9 +270,11 @@ def _layout_builder(layout: str) -> _Builder:
             names=names,
             activation=block.activation,
             gate=block.gate,
-            layout=layout,
+            # GlobalAveragePool and Conv read channels first: an NHWC block keeps the gemm layout.
+            layout="gemm" if block.channels_last else layout,
+            channels_last=block.channels_last,
         )
-        _add(model.graph, built)
+        _add(block.rescale.graph, built)
         _keep_output_type(built.output, block.output)
         return built.output
 
@@ -282,7 +292,7 @@ def _keep_output_type(new: ir.Value, old: ir.Value) -> None:
     new.shape = old.shape or new.shape
 
 
-def _to_functions(model: ir.Model) -> ir.Model:
+def _to_functions(model: ir.Model) -> None:
     functions: dict[str, ir.Function] = {}
 
     def build(model: ir.Model, block: SEBlock, x: ir.Value, opset: int, names: NameScope) -> ir.Value:
@@ -293,6 +303,7 @@ def _to_functions(model: ir.Model) -> ir.Model:
             dtype=block.dtype,
             activation=block.activation,
             gate=block.gate,
+            channels_last=block.channels_last,
         )
         overload = _overload(block)
         if overload not in functions:
@@ -303,7 +314,7 @@ def _to_functions(model: ir.Model) -> ir.Model:
             weight = ir.Value(
                 name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(block.dtype), const_value=tensor
             )
-            model.graph.register_initializer(weight)
+            block.rescale.graph.register_initializer(weight)
             weights.append(weight)
         node = ir.Node(
             SE_DOMAIN,
@@ -314,24 +325,25 @@ def _to_functions(model: ir.Model) -> ir.Model:
             num_outputs=1,
             name=names(FUNCTION_NAME),
         )
-        model.graph.append(node)
+        block.rescale.graph.append(node)
         output = node.outputs[0]
         output.name = names("output")
         _keep_output_type(output, block.output)
         return output
 
-    model = _rewrite(model, build)
+    _rewrite(model, build)
     for function in functions.values():
         model.functions[function.identifier()] = function
     model.opset_imports[SE_DOMAIN] = 1
     model.ir_version = max(model.ir_version, FUNCTION_IR_VERSION)
-    return model
 
 
 def _overload(block: SEBlock) -> str:
     """The name of the function body a block needs: what varies between bodies."""
     activation = block.activation.op_type.lower() if block.activation else "one_layer"
-    return f"{activation}_{block.gate.op_type.lower()}_{block.spatial_rank}d"
+    gain = "" if block.gate.gain == 1 else "_gain"
+    layout = "_nhwc" if block.channels_last else ""
+    return f"{activation}_{block.gate.op_type.lower()}{gain}_{block.spatial_rank}d{layout}"
 
 
 def _function(body: BuiltBlock, overload: str, opset: int) -> ir.Function:

@@ -3,6 +3,13 @@
 Placement follows SENet: on each residual branch, after the branch's last conv (and its
 BatchNorm), before the residual Add; or after every conv, past its BatchNorm and activation so
 that Conv+BN+activation fusions survive; or after convs chosen by name.
+
+A conv's layer is followed the way exporters write it (`follow_layer`): through a Transpose to
+channels-last (tf2onnx runs BatchNorm, activations and residual Adds in NHWC between Transposes
+around each Conv), BatchNorm as a node or as Mul + Add by per-channel constants, and the
+QuantizeLinear → DequantizeLinear pairs of a QDQ model. A block in an NHWC island is built
+channels-last where the layer ends, so no Transpose is added. In a QDQ model the float block sits
+after a DequantizeLinear and is followed by a copy of the Q/DQ pair before it (see `_requantize`).
 """
 
 from __future__ import annotations
@@ -15,22 +22,30 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from se_onnx.constants import constant_array, is_constant, static_shape, value_dtype
 from se_onnx.detect import find_se
 from se_onnx.errors import SeOnnxError
 from se_onnx.gc_pause import collector_paused
+from se_onnx.graph_utils import (
+    MAIN_GRAPH,
+    LayerPath,
+    follow_layer,
+    graph_paths,
+    graphs,
+    is_conv,
+    is_op,
+    model_opset,
+    node_label,
+    owning_graph,
+    scoped_name,
+)
 from se_onnx.naming import NameScope, names_in_use
-from se_onnx.se_block import MIN_OPSET, SEWeights, build_se_block, squeeze_width
+from se_onnx.qdq import through_qdq
+from se_onnx.se_block import SEWeights, build_se_block, squeeze_width
 
 PLACEMENTS = ("auto", "residual", "conv")
-INITS = ("identity", "random")
+INITS = ("identity", "saturated", "random")
 
-# Elementwise activations that a conv layer's output may pass through before the SE block.
-_ACTIVATIONS = frozenset(
-    {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSwish", "HardSigmoid",
-        "Sigmoid", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu",
-    }
-)
 _QUANTIZED_CONVS = frozenset({"QLinearConv", "ConvInteger"})
 # How far back the residual check walks from a branch to find its shortcut's source.
 _RESIDUAL_SEARCH_LIMIT = 256
@@ -47,7 +62,9 @@ class InsertOptions:
     divisor: int | None = None
     min_channels: int = 1
     skip_depthwise: bool = False
-    init: str = "identity"  # identity (gate = 1, outputs unchanged) or random
+    # identity: gate = 2·σ(0) = 1, outputs unchanged, trainable; saturated: gate = σ(20) = 1, the
+    # plain block, outputs unchanged but not trainable; random: PyTorch's default init.
+    init: str = "identity"
     seed: int = 0
     # Trained weights keyed "<block>.fc1.weight" etc., as `export_se_weights` writes them.
     weights: Mapping[str, np.ndarray] | None = None
@@ -74,16 +91,33 @@ class InsertOptions:
 class InsertedBlock:
     """One SE block the pass added."""
 
-    name: str  # the conv it follows; the key of its weights
+    name: str  # the conv it follows (scoped by its graph when in a subgraph); the key of its weights
     placement: str  # residual or conv
     after: str  # the feature map it rescales
     channels: int
     squeeze_channels: int
     spatial_rank: int
     nodes: tuple[str, ...]
+    graph: str = MAIN_GRAPH  # the path of the graph it sits in
+    layout: str = "NCHW"  # NHWC: built channels-last, in a Transposed island
+    through: tuple[str, ...] = ()  # the ops between the conv and the block, in order
+    requantized: bool = False  # a float block between a DequantizeLinear and a copy of its pair
+
+    @property
+    def position(self) -> str:
+        """Where the block sits, in words."""
+        if self.placement == "residual":
+            where = "before the residual Add, after " + " → ".join(("Conv", *self.through))
+        else:
+            where = "after " + " → ".join(("Conv", *self.through)) if self.through else "right after the Conv"
+        return f"{where} ({self.layout}{', requantized' if self.requantized else ''})"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"nodes": list(self.nodes)}
+        return dataclasses.asdict(self) | {
+            "nodes": list(self.nodes),
+            "through": list(self.through),
+            "position": self.position,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +163,12 @@ class ConvInfo:
     in_channels: int
     kernel: tuple[int, ...]
     group: int
+    graph: str = MAIN_GRAPH  # the path of the graph the conv sits in
 
     @property
     def name(self) -> str:
-        return self.node.name or self.node.outputs[0].name
+        """The conv's label, prefixed by its graph's path when it sits in a subgraph."""
+        return scoped_name(node_label(self.node), self.graph)
 
     @property
     def spatial_rank(self) -> int:
@@ -143,14 +179,21 @@ class ConvInfo:
         return self.group > 1 and self.group == self.in_channels
 
     @classmethod
-    def of(cls, node: ir.Node) -> ConvInfo | None:
-        """The facts, or None when the weight's shape is not known statically."""
-        weight = node.inputs[1] if len(node.inputs) > 1 else None
-        shape = weight.shape if weight is not None else None
-        if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape):
+    def of(cls, node: ir.Node, graph: str = MAIN_GRAPH) -> ConvInfo | None:
+        """The facts, or None when the weight's shape is not known statically (nor a constant)."""
+        shape = static_shape(node.inputs[1]) if len(node.inputs) > 1 else None
+        if shape is None or len(shape) < 3:
             return None
         group = node.attributes.get_int("group", 1)
-        return cls(node, shape[0], shape[1] * group, tuple(shape[2:]), group)
+        return cls(node, shape[0], shape[1] * group, tuple(shape[2:]), group, graph)
+
+
+def model_convs(model: ir.Model) -> Iterator[tuple[ir.Node, str]]:
+    """Every Conv of the model with the path of its graph, subgraphs to any depth."""
+    for graph, path in graphs(model):
+        for node in graph:
+            if is_conv(node):
+                yield node, path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +204,7 @@ class InsertionSite:
     placement: str
     anchor: ir.Value
     uses: tuple[tuple[ir.Node, int], ...]  # (consumer, input index) pairs to rewire
+    path: LayerPath
 
 
 @dataclasses.dataclass
@@ -176,30 +220,36 @@ class InsertionPlan:
 def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) -> InsertionPlan:
     """Decide where blocks go without changing the model (`insert_se` and `inspect` share it)."""
     options.validate()
-    graph = model.graph
-    _refuse_quantized(graph)
-    convs = [node for node in graph if _is_conv(node)]
-    skipped = [SkippedConv(_node_label(node), "inside a subgraph (If/Loop/Scan)") for node in _subgraph_convs(graph)]
-    if not convs and not skipped:
+    _refuse_quantized(model.graph)
+    convs = list(model_convs(model))
+    if not convs:
         raise SeOnnxError("the model has no Conv node, so there is nowhere to add SE blocks")
+    se_blocks = find_se(model)
+    se_nodes = {id(node) for block in se_blocks for node in block.nodes}
+    skipped: list[SkippedConv] = []
     candidates: list[ConvInfo] = []
-    for node in convs:
-        info = ConvInfo.of(node)
-        reason = _exclusion(info, options) if info is not None else "weight shape is not known statically"
+    for node, path in convs:
+        info = ConvInfo.of(node, path)
+        if id(node) in se_nodes:
+            reason = "an excitation layer of an SE block"
+        elif info is None:
+            reason = "weight shape is not known statically"
+        else:
+            reason = _exclusion(info, options)
         if reason:
-            skipped.append(SkippedConv(_node_label(node), reason))
+            skipped.append(SkippedConv(scoped_name(node_label(node), path), reason))
         else:
             candidates.append(info)
 
     placement = options.where
     if placement == "auto":
-        has_residual = not options.nodes and any(True for _ in _residual_sites(candidates))
+        has_residual = not options.nodes and any(True for _ in _residual_sites(candidates, convs))
         placement = "residual" if has_residual else "conv"
     if placement == "residual":
-        sites = list(_residual_sites(candidates))
+        sites = list(_residual_sites(candidates, convs))
     else:
         sites = []
-        se_inputs = {id(block.input) for block in find_se(model)}
+        se_inputs = {id(block.input) for block in se_blocks}
         for site in map(_conv_site, candidates):
             if id(site.anchor) in se_inputs:
                 skipped.append(SkippedConv(site.conv.name, "already followed by an SE block"))
@@ -208,65 +258,88 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
     return InsertionPlan(placement, sites, skipped, len(convs))
 
 
-def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tuple[ir.Model, InsertReport]:
-    """Return a copy of `model` with SE blocks added as `options` say, and a report of them.
+@dataclasses.dataclass
+class InsertResult(ir.passes.PassResult):
+    """The model with its blocks added, and the report of them."""
 
-    The input model is not modified. Raises SeOnnxError when the options are invalid, the model is
-    unsupported (no conv, quantized convs, opset < 11), or nothing matches the placement.
+    report: InsertReport
+
+
+class InsertSE(ir.passes.InPlacePass):
+    """Adds SE blocks to the model in place, as `options` say (an onnx-ir pass).
+
+    Raises SeOnnxError when the options are invalid, the model is unsupported (no conv, quantized
+    convs, opset < 11), or nothing matches the placement; the model is then unchanged. The result
+    carries the report; in a `PassManager`, whose result does not, read it from `report` after.
     """
-    opset = model_opset(model)
+
+    def __init__(self, options: InsertOptions = InsertOptions()) -> None:
+        super().__init__()
+        self.options = options
+        self.report: InsertReport | None = None
+
+    def call(self, model: ir.Model) -> InsertResult:
+        opset = model_opset(model)
+        with collector_paused():
+            plan = plan_insertion(model, self.options)
+            if not plan.sites:
+                raise SeOnnxError(_nothing_matches(plan, self.options))
+            dtype = _feature_dtype(plan.sites[0])
+            blocks = _add_blocks(model, plan.sites, self.options, opset)
+            model.graph.sort()  # and every subgraph
+        self.report = InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
+        return InsertResult(model, True, self.report)
+
+
+def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tuple[ir.Model, InsertReport]:
+    """Return a copy of `model` with SE blocks added as `options` say, and a report of them
+    (`InsertSE` on a copy). The input model is not modified."""
     with collector_paused():
         model = model.clone()
-        plan = plan_insertion(model, options)
-        if not plan.sites:
-            raise SeOnnxError(_nothing_matches(plan, options))
-        dtype = _feature_dtype(plan.sites[0])
-        blocks = _add_blocks(model, plan.sites, options, opset)
-        model.graph.sort()
-    return model, InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
-
-
-
-def model_opset(model: ir.Model) -> int:
-    """The model's default-domain opset, refusing one older than se-onnx supports."""
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    if opset is None:
-        raise SeOnnxError("the model imports no default-domain (ai.onnx) opset")
-    if opset < MIN_OPSET:
-        raise SeOnnxError(
-            f"the model's opset {opset} is older than {MIN_OPSET}; convert it first "
-            "(onnx.version_converter.convert_version)"
-        )
-    return opset
+    result = InsertSE(options)(model)
+    return result.model, result.report
 
 
 def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
-    graph = model.graph
     names = NameScope(names_in_use(model))
+    paths: dict[ir.Graph, str] = {model.graph: MAIN_GRAPH}
     weights = _weights_per_site(sites, options)
     blocks = []
     for site, site_weights in zip(sites, weights):
         anchor = site.anchor
+        # The block goes where its feature map is defined; bodies nested there see it too.
+        graph = owning_graph(anchor)
+        if graph not in paths:  # the first block in a subgraph: walk them all once
+            paths = graph_paths(model)
+        scope = names.child(f"{site.conv.name}/se/")
         built = build_se_block(
             anchor,
             site_weights,
             spatial_rank=site.conv.spatial_rank,
             opset=opset,
             dtype=_feature_dtype(site),
-            names=names.child(f"{site.conv.name}/se/"),
+            names=scope,
+            channels_last=site.path.channels_last,
         )
         for initializer in built.initializers:
             graph.register_initializer(initializer)
         graph.extend(built.nodes)
+        nodes, output = list(built.nodes), built.output
+        if site.path.quantized is not None:
+            pair = _requantize(graph, output, *site.path.quantized, site_weights.gate_gain, scope)
+            graph.extend(pair)
+            nodes += pair
+            output = pair[-1].outputs[0]
+            output.type, output.shape = anchor.type, anchor.shape
         for consumer, index in site.uses:
-            consumer.replace_input_with(index, built.output)
+            consumer.replace_input_with(index, output)
         after = anchor.name
         if site.placement == "conv" and anchor.is_graph_output():
             # The graph output keeps its name; the pre-SE feature map takes a fresh one.
-            for index, output in enumerate(graph.outputs):
-                if output is anchor:
-                    graph.outputs[index] = built.output
-            anchor.name, built.output.name = names(f"{anchor.name}_before_se"), anchor.name
+            for index, graph_output in enumerate(graph.outputs):
+                if graph_output is anchor:
+                    graph.outputs[index] = output
+            anchor.name, output.name = names(f"{anchor.name}_before_se"), anchor.name
         blocks.append(
             InsertedBlock(
                 name=site.conv.name,
@@ -275,17 +348,52 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
                 channels=site_weights.channels,
                 squeeze_channels=site_weights.squeeze_channels,
                 spatial_rank=site.conv.spatial_rank,
-                nodes=tuple(node.name for node in built.nodes),
+                nodes=tuple(node.name for node in nodes),
+                layout="NHWC" if site.path.channels_last else "NCHW",
+                through=site.path.through,
+                requantized=site.path.quantized is not None,
+                graph=paths[graph],
             )
         )
     return blocks
+
+
+def _requantize(
+    graph: ir.Graph, value: ir.Value, quantize: ir.Node, dequantize: ir.Node, gain: float, names: NameScope
+) -> list[ir.Node]:
+    """A copy of the Q/DQ pair the block's input came out of, applied to the block's output.
+
+    The block scales its input by gates in [0, gain], and a quantization range always holds 0, so
+    the input's zero point with its scale times the gain holds the output: nothing clips. With a
+    gain of 1 (`--init saturated`, or weights without one) the pair is the input's own, and under
+    that identity init it gives back the very integers the model had; the trainable identity's
+    gain of 2 makes the grid twice as coarse. The DequantizeLinear → op → QuantizeLinear groups
+    around the block keep their shape.
+    """
+    scale = quantize.inputs[1]
+    if gain != 1:
+        array = constant_array(scale)
+        if array is None:
+            raise SeOnnxError(f"the scale of {node_label(quantize)!r} is not a constant, so the SE block cannot be requantized")
+        tensor = ir.Tensor((array * np.asarray(gain, array.dtype)).astype(array.dtype), name=names("requantize_scale"))
+        scale = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        graph.register_initializer(scale)
+    copies = []
+    for node, stem in ((quantize, "requantize"), (dequantize, "dequantize")):
+        inputs = [value, scale, *node.inputs[2:]]
+        attributes = {name: attribute.value for name, attribute in node.attributes.items()}
+        copy = ir.node(node.op_type, inputs, attributes, domain=node.domain, name=names(stem), num_outputs=1)
+        copy.outputs[0].name = names(f"{stem}_output")
+        copies.append(copy)
+        value = copy.outputs[0]
+    return copies
 
 
 def _weights_per_site(sites: Sequence[InsertionSite], options: InsertOptions) -> list[SEWeights]:
     if options.weights is not None:
         return _weights_from_file(sites, options.weights)
     rng = np.random.default_rng(options.seed)
-    make = SEWeights.identity if options.init == "identity" else SEWeights.random
+    make = {"identity": SEWeights.identity, "saturated": SEWeights.saturated, "random": SEWeights.random}[options.init]
     result = []
     for site in sites:
         channels = site.conv.out_channels
@@ -320,8 +428,9 @@ def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.n
 
 def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:
     """Why the options rule this conv out, or None when it is a candidate."""
+    labels = {info.name, node_label(info.node)}  # a conv in a subgraph answers to both
     if options.nodes and not any(
-        info.name == pattern or re.fullmatch(pattern, info.name) for pattern in options.nodes
+        label == pattern or re.fullmatch(pattern, label) for pattern in options.nodes for label in labels
     ):
         return "not selected by --nodes"
     if info.out_channels < options.min_channels:
@@ -332,106 +441,68 @@ def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:
 
 
 def _conv_site(info: ConvInfo) -> InsertionSite:
-    """After the conv, past a BatchNorm and an activation that only it feeds."""
-    value = info.node.outputs[0]
-    consumer = _sole_consumer(value)
-    if consumer is not None and consumer.op_type == "BatchNormalization" and consumer.inputs[0] is value:
-        value = consumer.outputs[0]
-        consumer = _sole_consumer(value)
-    if consumer is not None and consumer.op_type in _ACTIVATIONS and consumer.inputs[0] is value:
-        value = consumer.outputs[0]
-    elif (silu := _silu_output(value)) is not None:
-        value = silu
-    return InsertionSite(info, "conv", value, tuple(value.uses()))
+    """After the conv, past its BatchNorm and an activation that only it feeds."""
+    path = follow_layer(info.node, activation=True)
+    return InsertionSite(info, "conv", path.end, tuple(path.end.uses()), path)
 
 
-def conv_before(value: ir.Value) -> ir.Node | None:
-    """The conv whose layer ends in `value` (the inverse of `_conv_site`), or None.
+def _residual_sites(candidates: Sequence[ConvInfo], convs: Sequence[tuple[ir.Node, str]]) -> Iterator[InsertionSite]:
+    """One site per residual Add: the branch operand, when it ends in one of the candidate convs.
 
-    Walks back through an activation (or x·Sigmoid(x)) and a BatchNorm; an SE block is keyed by
-    this conv's name, so weights exported from one model find their place in another.
+    Every conv's layer (`follow_layer`, without its activation) is followed to its end; an Add of
+    two computed values that reads such an end is residual when `_residual_branch` says so.
     """
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Mul":
-        producer = _silu_input_producer(producer)
-    elif producer is not None and producer.op_type in _ACTIVATIONS:
-        producer = producer.inputs[0].producer()
-    if producer is not None and producer.op_type == "BatchNormalization":
-        producer = producer.inputs[0].producer()
-    return producer if producer is not None and _is_conv(producer) else None
-
-
-def _silu_input_producer(mul: ir.Node) -> ir.Node | None:
-    x = next((v for v in mul.inputs if v is not None and _silu_output(v) is mul.outputs[0]), None)
-    return x.producer() if x is not None else None
-
-
-def _silu_output(value: ir.Value) -> ir.Value | None:
-    """The output of x·Sigmoid(x) when that is all `value` feeds (SiLU as exporters write it)."""
-    consumers = {node.op_type: node for node in value.consumers()}
-    if len(value.uses()) != 2 or set(consumers) != {"Sigmoid", "Mul"}:
-        return None
-    sigmoid, mul = consumers["Sigmoid"], consumers["Mul"]
-    if set(mul.inputs) == {value, sigmoid.outputs[0]} and len(sigmoid.outputs[0].uses()) == 1:
-        return mul.outputs[0]
-    return None
-
-
-def _residual_sites(candidates: Sequence[ConvInfo]) -> Iterator[InsertionSite]:
-    """One site per residual Add: the branch operand, when it ends in one of the candidate convs."""
-    by_node = {id(info.node): info for info in candidates}
-    adds = {}
-    for info in candidates:
-        for add in _residual_adds_after(info):
-            adds[id(add)] = add
-    for add in adds.values():
-        branch = _residual_branch(add)
-        if branch is None:
-            continue
-        index, conv = branch
-        info = by_node.get(id(conv))
+    candidate_ids = {id(info.node) for info in candidates}
+    paths: dict[int, tuple[ConvInfo, LayerPath]] = {}
+    for node, graph in convs:
+        info = ConvInfo.of(node, graph)
         if info is not None:
-            yield InsertionSite(info, "residual", add.inputs[index], ((add, index),))
+            path = follow_layer(node, activation=False)
+            paths[id(path.end)] = (info, path)
+    adds: dict[int, ir.Node] = {}
+    for _, path in paths.values():
+        for consumer in path.end.consumers():
+            if consumer.op_type == "Add" and consumer.domain in ("", "ai.onnx"):
+                adds[id(consumer)] = consumer
+    for add in adds.values():
+        branch = _residual_branch(add, paths)
+        if branch is not None and id(branch[1].node) in candidate_ids:
+            index, info, path = branch
+            yield InsertionSite(info, "residual", add.inputs[index], ((add, index),), path)
 
 
-def _residual_adds_after(info: ConvInfo) -> Iterator[ir.Node]:
-    value = info.node.outputs[0]
-    for consumer in value.consumers():
-        if consumer.op_type == "BatchNormalization" and consumer.inputs[0] is value:
-            yield from (n for n in consumer.outputs[0].consumers() if n.op_type == "Add")
-        elif consumer.op_type == "Add":
-            yield consumer
+def _residual_branch(
+    add: ir.Node, paths: Mapping[int, tuple[ConvInfo, LayerPath]]
+) -> tuple[int, ConvInfo, LayerPath] | None:
+    """(operand index, conv, its layer) of a residual Add's branch, or None when it is not residual.
 
-
-def _residual_branch(add: ir.Node) -> tuple[int, ir.Node] | None:
-    """(operand index, conv) of a residual Add's branch, or None when the Add is not residual.
-
-    The branch ends in a conv (and maybe its BatchNorm); the shortcut is either the block's input
-    itself or a projection conv of it. Either way the shortcut's source is an ancestor of the
-    branch conv's input, which rules out Adds of unrelated feature maps (FPN merges, bias Adds).
+    The branch ends in a conv's layer; the shortcut is either the block's input itself or a
+    projection conv of it. Either way the shortcut's source is an ancestor of the branch conv's
+    input, which rules out Adds of unrelated feature maps (FPN merges, bias Adds).
     """
-    if len(add.inputs) != 2 or any(v is None or v.const_value is not None or v.is_initializer() for v in add.inputs):
+    if len(add.inputs) != 2 or any(v is None or is_constant(v) for v in add.inputs):
         return None
-    convs = [_conv_behind(value) for value in add.inputs]
-    if convs[0] is not None and convs[0].outputs[0].shape is not None and add.inputs[1].shape is not None:
-        if len(convs[0].outputs[0].shape) != len(add.inputs[1].shape):
-            return None
+    shapes = [v.shape for v in add.inputs]
+    if shapes[0] is not None and shapes[1] is not None and len(shapes[0]) != len(shapes[1]):
+        return None
+    layers = [paths.get(id(value)) for value in add.inputs]
     for branch, shortcut in ((0, 1), (1, 0)):
-        conv = convs[branch]
-        if conv is None:
+        if layers[branch] is None:
             continue
-        shortcut_source = add.inputs[shortcut] if convs[shortcut] is None else convs[shortcut].inputs[0]
-        if conv.inputs[0] is not shortcut_source and _is_ancestor(shortcut_source, conv.inputs[0]):
-            return branch, conv
+        info, path = layers[branch]
+        source = through_qdq(add.inputs[shortcut]) if layers[shortcut] is None else _layer_input(layers[shortcut][0])
+        if _layer_input(info) is not source and _is_ancestor(source, info.node.inputs[0]):
+            return branch, info, path
     return None
 
 
-def _conv_behind(value: ir.Value) -> ir.Node | None:
-    """The conv that produces `value`, directly or through its BatchNorm."""
+def _layer_input(info: ConvInfo) -> ir.Value:
+    """The feature map a conv reads, before the Transpose to channels-first and Q/DQ pairs."""
+    value = through_qdq(info.node.inputs[0])
     producer = value.producer()
-    if producer is not None and producer.op_type == "BatchNormalization":
-        producer = producer.inputs[0].producer()
-    return producer if producer is not None and _is_conv(producer) else None
+    if producer is not None and producer.op_type == "Transpose":
+        value = through_qdq(producer.inputs[0])
+    return value
 
 
 def _is_ancestor(ancestor: ir.Value, value: ir.Value) -> bool:
@@ -449,15 +520,8 @@ def _is_ancestor(ancestor: ir.Value, value: ir.Value) -> bool:
     return False
 
 
-def _sole_consumer(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return next(iter(uses)).node
-
-
 def _feature_dtype(site: InsertionSite) -> ir.DataType:
-    dtype = site.anchor.dtype or site.conv.node.inputs[1].dtype
+    dtype = site.anchor.dtype or value_dtype(site.conv.node.inputs[1])
     if dtype is None:
         raise SeOnnxError(f"the element type of {site.anchor.name!r} is unknown")
     if not dtype.is_floating_point():
@@ -465,25 +529,11 @@ def _feature_dtype(site: InsertionSite) -> ir.DataType:
     return dtype
 
 
-def _is_conv(node: ir.Node) -> bool:
-    return node.op_type == "Conv" and node.domain in ("", "ai.onnx")
-
-
-def _node_label(node: ir.Node) -> str:
-    return node.name or node.outputs[0].name
-
-
-def _subgraph_convs(graph: ir.Graph) -> Iterator[ir.Node]:
-    for node in ir.traversal.RecursiveGraphIterator(graph):
-        if _is_conv(node) and node.graph is not graph:
-            yield node
-
-
 def _refuse_quantized(graph: ir.Graph) -> None:
-    for node in ir.traversal.RecursiveGraphIterator(graph):
+    for node in graph.all_nodes():
         if node.op_type in _QUANTIZED_CONVS:
             raise SeOnnxError(
-                f"the model is quantized ({node.op_type} node {_node_label(node)!r}); "
+                f"the model is quantized ({node.op_type} node {node_label(node)!r}); "
                 "insert SE blocks into the float model, then quantize it"
             )
 

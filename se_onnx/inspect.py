@@ -9,7 +9,8 @@ import onnx_ir as ir
 
 from se_onnx.detect import NearMiss, SEBlock, detect
 from se_onnx.errors import SeOnnxError
-from se_onnx.insert import ConvInfo, InsertOptions, plan_insertion
+from se_onnx.graph_utils import node_label, scoped_name
+from se_onnx.insert import ConvInfo, InsertOptions, model_convs, plan_insertion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +36,15 @@ class ConvLayer:
     kernel: list[int] | None
     group: int
     depthwise: bool
+    graph: str  # the path of the graph it sits in
 
     @classmethod
-    def of(cls, node: ir.Node) -> ConvLayer:
-        info = ConvInfo.of(node)
+    def of(cls, node: ir.Node, graph: str) -> ConvLayer:
+        info = ConvInfo.of(node, graph)
         if info is None:
-            return cls(node.name or node.outputs[0].name, None, None, None, node.attributes.get_int("group", 1), False)
-        return cls(info.name, info.in_channels, info.out_channels, list(info.kernel), info.group, info.depthwise)
+            name = scoped_name(node_label(node), graph)
+            return cls(name, None, None, None, node.attributes.get_int("group", 1), False, graph)
+        return cls(info.name, info.in_channels, info.out_channels, list(info.kernel), info.group, info.depthwise, graph)
 
 
 @dataclasses.dataclass
@@ -73,7 +76,7 @@ class ModelSummary:
 def inspect_model(model: ir.Model) -> ModelSummary:
     """Summarize `model`; it is not modified."""
     producer = " ".join(part for part in (model.producer_name, model.producer_version) if part)
-    convs = [ConvLayer.of(node) for node in model.graph if node.op_type == "Conv" and node.domain in ("", "ai.onnx")]
+    convs = [ConvLayer.of(node, graph) for node, graph in model_convs(model)]
     sites: dict[str, list[str]] = {}
     for placement in ("residual", "conv"):
         try:

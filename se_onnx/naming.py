@@ -14,6 +14,8 @@ def names_in_use(model: ir.Model) -> set[str]:
             names.add(value.name)
         if isinstance(graph, ir.Graph):
             names.update(graph.initializers)
+            for subgraph in graph.subgraphs():  # their initializers, even those nothing reads
+                names.update(subgraph.initializers)
         for node in ir.traversal.RecursiveGraphIterator(graph):
             if node.name:
                 names.add(node.name)

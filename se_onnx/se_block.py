@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,8 +27,13 @@ UNSQUEEZE_AXES_AS_INPUT = 13
 HARD_SWISH_OPSET = 14
 MIN_OPSET = 11
 
-# sigmoid(IDENTITY_GATE_BIAS) rounds to exactly 1 in fp32, fp16 and bf16.
-IDENTITY_GATE_BIAS = 20.0
+# sigmoid(SATURATED_GATE_BIAS) rounds to exactly 1 in fp32, fp16 and bf16, but σ' there is
+# about 2·10⁻⁹, so gradient descent cannot move a block started this way.
+SATURATED_GATE_BIAS = 20.0
+# The trainable identity: the gate starts at σ(0) = 0.5, where σ' = 0.25, and a constant gain of
+# 1/σ(0) = 2 puts the factor back. Both are exact in every float type, so the gate is exactly 1.
+TRAINABLE_GATE_BIAS = 0.0
+TRAINABLE_GATE_GAIN = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,27 +55,47 @@ class Gate:
     op_type: str = "Sigmoid"  # Sigmoid or HardSigmoid
     alpha: float | None = None  # HardSigmoid: max(0, min(1, alpha·x + beta))
     beta: float | None = None
+    gain: float = 1.0  # a constant the gate is multiplied by (2 in the trainable identity init)
 
     def describe(self) -> str:
+        text = self.op_type
         if self.op_type == "HardSigmoid":
-            return f"HardSigmoid(alpha={self.alpha:g}, beta={self.beta:g})"
-        return self.op_type
+            text = f"HardSigmoid(alpha={self.alpha:g}, beta={self.beta:g})"
+        return text if self.gain == 1 else f"{self.gain:g}·{text}"
 
 
 RELU = Activation("Relu")
 SIGMOID = Gate("Sigmoid")
 
 
+class LayerWeights(typing.NamedTuple):
+    """One excitation layer in PyTorch's Linear layout; every builder and matcher speaks it."""
+
+    weight: np.ndarray  # out × in
+    bias: np.ndarray  # out
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class SEWeights:
-    """The two excitation layers in PyTorch's Linear layout (weight is out × in)."""
+    """The two excitation layers in PyTorch's Linear layout (weight is out × in), and the gate's gain."""
 
     fc1_weight: np.ndarray  # S × C
     fc1_bias: np.ndarray  # S
     fc2_weight: np.ndarray  # C × S
     fc2_bias: np.ndarray  # C
+    gate_gain: float = 1.0
 
     KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    # Optional in a weights file; written only for a gate with a gain, so plain blocks keep four keys.
+    GAIN_KEY = "gate.gain"
 
     @property
     def channels(self) -> int:
@@ -79,8 +105,14 @@ class SEWeights:
     def squeeze_channels(self) -> int:
         return int(self.fc1_weight.shape[0])
 
+    def layers(self) -> tuple[LayerWeights, LayerWeights]:
+        return LayerWeights(self.fc1_weight, self.fc1_bias), LayerWeights(self.fc2_weight, self.fc2_bias)
+
     def arrays(self) -> dict[str, np.ndarray]:
-        return dict(zip(self.KEYS, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)))
+        arrays = dict(zip(self.KEYS, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)))
+        if self.gate_gain != 1:
+            arrays[self.GAIN_KEY] = np.array(self.gate_gain, np.float32)
+        return arrays
 
     @classmethod
     def from_arrays(
@@ -112,20 +144,36 @@ class SEWeights:
                     f"{where}: {key} has shape {tuple(np.shape(arrays[key]))}, expected {shape}"
                 )
             shaped[key] = array
-        return cls(*(shaped[key] for key in cls.KEYS))
+        gain = np.asarray(arrays.get(cls.GAIN_KEY, 1.0))
+        if gain.size != 1:
+            raise SeOnnxError(f"{where}: {cls.GAIN_KEY} has shape {gain.shape}, expected a scalar")
+        return cls(*(shaped[key] for key in cls.KEYS), gate_gain=float(gain.item()))
 
     @classmethod
     def identity(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
-        """A block whose gate is exactly 1: W2 = 0 and a large b2, so the model is unchanged.
+        """A trainable block whose gate is exactly 1: W2 = 0, b2 = 0 and a gain of 1/σ(0) = 2.
 
-        W1 keeps a random init so that fine-tuning has a live path through the activation.
+        The gate sits where σ' = 0.25, so gradients reach W2 and b2; W1 keeps a random init so
+        that they also reach W1 once W2 moves.
         """
+        return cls._constant_gate(channels, squeeze_channels, rng, TRAINABLE_GATE_BIAS, TRAINABLE_GATE_GAIN)
+
+    @classmethod
+    def saturated(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
+        """A plain block (no gain) whose gate is exactly 1: W2 = 0 and b2 = 20. Not trainable: σ' ≈ 2·10⁻⁹."""
+        return cls._constant_gate(channels, squeeze_channels, rng, SATURATED_GATE_BIAS, 1.0)
+
+    @classmethod
+    def _constant_gate(
+        cls, channels: int, squeeze_channels: int, rng: np.random.Generator, bias: float, gain: float
+    ) -> SEWeights:
         fc1 = _pytorch_linear_init(squeeze_channels, channels, rng)
         return cls(
             fc1_weight=fc1[0],
             fc1_bias=np.zeros(squeeze_channels, np.float32),
             fc2_weight=np.zeros((channels, squeeze_channels), np.float32),
-            fc2_bias=np.full(channels, IDENTITY_GATE_BIAS, np.float32),
+            fc2_bias=np.full(channels, bias, np.float32),
+            gate_gain=gain,
         )
 
     @classmethod
@@ -165,6 +213,9 @@ def squeeze_width(channels: int, ratio: float, min_squeeze: int = 1, divisor: in
 # How the excitation is laid out: "gemm" (ReduceMean → Gemm → … → Unsqueeze → Mul, the insertion
 # pass's form) or "conv" (GlobalAveragePool → 1×1 Conv → … → Mul, the form torchvision exports).
 LAYOUTS = ("gemm", "conv")
+# The function that the fuse pass's function form calls, one overload per kind of block.
+SE_DOMAIN = "se_onnx"
+FUNCTION_NAME = "SqueezeExcitation"
 # The attributes a function-form block's body refers to (see `build_se_function_body`).
 GATE_ALPHA, GATE_BETA, ACTIVATION_ALPHA = "gate_alpha", "gate_beta", "activation_alpha"
 
@@ -194,21 +245,33 @@ def build_se_block(
     names: NameScope,
     activation: Activation = RELU,
     gate: Gate = SIGMOID,
+    channels_last: bool = False,
 ) -> BuiltBlock:
-    """Build the canonical SE block over the N×C×spatial feature map `x`.
+    """Build the canonical SE block over the N×C×spatial (or, `channels_last`, N×spatial×C)
+    feature map `x`.
 
     Nodes are valid at `opset` (ReduceMean's axes move to an input at 18, Unsqueeze's at 13), the
     weights are cast to `dtype`, and every name comes from `names`. The batch dim stays symbolic.
+    The gate's gain is the weights' `gate_gain`.
     """
     layers = [(weights.fc1_weight, weights.fc1_bias), (weights.fc2_weight, weights.fc2_bias)]
+    gate = dataclasses.replace(gate, gain=weights.gate_gain)
     return build_excitation(
-        x, layers, spatial_rank=spatial_rank, opset=opset, dtype=dtype, names=names, activation=activation, gate=gate
+        x,
+        layers,
+        spatial_rank=spatial_rank,
+        opset=opset,
+        dtype=dtype,
+        names=names,
+        activation=activation,
+        gate=gate,
+        channels_last=channels_last,
     )
 
 
 def build_excitation(
     x: ir.Value,
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     *,
     spatial_rank: int,
     opset: int,
@@ -217,22 +280,27 @@ def build_excitation(
     activation: Activation | None,
     gate: Gate,
     layout: str = "gemm",
+    channels_last: bool = False,
 ) -> BuiltBlock:
     """An SE block with one or two excitation layers (weight out × in, bias out) in `layout`.
 
     Two layers have `activation` between them; one layer (the "effective SE" variant) has none.
+    `channels_last`: `x` is N×spatial×C (an NHWC island, as TensorFlow exports run between
+    Transposes); the squeeze averages axes 1…rank and the gate broadcasts on the last axis.
     """
-    return _build(_Tape(names, dtype), x, layers, spatial_rank, opset, activation, gate, layout)
+    tape = _Tape(names, dtype)
+    return _build(tape, x, layers, spatial_rank, opset, activation, gate, layout, channels_last)
 
 
 def build_se_function_body(
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     *,
     spatial_rank: int,
     opset: int,
     dtype: ir.DataType,
     activation: Activation | None,
     gate: Gate,
+    channels_last: bool = False,
 ) -> BuiltBlock:
     """The body of a function that computes one SE block in the gemm layout.
 
@@ -242,18 +310,19 @@ def build_se_function_body(
     """
     tape = _Tape(NameScope(set()), dtype, function=True)
     x = tape.input("X", None)
-    return _build(tape, x, layers, spatial_rank, opset, activation, gate, "gemm")
+    return _build(tape, x, layers, spatial_rank, opset, activation, gate, "gemm", channels_last)
 
 
 def _build(
     block: _Tape,
     x: ir.Value,
-    layers: Sequence[tuple[np.ndarray, np.ndarray]],
+    layers: Sequence[LayerWeights],
     spatial_rank: int,
     opset: int,
     activation: Activation | None,
     gate: Gate,
     layout: str,
+    channels_last: bool,
 ) -> BuiltBlock:
     if opset < MIN_OPSET:
         raise SeOnnxError(f"opset {opset} is older than {MIN_OPSET}, the oldest se-onnx supports")
@@ -262,9 +331,12 @@ def _build(
     if len(layers) not in (1, 2) or (len(layers) == 2) != (activation is not None):
         raise SeOnnxError("an SE block has two excitation layers with an activation, or one without")
     conv = layout == "conv"
+    if conv and channels_last:
+        raise SeOnnxError("the conv layout needs a channels-first feature map")
     batch = x.shape[0] if x.shape is not None and len(x.shape) > 0 else None
     unit_dims = [1] * spatial_rank if conv else []
-    spatial_axes = list(range(2, 2 + spatial_rank))
+    first_spatial_axis = 1 if channels_last else 2
+    spatial_axes = list(range(first_spatial_axis, first_spatial_axis + spatial_rank))
 
     def shape(channels: int) -> ir.Shape:
         return ir.Shape([batch, int(channels), *unit_dims])
@@ -300,9 +372,13 @@ def _build(
         scale = block.op("Sigmoid", [value], None, "gate", shape(channels))
     else:
         raise SeOnnxError(f"unsupported SE gate {gate.op_type!r}")
+    if gate.gain != 1:
+        gain = block.constant("gate_gain", np.array(gate.gain, np.float32))
+        scale = block.op("Mul", [scale, gain], None, "gate_gain", shape(channels))
 
     if not conv:
-        broadcast = ir.Shape([batch, channels, *([1] * spatial_rank)])
+        unit_spatial = [1] * spatial_rank
+        broadcast = ir.Shape([batch, *unit_spatial, channels] if channels_last else [batch, channels, *unit_spatial])
         if opset >= UNSQUEEZE_AXES_AS_INPUT:
             axes = block.constant("unsqueeze_axes", np.array(spatial_axes, np.int64), exact=True)
             scale = block.op("Unsqueeze", [scale, axes], None, "unsqueeze", broadcast)
@@ -339,7 +415,8 @@ def _activate(
 
 
 class _Tape:
-    """Records the nodes and initializers of one block, each named from the block's scope.
+    """Records one block's nodes and initializers on an onnx-ir tape, naming each from the block's
+    scope and typing each output with the block's dtype.
 
     In a function body (`function=True`) weights become body inputs, exact constants become
     Constant nodes, and attributes that a call may set become references to the call's attributes.
@@ -349,10 +426,17 @@ class _Tape:
         self.names = names
         self.dtype = dtype
         self.function = function
-        self.nodes: list[ir.Node] = []
-        self.initializers: list[ir.Value] = []
+        self.tape = ir.tape.Tape()
         self.inputs: list[ir.Value] = []
         self.arguments: list[np.ndarray] = []
+
+    @property
+    def nodes(self) -> list[ir.Node]:
+        return list(self.tape.nodes)
+
+    @property
+    def initializers(self) -> list[ir.Value]:
+        return list(self.tape.initializers)
 
     def input(self, stem: str, array: np.ndarray | None) -> ir.Value:
         value = ir.Value(name=self.names(stem))
@@ -371,13 +455,10 @@ class _Tape:
         # conversion checks were a third of the insertion pass's time.
         tensor = ir.Tensor(array, name=name)
         if self.function:
-            node = ir.node("Constant", [], {"value": tensor}, name=self.names(f"{stem}_constant"), num_outputs=1)
-            node.outputs[0].name = name
-            self.nodes.append(node)
-            return node.outputs[0]
-        value = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-        self.initializers.append(value)
-        return value
+            output = self.tape.op("Constant", [], {"value": tensor}, name=self.names(f"{stem}_constant"))
+            output.name = name
+            return output
+        return self.tape.initializer(tensor)
 
     def attribute(self, name: str, call_attribute: str, value: float | None) -> ir.Attr | float | None:
         """A float attribute: its value, or in a function body a reference to the call's."""
@@ -394,11 +475,9 @@ class _Tape:
         shape: ir.Shape | None,
     ) -> ir.Value:
         """Add a node; its output has the block's dtype and `shape` (None: unknown)."""
-        node = ir.node(op_type, inputs, attributes, name=self.names(stem), num_outputs=1)
-        output = node.outputs[0]
+        output = self.tape.op(op_type, inputs, attributes, name=self.names(stem))
         output.name = self.names(f"{stem}_output")
         if not self.function:  # a function body is generic over its callers' types
             output.type = ir.TensorType(self.dtype)
             output.shape = shape
-        self.nodes.append(node)
         return output

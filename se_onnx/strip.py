@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
-
 from se_onnx.detect import detect
 from se_onnx.errors import SeOnnxError
+from se_onnx.graph_utils import graphs, redirect, remove_unused
 from se_onnx.naming import NameScope, names_in_use
 
 
@@ -24,49 +23,55 @@ class StripReport:
         return dataclasses.asdict(self)
 
 
-def strip_se(model: ir.Model) -> tuple[ir.Model, StripReport]:
-    """A copy of `model` without its SE blocks: every consumer of a block's output reads the
-    block's input instead, and nodes and initializers left unused are dropped.
+@dataclasses.dataclass
+class StripResult(ir.passes.PassResult):
+    """The model without its SE blocks, and what was removed."""
 
-    Raises SeOnnxError when the model has no SE block.
+    report: StripReport
+
+
+class StripSE(ir.passes.InPlacePass):
+    """Removes the model's SE blocks in place (an onnx-ir pass): every reader of a block's output
+    reads the block's input instead, and nodes and initializers left unused are dropped.
+
+    Raises SeOnnxError when the model has no SE block. The result carries the report; in a
+    `PassManager`, read it from `report` after the run.
     """
-    model = model.clone()
-    blocks = detect(model).blocks
-    if not blocks:
-        raise SeOnnxError("the model has no SE block to strip")
-    described = [block.to_dict() for block in blocks]
-    names = NameScope(names_in_use(model))
-    node_count, initializer_count = len(model.graph), len(model.graph.initializers)
-    # A block may rescale the output of the block before it, which is bypassed by then.
-    replaced: dict[ir.Value, ir.Value] = {}
-    for block in blocks:
-        replaced[block.output] = replaced.get(block.input, block.input)
-        redirect(model.graph, block.output, replaced[block.output], names)
-    RemoveUnusedNodesPass()(model)
-    model.graph.sort()
-    report = StripReport(
-        blocks=described,
-        nodes_removed=node_count - len(model.graph),
-        initializers_removed=initializer_count - len(model.graph.initializers),
-    )
-    return model, report
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report: StripReport | None = None
+
+    def call(self, model: ir.Model) -> StripResult:
+        blocks = detect(model).blocks
+        if not blocks:
+            raise SeOnnxError("the model has no SE block to strip")
+        described = [block.to_dict() for block in blocks]
+        names = NameScope(names_in_use(model))
+        node_count, initializer_count = _counts(model)
+        # A block may rescale the output of the block before it, which is bypassed by then.
+        replaced: dict[ir.Value, ir.Value] = {}
+        for block in blocks:
+            replaced[block.output] = replaced.get(block.input, block.input)
+            redirect(block.output, replaced[block.output], names)
+        remove_unused(model)
+        model.graph.sort()
+        nodes_left, initializers_left = _counts(model)
+        self.report = StripReport(
+            blocks=described,
+            nodes_removed=node_count - nodes_left,
+            initializers_removed=initializer_count - initializers_left,
+        )
+        return StripResult(model, True, self.report)
 
 
-def redirect(graph: ir.Graph, output: ir.Value, replacement: ir.Value, names: NameScope) -> None:
-    """Make every reader of `output` read `replacement`. A graph output keeps its name: a fresh
-    `replacement` (made by a rewrite, used nowhere yet) takes it over, and any other value is
-    passed through an Identity that does, so the model's signature does not change."""
-    if not output.is_graph_output():
-        output.replace_all_uses_with(replacement)
-        return
-    used = replacement.uses() or replacement.is_graph_input() or replacement.is_graph_output()
-    if not (used or replacement.is_initializer()):
-        kept = replacement
-    else:
-        identity = ir.node("Identity", [replacement], name=names("se_strip_identity"), num_outputs=1)
-        graph.append(identity)
-        kept = identity.outputs[0]
-    name, kept.type, kept.shape = output.name, output.type, output.shape
-    output.replace_all_uses_with(kept, replace_graph_outputs=True)
-    output.name = names(f"{name}_replaced")
-    kept.name = name
+def strip_se(model: ir.Model) -> tuple[ir.Model, StripReport]:
+    """A copy of `model` without its SE blocks, and what was removed (`StripSE` on a copy)."""
+    result = StripSE()(model.clone())
+    return result.model, result.report
+
+
+def _counts(model: ir.Model) -> tuple[int, int]:
+    """Nodes and initializers in every graph of the model."""
+    every = [graph for graph, _ in graphs(model)]
+    return sum(len(graph) for graph in every), sum(len(graph.initializers) for graph in every)

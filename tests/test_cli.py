@@ -157,3 +157,28 @@ def test_inspect_json_lists_convs_sites_and_se_blocks(resnet, tmp_path, capsys):
     assert block["gate"]["op_type"] == "Sigmoid"
     assert main(["inspect", str(with_se)]) == 0
     assert "SE blocks: " in capsys.readouterr().out
+
+
+def test_commands_reach_into_if_branches(tmp_path, capsys):
+    from tests import exporter_styles
+
+    model = _write(exporter_styles.if_model(), tmp_path / "if.onnx")
+    assert main(["inspect", model]) == 0
+    table = capsys.readouterr().out
+    assert "pick.then_branch/conv " in table and "pick.else_branch/conv " in table
+    assert "main/pick.then_branch" in table  # the graph column of the SE blocks' table
+    assert main(["inspect", model, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [block["graph"] for block in summary["se_blocks"]] == ["main/pick.then_branch"]
+    assert {conv["graph"] for conv in summary["convs"]} == {"main", "main/pick.then_branch", "main/pick.else_branch"}
+
+    weights = tmp_path / "se.npz"
+    assert main(["export-weights", model, "-o", str(weights)]) == 0
+    stripped = tmp_path / "stripped.onnx"
+    assert main(["strip", model, "-o", str(stripped)]) == 0
+    inserted = tmp_path / "inserted.onnx"
+    argv = ["insert", str(stripped), "-o", str(inserted), "--nodes", "pick.then_branch/conv", "--weights", str(weights), "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(block["name"], block["graph"]) for block in report["blocks"]] == [("pick.then_branch/conv", "main/pick.then_branch")]

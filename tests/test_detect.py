@@ -25,7 +25,7 @@ def test_every_form_is_found_with_exactly_its_nodes(variant: Variant):
         assert {node.name for node in block.nodes} == _se_node_names(proto, index)
         assert block.channels == variant.channels
         assert block.spatial_rank == len(variant.spatial)
-        assert block.dtype == ir.DataType.FLOAT16 if variant.dtype == "float16" else ir.DataType.FLOAT
+        assert block.dtype == (ir.DataType.FLOAT16 if variant.dtype == "float16" else ir.DataType.FLOAT)
         if variant.activation == "none":
             assert (block.squeeze_channels, block.activation, len(block.layers)) == (None, None, 1)
         else:

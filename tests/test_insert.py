@@ -12,7 +12,7 @@ from models import build_samples
 from se_onnx import InsertOptions, SeOnnxError, insert_se, load_model, save_model, verify
 from se_onnx.detect import find_se
 from se_onnx.runtime import make_session, random_inputs
-from se_onnx.se_block import IDENTITY_GATE_BIAS, SEWeights, squeeze_width
+from se_onnx.se_block import SATURATED_GATE_BIAS, TRAINABLE_GATE_BIAS, TRAINABLE_GATE_GAIN, SEWeights, squeeze_width
 
 SAMPLES = {
     "resnet": build_samples.resnet_like,
@@ -212,9 +212,11 @@ def test_fixed_batch_models(tmp_path):
     assert verify(_save(original, tmp_path / "a.onnx"), _save(model, tmp_path / "b.onnx"), batch=3).passed
 
 
-def test_identity_gate_is_exactly_one():
+def test_identity_gates_are_exactly_one():
     for dtype in (np.float32, np.float16):
-        assert (1 / (1 + np.exp(-np.array(IDENTITY_GATE_BIAS, dtype)))).astype(dtype) == 1
+        assert (1 / (1 + np.exp(-np.array(SATURATED_GATE_BIAS, dtype)))).astype(dtype) == 1
+        trainable = (1 / (1 + np.exp(-np.array(TRAINABLE_GATE_BIAS, dtype)))).astype(dtype)
+        assert trainable * np.array(TRAINABLE_GATE_GAIN, dtype) == 1
 
 
 def test_external_data_model_is_written_with_external_data(tmp_path):
@@ -268,7 +270,7 @@ def test_conv_feeding_a_graph_output_keeps_the_output_name(tmp_path):
     assert verify(_save(original, tmp_path / "a.onnx"), _save(model, tmp_path / "b.onnx")).passed
 
 
-def test_convs_inside_subgraphs_are_reported_as_skipped():
+def test_convs_inside_subgraphs_get_blocks_named_by_their_graph():
     inner_weight = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "inner_w")
     branch = helper.make_graph(
         [helper.make_node("Conv", ["y", "inner_w"], ["z"], name="inner_conv")],
@@ -293,8 +295,11 @@ def test_convs_inside_subgraphs_are_reported_as_skipped():
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model, report = insert_se(_ir(proto), InsertOptions(where="conv"))
-    assert [b.name for b in report.blocks] == ["outer_conv"]
-    assert ("inner_conv", "inside a subgraph (If/Loop/Scan)") in [(s.conv, s.reason) for s in report.skipped]
+    assert [(b.name, b.graph) for b in report.blocks] == [
+        ("outer_conv", "main"),
+        ("if.then_branch/inner_conv", "main/if.then_branch"),
+    ]
+    assert report.skipped == []
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
 
 

@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "unfuse",
     "strip",
     "bench",
+    "train",
+    "evaluate",
     "serve",
 )
 

@@ -63,18 +63,24 @@ def print_blocks(blocks: list[dict]) -> None:
         gate_text = gate["op_type"]
         if gate.get("alpha") is not None:
             gate_text += f"({gate['alpha']:.4g}, {gate['beta']:.4g})"
+        if gate.get("gain", 1) != 1:
+            gate_text = f"{gate['gain']:g}·{gate_text}"
         rows.append(
             (
                 block["channels"],
                 block["squeeze_channels"] or "-",
                 block["activation"] or "- (1 layer)",
                 gate_text,
-                block["squeeze"] + "/" + "+".join(block["layers"]),
+                block["squeeze"] + "/" + "+".join(block["layers"]) + (", NHWC" if block["layout"] == "NHWC" else ""),
                 len(block["nodes"]),
                 block["output"],
+                block["graph"],
             )
         )
-    print_table(("C", "squeeze", "activation", "gate", "ops", "nodes", "output"), rows)
+    headers = ("C", "squeeze", "activation", "gate", "ops", "nodes", "output", "graph")
+    if all(block["graph"] == "main" for block in blocks):  # the usual case: no column of "main"
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    print_table(headers, rows)
 
 
 def _is_number(text: str) -> bool:

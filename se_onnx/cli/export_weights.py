@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export-weights",
         help="write a model's SE weights to .npz",
         description="Write the fc1/fc2 weights and biases of every SE block to a .npz file, keyed "
-        "'<conv>.fc1.weight' etc. by the conv each block follows, in PyTorch's Linear layout. "
+        "'<conv>.fc1.weight' etc. by the conv each block follows (prefixed by its graph's path in an "
+        "If/Loop body), in PyTorch's Linear layout (and '<conv>.gate.gain' for a gate with a gain, "
+        "as the trainable identity init writes). "
         "`se-onnx insert --weights FILE.npz` puts them back into a model with the same convs.",
     )
     parser.add_argument("model", help="ONNX model with SE blocks")

@@ -15,8 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "insert",
         help="add SE blocks after conv layers",
         description="Add Squeeze-and-Excitation blocks (ReduceMean → Gemm → Relu → Gemm → Sigmoid → "
-        "Mul) after conv layers. By default the gate starts at exactly 1, so the model's outputs are "
-        "unchanged until the blocks are trained.",
+        "Mul) after conv layers. By default the gate starts at exactly 1 (2·σ(0)), so the model's outputs "
+        "are unchanged until the blocks are trained, and gradients reach them. A conv's layer is followed through a "
+        "Transpose to NHWC (tf2onnx), BatchNorm as a node or as Mul + Add, and QuantizeLinear/"
+        "DequantizeLinear pairs: in an NHWC island the block is built channels-last, and in a QDQ model "
+        "it runs in float and is requantized on its input's grid (for int8 SE blocks, insert into the "
+        "float model and quantize after). The report says where each block sits.",
     )
     add_rewrite_arguments(parser, "where to write the model with SE blocks")
     placement = parser.add_argument_group("placement")
@@ -24,16 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--where",
         choices=PLACEMENTS,
         default="auto",
-        help="residual: on each residual branch before its Add (SENet); conv: after every conv, past "
-        "its BatchNorm and activation; auto (default): residual if the model has residual blocks, "
-        "else conv",
+        help="residual: on each residual branch before its Add (SENet), NHWC Adds included; conv: "
+        "after every conv, past its BatchNorm and activation; auto (default): residual if the model "
+        "has residual blocks, else conv",
     )
     placement.add_argument(
         "--nodes",
         nargs="+",
         default=(),
         metavar="NAME",
-        help="only these convs: node names or regular expressions matching whole names "
+        help="only these convs: node names or regular expressions matching whole names; a conv "
+        "in an If/Loop body also answers to its graph's path and name, e.g. pick.then_branch/conv "
         "(with --where auto, places after each chosen conv)",
     )
     placement.add_argument("--min-channels", type=int, default=1, help="skip convs with fewer output channels")
@@ -47,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--init",
         choices=INITS,
         default="identity",
-        help="identity (default): gate = 1, outputs unchanged; random: PyTorch's default init",
+        help="identity (default): gate = 2·σ(0) = 1, outputs unchanged, trainable (se-onnx train); "
+        "saturated: the plain block with gate = σ(20) = 1, outputs unchanged, one Mul fewer, but "
+        "gradients vanish (for blocks you will never train); random: PyTorch's default init",
     )
     init.add_argument("--seed", type=int, default=0, help="seed for the random parts of the init (default 0)")
     init.add_argument(
@@ -79,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
         return 0
-    rows = [(b.name, b.channels, b.squeeze_channels) for b in report.blocks]
-    print_table(("after conv", "C", "squeeze"), rows)
+    rows = [(b.name, b.channels, b.squeeze_channels, b.position) for b in report.blocks]
+    print_table(("after conv", "C", "squeeze", "where"), rows)
     print(
         f"\n{count(len(report.blocks), 'SE block')} ({report.placement} placement, opset {report.opset}, "
         f"{report.dtype}, +{count(report.parameters_added, 'parameter')}) written to {args.output}"

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect",
         help="show conv layers, where SE can go, and the SE blocks a model has",
         description="Show a model's opsets, inputs and outputs, conv layers (channels, kernel, group), "
-        "where `se-onnx insert` would place SE blocks, and the SE blocks the model already has.",
+        "where `se-onnx insert` would place SE blocks, and the SE blocks the model already has, "
+        "in the main graph and in every If/Loop/Scan body (a conv there is named by its graph's path).",
     )
     parser.add_argument("model", help="ONNX model")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")

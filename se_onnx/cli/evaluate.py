@@ -1,0 +1,80 @@
+"""`se-onnx evaluate`: accuracy and latency of a classifier in ONNX Runtime, or two side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+from se_onnx.cli._common import print_json, print_table
+from se_onnx.cli.train import add_data_arguments, image_options
+from se_onnx.datasets import ClassifierSignature, load_dataset
+from se_onnx.errors import SeOnnxError
+from se_onnx.model_io import load_model
+from se_onnx.runtime import PROVIDERS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="top-1/top-5 accuracy, latency, parameters and FLOPs of a classifier (ONNX Runtime)",
+        description="Score a classifier on labelled data in ONNX Runtime (no PyTorch needed): top-1 and "
+        "top-5 accuracy (top-k with k = min(5, classes)), mean cross-entropy, median single-sample "
+        "latency, parameters and FLOPs per sample. With --compare, a second model (the same model "
+        "without SE blocks, say) on the same data, the two timed interleaved, as a table, JSON and PNG.",
+    )
+    parser.add_argument("model", help="the ONNX classifier")
+    add_data_arguments(parser)
+    parser.add_argument("--compare", metavar="MODEL2", help="a second model to report side by side (B), the first being A")
+    parser.add_argument("--provider", choices=tuple(PROVIDERS), default="cpu", help="ONNX Runtime provider (default cpu)")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per run when scoring (default 64)")
+    parser.add_argument("--runs", type=int, default=100, help="timed single-sample runs per model (default 100)")
+    parser.add_argument("--plot", metavar="FILE.png", help="with --compare: write the side-by-side figure as a PNG")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.plot and not args.compare:
+        raise SeOnnxError("--plot draws a comparison; pass --compare MODEL2")
+    from se_onnx.evaluate import compare_models, evaluate_model, plot_comparison  # only when evaluating
+    signature = ClassifierSignature.of(load_model(args.model))
+    data = load_dataset(args.data, signature, image_options(args))
+    settings = dict(provider=args.provider, batch_size=args.batch_size, latency_runs=args.runs)
+    if not args.compare:
+        evaluation = evaluate_model(args.model, data, **settings)
+        if args.json:
+            print_json(evaluation.to_dict())
+        else:
+            print_table(_HEADERS, [_row(evaluation)])
+        return 0
+    ClassifierSignature.of(load_model(args.compare))
+    comparison = compare_models(args.model, args.compare, data, **settings)
+    if args.plot:
+        plot_comparison(comparison, args.plot)
+    if args.json:
+        print_json(comparison.to_dict())
+        return 0
+    print_table(("", *_HEADERS), [("A", *_row(comparison.a)), ("B", *_row(comparison.b))])
+    difference = comparison.to_dict()["difference"]
+    print(
+        f"\nB − A: top-1 {100 * difference['top1']:+.2f} points, top-5 {100 * difference['top5']:+.2f} points, "
+        f"{difference['parameters']:+,} parameters, {difference['flops']:+,} FLOPs; latency B/A "
+        f"{comparison.latency_ratio:.3f} (p10–p90 {comparison.latency_ratio_p10:.3f}–{comparison.latency_ratio_p90:.3f}, "
+        f"run by run, interleaved)"
+    )
+    return 0
+
+
+_HEADERS = ("model", "samples", "top-1", "top-5", "loss", "latency ms", "parameters", "FLOPs")
+
+
+def _row(evaluation) -> tuple:
+    return (
+        evaluation.model,
+        evaluation.samples,
+        f"{evaluation.top1:.4f}",
+        f"{evaluation.top5:.4f}",
+        f"{evaluation.loss:.4f}",
+        f"{evaluation.latency_ms:.3f}",
+        evaluation.parameters,
+        evaluation.flops,
+    )

@@ -1,0 +1,203 @@
+"""Labelled data for `train` and `evaluate`: an image folder per class, or an .npz of x and y,
+checked against the model's input and read into arrays (numpy only; Pillow for images)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from se_onnx.errors import SeOnnxError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The ImageNet evaluation convention: resize the shorter side to crop / 0.875 (256 for 224), then centre-crop.
+CROP_FRACTION = 0.875
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageOptions:
+    """How images become the model's input: resize, centre-crop, scale to [0, 1], normalise."""
+
+    resize: int | None = None  # shorter side before the crop; default crop / 0.875
+    crop: int | None = None  # the crop's side; default the model's input size
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Inputs N × … in float32 and integer labels, with the class names of an image folder."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, size: int, order: np.ndarray | None = None):
+        """(x, y) slices of at most `size` samples, in `order` (default: as stored)."""
+        indices = np.arange(len(self)) if order is None else order
+        for start in range(0, len(indices), size):
+            chunk = indices[start : start + size]
+            yield self.x[chunk], self.y[chunk]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSignature:
+    """The model's one float input (N × C × spatial…) and its class-score output (N × classes)."""
+
+    input_name: str
+    input_shape: tuple[int | str | None, ...]  # without the batch dim
+    output_name: str
+    classes: int
+
+    @classmethod
+    def of(cls, model: ir.Model) -> ClassifierSignature:
+        graph = model.graph
+        inputs = [value for value in graph.inputs if value.name not in graph.initializers]
+        if len(inputs) != 1:
+            raise SeOnnxError(f"the model has {len(inputs)} inputs; train and evaluate take a classifier with one image input")
+        value = inputs[0]
+        if value.dtype != ir.DataType.FLOAT or value.shape is None or len(value.shape) < 3:
+            raise SeOnnxError(
+                f"input {value.name!r} is {value.dtype.name if value.dtype else '?'} {_dims(value.shape)}; "
+                "train and evaluate take a float32 N × C × H × W (or other spatial rank) input"
+            )
+        output = graph.outputs[0]
+        shape = output.shape
+        classes = shape[1] if shape is not None and len(shape) == 2 else None
+        if not isinstance(classes, int) or classes < 2 or not (output.dtype and output.dtype.is_floating_point()):
+            raise SeOnnxError(
+                f"output {output.name!r} is {output.dtype.name if output.dtype else '?'} {_dims(shape)}, "
+                "not class scores (N × classes with at least 2 classes); train and evaluate take a classifier"
+            )
+        input_shape = tuple(d if isinstance(d, int) else (d.value if d is not None else None) for d in list(value.shape)[1:])
+        return cls(value.name, input_shape, output.name, classes)
+
+    @property
+    def channels(self) -> int | None:
+        channels = self.input_shape[0]
+        return channels if isinstance(channels, int) else None
+
+
+def _dims(shape: ir.Shape | None) -> str:
+    if shape is None:
+        return "[?]"
+    return "[" + ", ".join(str(d if isinstance(d, int) else (d.value or "?")) for d in shape) + "]"
+
+
+def load_dataset(path: str | Path, signature: ClassifierSignature, options: ImageOptions = ImageOptions()) -> Dataset:
+    """An .npz file with `x` (N × the model's input dims) and `y` (N labels), or an image folder with
+    one subfolder of images per class (class i is the i-th name in sorted order)."""
+    path = Path(path)
+    if path.is_dir():
+        data = _image_folder(path, signature, options)
+    elif path.suffix == ".npz" and path.is_file():
+        data = _npz(path, signature)
+    else:
+        raise SeOnnxError(f"{path}: neither a folder of class subfolders nor an .npz file")
+    if len(data) == 0:
+        raise SeOnnxError(f"{path}: no samples")
+    if data.y.min() < 0 or data.y.max() >= signature.classes:
+        raise SeOnnxError(
+            f"{path}: labels run from {data.y.min()} to {data.y.max()}, but the model scores "
+            f"{signature.classes} classes (0 to {signature.classes - 1})"
+        )
+    return data
+
+
+def _npz(path: Path, signature: ClassifierSignature) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files or "y" not in archive.files:
+                raise SeOnnxError(f"{path}: needs arrays 'x' and 'y', has {', '.join(archive.files) or 'none'}")
+            x, y = archive["x"], archive["y"]
+    except (OSError, ValueError) as error:
+        raise SeOnnxError(f"{path}: cannot read arrays ({' '.join(str(error).split())})") from None
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise SeOnnxError(f"{path}: y must be a vector of integer labels, not {y.dtype} {list(y.shape)}")
+    expected = signature.input_shape
+    fits = x.ndim == len(expected) + 1 and all(not isinstance(d, int) or d == n for d, n in zip(expected, x.shape[1:]))
+    if not fits:
+        shown = ", ".join(str(d) if isinstance(d, int) else "?" for d in expected)
+        raise SeOnnxError(f"{path}: x is {list(x.shape)}, the model takes [N, {shown}]")
+    if len(x) != len(y):
+        raise SeOnnxError(f"{path}: x has {len(x)} samples, y {len(y)} labels")
+    if not np.issubdtype(x.dtype, np.number):
+        raise SeOnnxError(f"{path}: x is {x.dtype}, not numbers")
+    return Dataset(np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64))
+
+
+def _image_folder(root: Path, signature: ClassifierSignature, options: ImageOptions) -> Dataset:
+    if len(signature.input_shape) != 3:
+        raise SeOnnxError(f"{root}: an image folder needs a model with an N × C × H × W input")
+    channels, height, width = signature.input_shape
+    if channels not in (1, 3):
+        raise SeOnnxError(f"{root}: images are read as RGB or greyscale; the model takes {channels} channels")
+    crop = options.crop
+    if crop is None:
+        if not (isinstance(height, int) and isinstance(width, int)):
+            raise SeOnnxError(f"{root}: the model's input size is not fixed; pass --crop")
+        size = (height, width)
+    else:
+        size = (crop, crop)
+        if any(isinstance(d, int) and d != crop for d in (height, width)):
+            raise SeOnnxError(f"--crop {crop} does not fit the model's {height} × {width} input")
+    mean, std = _per_channel(options.mean, channels, "--mean"), _per_channel(options.std, channels, "--std")
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise SeOnnxError(f"{root}: no class subfolders (expected ROOT/CLASS/IMAGE files)")
+    if len(classes) > signature.classes:
+        raise SeOnnxError(f"{root}: {len(classes)} class folders, but the model scores {signature.classes} classes")
+    files = [
+        (file, label)
+        for label, name in enumerate(classes)
+        for file in sorted((root / name).iterdir())
+        if file.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    resize = options.resize or round(max(size) / CROP_FRACTION)
+    x = np.empty((len(files), channels, *size), np.float32)
+    for index, (file, _) in enumerate(_progress(files, f"reading {root.name}")):
+        x[index] = _image(file, channels == 3, resize, size)
+    x -= np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    x /= np.asarray(std, np.float32).reshape(-1, 1, 1)
+    return Dataset(x, np.array([label for _, label in files], np.int64), classes)
+
+
+def _image(file: Path, rgb: bool, resize: int, size: tuple[int, int]) -> np.ndarray:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise SeOnnxError("reading image folders needs Pillow: pip install 'se-onnx[train]' (or pillow)") from None
+
+    try:
+        with Image.open(file) as image:
+            image = image.convert("RGB" if rgb else "L")
+            scale = resize / min(image.size)
+            image = image.resize((max(size[1], round(image.width * scale)), max(size[0], round(image.height * scale))), Image.BILINEAR)
+            left, top = (image.width - size[1]) // 2, (image.height - size[0]) // 2
+            image = image.crop((left, top, left + size[1], top + size[0]))
+            array = np.asarray(image, np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as error:
+        raise SeOnnxError(f"{file}: not a readable image ({' '.join(str(error).split())})") from None
+    return array.transpose(2, 0, 1) if rgb else array[None]
+
+
+def _per_channel(values: Sequence[float], channels: int, option: str) -> tuple[float, ...]:
+    if len(values) == channels:
+        return tuple(values)
+    if channels == 1 and tuple(values) in (IMAGENET_MEAN, IMAGENET_STD):
+        raise SeOnnxError(f"the model takes greyscale images; pass {option} with one value")
+    raise SeOnnxError(f"{option} has {len(values)} values, the model takes {channels} channels")
+
+
+def _progress(items: Sequence, label: str):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=label, unit="image", leave=False, disable=len(items) < 500)
