@@ -2,7 +2,7 @@
 # se-onnx images: one file, two targets.
 #   docker build -t se-onnx:0.1.0 .                               CPU (the default, last stage)
 #   docker build --target cuda -t se-onnx:0.1.0-cuda .            NVIDIA GPU
-# Both run `se-onnx serve` on port 8000 with the sample models in /models, and every other
+# Both run `se-onnx serve` on ports 8000 (HTTP) and 8001 (gRPC) with the sample models in /models, and every other
 # `se-onnx` command works too: docker run --rm -v "$PWD:/data" se-onnx:0.1.0 se-onnx insert ...
 
 # Base images, pinned by exact tag. onnxruntime-gpu on PyPI is built for CUDA 12.x up to 1.26
@@ -49,12 +49,13 @@ COPY models/ /models/
 ENV SE_ONNX_MODEL_REPOSITORY=/models \
     SE_ONNX_HOST=0.0.0.0 \
     SE_ONNX_PORT=8000 \
+    SE_ONNX_GRPC_PORT=8001 \
     SE_ONNX_PROVIDER=cuda \
     SE_ONNX_LOG_LEVEL=info
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 WORKDIR /data
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SE_ONNX_PORT', '8000') + '/v2/health/ready', timeout=4)"]
 CMD ["se-onnx", "serve"]
@@ -75,12 +76,13 @@ COPY models/ /models/
 ENV SE_ONNX_MODEL_REPOSITORY=/models \
     SE_ONNX_HOST=0.0.0.0 \
     SE_ONNX_PORT=8000 \
+    SE_ONNX_GRPC_PORT=8001 \
     SE_ONNX_PROVIDER=cpu \
     SE_ONNX_LOG_LEVEL=info
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 WORKDIR /data
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SE_ONNX_PORT', '8000') + '/v2/health/ready', timeout=4)"]
 CMD ["se-onnx", "serve"]

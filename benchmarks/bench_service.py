@@ -1,8 +1,14 @@
 """Benchmark `se-onnx serve` against ONNX Runtime in-process, on the same models and inputs.
 
-Starts the server on loopback, drives it with tritonclient.http (binary tensors) and prints:
+Starts the server on loopback, drives it with tritonclient.http (binary tensors unless a row says
+otherwise) and tritonclient.grpc, and prints:
+  protocols    ResNet-50-sized, batch 1, concurrency 1 and 4: gRPC, gRPC + shared memory, HTTP binary,
+               HTTP JSON and HTTP + shared memory against direct ORT, all interleaved in one run (goal gRPC
+               ≥ 0.97 of direct ORT); tiny_conv p50 over each at concurrency 1 (goal gRPC p50 ≤ 0.35 ms)
   resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (1 and 4 instances): server vs direct ORT throughput (goal ≥ 95 %)
-  tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
+  resnet50 json  the same at concurrency 4 with JSON tensors (goal ≥ 75 %)
+  resnet50 shm   the same at concurrency 1 and 4 with tensors in system shared memory (goal ≥ 98 %)
+  tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server, binary (goal p50 ≤ 1 ms) and JSON (goal p50 ≤ 0.5 ms)
   batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×), and
                the most batching can gain: ONNX Runtime's items/s at batch 16 over batch 1, in process
   rss          server RSS before and after many requests on tiny_conv (goal < 5 % growth)
@@ -11,6 +17,7 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
     python benchmarks/bench_service.py                # full run (minutes; run on a quiet machine)
     python benchmarks/bench_service.py --quick        # smoke run with tiny settings
     python benchmarks/bench_service.py --json out.json
+    python benchmarks/bench_service.py --only protocols
 """
 
 from __future__ import annotations
@@ -71,9 +78,10 @@ class Server:
 
         self.port = _free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.grpc_url = f"127.0.0.1:{_free_port()}"
         command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--model-repository", str(repository), "--provider", "cpu", "--log-level", "warning",
-                   "--intra-op-threads", str(threads)]  # fmt: skip
+                   "--intra-op-threads", str(threads), "--grpc-port", self.grpc_url.rsplit(":", 1)[1]]  # fmt: skip
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         client = triton.InferenceServerClient(self.url)
         deadline = time.monotonic() + 300
@@ -127,17 +135,106 @@ def _run_threads(concurrency: int, requests: int, work) -> tuple[float, list[flo
     return time.perf_counter() - started, latencies
 
 
-def server_caller(url: str, model: str, x: np.ndarray):
+def server_caller(url: str, model: str, x: np.ndarray, tensors: str = "binary"):
+    """Callers of `model`, one client per thread. `tensors`: "binary" (tritonclient.http, binary
+    tensor data), "shm" (tritonclient.http; each thread writes its input to a shared memory region
+    of its own per request and reads the output from it), or "json" (JSON `data` in a body encoded
+    once, posted with http.client: tritonclient re-encodes 150k floats per call, which costs
+    the client more than the server's whole JSON path and would measure the client instead)."""
     import tritonclient.http as triton
 
-    def make(_index: int):
+    def make(index: int):
         client = triton.InferenceServerClient(url, network_timeout=300)
+        output = client.get_model_metadata(model)["outputs"][0]
+        if tensors == "json":
+            return _json_call(url, model, x, output["name"])
         tensor = triton.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=True)
-        outputs = [triton.InferRequestedOutput(client.get_model_metadata(model)["outputs"][0]["name"], binary_data=True)]
-        return lambda: client.infer(model, [tensor], outputs=outputs)
+        requested = triton.InferRequestedOutput(output["name"], binary_data=True)
+        if tensors == "binary":
+            tensor.set_data_from_numpy(x, binary_data=True)
+            return lambda: client.infer(model, [tensor], outputs=[requested])
+        import tritonclient.utils.shared_memory as shm
+
+        shape = [x.shape[0], *output["shape"][1:]]
+        out_bytes = int(np.prod(shape)) * 4
+        region = f"bench-{os.getpid()}-{model}-{index}"
+        handle = shm.create_shared_memory_region(region, f"/{region}", x.nbytes + out_bytes)
+        _SHM_HANDLES.append(handle)
+        client.unregister_system_shared_memory(region)
+        client.register_system_shared_memory(region, f"/{region}", x.nbytes + out_bytes)
+        tensor.set_shared_memory(region, x.nbytes)
+        requested.set_shared_memory(region, out_bytes, offset=x.nbytes)
+
+        def call():
+            shm.set_shared_memory_region(handle, [x])
+            client.infer(model, [tensor], outputs=[requested])
+            return shm.get_contents_as_numpy(handle, np.float32, shape, offset=x.nbytes)
+
+        return call
 
     return make
+
+
+def _json_call(url: str, model: str, x: np.ndarray, output: str):
+    """One keep-alive connection posting a pre-encoded JSON request; the reply's data becomes an array."""
+    import http.client
+
+    import orjson
+
+    host, port = url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=300)
+    body = orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1)}],
+                         "outputs": [{"name": output}]}, option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
+    headers = {"Content-Type": "application/json"}
+
+    def call():
+        connection.request("POST", f"/v2/models/{model}/infer", body, headers)
+        response = connection.getresponse()
+        reply = orjson.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(reply)
+        return np.array(reply["outputs"][0]["data"], np.float32)
+
+    return call
+
+
+def grpc_caller(url: str, model: str, x: np.ndarray, tensors: str = "raw"):
+    """tritonclient.grpc callers of `model`, one client (and channel) per thread. `tensors`: "raw"
+    (raw_input_contents) or "shm" (each thread's own shared memory region, as server_caller)."""
+    import tritonclient.grpc as triton
+
+    def make(index: int):
+        client = triton.InferenceServerClient(url)
+        output = client.get_model_metadata(model).outputs[0]
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        requested = triton.InferRequestedOutput(output.name)
+        if tensors == "raw":
+            tensor.set_data_from_numpy(x)
+            return lambda: client.infer(model, [tensor], outputs=[requested], client_timeout=300)
+        import tritonclient.utils.shared_memory as shm
+
+        shape = [x.shape[0], *output.shape[1:]]
+        out_bytes = int(np.prod(shape)) * 4
+        region = f"bench-grpc-{os.getpid()}-{model}-{index}"
+        handle = shm.create_shared_memory_region(region, f"/{region}", x.nbytes + out_bytes)
+        _SHM_HANDLES.append(handle)
+        client.unregister_system_shared_memory(region)
+        client.register_system_shared_memory(region, f"/{region}", x.nbytes + out_bytes)
+        tensor.set_shared_memory(region, x.nbytes)
+        requested.set_shared_memory(region, out_bytes, offset=x.nbytes)
+
+        def call():
+            shm.set_shared_memory_region(handle, [x])
+            client.infer(model, [tensor], outputs=[requested], client_timeout=300)
+            return shm.get_contents_as_numpy(handle, np.float32, shape, offset=x.nbytes)
+
+        return call
+
+    return make
+
+
+# Shared memory regions the callers made, destroyed when the benchmark ends.
+_SHM_HANDLES: list = []
 
 
 def direct_caller(session, x: np.ndarray):
@@ -151,20 +248,77 @@ def throughput(concurrency: int, requests: int, make) -> float:
     return requests / seconds
 
 
-def compare(rounds: int, concurrency: int, requests: int, make_a, make_b) -> dict:
-    """Throughput of A and B measured in alternating rounds (A B, B A, …): the medians, and the
-    median and range of the round-by-round ratio B/A, so that a drift of the machine's speed
-    shows up as spread instead of bias."""
-    a_rps, b_rps = [], []
+def compare_all(rounds: int, concurrency: int, requests: int, makers: dict) -> dict:
+    """Throughput of each caller measured in rotating rounds (A B C, B C A, …): each one's median,
+    and the median and range of its round-by-round ratio to the first, so that a drift of the
+    machine's speed shows up as spread instead of bias."""
+    names = list(makers)
+    rps: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
-        order = ((a_rps, make_a), (b_rps, make_b)) if index % 2 == 0 else ((b_rps, make_b), (a_rps, make_a))
-        for sink, make in order:
-            sink.append(throughput(concurrency, requests, make))
-    ratios = [b / a for a, b in zip(a_rps, b_rps)]
-    return {
-        "a_rps": statistics.median(a_rps), "b_rps": statistics.median(b_rps),
-        "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": rounds,
-    }  # fmt: skip
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            rps[name].append(throughput(concurrency, requests, makers[name]))
+    baseline = names[0]
+    result = {f"{name}_rps": statistics.median(values) for name, values in rps.items()}
+    for name in names[1:]:
+        ratios = [b / a for a, b in zip(rps[baseline], rps[name])]
+        result[f"{name}_ratio"] = statistics.median(ratios)
+        result[f"{name}_ratio_range"] = f"{min(ratios):.3f}-{max(ratios):.3f}"
+    return {**result, "rounds": rounds}
+
+
+def compare(rounds: int, concurrency: int, requests: int, make_a, make_b) -> dict:
+    """A against B with compare_all: their medians, and B/A's median ratio and range."""
+    row = compare_all(rounds, concurrency, requests, {"a": make_a, "b": make_b})
+    low, high = map(float, row["b_ratio_range"].split("-"))
+    return {"a_rps": row["a_rps"], "b_rps": row["b_rps"], "ratio": row["b_ratio"], "ratio_min": low, "ratio_max": high, "rounds": rounds}
+
+
+def latencies_all(rounds: int, requests: int, makers: dict) -> dict:
+    """p50 and p99 (ms) of each caller at concurrency 1, in rotating rounds: the median of the rounds' values."""
+    names = list(makers)
+    p50: dict[str, list[float]] = {name: [] for name in names}
+    p99: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        _run_threads(1, 50, makers[name])  # warm-up: connections, first-call costs
+    for index in range(rounds):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            _, latencies = _run_threads(1, requests, makers[name])
+            ordered = sorted(latencies)
+            p50[name].append(statistics.median(ordered) * 1e3)
+            p99[name].append(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3)
+    result = {}
+    for name in names:
+        result[f"{name}_p50_ms"] = statistics.median(p50[name])
+        result[f"{name}_p99_ms"] = statistics.median(p99[name])
+    return {**result, "rounds": rounds}
+
+
+def protocols(server: Server, repository: Path, rounds: int, requests: int, threads: int) -> dict[str, dict]:
+    """Direct ORT and every way to call the server, on the same model and inputs, interleaved."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=threads)
+
+    def callers(model: str, x: np.ndarray) -> dict:
+        return {
+            "grpc": grpc_caller(server.grpc_url, model, x),
+            "grpc_shm": grpc_caller(server.grpc_url, model, x, "shm"),
+            "http_binary": server_caller(server.url, model, x),
+            "http_json": server_caller(server.url, model, x, "json"),
+            "http_shm": server_caller(server.url, model, x, "shm"),
+        }
+
+    results = {}
+    # Concurrency 4 against four instances, as the direct runs' four threads share one session.
+    for concurrency, model in ((1, "resnet50"), (4, "resnet50_x4")):
+        makers = {"direct": direct_caller(session, image), **callers(model, image)}
+        row = compare_all(rounds, concurrency, requests, makers)
+        results[f"protocols_{model}_c{concurrency}"] = {**row, "goal": "grpc_ratio >= 0.97, grpc_shm_ratio >= 0.98"}
+    del session
+    tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
+    row = latencies_all(rounds, max(requests * 10, 50), callers("tiny", tiny))
+    results["protocols_tiny_c1"] = {**row, "goal": "grpc_p50_ms <= 0.35"}
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-requests", type=int, help="requests for the RSS check (default 10000; quick 200)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--only", choices=("protocols",), help="run one section only")
     args = parser.parse_args(argv)
     requests = args.requests or (8 if args.quick else 60)
     rounds = args.rounds or (1 if args.quick else 5)
@@ -185,28 +340,37 @@ def main(argv: list[str] | None = None) -> int:
         build_repository(repository, max_batch_size=16)
         server = Server(repository, args.threads)
         try:
+            results.update(protocols(server, repository, rounds, requests, args.threads))
+            if args.only == "protocols":
+                return _report(results, args.json)
             rng = np.random.default_rng(0)
             image = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
             session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=args.threads)
             # Concurrency 4 against one instance (requests queue, each run uses every core) and
             # against four (runs overlap, as the direct runs' four threads do on one session).
-            for concurrency, model in ((1, "resnet50"), (4, "resnet50"), (4, "resnet50_x4")):
-                row = compare(rounds, concurrency, requests, direct_caller(session, image), server_caller(server.url, model, image))
-                results[f"{model}_c{concurrency}"] = {
-                    "direct_rps": row.pop("a_rps"), "server_rps": row.pop("b_rps"), **row, "goal": "ratio >= 0.95",
-                }
+            runs = [(1, "resnet50", "binary"), (4, "resnet50", "binary"), (4, "resnet50_x4", "binary"),
+                    (4, "resnet50_x4", "json"), (1, "resnet50", "shm"), (4, "resnet50_x4", "shm")]  # fmt: skip
+            for concurrency, model, tensors in runs:
+                make = server_caller(server.url, model, image, tensors)
+                row = compare(rounds, concurrency, requests, direct_caller(session, image), make)
+                suffix = "" if tensors == "binary" else f"_{tensors}"
+                goal = {"binary": "ratio >= 0.95", "json": "ratio >= 0.75", "shm": "ratio >= 0.98"}[tensors]
+                results[f"{model}{suffix}_c{concurrency}"] = {
+                    "direct_rps": row.pop("a_rps"), "server_rps": row.pop("b_rps"), **row, "goal": goal,
+                }  # fmt: skip
             del session
 
             tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
-            make = server_caller(server.url, "tiny", tiny)
-            _run_threads(1, 50, make)
-            _, latencies = _run_threads(1, max(requests * 50, 50), make)
-            ordered = sorted(latencies)
-            results["tiny_c1"] = {
-                "p50_ms": statistics.median(latencies) * 1e3,
-                "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
-                "goal": "p50 <= 1 ms",
-            }
+            for tensors, goal in (("binary", "p50 <= 1 ms"), ("json", "p50 <= 0.5 ms")):
+                make = server_caller(server.url, "tiny", tiny, tensors)
+                _run_threads(1, 50, make)
+                _, latencies = _run_threads(1, max(requests * 50, 50), make)
+                ordered = sorted(latencies)
+                results["tiny_c1" if tensors == "binary" else f"tiny_{tensors}_c1"] = {
+                    "p50_ms": statistics.median(latencies) * 1e3,
+                    "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
+                    "goal": goal,
+                }
 
             small = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
             # What batching can gain at most: ONNX Runtime's own items/s at batch 16 over batch 1,
@@ -233,11 +397,20 @@ def main(argv: list[str] | None = None) -> int:
             }  # fmt: skip
         finally:
             server.stop()
+            if _SHM_HANDLES:
+                import tritonclient.utils.shared_memory as shm
+
+                for handle in _SHM_HANDLES:
+                    shm.destroy_shared_memory_region(handle)
+    return _report(results, args.json)
+
+
+def _report(results: dict[str, dict], json_path: str | None) -> int:
     for name, values in results.items():
         shown = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items())
         print(f"{name:14s} {shown}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

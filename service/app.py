@@ -17,7 +17,7 @@ from service.config import ServerConfig
 from service.dataplane import DataPlane
 from service.errors import ServiceError, first_error
 from service.middleware import AccessLog, BodyLimit, Compression
-from service.routers import health, inference, metrics, repository
+from service.routers import health, inference, metrics, repository, shared_memory
 from service.schemas import COMPONENTS, ErrorResponse
 
 log = logging.getLogger("service.app")
@@ -60,7 +60,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         responses={code: {"model": ErrorResponse} for code in (400, 404, 413, 503)},
     )
     app.state.data_plane = plane
-    for router in (health.router, inference.router, repository.router, metrics.router):
+    routers = (health.router, inference.router, repository.router, shared_memory.router, shared_memory.cuda_router, metrics.router)
+    for router in routers:
         app.include_router(router)
     _add_error_handlers(app)
     generate = app.openapi

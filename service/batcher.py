@@ -61,7 +61,8 @@ class DynamicBatcher:
         self._running: set[asyncio.Task] = set()
         self._task = asyncio.get_running_loop().create_task(self._collect())
 
-    async def submit(self, feeds: Feeds) -> dict[str, np.ndarray]:
+    def submit(self, feeds: Feeds) -> asyncio.Future[dict[str, np.ndarray]]:
+        """A future of this request's rows of every output."""
         rows = next(iter(feeds.values())).shape[0]
         if rows > self.max_batch_size:
             raise bad_request(f"batch of {rows} rows is larger than the model's max_batch_size {self.max_batch_size}")
@@ -70,7 +71,7 @@ class DynamicBatcher:
         item = _Pending(feeds, rows, asyncio.get_running_loop().create_future())
         self._waiting += 1
         self._queue.put_nowait(item)
-        return await item.future
+        return item.future
 
     async def _next(self, deadline: float) -> _Pending | None:
         try:

@@ -26,6 +26,8 @@ from service.metrics import TritonCollector
 from service.model import ServedModel
 from service.recorder import Recorder
 from service.repository import ModelRepository
+from service.shm import RegionSlice, SharedMemoryRegistry, region_slice
+from service.tensors import serialize_bytes
 
 log = logging.getLogger("service.dataplane")
 
@@ -33,7 +35,8 @@ T = TypeVar("T")
 Parameters = dict[str, Any]
 
 # Triton's extensions that this server offers, as server metadata lists them.
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
+# CUDA shared memory is not among them: no GPU check exists for it.
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "system_shared_memory"]
 
 
 @dataclass
@@ -54,6 +57,8 @@ class InferenceResult:
     model: ServedModel
     request: InferenceRequest
     outputs: dict[str, np.ndarray]
+    # Outputs already written to shared memory, as their parameters asked: their responses carry no data.
+    in_shared_memory: dict[str, RegionSlice] = field(default_factory=dict)
 
 
 class DataPlane:
@@ -66,6 +71,7 @@ class DataPlane:
         self.recorder = Recorder()
         self.repository = ModelRepository(config, self.recorder)
         self.recorder.registry.register(TritonCollector(self._triton_series))
+        self.shared_memory = SharedMemoryRegistry()
         self.ready = False
         # Set when start-up loading has ended, whether or not it worked (`ready` says which).
         self.loading_done = asyncio.Event()
@@ -103,6 +109,7 @@ class DataPlane:
             self._loading.cancel()
             await asyncio.gather(self._loading, return_exceptions=True)
         await self.repository.close()
+        self.shared_memory.unregister()
         log.info("server stopped")
 
     def _triton_series(self) -> list[tuple[dict, int]]:
@@ -160,12 +167,18 @@ class DataPlane:
             with model:  # in flight: an unload waits for it
                 request = decode(model)
                 names = _requested_outputs(model, request)
+                regions = self._output_regions(request)
                 timeout = _timeout(self.config.request_timeout, request.parameters.get("timeout"))
                 try:
-                    outputs = _classified(model, request, await asyncio.wait_for(model.infer(request.inputs, names), timeout))
+                    computed = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise ServiceError(503, f"request timed out after {timeout:g} s") from None
-            response = encode(InferenceResult(model, request, outputs))
+                outputs = _classified(model, request, {name: computed[name] for name in names})
+                for name, where in regions.items():
+                    array = outputs[name]
+                    raw = serialize_bytes(array) if array.dtype.kind in "OSU" else np.ascontiguousarray(array)
+                    self.shared_memory.write(where, memoryview(raw).cast("B"), f"output {name!r}")
+            response = encode(InferenceResult(model, request, outputs, regions))
         except asyncio.CancelledError:
             # The client went away (its front end cancelled the call): a request still queued
             # for a batch or an instance is never computed (the batcher and the executor skip
@@ -178,6 +191,16 @@ class DataPlane:
             raise
         model.recorder.request(True, time.perf_counter() - started)
         return response
+
+    def _output_regions(self, request: InferenceRequest) -> dict[str, RegionSlice]:
+        """The outputs to write to shared memory and where, checked before the model runs."""
+        regions = {}
+        for name, parameters in (request.outputs or {}).items():
+            where = region_slice(parameters, f"output {name!r}")
+            if where is not None:
+                self.shared_memory.check(where, f"output {name!r}")
+                regions[name] = where
+        return regions
 
     # -- repository ---------------------------------------------------------------------------
 
@@ -195,6 +218,11 @@ class DataPlane:
         """Under --api-key-scope all, inference, metadata, statistics and metrics need the key
         too; health checks never do, so that probes need no secret."""
         if self.config.api_key and self.config.api_key_scope == "all":
+            self.authorize(key)
+
+    def authorize_shared_memory(self, key: str | None) -> None:
+        """Registering shared memory opens files on the server: with an API key set, it takes the key."""
+        if self.config.api_key:
             self.authorize(key)
 
     def repository_index(self, ready_only: bool = False) -> list[dict]:

@@ -10,6 +10,7 @@ from tritonclient.grpc import service_pb2 as pb
 from service.dataplane import InferenceRequest, InferenceResult, Parameters
 from service.errors import bad_request
 from service.model import ServedModel
+from service.shm import SharedMemoryRegistry, region_slice
 from service.tensors import DATATYPES, array_from_bytes, check_complete, check_input, datatype_of_array, serialize_bytes
 
 # The typed field of InferTensorContents that carries each datatype (FP16 has none: raw only).
@@ -34,18 +35,26 @@ def parameters(entries) -> Parameters:
     return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in entries.items() if value.WhichOneof("parameter_choice")}
 
 
-def decode_request(request: pb.ModelInferRequest, model: ServedModel) -> InferenceRequest:
+def decode_request(request: pb.ModelInferRequest, shared_memory: SharedMemoryRegistry, model: ServedModel) -> InferenceRequest:
     """The request's inputs as arrays, checked against `model` (400 on any mistake). Raw
-    contents become arrays over the message's bytes without a per-element step."""
+    contents become arrays over the message's bytes without a per-element step; inputs whose
+    parameters name a shared memory region are read from `shared_memory` and take no raw entry."""
+    regions = [region_slice(parameters(tensor.parameters), f"input {tensor.name!r}") for tensor in request.inputs]
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise bad_request(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input or none")
+    inline = sum(where is None for where in regions)
+    if raw and len(raw) != inline:
+        raise bad_request(f"{len(raw)} raw_input_contents for {inline} inputs not in shared memory; give one per input or none")
     arrays: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
+    next_raw = iter(raw)
+    for tensor, where in zip(request.inputs, regions):
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
         check_input(model.inputs, arrays, name, datatype, shape)
-        if raw:
-            arrays[name] = array_from_bytes(name, datatype, shape, raw[index])
+        if where is not None:
+            if tensor.HasField("contents"):
+                raise bad_request(f"input {name!r}: data in shared memory takes no contents")
+            arrays[name] = array_from_bytes(name, datatype, shape, shared_memory.read(where, f"input {name!r}"))
+        elif raw:
+            arrays[name] = array_from_bytes(name, datatype, shape, next(next_raw))
         elif tensor.HasField("contents"):
             arrays[name] = _from_contents(name, datatype, shape, tensor.contents)
         else:
@@ -74,12 +83,16 @@ def _from_contents(name: str, datatype: str, shape: list[int], contents: pb.Infe
 
 
 def encode_response(result: InferenceResult) -> pb.ModelInferResponse:
-    """Every output in raw_output_contents, as tritonclient reads them."""
+    """Every output in raw_output_contents, as tritonclient reads them; those written to shared
+    memory keep an empty entry there, since clients find an output's contents by its position."""
     tensors, contents = [], []
     for name, array in result.outputs.items():
         datatype = datatype_of_array(array)
         tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape))
-        contents.append(serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes())
+        if name in result.in_shared_memory:
+            contents.append(b"")
+        else:
+            contents.append(serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes())
     return pb.ModelInferResponse(
         model_name=result.model.name,
         model_version=result.model.version,

@@ -116,9 +116,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_unary
     async def ModelInfer(self, request, context):
         self._plane.authorize_scoped(_api_key(context))
-        return await self._plane.infer(
-            request.model_name, request.model_version or None, functools.partial(decode_request, request), encode_response
-        )
+        decode = functools.partial(decode_request, request, self._plane.shared_memory)
+        return await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests are answered as they finish, each reply carrying its request's id; a failed
@@ -150,9 +149,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _answer(self, request: pb.ModelInferRequest, context, writing: asyncio.Lock) -> None:
         try:
-            response = await self._plane.infer(
-                request.model_name, request.model_version or None, functools.partial(decode_request, request), encode_response
-            )
+            decode = functools.partial(decode_request, request, self._plane.shared_memory)
+            response = await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
             reply = pb.ModelStreamInferResponse(infer_response=response)
         except Exception as error:
             if isinstance(error, ServiceError):
@@ -189,10 +187,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    _SHM = "system shared memory is not offered by this server; send tensors in raw_input_contents"
-    SystemSharedMemoryStatus = _not_offered(_SHM)
-    SystemSharedMemoryRegister = _not_offered(_SHM)
-    SystemSharedMemoryUnregister = _not_offered(_SHM)
+    @_unary
+    async def SystemSharedMemoryStatus(self, request, context):
+        self._plane.authorize_shared_memory(_api_key(context))
+        regions = self._plane.shared_memory.status(request.name or None)
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={region["name"]: pb.SystemSharedMemoryStatusResponse.RegionStatus(**region) for region in regions}
+        )
+
+    @_unary
+    async def SystemSharedMemoryRegister(self, request, context):
+        self._plane.authorize_shared_memory(_api_key(context))
+        self._plane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_unary
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self._plane.authorize_shared_memory(_api_key(context))
+        self._plane.shared_memory.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     _CUDA_SHM = "CUDA shared memory is not supported; send tensors in raw_input_contents"
     CudaSharedMemoryStatus = _not_offered(_CUDA_SHM)
     CudaSharedMemoryRegister = _not_offered(_CUDA_SHM)

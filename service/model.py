@@ -191,17 +191,16 @@ class ServedModel:
     def _run_all(self, feeds: Feeds) -> dict[str, np.ndarray]:
         return self._run(feeds, None)
 
-    async def infer(self, feeds: Feeds, names: list[str]) -> dict[str, np.ndarray]:
-        """The requested outputs, computed off the event loop (batched when the model is)."""
+    def infer(self, feeds: Feeds, names: list[str]) -> asyncio.Future[dict[str, np.ndarray]]:
+        """A future of the outputs named (or, batched, of every output), computed off the event
+        loop. A future, not a coroutine, so that awaiting it with a timeout costs no extra task."""
         if self.batcher is not None:
-            outputs = await self.batcher.submit(feeds)
-            return {name: outputs[name] for name in names}
+            return self.batcher.submit(feeds)
         if self.config.max_batch_size:
             rows = next(iter(feeds.values())).shape[0]
             if rows > self.config.max_batch_size:
                 raise bad_request(f"batch of {rows} rows is larger than the model's max_batch_size {self.config.max_batch_size}")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._run, feeds, names, time.perf_counter())
+        return asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds, names, time.perf_counter())
 
     def __enter__(self) -> ServedModel:
         self.inflight += 1

@@ -155,3 +155,16 @@ class StatisticsResponse(BaseModel):
     """Triton's statistics extension."""
 
     model_stats: list[ModelStatistics]
+
+
+class SharedMemoryRegisterRequest(BaseModel):
+    key: str = Field(description="the POSIX shm object's name, as given to shm_open: '/name'")
+    offset: int = Field(0, ge=0, strict=True, description="where the region starts within the object, in bytes")
+    byte_size: int = Field(ge=0, strict=True, description="the region's size in bytes")
+
+
+class SharedMemoryStatus(BaseModel):
+    name: str
+    key: str
+    offset: int
+    byte_size: int

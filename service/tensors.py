@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from pydantic import ValidationError
 
 from se_onnx.runtime import numpy_dtype
 from service.errors import bad_request
 from service.schemas import InferRequest, RequestInput
+from service.shm import SharedMemoryRegistry, region_slice
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -58,12 +59,13 @@ class TensorSpec:
 
 
 def parse_request(
-    body: bytes, header_length: str | None, inputs: Mapping[str, TensorSpec]
+    body: bytes, header_length: str | None, inputs: Mapping[str, TensorSpec], shared_memory: SharedMemoryRegistry
 ) -> tuple[InferRequest, dict[str, np.ndarray]]:
     """The request and its input arrays, checked against the model's inputs (400 on any mistake).
 
     `header_length` is the Inference-Header-Content-Length header: absent means the body is JSON
     only, 0 means the body is the raw bytes of the model's single input (Triton's raw request).
+    Inputs whose parameters name a shared memory region are read from `shared_memory`.
     """
     if header_length is None:
         json_size = len(body)
@@ -77,14 +79,15 @@ def parse_request(
         if json_size == 0:
             return _raw_request(body, inputs)
     try:
-        document = json.loads(body[:json_size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        # orjson refuses nesting deeper than 1024 levels itself, so no input reaches a recursion limit.
+        document = orjson.loads(body[:json_size])
+    except orjson.JSONDecodeError as error:
         raise bad_request(f"malformed JSON in the request: {error}") from None
     try:
         request = InferRequest.model_validate(document)
     except ValidationError as error:
         raise bad_request(f"invalid inference request: {_first_error(error)}") from None
-    return request, _decode_inputs(request, memoryview(body)[json_size:], inputs)
+    return request, _decode_inputs(request, memoryview(body)[json_size:], inputs, shared_memory)
 
 
 def _raw_request(body: bytes, inputs: Mapping[str, TensorSpec]) -> tuple[InferRequest, dict[str, np.ndarray]]:
@@ -124,14 +127,21 @@ def _raw_shape(spec: TensorSpec, count: int) -> list[int]:
 
 
 def _decode_inputs(
-    request: InferRequest, binary: memoryview, inputs: Mapping[str, TensorSpec]
+    request: InferRequest, binary: memoryview, inputs: Mapping[str, TensorSpec], shared_memory: SharedMemoryRegistry
 ) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in request.inputs:
         check_input(inputs, arrays, tensor.name, tensor.datatype, tensor.shape)
         size = tensor.parameters.get("binary_data_size")
-        if size is not None:
+        what = f"input {tensor.name!r}"
+        where = region_slice(tensor.parameters, what)
+        if where is not None:
+            if size is not None or tensor.data is not None:
+                raise bad_request(f"{what}: data in shared memory takes neither data nor binary_data_size")
+            chunk = shared_memory.read(where, what)
+            arrays[tensor.name] = array_from_bytes(tensor.name, tensor.datatype, tensor.shape, chunk)
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad_request(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
@@ -207,30 +217,67 @@ def array_from_bytes(name: str, datatype: str, shape: Sequence[int], chunk) -> n
 
 
 def _from_json(tensor: RequestInput) -> np.ndarray:
+    """JSON `data` (flat or nested) as an array, converted by numpy in one pass: each element's
+    JSON type must fit the datatype (booleans for BOOL only, integers for integer types, no null)."""
     if tensor.data is None:
         raise bad_request(f"input {tensor.name!r} has neither data nor binary_data_size")
     count = math.prod(tensor.shape)
-    try:
-        if tensor.datatype == "BYTES":
-            items = list(_flatten(tensor.data))
-            if not all(isinstance(item, str) for item in items):
-                raise TypeError("BYTES data must be strings")
-            array = np.array(items, dtype=object)
-        else:
-            array = np.asarray(tensor.data, dtype=DATATYPES[tensor.datatype])
-    except (TypeError, ValueError, OverflowError) as error:
-        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: {error}") from None
+    if tensor.datatype == "BYTES":
+        array = _json_array(tensor, object)
+        if not all(isinstance(item, str) for item in array.reshape(-1)):
+            raise bad_request(f"input {tensor.name!r}: BYTES data must be strings")
+    else:
+        array = _json_numbers(tensor, np.dtype(DATATYPES[tensor.datatype]))
     if array.size != count:
         raise bad_request(f"input {tensor.name!r}: {array.size} elements, expected {count} for shape {tensor.shape}")
     return array.reshape(tensor.shape)
 
 
-def _flatten(data: object):
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+def _json_array(tensor: RequestInput, dtype: type | None = None) -> np.ndarray:
+    try:
+        return np.array(tensor.data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as error:  # ragged rows, or deeper than numpy's 64 dimensions
+        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: {error}") from None
+
+
+_FOUND = {
+    "b": "booleans",
+    "i": "integers",
+    "u": "integers",
+    "f": "non-integer numbers",
+    "U": "strings",
+    "O": "null, lists mixed with numbers, objects or integers past 64 bits",
+}
+
+
+def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
+    # numpy infers the elements' common type first: bool for JSON booleans only, int64/uint64 for
+    # integers, float64 once any element is a float, and object for null, strings, objects or
+    # integers past 64 bits; a list mixing booleans and numbers comes out numeric, hence `_has_bool`.
+    array = _json_array(tensor)
+    if not array.size:
+        return array.astype(dtype)
+    kind = array.dtype.kind
+    wanted = "b" if dtype.kind == "b" else "iu" if dtype.kind in "iu" else "iuf"
+    if kind not in wanted:
+        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds {_FOUND.get(kind, _FOUND['O'])}")
+    # Booleans become 0 and 1, so only data holding those values needs the element-wise look.
+    if kind != "b" and ((array == 0) | (array == 1)).any() and _has_bool(tensor.data):
+        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds booleans")
+    if kind in "iu" and dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: values outside [{limits.min}, {limits.max}]")
+    return array.astype(dtype, copy=False)
+
+
+def _has_bool(data: object) -> bool:
+    """Whether a rectangular list (at most 64 levels, numpy has checked) holds a JSON boolean."""
+    if not isinstance(data, list):
+        return isinstance(data, bool)
+    if data and isinstance(data[0], list):
+        return any(_has_bool(row) for row in data)
+    return bool in set(map(type, data))
 
 
 def deserialize_bytes(chunk: memoryview, name: str) -> np.ndarray:
@@ -267,14 +314,18 @@ def binary_outputs(request: InferRequest, names: Sequence[str]) -> dict[str, boo
 
 
 def encode_response(
-    header: dict, outputs: Mapping[str, np.ndarray], binary: Mapping[str, bool]
+    header: dict, outputs: Mapping[str, np.ndarray], binary: Mapping[str, bool], in_shared_memory: Collection[str] = ()
 ) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the length of its JSON header."""
+    """The response body and, when any output is binary, the length of its JSON header. Outputs
+    `in_shared_memory` are described without data, as Triton does."""
     described, chunks = [], []
     for name, as_binary in binary.items():
         array = outputs[name]
         datatype = datatype_of_array(array)
         entry: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in in_shared_memory:
+            described.append(entry)
+            continue
         if as_binary:
             raw = serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
@@ -282,9 +333,10 @@ def encode_response(
         elif datatype == "BYTES":
             entry["data"] = [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            # Serialised by orjson straight from the buffer (NaN and infinities become null).
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
         described.append(entry)
-    text = json.dumps({**header, "outputs": described}, separators=(",", ":")).encode()
+    text = orjson.dumps({**header, "outputs": described}, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return text, None
     return b"".join([text, *chunks]), len(text)

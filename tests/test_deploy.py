@@ -32,10 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 KUBE = ROOT / "deploy" / "kubernetes"
 PORT = 8000
+GRPC_PORT = 8001
 SERVE_OPTIONS = (
     "model-repository",
     "host",
     "port",
+    "grpc-port",
     "provider",
     "allow-cpu-fallback",
     "device-id",
@@ -170,13 +172,14 @@ def test_dockerfile_stages_bases_and_runtime_settings(dockerfile):
         assert "/wheels/se_onnx-*.whl" in installs[0].value
         user, _, group = stage.one("USER").value.partition(":")
         assert user.isdigit() and group.isdigit() and int(user) != 0
-        assert stage.one("EXPOSE").value == str(PORT)
+        assert stage.one("EXPOSE").value.split() == [str(PORT), str(GRPC_PORT)]
         assert stage.one("CMD").exec_form() == ["se-onnx", "serve"]
         assert not stage.all("ENTRYPOINT")  # `docker run IMAGE se-onnx insert ...` replaces the CMD
         check = stage.one("HEALTHCHECK").exec_form()
         assert check[:2] == ["python", "-c"] and "/v2/health/ready" in check[2] and "urllib" in check[2]
         env = stage.env()
         assert env["SE_ONNX_MODEL_REPOSITORY"] == "/models" and env["SE_ONNX_PORT"] == str(PORT)
+        assert env["SE_ONNX_GRPC_PORT"] == str(GRPC_PORT)
         assert stage.all("COPY")[-1].value == "models/ /models/"
     # The two images differ only in base, Python set-up, ONNX Runtime build and provider.
     cpu_env, cuda_env = dockerfile["cpu"].env(), dockerfile["cuda"].env()
@@ -260,16 +263,16 @@ def test_compose_cpu_service_and_gpu_profile():
     published = set()
     for service in (cpu, gpu):
         assert service["build"]["context"] == "."
-        (port,) = service["ports"]
-        published.add(port.split(":")[0])
-        assert port.endswith(f":{PORT}")
+        http, grpc = service["ports"]
+        published |= {http.split(":")[0], grpc.split(":")[0]}
+        assert http.endswith(f":{PORT}") and grpc.endswith(f":{GRPC_PORT}")
         (volume,) = service["volumes"]
         assert volume["type"] == "bind" and volume["target"] == "/models" and volume["read_only"] is True
         check = service["healthcheck"]
         assert check["test"][:3] == ["CMD", "python", "-c"] and "/v2/health/ready" in check["test"][3]
         assert {"interval", "timeout", "retries", "start_period"} <= set(check)
         assert all(name.startswith("SE_ONNX_") for name in service["environment"])
-    assert len(published) == 2  # both can run at once
+    assert len(published) == 4  # both can run at once
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] >= 1
     assert "deploy" not in cpu
@@ -352,8 +355,8 @@ def test_kubernetes_deployment_probes_resources_service_and_autoscaler(variant, 
     deployment, service, hpa = kinds["Deployment"], kinds["Service"], kinds["HorizontalPodAutoscaler"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
-    (port,) = container["ports"]
-    assert port["containerPort"] == PORT
+    port, grpc_port = container["ports"]
+    assert port["containerPort"] == PORT and (grpc_port["name"], grpc_port["containerPort"]) == ("grpc", GRPC_PORT)
     probes = {kind: container[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe", "startupProbe")}
     assert probes["readinessProbe"]["path"] == probes["startupProbe"]["path"] == "/v2/health/ready"
     assert probes["livenessProbe"]["path"] == "/v2/health/live"
@@ -369,7 +372,9 @@ def test_kubernetes_deployment_probes_resources_service_and_autoscaler(variant, 
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
     assert service["spec"]["selector"] == selector
-    assert service["spec"]["ports"][0]["targetPort"] in (port["name"], PORT)
+    http_service, grpc_service = service["spec"]["ports"]
+    assert http_service["targetPort"] in (port["name"], PORT)
+    assert grpc_service["targetPort"] in ("grpc", GRPC_PORT) and grpc_service["appProtocol"] == "kubernetes.io/h2c"
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
     assert hpa["spec"]["scaleTargetRef"] == target
@@ -405,6 +410,22 @@ def test_kserve_inferenceservice_runs_the_image_as_a_custom_predictor():
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["SE_ONNX_PORT"] == str(PORT)
     # The container is a core/v1 Container: check it against that schema by wrapping it in a Pod.
+    import kubernetes_validate
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [container]}}
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kserve_grpc_inferenceservice_exposes_an_h2c_port_with_grpc_probes():
+    (isvc,) = _load(KUBE / "kserve" / "inferenceservice-grpc.yaml")
+    (http_isvc,) = _load(KUBE / "kserve" / "inferenceservice.yaml")
+    assert isvc["kind"] == "InferenceService" and isvc["metadata"]["name"] != http_isvc["metadata"]["name"]
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["ports"] == [{"name": "h2c", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+    assert container["readinessProbe"]["grpc"] == {"port": GRPC_PORT}
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["SE_ONNX_GRPC_PORT"] == str(GRPC_PORT)
     import kubernetes_validate
 
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [container]}}
@@ -637,7 +658,7 @@ def test_image_runs_the_cli_on_a_mounted_folder(image):
 def test_image_serves_answers_inference_and_stops_cleanly_on_sigterm(image, dockerfile, tmp_path):
     import onnxruntime as ort
 
-    env = dict(image.environ, SE_ONNX_PORT=str(_free_port()))
+    env = dict(image.environ, SE_ONNX_PORT=str(_free_port()), SE_ONNX_GRPC_PORT=str(_free_port()))
     base = f"http://127.0.0.1:{env['SE_ONNX_PORT']}"
     command = dockerfile["cpu"].one("CMD").exec_form()
     check = dockerfile["cpu"].one("HEALTHCHECK").exec_form()
@@ -666,6 +687,9 @@ def test_image_serves_answers_inference_and_stops_cleanly_on_sigterm(image, dock
             assert output["shape"] == list(expected.shape)
             answer = np.array(output["data"], dtype=np.float32).reshape(expected.shape)
             np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
+            import tritonclient.grpc as triton_grpc
+
+            assert triton_grpc.InferenceServerClient(f"127.0.0.1:{env['SE_ONNX_GRPC_PORT']}").is_model_ready("tiny_conv")
 
             server.send_signal(signal.SIGTERM)
             assert server.wait(timeout=30) == 0

@@ -230,12 +230,12 @@ def test_load_and_unload_during_traffic(server):
         caller = triton.InferenceServerClient(url)
         x = np.ones((2, 4), np.float32)
         while not done.is_set():
-            current = phase[0]
             try:
                 np.testing.assert_array_equal(caller.infer("busy", [_input("x", x)]).as_numpy("neg"), -x)
-                outcomes.append((current, "ok"))
+                status = "ok"
             except InferenceServerException as error:
-                outcomes.append((current, error.status()))
+                status = error.status()
+            outcomes.append((phase[0], status))  # the phase when it finished: an unload may have begun meanwhile
 
     threads = [threading.Thread(target=traffic) for _ in range(2)]
     for thread in threads:
@@ -245,7 +245,9 @@ def test_load_and_unload_during_traffic(server):
         client.load_model("busy", headers=headers)
     phase[0] = "unloading"
     client.unload_model("busy", headers=headers)
-    time.sleep(0.2)
+    deadline = time.monotonic() + 20  # until the callers have seen the unload
+    while ("unloading", "StatusCode.UNAVAILABLE") not in outcomes and time.monotonic() < deadline:
+        time.sleep(0.05)
     done.set()
     for thread in threads:
         thread.join(timeout=30)

@@ -225,6 +225,59 @@ def test_client_mistakes_are_400(client, body, fragment):
     _error(client.post("/v2/models/relu/infer", content=body), 400, fragment)
 
 
+def _json_input(datatype: str, data, shape=(1, 3)) -> str:
+    return _header_only([{"name": f"in_{datatype}", "shape": list(shape), "datatype": datatype, "data": data}])
+
+
+@pytest.mark.parametrize(
+    "datatype, data, fragment",
+    [
+        ("FP32", [1.0, None, 2.0], "null"),
+        ("FP32", [[1.0, 2.0], [3.0]], "inhomogeneous"),
+        ("FP32", [True, False, True], "booleans"),
+        ("FP32", [1.5, True, 2.5], "booleans"),
+        ("INT64", [[1, 2, 3], [False, 4, 5]], "booleans"),
+        ("INT32", [1, 2.5, 3], "non-integer"),
+        ("INT8", [1, 2, 300], "values outside [-128, 127]"),
+        ("UINT8", [1, -1, 3], "values outside [0, 255]"),
+        ("UINT64", [1, 2**64, 3], "not UINT64"),
+        ("BOOL", [1, 0, 1], "integers"),
+        ("BOOL", ["true", "false", "true"], "strings"),
+        ("BYTES", ["a", 1, "b"], "must be strings"),
+        ("BYTES", [["a", "b"], ["c"]], "must be strings"),
+        ("FP32", {"a": 1}, "objects"),
+    ],
+)
+def test_json_data_of_the_wrong_kind_is_400(client, datatype, data, fragment):
+    _error(client.post("/v2/models/identity/infer", content=_json_input(datatype, data)), 400, fragment)
+
+
+@pytest.mark.parametrize("depth", [70, 1100])
+def test_deeply_nested_json_is_400(client, depth):
+    """Past numpy's 64 dimensions and past orjson's 1024 levels: a 400, never a recursion error."""
+    nested = "[" * depth + "1" + "]" * depth
+    for datatype in ("FP32", "BYTES"):
+        body = _json_input(datatype, "DATA").replace('"DATA"', nested)
+        _error(client.post("/v2/models/identity/infer", content=body), 400, "" if depth < 1024 else "malformed JSON")
+    for field in ("shape", "parameters"):
+        body = _header_only([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4, field: "DEEP"}])
+        _error(client.post("/v2/models/relu/infer", content=body.replace('"DEEP"', nested)), 400, "")
+
+
+def test_json_output_of_special_floats_is_null(client):
+    x = np.array([[np.nan, np.inf, -1.0, 0.5]], np.float32)
+    body = infer_json("x", np.zeros((1, 4), np.float32))
+    body["inputs"][0]["data"] = [None, None, -1.0, 0.5]  # null is refused on input ...
+    assert client.post("/v2/models/relu/infer", json=body).status_code == 400
+    raw, headers = binary_body(
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}],
+         "outputs": [{"name": "neg"}]},
+        [x.tobytes()],
+    )  # fmt: skip
+    response = client.post("/v2/models/relu/infer", content=raw, headers=headers)
+    assert response.json()["outputs"][0]["data"] == [None, None, 1.0, -0.5]  # ... and how NaN and infinity leave
+
+
 def test_fixed_batch_dimension_is_enforced(client):
     _error(client.post("/v2/models/fixed/infer", json=infer_json("x", np.ones((3, 4), np.float32))), 400, "shape [3, 4]")
 

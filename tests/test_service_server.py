@@ -84,6 +84,42 @@ def test_tritonclient_datatypes_binary(server):
         np.testing.assert_array_equal(result.as_numpy(f"out_{datatype}"), array)
 
 
+def test_tritonclient_system_shared_memory(server):
+    """tritonclient.utils.shared_memory and tritonclient.http unchanged: the input from a region,
+    one output into a region, the other inline; status and unregister; registering takes the key."""
+    import tritonclient.utils.shared_memory as shm
+
+    url, _ = server
+    client = triton.InferenceServerClient(url)
+    auth = {"X-API-Key": KEY}
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    key = f"/se-onnx-server-test-{os.getpid()}"
+    handle = shm.create_shared_memory_region("io", key, 2 * x.nbytes)
+    try:
+        shm.set_shared_memory_region(handle, [x])
+        with pytest.raises(InferenceServerException, match="API key"):
+            client.register_system_shared_memory("io", key, 2 * x.nbytes)
+        client.register_system_shared_memory("io", key, 2 * x.nbytes, headers=auth)
+        assert client.get_system_shared_memory_status(headers=auth) == [{"name": "io", "key": key, "offset": 0, "byte_size": 2 * x.nbytes}]
+        tensor = triton.InferInput("x", [3, 4], "FP32")
+        tensor.set_shared_memory("io", x.nbytes)
+        relu = triton.InferRequestedOutput("relu", binary_data=True)
+        relu.set_shared_memory("io", x.nbytes, offset=x.nbytes)
+        result = client.infer("relu", [tensor], outputs=[relu, triton.InferRequestedOutput("neg")])
+        assert "data" not in result.get_output("relu") and result.get_output("relu")["shape"] == [3, 4]
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [3, 4], offset=x.nbytes), np.maximum(x, 0))
+        np.testing.assert_array_equal(result.as_numpy("neg"), -x)
+        with pytest.raises(InferenceServerException, match="CUDA shared memory is not supported"):
+            client.get_cuda_shared_memory_status()
+        client.unregister_system_shared_memory("io", headers=auth)
+        assert client.get_system_shared_memory_status(headers=auth) == []
+        with pytest.raises(InferenceServerException, match="no shared memory region 'io'") as error:
+            client.infer("relu", [tensor])
+        assert error.value.status() == "400"
+    finally:
+        shm.destroy_shared_memory_region(handle)
+
+
 def test_tritonclient_errors(server):
     url, _ = server
     client = triton.InferenceServerClient(url)

@@ -81,7 +81,7 @@ async def infer(request: Request, plane: Plane, model_name: str, version: str | 
     binary: dict[str, bool] = {}  # output name → sent as binary data; filled by decode
 
     def decode(model) -> InferenceRequest:
-        infer_request, feeds = parse_request(body, header_length, model.inputs)
+        infer_request, feeds = parse_request(body, header_length, model.inputs, plane.shared_memory)
         binary.update(binary_outputs(infer_request, list(model.outputs)))
         outputs = None if infer_request.outputs is None else {o.name: o.parameters for o in infer_request.outputs}
         return InferenceRequest(feeds, outputs, infer_request.id, infer_request.parameters)
@@ -90,7 +90,7 @@ async def infer(request: Request, plane: Plane, model_name: str, version: str | 
         header = {"model_name": result.model.name, "model_version": result.model.version}
         if result.request.id is not None:
             header["id"] = result.request.id
-        content, json_size = encode_response(header, result.outputs, binary)
+        content, json_size = encode_response(header, result.outputs, binary, result.in_shared_memory)
         if json_size is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_size)})
