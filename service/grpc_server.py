@@ -87,6 +87,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelReady(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
         return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version or None))
 
     @_unary
