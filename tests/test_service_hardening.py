@@ -227,3 +227,8 @@ def test_soak_load_unload_under_traffic_keeps_memory_and_fds_flat(repo):
     assert memory_after < memory * 1.05, (memory, memory_after)
     assert fds_after <= fds * 1.05, (fds, fds_after)
     assert set(statuses) <= {200, 503} and statuses.count(200) > 0, set(statuses)
+
+
+def test_a_missing_body_with_required_fields_is_a_400(client):
+    response = client.post("/v2/systemsharedmemory/region/r/register", headers=KEY)
+    assert response.status_code == 400 and "key: Field required" in response.json()["error"]
