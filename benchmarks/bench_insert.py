@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import build_samples  # noqa: E402
-from se_onnx import InsertOptions, insert_se, load_model, save_model  # noqa: E402
+from se_onnx import InsertOptions, InsertSE, insert_se, load_model, save_model  # noqa: E402
 from se_onnx.bench import BenchOptions, Spread, benchmark, pairwise_ratio, time_interleaved  # noqa: E402
 
 # The SENet paper's setting, for every part: blocks on the residual branches, r = 16 (+10 % weights;
@@ -35,6 +36,8 @@ from se_onnx.bench import BenchOptions, Spread, benchmark, pairwise_ratio, time_
 PAPER_OPTIONS = InsertOptions(where="residual", ratio=1 / 16)
 PAPER_FLAGS = ["--where", "residual", "--ratio", "0.0625"]
 PAPER_CPU_MS = (164.0, 167.0)  # SENet paper, ResNet-50 vs SE-ResNet-50 on CPU
+# se-onnx's time over the baseline's that the pass aims to stay under (a process also imports more).
+GOALS = {"in_process": 1.2, "process": 1.6}
 
 
 @dataclasses.dataclass
@@ -55,8 +58,8 @@ class Comparison:
 class ScalingPoint:
     convs: int
     blocks: int
-    seconds: float  # median of load_model + insert_se + save_model
-    pass_seconds: float  # median of insert_se alone
+    seconds: float  # median of load_model + InsertSE + save_model
+    pass_seconds: float  # median of the pass alone
     cpu_seconds: float  # median CPU time of the whole, which a busy machine disturbs less
 
     @property
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu-clock",
         action="store_true",
-        help="time the in-process comparison in CPU time (process_time) instead of wall time: steadier on a busy machine",
+        help="time the comparisons in CPU time instead of wall time (the process's own, or its child processes'): "
+        "steadier on a busy machine",
     )
     parser.add_argument("--skip", nargs="*", default=(), choices=("speed", "process", "scaling", "inference"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             clock = time.process_time if args.cpu_clock else time.perf_counter
             results["in_process"] = _in_process(source, folder, args.rounds, clock)
         if "process" not in args.skip:
-            results["process"] = _as_process(source, folder, args.rounds)
+            results["process"] = _as_process(source, folder, args.rounds, _children_cpu_time if args.cpu_clock else time.perf_counter)
         if "scaling" not in args.skip:
             points = _scaling([int(n) for n in args.scaling.split(",")], folder, args.scaling_rounds)
             results["scaling"] = {"points": points, "fit": _fit(points)}
@@ -114,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _in_process(source: Path, folder: Path, rounds: int, clock) -> Comparison:
-    """load_model → insert_se → save_model (checked, atomic) against onnx.load → onnx.save."""
+    """load_model → InsertSE → save_model (checked, atomic) against onnx.load → onnx.save."""
     ours, theirs = folder / "in_process_se.onnx", folder / "in_process_plain.onnx"
 
-    def se_onnx() -> None:
-        model, _ = insert_se(load_model(source), PAPER_OPTIONS)
+    def se_onnx() -> None:  # what `se-onnx insert` does: the pass in place on the loaded model
+        model = load_model(source)
+        InsertSE(PAPER_OPTIONS)(model)
         save_model(model, ours)
 
     def baseline() -> None:
@@ -128,7 +133,13 @@ def _in_process(source: Path, folder: Path, rounds: int, clock) -> Comparison:
     return _compare(what, "onnx.load + onnx.save", se_onnx, baseline, rounds, ours, theirs, clock)
 
 
-def _as_process(source: Path, folder: Path, rounds: int) -> Comparison:
+def _children_cpu_time() -> float:
+    """CPU time (user + system) of the child processes that have ended so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _as_process(source: Path, folder: Path, rounds: int, clock=time.perf_counter) -> Comparison:
     """`python -m se_onnx insert` against a Python process that loads and saves with onnx."""
     ours, theirs = folder / "process_se.onnx", folder / "process_plain.onnx"
     insert_cmd = [sys.executable, "-m", "se_onnx", "insert", str(source), "-o", str(ours), *PAPER_FLAGS]
@@ -137,7 +148,8 @@ def _as_process(source: Path, folder: Path, rounds: int) -> Comparison:
     def run(command: list[str]):
         return lambda: subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
-    return _compare("python -m se_onnx insert", "python -c onnx.load+save", run(insert_cmd), run(plain_cmd), rounds, ours, theirs)
+    what = "python -m se_onnx insert" + (" (CPU time)" if clock is _children_cpu_time else "")
+    return _compare(what, "python -c onnx.load+save", run(insert_cmd), run(plain_cmd), rounds, ours, theirs, clock)
 
 
 def _compare(what: str, baseline_label: str, se_onnx, baseline, rounds: int, ours: Path, theirs: Path, clock=time.perf_counter) -> Comparison:
@@ -165,9 +177,9 @@ def _scaling(sizes: list[int], folder: Path, rounds: int) -> list[ScalingPoint]:
             cpu_start, start = time.process_time(), time.perf_counter()
             model = load_model(source)
             pass_start = time.perf_counter()
-            inserted, report = insert_se(model, InsertOptions(where="conv"))
+            report = InsertSE(InsertOptions(where="conv"))(model).report
             passes.append(time.perf_counter() - pass_start)
-            save_model(inserted, folder / f"chain_{convs}_se.onnx")
+            save_model(model, folder / f"chain_{convs}_se.onnx")
             totals.append(time.perf_counter() - start)
             cpu.append(time.process_time() - cpu_start)
             blocks = len(report.blocks)
@@ -216,12 +228,12 @@ def _print(results: dict, args: argparse.Namespace) -> None:
             f"{args.rounds} interleaved rounds\n"
         )
         _table(("se-onnx", "baseline", "se-onnx", "baseline", "ratio", "p10–p90", "MB written"), rows)
-        print("goal: ratio ≤ 1.3×\n")
+        print(f"goal: ratio ≤ {GOALS['in_process']}× in process, ≤ {GOALS['process']}× as a process\n")
     if "scaling" in results:
         points, fit = results["scaling"]["points"], results["scaling"]["fit"]
         print(f"Scaling on conv chains (--where conv, load + insert + checked save), median of {args.scaling_rounds}\n")
         _table(
-            ("convs", "blocks", "total", "insert_se", "CPU", "µs / conv"),
+            ("convs", "blocks", "total", "pass", "CPU", "µs / conv"),
             [(p.convs, p.blocks, f"{p.seconds:.2f} s", f"{p.pass_seconds:.2f} s", f"{p.cpu_seconds:.2f} s", f"{p.us_per_conv:.0f}") for p in points],
         )
         print(

@@ -1,30 +1,54 @@
 """se-onnx: Squeeze-and-Excitation passes on ONNX conv models."""
 
-from se_onnx.detect import FindSE, find_se
-from se_onnx.errors import SeOnnxError
-from se_onnx.fuse import FuseSE, fuse_se
-from se_onnx.insert import InsertOptions, InsertReport, InsertSE, insert_se
-from se_onnx.model_io import load_model, save_model
-from se_onnx.strip import StripSE, strip_se
-from se_onnx.unfuse import UnfuseSE, unfuse_se
-from se_onnx.verify import verify
+from __future__ import annotations
 
-__all__ = [
-    "FindSE",
-    "FuseSE",
-    "InsertOptions",
-    "InsertReport",
-    "InsertSE",
-    "SeOnnxError",
-    "StripSE",
-    "UnfuseSE",
-    "find_se",
-    "fuse_se",
-    "insert_se",
-    "load_model",
-    "save_model",
-    "strip_se",
-    "unfuse_se",
-    "verify",
-]
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from se_onnx.detect import FindSE, find_se
+    from se_onnx.errors import SeOnnxError
+    from se_onnx.fuse import FuseSE, fuse_se
+    from se_onnx.insert import InsertOptions, InsertReport, InsertSE, insert_se
+    from se_onnx.model_io import load_model, save_model
+    from se_onnx.strip import StripSE, strip_se
+    from se_onnx.unfuse import UnfuseSE, unfuse_se
+    from se_onnx.verify import verify
+
+# Each public name and the module that defines it, imported when the name is first used (PEP 562):
+# `import se_onnx` alone, and every `se-onnx` command, then loads only the modules it needs.
+_EXPORTS = {
+    "FindSE": "se_onnx.detect",
+    "FuseSE": "se_onnx.fuse",
+    "InsertOptions": "se_onnx.insert",
+    "InsertReport": "se_onnx.insert",
+    "InsertSE": "se_onnx.insert",
+    "SeOnnxError": "se_onnx.errors",
+    "StripSE": "se_onnx.strip",
+    "UnfuseSE": "se_onnx.unfuse",
+    "find_se": "se_onnx.detect",
+    "fuse_se": "se_onnx.fuse",
+    "insert_se": "se_onnx.insert",
+    "load_model": "se_onnx.model_io",
+    "save_model": "se_onnx.model_io",
+    "strip_se": "se_onnx.strip",
+    "unfuse_se": "se_onnx.unfuse",
+    "verify": "se_onnx.verify",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'se_onnx' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

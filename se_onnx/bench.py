@@ -7,13 +7,14 @@ cancels such drifts far better than a ratio of two separate medians.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,6 @@ from se_onnx.strip import strip_se
 
 # A progress bar appears only on runs expected to take longer than this.
 _LONG_RUN_S = 3.0
-# At most this many runs of the profiled sessions behind the per-op breakdown (after `warmup`
-# runs that are dropped): the profiler slows every kernel, so its sessions are not the timed ones.
-_PROFILED_RUNS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,37 +79,120 @@ class ModelTiming:
 
 
 @dataclasses.dataclass(frozen=True)
-class OpTime:
-    """Time per batch spent in one op type's kernels, from ONNX Runtime's profiler (ms)."""
+class Difference:
+    """A difference taken run by run (B − A, paired runs): its median, the p10–p90 spread of single
+    runs, and a 95 % confidence interval of the median (`ci_low`–`ci_high`)."""
 
-    op_type: str
+    median: float
+    p10: float
+    p90: float
+    ci_low: float
+    ci_high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Difference:
+        array = np.sort(np.asarray(values, dtype=np.float64))
+        low, high = median_interval(array)
+        return cls(float(np.median(array)), float(np.percentile(array, 10)), float(np.percentile(array, 90)), low, high)
+
+    @property
+    def within_noise(self) -> bool:
+        """Whether the runs cannot tell this difference from zero (its interval holds 0)."""
+        return self.ci_low <= 0.0 <= self.ci_high
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"within_noise": self.within_noise}
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median: the order statistics that the sign
+    test puts around it (normal approximation of the binomial; the whole range for a few values)."""
+    array = np.sort(np.asarray(values, dtype=np.float64))
+    if not array.size:
+        raise ValueError("median_interval needs at least one value")
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    lowest = max(int(np.floor((array.size - z * np.sqrt(array.size)) / 2)), 0)
+    return float(array[lowest]), float(array[array.size - 1 - lowest])
+
+
+# The roles a breakdown attributes time to: kernels of the SE blocks' own nodes, ONNX Runtime's
+# layout conversions (into and out of its blocked NCHWc layout), the kernels of the rest of the
+# model, and the part of each run spent outside any kernel (the executor, allocations, and the
+# profiler's own bookkeeping).
+SE_ROLE, LAYOUT_ROLE, MODEL_ROLE, BETWEEN_ROLE = "SE block", "layout", "model", "between kernels"
+_LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+
+
+@dataclasses.dataclass(frozen=True)
+class OpTime:
+    """Time per batch one op type spends in one role, from ONNX Runtime's profiler (ms): each
+    model's median over its profiled runs, and the difference run by run."""
+
+    role: str
+    op_type: str  # "" for the time between kernels
     se_ms: float
     stripped_ms: float
+    diff: Difference  # SE model − stripped, paired profiled runs
 
     @property
     def diff_ms(self) -> float:
-        return self.se_ms - self.stripped_ms
+        return self.diff.median
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"diff_ms": self.diff_ms}
+        return {
+            "role": self.role,
+            "op_type": self.op_type,
+            "se_ms": self.se_ms,
+            "stripped_ms": self.stripped_ms,
+            "diff_ms": self.diff_ms,
+            "diff": self.diff.to_dict(),
+        }
 
 
 @dataclasses.dataclass
 class SeCost:
-    """What a model's SE blocks cost: the model over its stripped copy, run by run."""
+    """What a model's SE blocks cost: the model over its stripped copy, run by run, and where
+    that time goes."""
 
     blocks: int
-    ratio: Spread  # SE model / stripped model
-    ms_per_batch: Spread  # SE model − stripped model
-    profiled_runs: int
-    ops: list[OpTime]  # every op type either model runs, largest difference first
+    ratio: Spread  # SE model / stripped model, timed runs
+    ms_per_batch: Difference  # SE model − stripped model, timed runs (the measured difference)
+    profiled_runs: int  # per model, interleaved, after as many warm-up runs as the timed ones
+    profiled_ms_per_batch: Difference  # the same difference in the profiled runs
+    ops: list[OpTime]  # every (role, op type) either model runs, largest difference first
+
+    @property
+    def accounted_ms(self) -> float:
+        """The breakdown's sum: what the per-op differences add up to."""
+        return float(sum(op.diff_ms for op in self.ops))
+
+    @property
+    def tolerance_ms(self) -> float:
+        """How far the breakdown's sum may be from the measured difference and still agree with
+        it: the half-widths of the two medians' confidence intervals (timed and profiled runs)
+        added, since either may be off by that much."""
+        return sum((d.ci_high - d.ci_low) / 2 for d in (self.ms_per_batch, self.profiled_ms_per_batch))
+
+    @property
+    def adds_up(self) -> bool:
+        return abs(self.accounted_ms - self.ms_per_batch.median) <= self.tolerance_ms
+
+    @property
+    def within_noise(self) -> bool:
+        """Whether the timed runs cannot tell the SE model from its stripped copy."""
+        return self.ms_per_batch.within_noise
 
     def to_dict(self) -> dict:
         return {
             "blocks": self.blocks,
             "ratio": dataclasses.asdict(self.ratio),
-            "ms_per_batch": dataclasses.asdict(self.ms_per_batch),
+            "ms_per_batch": self.ms_per_batch.to_dict(),
             "profiled_runs": self.profiled_runs,
+            "profiled_ms_per_batch": self.profiled_ms_per_batch.to_dict(),
+            "accounted_ms": self.accounted_ms,
+            "tolerance_ms": self.tolerance_ms,
+            "adds_up": self.adds_up,
+            "within_noise": self.within_noise,
             "ops": [op.to_dict() for op in self.ops],
         }
 
@@ -237,7 +318,7 @@ def benchmark(models: Sequence[str | os.PathLike | bytes], options: BenchOptions
 
 def se_cost(model: str | os.PathLike, options: BenchOptions = BenchOptions()) -> BenchReport:
     """Time `model` against a copy with its SE blocks stripped (built in memory), interleaved, and
-    break the difference down by op type with ONNX Runtime's profiler.
+    break the difference down by role and op type with ONNX Runtime's profiler.
 
     The report's models are [stripped, SE model], so its ratio is what the SE blocks cost.
     """
@@ -250,25 +331,47 @@ def se_cost(model: str | os.PathLike, options: BenchOptions = BenchOptions()) ->
         stripped, strip_report = strip_se(with_se)
     except SeOnnxError:
         raise SeOnnxError(f"{model}: --se-cost needs a model with SE blocks, and it has none") from None
-    sources = [_serialize(stripped), _serialize(with_se)]
     label = _label(model)
-    report = benchmark(sources, options, names=[f"{label} without SE", label])
-    samples_stripped, samples_se = (timing.seconds for timing in report.models)
-    profiled_runs = min(options.runs, _PROFILED_RUNS)
-    profiled = {which: _op_times(source, options, profiled_runs) for which, source in zip(("stripped", "se"), sources)}
-    op_types = set(profiled["stripped"]) | set(profiled["se"])
-    ops = sorted(
-        (OpTime(op, profiled["se"].get(op, 0.0), profiled["stripped"].get(op, 0.0)) for op in op_types),
-        key=lambda op: (-op.diff_ms, op.op_type),
+    se_nodes = frozenset(name for block in strip_report.blocks for name in block["nodes"])
+    return _cost_report(
+        [_serialize(stripped), _serialize(with_se)], [f"{label} without SE", label], options, se_nodes, len(strip_report.blocks)
     )
+
+
+def _cost_report(sources: Sequence[bytes], names: Sequence[str], options: BenchOptions, se_nodes: frozenset[str], blocks: int) -> BenchReport:
+    """Time sources[1] against sources[0], then profile both as many runs again, interleaved the
+    same way, so that each op's difference is taken run by run like the measured one. The profiled
+    sessions are separate from the timed ones because the profiler slows every node."""
+    report = benchmark(sources, options, names=names)
+    samples_stripped, samples_se = (timing.seconds for timing in report.models)
+    stripped_runs, se_runs = _profile_interleaved(sources, options, _role_classifier(se_nodes))
     report.se_cost = SeCost(
-        blocks=len(strip_report.blocks),
+        blocks=blocks,
         ratio=report.ratio,
-        ms_per_batch=Spread.of([(b - a) * 1e3 for a, b in zip(samples_stripped, samples_se)]),
-        profiled_runs=profiled_runs,
-        ops=ops,
+        ms_per_batch=Difference.of([(b - a) * 1e3 for a, b in zip(samples_stripped, samples_se)]),
+        profiled_runs=len(se_runs),
+        profiled_ms_per_batch=Difference.of([sum(b.values()) - sum(a.values()) for a, b in zip(stripped_runs, se_runs)]),
+        ops=op_differences(stripped_runs, se_runs),
     )
     return report
+
+
+def op_differences(
+    baseline_runs: Sequence[Mapping[tuple[str, str], float]], candidate_runs: Sequence[Mapping[tuple[str, str], float]]
+) -> list[OpTime]:
+    """Per (role, op type): each model's median time per run, and the difference run by run
+    (run i of the candidate against run i of the baseline); largest median difference first."""
+    if len(baseline_runs) != len(candidate_runs) or not baseline_runs:
+        raise ValueError("op_differences needs two equally long, non-empty series of runs")
+    keys = {key for run in [*baseline_runs, *candidate_runs] for key in run}
+    ops = []
+    for role, op_type in keys:
+        base = [run.get((role, op_type), 0.0) for run in baseline_runs]
+        cand = [run.get((role, op_type), 0.0) for run in candidate_runs]
+        ops.append(
+            OpTime(role, op_type, statistics.median(cand), statistics.median(base), Difference.of([c - b for b, c in zip(base, cand)]))
+        )
+    return sorted(ops, key=lambda op: (-op.diff_ms, op.role, op.op_type))
 
 
 def plot_report(report: BenchReport, path: str | os.PathLike) -> None:
@@ -312,10 +415,22 @@ def plot_report(report: BenchReport, path: str | os.PathLike) -> None:
     if report.se_cost is not None:
         ops_axis = axes.pop(0)
         ops = [op for op in report.se_cost.ops if abs(op.diff_ms) > 0][:12][::-1]
-        ops_axis.barh([op.op_type for op in ops], [op.diff_ms for op in ops], color=["C3" if op.diff_ms > 0 else "C2" for op in ops])
+        medians = np.array([op.diff_ms for op in ops])
+        interval = np.array([[op.diff_ms - op.diff.ci_low for op in ops], [op.diff.ci_high - op.diff_ms for op in ops]])
+        ops_axis.barh(
+            [f"{op.role}: {op.op_type}" if op.op_type else op.role for op in ops],
+            medians,
+            xerr=interval.reshape(2, -1),
+            color=["C3" if op.diff_ms > 0 else "C2" for op in ops],
+            capsize=2,
+        )
         ops_axis.axvline(0, color="grey", linewidth=1)
-        ops_axis.set_xlabel("ms per batch, SE model − stripped (profiler)")
-        ops_axis.set_title(f"cost of {report.se_cost.blocks} SE blocks by op type")
+        ops_axis.set_xlabel("ms per batch, SE model − stripped (profiler; bars: 95 % interval)")
+        cost = report.se_cost
+        ops_axis.set_title(
+            f"cost of {cost.blocks} SE blocks by role and op type\nsum {cost.accounted_ms:+.3g} ms, measured {cost.ms_per_batch.median:+.3g} ms",
+            fontsize=9,
+        )
 
     figure.suptitle(
         f"{' vs '.join(names)} — {report.provider}, batch {report.batch}, {report.runs} runs", fontsize=10
@@ -384,36 +499,58 @@ def _runner(session, feeds: dict[str, np.ndarray], name: str) -> Callable[[], ob
     return run
 
 
-def _op_times(model: bytes, options: BenchOptions, runs: int) -> dict[str, float]:
-    """Kernel time per op type, ms per batch, from a profiled session's JSON trace (then deleted)."""
-    session = _session(model, "model", options, profile=True)
-    feeds, _ = _inputs(session, options)
+def _role_classifier(se_nodes: frozenset[str]) -> Callable[[str, str], str]:
+    """The role of a kernel from its node's name and op type in ONNX Runtime's optimized graph,
+    where a node fused with its activation is named "fused <first node>"."""
+
+    def role(node: str, op_type: str) -> str:
+        if node in se_nodes or node.removeprefix("fused ") in se_nodes:
+            return SE_ROLE
+        return LAYOUT_ROLE if op_type in _LAYOUT_OPS else MODEL_ROLE
+
+    return role
+
+
+def _profile_interleaved(
+    models: Sequence[bytes], options: BenchOptions, role_of: Callable[[str, str], str]
+) -> list[list[dict[tuple[str, str], float]]]:
+    """Each model's time per (role, op type), run by run, from profiled sessions run interleaved
+    like the timed ones (same warm-up, runs and rotation); the traces are deleted."""
+    sessions = [_session(model, "model", options, profile=True, spinning=False) for model in models]
+    feeds, _ = _inputs(sessions[0], options)
     try:
-        for _ in range(options.warmup + runs):
-            session.run(None, feeds)
+        time_interleaved([_runner(session, feeds, "model") for session in sessions], runs=options.runs, warmup=options.warmup, rotate=True)
     finally:
-        # ONNX Runtime writes the trace when profiling ends; it goes even when a run failed.
-        trace = Path(session.end_profiling())
+        # ONNX Runtime writes a trace when profiling ends; it goes even when a run failed.
+        traces = [Path(session.end_profiling()) for session in sessions]
         try:
-            events = json.loads(trace.read_text())
+            events = [json.loads(trace.read_text()) for trace in traces]
         finally:
-            trace.unlink(missing_ok=True)
-    return _kernel_ms_per_op(events, skip_runs=options.warmup)
+            for trace in traces:
+                trace.unlink(missing_ok=True)
+    return [_times_per_run(trace, skip_runs=options.warmup, role_of=role_of) for trace in events]
 
 
-def _kernel_ms_per_op(events: Sequence[dict], *, skip_runs: int) -> dict[str, float]:
-    """Sum each op type's kernel time over the runs after the first `skip_runs`, per run (ms)."""
-    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    kept = runs[skip_runs:]
-    if not kept:
-        return {}
-    totals: dict[str, float] = {}
+def _times_per_run(
+    events: Sequence[dict], *, skip_runs: int, role_of: Callable[[str, str], str]
+) -> list[dict[tuple[str, str], float]]:
+    """Per run after the first `skip_runs`: ms of kernel time per (role, op type), and the rest of
+    the run's time under (BETWEEN_ROLE, ""), so that each run's entries add up to its duration."""
+    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    starts = [start for start, _ in runs]
+    times: list[dict[tuple[str, str], float]] = [{} for _ in runs]
     for event in events:
-        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time") or event["ts"] < kept[0]:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
             continue
+        index = bisect.bisect_right(starts, event["ts"]) - 1
+        if index < 0 or event["ts"] > starts[index] + runs[index][1]:
+            continue  # a kernel outside any run (none are, but a trace is not ours to trust)
         op_type = event.get("args", {}).get("op_name", "?")
-        totals[op_type] = totals.get(op_type, 0.0) + event["dur"] / 1e3
-    return {op: total / len(kept) for op, total in totals.items()}
+        key = (role_of(event["name"].removesuffix("_kernel_time"), op_type), op_type)
+        times[index][key] = times[index].get(key, 0.0) + event["dur"] / 1e3
+    for run_times, (_, duration) in zip(times, runs):
+        run_times[(BETWEEN_ROLE, "")] = duration / 1e3 - sum(run_times.values())
+    return times[skip_runs:]
 
 
 def _progress_bar(total: int, label: str):

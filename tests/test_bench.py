@@ -14,14 +14,27 @@ import pytest
 from models import build_samples
 from se_onnx import InsertOptions, SeOnnxError, insert_se, save_model
 from se_onnx.bench import (
+    BETWEEN_ROLE,
+    LAYOUT_ROLE,
+    MODEL_ROLE,
+    SE_ROLE,
     BenchOptions,
-    _kernel_ms_per_op,
+    Difference,
+    OpTime,
+    SeCost,
+    Spread,
+    _cost_report,
+    _role_classifier,
+    _times_per_run,
     benchmark,
+    median_interval,
+    op_differences,
     pairwise_ratio,
     se_cost,
     time_interleaved,
 )
 from se_onnx.cli import main
+from se_onnx.cli.bench import _print_se_cost
 
 FAST = ["--runs", "3", "--warmup", "1"]
 LATENCY_KEYS = {"median", "p90", "mean", "min"}
@@ -129,48 +142,140 @@ def test_text_report(models, capsys):
     assert "median ms" in out and "items/s" in out and "B/A run by run: median" in out
 
 
-def test_se_cost_breaks_the_blocks_down_by_op_type(models, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # ONNX Runtime writes its trace into the working directory
-    report = se_cost(models["se"], BenchOptions(runs=3, warmup=1))
-    assert list(tmp_path.iterdir()) == []  # trace deleted, no stripped model left on disk
+def test_se_cost_breaks_the_blocks_down_by_role_and_op_type(models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ONNX Runtime writes its traces into the working directory
+    report = se_cost(models["se"], BenchOptions(runs=4, warmup=1))
+    assert list(tmp_path.iterdir()) == []  # traces deleted, no stripped model left on disk
     cost = report.se_cost
-    assert cost.blocks == models["blocks"] and cost.profiled_runs == 3
+    assert cost.blocks == models["blocks"] and cost.profiled_runs == 4  # as many as the timed runs
     assert report.ratio == cost.ratio and report.models[1].name == models["se"]
-    ops = {op.op_type: op for op in cost.ops}
+    ops = {(op.role, op.op_type): op for op in cost.ops}
+    se_ops = {op_type for role, op_type in ops if role == SE_ROLE}
     # ONNX Runtime fuses each Gemm with the activation after it (FusedGemm), so Sigmoid may not show.
-    se_ops = {"ReduceMean", "Mul"} | ({"Gemm", "FusedGemm"} & set(ops))
-    assert {"ReduceMean", "Mul"} <= set(ops) and se_ops & {"Gemm", "FusedGemm"}
-    for op_type in se_ops - {"Gemm"}:  # the head's Gemm runs in both models
-        assert ops[op_type].se_ms > 0 and ops[op_type].stripped_ms == 0, op_type
-    assert ops["Conv"].stripped_ms > 0
+    assert {"ReduceMean", "Mul"} <= se_ops and se_ops & {"Gemm", "FusedGemm"}
+    for op_type in se_ops:
+        op = ops[SE_ROLE, op_type]
+        assert op.se_ms > 0 and op.stripped_ms == 0 and not op.diff.within_noise, op_type
+    assert ops[MODEL_ROLE, "Conv"].stripped_ms > 0 and (MODEL_ROLE, "Mul") not in ops
+    assert ops[BETWEEN_ROLE, ""].stripped_ms > 0
     assert [op.diff_ms for op in cost.ops] == sorted((op.diff_ms for op in cost.ops), reverse=True)
+    assert cost.accounted_ms == pytest.approx(sum(op.diff_ms for op in cost.ops))
 
 
 def test_se_cost_json(models, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["bench", models["se"], "--se-cost", "--json", *FAST]) == 0
     cost = json.loads(capsys.readouterr().out)["se_cost"]
-    assert set(cost) == {"blocks", "ratio", "ms_per_batch", "profiled_runs", "ops"}
-    assert set(cost["ms_per_batch"]) == {"median", "p10", "p90"}
-    assert all(set(op) == {"op_type", "se_ms", "stripped_ms", "diff_ms"} for op in cost["ops"])
+    assert set(cost) == {
+        "blocks", "ratio", "ms_per_batch", "profiled_runs", "profiled_ms_per_batch",
+        "accounted_ms", "tolerance_ms", "adds_up", "within_noise", "ops",
+    }
+    difference_keys = {"median", "p10", "p90", "ci_low", "ci_high", "within_noise"}
+    assert set(cost["ms_per_batch"]) == set(cost["profiled_ms_per_batch"]) == difference_keys
+    assert all(set(op) == {"role", "op_type", "se_ms", "stripped_ms", "diff_ms", "diff"} for op in cost["ops"])
+    assert all(set(op["diff"]) == difference_keys for op in cost["ops"])
+    assert cost["accounted_ms"] == pytest.approx(sum(op["diff_ms"] for op in cost["ops"]))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_kernel_times_skip_the_warmup_runs():
-    def run(ts: int) -> dict:
-        return {"cat": "Session", "name": "model_run", "ts": ts, "dur": 50}
+def test_breakdown_adds_up_to_the_measured_difference(models, tmp_path, monkeypatch, capsys):
+    # Batch 32 on one thread: kernels long enough that the profiler's few µs per node are a small
+    # share, and a steady run-to-run time on a shared machine.
+    monkeypatch.chdir(tmp_path)
+    cost = se_cost(models["se"], BenchOptions(runs=30, warmup=3, batch=32, threads=1)).se_cost
+    measured = cost.ms_per_batch
+    total = sum(op.diff_ms for op in cost.ops)
+    tolerance = (measured.ci_high - measured.ci_low) / 2 + (cost.profiled_ms_per_batch.ci_high - cost.profiled_ms_per_batch.ci_low) / 2
+    assert abs(total - measured.median) <= tolerance, (total, measured, tolerance)
+    assert cost.adds_up and cost.tolerance_ms == pytest.approx(tolerance)
+    _print_se_cost(cost)
+    assert "so the breakdown adds up" in capsys.readouterr().out
 
-    def kernel(ts: int, op: str, dur: int) -> dict:
-        return {"cat": "Node", "name": f"n{ts}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
 
+def test_a_model_against_itself_is_within_noise(models, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    model = ir.to_proto(ir.load(models["se"])).SerializeToString()
+    # A 95 % interval misses a true difference of zero one time in twenty: three tries.
+    for _ in range(3):
+        report = _cost_report([model, model], ["a", "b"], BenchOptions(runs=15, warmup=2, threads=1), frozenset(), 0)
+        if report.se_cost.within_noise:
+            break
+    cost = report.se_cost
+    assert cost.within_noise and cost.ms_per_batch.ci_low <= 0 <= cost.ms_per_batch.ci_high
+    assert all(op.role != SE_ROLE and op.se_ms > 0 for op in cost.ops if op.role != BETWEEN_ROLE)
+    _print_se_cost(cost)
+    assert "within noise: the runs cannot tell" in capsys.readouterr().out
+
+
+def test_a_breakdown_the_profiler_swamps_says_so(capsys):
+    def difference(median: float, half_width: float) -> Difference:
+        return Difference(median, median - 2 * half_width, median + 2 * half_width, median - half_width, median + half_width)
+
+    cost = SeCost(
+        blocks=2,
+        ratio=Spread(1.2, 1.1, 1.3),
+        ms_per_batch=difference(0.03, 0.01),
+        profiled_runs=50,
+        profiled_ms_per_batch=difference(0.25, 0.02),
+        ops=[OpTime(BETWEEN_ROLE, "", 0.1, 0.03, difference(0.07, 0.01)), OpTime(SE_ROLE, "Mul", 0.18, 0.0, difference(0.18, 0.01))],
+    )
+    assert cost.accounted_ms == pytest.approx(0.25) and cost.tolerance_ms == pytest.approx(0.03)
+    assert not cost.adds_up and not cost.within_noise
+    _print_se_cost(cost)
+    out = capsys.readouterr().out
+    assert "does not add up: more than ±0.030 ms off" in out and "profiler's own cost per node" in out
+    assert "within noise:" not in out
+
+
+def _run(ts: int, dur: int = 50) -> dict:
+    return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
+
+
+def _kernel(ts: int, op: str, dur: int, node: str | None = None) -> dict:
+    return {"cat": "Node", "name": f"{node or f'n{ts}'}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+
+def test_times_per_run_skip_warmup_attribute_roles_and_add_up_to_each_run():
+    role = _role_classifier(frozenset({"blk/fc1", "blk/scale"}))
     events = [
-        run(0), kernel(1, "Conv", 9000),  # warm-up
-        run(100), kernel(101, "Conv", 1000), kernel(102, "Mul", 500),
-        {"cat": "Node", "name": "n103_fence_before", "ts": 103, "dur": 7000, "args": {"op_name": "Mul"}},
-        run(200), kernel(201, "Conv", 3000),
+        _kernel(1, "Conv", 9000), _run(0, 10000),  # warm-up; ONNX Runtime lists a run after its kernels
+        _run(20000, 3000), _kernel(20001, "Conv", 1000), _kernel(20002, "Mul", 500, "blk/scale"),
+        _kernel(20003, "FusedGemm", 250, "fused blk/fc1"), _kernel(20004, "ReorderOutput", 100),
+        {"cat": "Node", "name": "n20005_fence_before", "ts": 20005, "dur": 7000, "args": {"op_name": "Mul"}},
+        _kernel(30001, "Conv", 2000), _run(30000, 2500),
     ]
-    assert _kernel_ms_per_op(events, skip_runs=1) == {"Conv": 2.0, "Mul": 0.25}
-    assert _kernel_ms_per_op(events, skip_runs=3) == {}
+    runs = _times_per_run(events, skip_runs=1, role_of=role)
+    assert runs == [
+        {(MODEL_ROLE, "Conv"): 1.0, (SE_ROLE, "Mul"): 0.5, (SE_ROLE, "FusedGemm"): 0.25, (LAYOUT_ROLE, "ReorderOutput"): 0.1,
+         (BETWEEN_ROLE, ""): pytest.approx(1.15)},
+        {(MODEL_ROLE, "Conv"): 2.0, (BETWEEN_ROLE, ""): pytest.approx(0.5)},
+    ]
+    assert [sum(run.values()) for run in runs] == [pytest.approx(3.0), pytest.approx(2.5)]
+    assert _times_per_run(events, skip_runs=3, role_of=role) == []
+
+
+def test_op_differences_are_medians_and_paired_runs():
+    # One slow run of the baseline (the machine stalled) moves neither median nor difference,
+    # where a mean of sums would put +3 ms on Conv; an op only one model runs counts as 0 in the other.
+    baseline = [{(MODEL_ROLE, "Conv"): t} for t in (1.0, 1.1, 16.0, 0.9, 1.0)]
+    candidate = [{(MODEL_ROLE, "Conv"): t, (SE_ROLE, "Mul"): 0.2} for t in (1.0, 1.1, 1.0, 0.9, 1.0)]
+    ops = {(op.role, op.op_type): op for op in op_differences(baseline, candidate)}
+    conv, mul = ops[MODEL_ROLE, "Conv"], ops[SE_ROLE, "Mul"]
+    assert (conv.se_ms, conv.stripped_ms, conv.diff_ms) == (1.0, 1.0, 0.0) and conv.diff.within_noise
+    assert (mul.se_ms, mul.stripped_ms, mul.diff_ms) == (0.2, 0.0, 0.2) and not mul.diff.within_noise
+    with pytest.raises(ValueError):
+        op_differences(baseline, candidate[:2])
+
+
+def test_median_interval_holds_the_median_and_widens_with_few_runs():
+    values = list(range(100))
+    low, high = median_interval(values)
+    assert (low, high) == (40, 59)  # the sign test's order statistics for n = 100
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few runs: the whole range
+    assert Difference.of([-1.0, 0.5, 1.0, 2.0]).within_noise
+    assert not Difference.of([0.5 + i / 100 for i in range(30)]).within_noise
+    with pytest.raises(ValueError):
+        median_interval([])
 
 
 @pytest.mark.parametrize("extra", [[], ["--se-cost"]])

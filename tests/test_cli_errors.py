@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_ir
 import pytest
 from broken_models import CLI_ERRORS, write_corpus
 from onnx import TensorProto, helper, numpy_helper
@@ -46,7 +45,7 @@ def test_an_unreadable_model_is_one_line(tmp_path, monkeypatch, capsys):
     def refuse(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(onnx_ir, "load", refuse)
+    monkeypatch.setattr(Path, "open", refuse)
     assert main(["inspect", str(model)]) == 2
     assert _one_line_error(capsys).endswith("cannot read the model (Permission denied)")
 
@@ -76,7 +75,7 @@ def test_a_missing_output_folder_permission_is_one_line(tmp_path, monkeypatch, c
     def no_permission(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro"))
 
-    monkeypatch.setattr("tempfile.mkdtemp", no_permission)
+    monkeypatch.setattr(Path, "mkdir", no_permission)
     assert main(["insert", str(model), "-o", str(tmp_path / "ro" / "out.onnx")]) == 2
     assert "cannot write (Permission denied); nothing was written" in _one_line_error(capsys)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -80,3 +83,16 @@ def test_empty_graph_is_refused(tmp_path):
     onnx.save(helper.make_model(helper.make_graph([], "empty", [], [])), path)
     with pytest.raises(SeOnnxError, match="no graph"):
         load_model(path)
+
+
+def test_written_models_get_the_umask_permissions(tmp_path):
+    # Staged in a temporary file, the model must still end up readable as a plain write leaves it.
+    model = ir.serde.deserialize_model(build_samples.tiny_conv())
+    previous = os.umask(0o022)
+    try:
+        save_model(model, tmp_path / "model.onnx")
+        (tmp_path / "plain.bin").write_bytes(b"")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.bin").stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "plain.bin"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 
+from se_onnx.cli._deferred_imports import defer_unused_imports
 from se_onnx.errors import SeOnnxError
 
 # Each module defines `register(subparsers)`, which adds its parser with `run` as its default.
@@ -24,20 +26,26 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
+    """The parser with the subcommands of `commands` (module names; by default all of them)."""
     parser = argparse.ArgumentParser(
         prog="se-onnx",
         description="Add, find, fuse and strip Squeeze-and-Excitation blocks in ONNX conv models; "
         "verify and benchmark them; serve ONNX models over the Open Inference Protocol.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in commands:
         importlib.import_module(f"se_onnx.cli.{name}").register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; without `argv`, the process's own command line, with the imports no
+    command needs put off (a caller passing `argv` keeps the imports it has)."""
+    if argv is None:
+        defer_unused_imports()
+        argv = sys.argv[1:]
+    args = build_parser(_commands_for(argv)).parse_args(argv)
     try:
         return args.run(args) or 0
     except SeOnnxError as error:
@@ -49,3 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _commands_for(argv: Sequence[str]) -> Sequence[str]:
+    """Only the module of the command that `argv` names, when it names one: each command module
+    imports what its command needs (onnx-ir, ONNX Runtime, the server), and a process that runs
+    one command should not pay for importing every other. Anything else (no command, an option
+    first, a typo) gets every command, for argparse's help and its error message."""
+    module = argv[0].replace("-", "_") if argv else ""
+    return (module,) if module in COMMAND_MODULES else COMMAND_MODULES

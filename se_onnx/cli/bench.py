@@ -11,7 +11,7 @@ from se_onnx.errors import SeOnnxError
 from se_onnx.runtime import PROVIDERS
 
 if TYPE_CHECKING:
-    from se_onnx.bench import BenchReport
+    from se_onnx.bench import BenchReport, SeCost
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Time a model in ONNX Runtime: warm-up, then latency (median, p90, mean, min) and "
         "throughput. With two models, runs them interleaved (A B A B …) on the same seeded inputs and "
         "reports B/A pair by pair. --se-cost times a model against a copy with its SE blocks "
-        "stripped and breaks the difference down by op type with ONNX Runtime's profiler.",
+        "stripped, breaks the difference down by role and op type with ONNX Runtime's profiler "
+        "(as many profiled runs, interleaved, differences taken run by run), and says whether the "
+        "breakdown adds up to the measured difference or the difference is within noise.",
     )
     parser.add_argument("model_a", metavar="A", help="ONNX model")
     parser.add_argument("model_b", metavar="B", nargs="?", help="second model, timed against A on the same inputs")
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per model first (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0: its choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    parser.add_argument("--se-cost", action="store_true", help="time A against A without its SE blocks, with a per-op breakdown")
+    parser.add_argument("--se-cost", action="store_true", help="time A against A without its SE blocks, with a breakdown by role and op type")
     parser.add_argument("--plot", metavar="FILE.png", help="also write a comparison chart")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
@@ -80,15 +82,42 @@ def _print_report(report: BenchReport) -> None:
     if report.ratio is not None:
         r = report.ratio
         print(f"\nB/A run by run: median {r.median:.3f} (p10 {r.p10:.3f}, p90 {r.p90:.3f})")
-    cost = report.se_cost
-    if cost is not None:
-        ms = cost.ms_per_batch
+    if report.se_cost is not None:
+        _print_se_cost(report.se_cost)
+
+
+def _print_se_cost(cost: SeCost) -> None:
+    ms = cost.ms_per_batch
+    print(
+        f"\n{cost.blocks} SE blocks cost ×{cost.ratio.median:.3f} (p10 {cost.ratio.p10:.3f}, p90 {cost.ratio.p90:.3f}), "
+        f"{ms.median:+.3f} ms per batch (95 % interval {ms.ci_low:+.3f} to {ms.ci_high:+.3f}; single runs p10 {ms.p10:+.3f}, p90 {ms.p90:+.3f})"
+    )
+    if cost.within_noise:
+        print("within noise: the runs cannot tell the SE model from its stripped copy, and neither can the breakdown")
+    print(
+        f"\ntime by role and op type, ms per batch (ONNX Runtime profiler, {cost.profiled_runs} runs per model, interleaved; "
+        "medians, the difference run by run; ~ marks a difference within noise):"
+    )
+    print_table(
+        ("role", "op type", "SE model", "stripped", "difference", "p10", "p90", "noise"),
+        [
+            (op.role, op.op_type or "-", f"{op.se_ms:.3f}", f"{op.stripped_ms:.3f}", f"{op.diff_ms:+.3f}",
+             f"{op.diff.p10:+.3f}", f"{op.diff.p90:+.3f}", "~" if op.diff.within_noise else "")
+            for op in cost.ops
+        ],
+    )
+    profiled = cost.profiled_ms_per_batch.median
+    verdict = (
+        f"adds up: within ±{cost.tolerance_ms:.3f} ms"
+        if cost.adds_up
+        else f"does not add up: more than ±{cost.tolerance_ms:.3f} ms off"
+    )
+    print(
+        f"\nthe differences sum to {cost.accounted_ms:+.3f} ms against the measured {ms.median:+.3f} ms, so the breakdown "
+        f"{verdict} (the two medians' 95 % intervals); the profiled runs differ by {profiled:+.3f} ms"
+    )
+    if not cost.adds_up and profiled - ms.median > cost.tolerance_ms:
         print(
-            f"\n{cost.blocks} SE blocks cost ×{cost.ratio.median:.3f} (p10 {cost.ratio.p10:.3f}, p90 {cost.ratio.p90:.3f}), "
-            f"{ms.median:+.3f} ms per batch (p10 {ms.p10:+.3f}, p90 {ms.p90:+.3f})\n"
-        )
-        print(f"kernel time by op type, ms per batch (ONNX Runtime profiler, {cost.profiled_runs} runs):")
-        print_table(
-            ("op type", "SE model", "stripped", "difference"),
-            [(op.op_type, f"{op.se_ms:.3f}", f"{op.stripped_ms:.3f}", f"{op.diff_ms:+.3f}") for op in cost.ops],
+            "the profiler's own cost per node is most of the gap (a model this small runs little else): "
+            "read the rows as shares, or profile a larger --batch"
         )

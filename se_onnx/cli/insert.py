@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, load_npz, print_json, print_table
-from se_onnx.insert import INITS, PLACEMENTS, InsertOptions, insert_se
+from se_onnx.insert import INITS, PLACEMENTS, InsertOptions, InsertSE
 from se_onnx.model_io import load_model, save_model
 
 
@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         weights=load_npz(args.weights) if args.weights else None,
     )
     options.validate()
-    model, report = insert_se(load_model(args.model), options)
+    # In place: the command has no further use for the model as loaded, so it is not copied first.
+    model = load_model(args.model)
+    report = InsertSE(options)(model).report
     save_model(model, args.output)
     if args.json:
         print_json(report.to_dict())
