@@ -35,18 +35,35 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     try:
         with collector_paused():
             model = _read_model(path)
+    except OSError as error:  # no permission, a read error: not the file's content
+        raise SeOnnxError(f"{path}: cannot read the model ({error.strerror or _one_line(error)})") from None
     except Exception as error:  # protobuf raises several unrelated types for a bad file
         raise SeOnnxError(f"{path}: not a valid ONNX model ({_one_line(error)})") from None
     if model.ir_version < 3 or (len(model.graph) == 0 and not model.graph.outputs):
         raise SeOnnxError(f"{path}: not a valid ONNX model (no graph; is the file truncated?)")
+    folder = path.resolve().parent
     for value in model.graph.initializers.values():
         tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor) and not Path(tensor.path).is_file():
-            raise SeOnnxError(
-                f"{path}: initializer {value.name!r} lives in external data file "
-                f"{tensor.location!r}, which is missing"
-            )
+        if isinstance(tensor, ir.ExternalTensor):
+            _check_external_data(path, folder, value.name, tensor)
     return model
+
+
+def _check_external_data(path: Path, folder: Path, name: str, tensor: ir.ExternalTensor) -> None:
+    """The external data file exists inside the model's folder (symlinks followed) and holds the tensor."""
+    where = f"{path}: initializer {name!r} lives in external data file {tensor.location!r}"
+    data = Path(tensor.path)
+    if Path(tensor.location).is_absolute() or not data.resolve().is_relative_to(folder):
+        raise SeOnnxError(f"{where}, which escapes the model's folder")
+    try:
+        size = data.stat().st_size
+    except FileNotFoundError:
+        raise SeOnnxError(f"{where}, which is missing") from None
+    except OSError as error:
+        raise SeOnnxError(f"{where}, which cannot be read ({error.strerror})") from None
+    needed = (tensor.offset or 0) + tensor.nbytes
+    if needed > size:
+        raise SeOnnxError(f"{where}, which holds {size:,} bytes where the tensor needs {needed:,}")
 
 
 def _read_model(path: Path) -> ir.Model:
@@ -91,6 +108,11 @@ def save_model(
     written at `path` (or its data file) unless the whole model was written and checked first.
     """
     path = Path(path)
+    with _write_errors(path):
+        _save(model, path, external_data, check)
+
+
+def _save(model: ir.Model, path: Path, external_data: bool | None, check: bool) -> None:
     if external_data is None:
         external_data = uses_external_data(model) or _weights_bytes(model) > _INLINE_WEIGHTS_LIMIT
     if not external_data:
@@ -200,6 +222,16 @@ def _check(model: bytes | Path) -> None:
 
 
 @contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """An OSError while writing (a full disk, no permission) as one line; the staging files are
+    gone by then, and `path` was never touched."""
+    try:
+        yield
+    except OSError as error:
+        raise SeOnnxError(f"{path}: cannot write ({error.strerror or _one_line(error)}); nothing was written") from None
+
+
+@contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path`, moved onto `path` only when the `with` block succeeds.
 
@@ -207,20 +239,21 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     not mkstemp's owner-only ones, so the file moved into place reads like any other written there.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        staging = path.with_name(f".se-onnx-{secrets.token_hex(8)}{path.suffix}")
+    with _write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            staging = path.with_name(f".se-onnx-{secrets.token_hex(8)}{path.suffix}")
+            try:
+                os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:
+                continue
         try:
-            os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield staging
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+            yield staging
+            os.replace(staging, path)
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)
 
 
 def _weights_bytes(model: ir.Model) -> int:

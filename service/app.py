@@ -15,12 +15,14 @@ from se_onnx.runtime import resolve_provider
 from service import __version__
 from service.config import ServerConfig
 from service.dataplane import DataPlane
-from service.errors import ServiceError
-from service.middleware import AccessLog, BodyLimit
+from service.errors import ServiceError, first_error
+from service.middleware import AccessLog, BodyLimit, Compression
 from service.routers import health, inference, metrics, repository, shared_memory
 from service.schemas import COMPONENTS, ErrorResponse
 
 log = logging.getLogger("service.app")
+# Below this many bytes a compressed response saves less than the time spent compressing it.
+COMPRESSION_MIN_BYTES = 1024
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -66,11 +68,19 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            generate().setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(COMPONENTS)
+            # FastAPI documents its 422 on every route with parameters; this server answers 400 instead.
+            for operation in (op for path in document["paths"].values() for op in path.values()):
+                operation.get("responses", {}).pop("422", None)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
         return app.openapi_schema
 
     app.openapi = openapi
     app.add_middleware(BodyLimit, limit=config.max_request_size)
+    app.add_middleware(Compression, minimum_size=COMPRESSION_MIN_BYTES)
     app.add_middleware(AccessLog)
     return app
 
@@ -88,13 +98,14 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(part) for part in first["loc"])
-        return _error(400, f"{where}: {first['msg']}" if where else first["msg"])
+        return _error(400, first_error(error))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail))
+        # The headers carry meaning (Allow on 405), so they leave with the rebuilt body.
+        response = _error(error.status_code, str(error.detail))
+        response.headers.update(error.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from se_onnx.errors import SeOnnxError
+from service.errors import first_error
 
 MODEL_CONFIG_FILE = "config.json"
 
@@ -31,12 +32,19 @@ class ServerConfig:
     max_request_size: int = 64 * 1024 * 1024
     request_timeout: float = 60.0
     api_key: str | None = None
+    # "repository": the key guards index, load and unload; "all": every route but the health checks.
+    api_key_scope: str = "repository"
+    # TLS for HTTP (and gRPC): the server's certificate chain and key; a CA bundle makes client certificates required.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_ca_certs: Path | None = None
     log_level: str = "info"
     workers_per_model: int = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: `"session_per_instance": 0` or `"warmup": "1"` is a mistake to report, not to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class DynamicBatching(_Strict):
@@ -105,9 +113,12 @@ class ModelConfig(_Strict):
     def parse(cls, text: str | bytes, source: str) -> ModelConfig:
         try:
             return cls.model_validate(json.loads(text))
-        except (ValueError, ValidationError) as error:
-            message = " ".join(str(error).split())
-            raise SeOnnxError(f"{source}: invalid model config: {message}") from None
+        except RecursionError:
+            raise SeOnnxError(f"{source}: invalid model config: JSON nested too deeply") from None
+        except ValidationError as error:
+            raise SeOnnxError(f"{source}: invalid model config: {first_error(error)}") from None
+        except ValueError as error:
+            raise SeOnnxError(f"{source}: invalid model config: {' '.join(str(error).split())}") from None
 
     @classmethod
     def read(cls, path: Path) -> ModelConfig:

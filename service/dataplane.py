@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import SERVER_NAME, __version__
+from service.classification import classify, requested_classes
 from service.config import ServerConfig
 from service.errors import ServiceError, bad_request
+from service.metrics import TritonCollector
 from service.model import ServedModel
 from service.recorder import Recorder
 from service.repository import ModelRepository
@@ -34,7 +36,7 @@ Parameters = dict[str, Any]
 
 # Triton's extensions that this server offers, as server metadata lists them.
 # CUDA shared memory is not among them: no GPU check exists for it.
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "system_shared_memory"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "system_shared_memory"]
 
 
 @dataclass
@@ -68,6 +70,7 @@ class DataPlane:
         self.config = config
         self.recorder = Recorder()
         self.repository = ModelRepository(config, self.recorder)
+        self.recorder.registry.register(TritonCollector(self._triton_series))
         self.shared_memory = SharedMemoryRegistry()
         self.ready = False
         # Set when start-up loading has ended, whether or not it worked (`ready` says which).
@@ -108,6 +111,10 @@ class DataPlane:
         await self.repository.close()
         self.shared_memory.unregister()
         log.info("server stopped")
+
+    def _triton_series(self) -> list[tuple[dict, int]]:
+        """Each loaded version's statistics and requests in flight, for Triton's nv_* series."""
+        return [(model.recorder.stats.to_dict(model.name, model.version), model.inflight) for model in self.repository.loaded()]
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -166,13 +173,20 @@ class DataPlane:
                     computed = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise ServiceError(503, f"request timed out after {timeout:g} s") from None
-                outputs = {name: computed[name] for name in names}
+                outputs = _classified(model, request, {name: computed[name] for name in names})
                 for name, where in regions.items():
                     array = outputs[name]
                     raw = serialize_bytes(array) if array.dtype.kind in "OSU" else np.ascontiguousarray(array)
                     self.shared_memory.write(where, memoryview(raw).cast("B"), f"output {name!r}")
             response = encode(InferenceResult(model, request, outputs, regions))
-        except BaseException:  # a cancelled call (client gone) counts as failed too
+        except asyncio.CancelledError:
+            # The client went away (its front end cancelled the call): a request still queued
+            # for a batch or an instance is never computed (the batcher and the executor skip
+            # cancelled work). It counts as failed, and as gone.
+            model.recorder.request(False, time.perf_counter() - started)
+            model.recorder.client_gone()
+            raise
+        except BaseException:
             model.recorder.request(False, time.perf_counter() - started)
             raise
         model.recorder.request(True, time.perf_counter() - started)
@@ -194,9 +208,17 @@ class DataPlane:
         """403 while no key is configured (the repository API is off); 401 for a missing or wrong key."""
         expected = self.config.api_key
         if not expected:
-            raise ServiceError(403, "the repository API is disabled; start the server with --api-key to enable it")
+            raise ServiceError(
+                403, "the repository API is disabled; start the server with an API key (SE_ONNX_API_KEY, --api-key-file or --api-key) to enable it"
+            )
         if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
             raise ServiceError(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+
+    def authorize_scoped(self, key: str | None) -> None:
+        """Under --api-key-scope all, inference, metadata, statistics and metrics need the key
+        too; health checks never do, so that probes need no secret."""
+        if self.config.api_key and self.config.api_key_scope == "all":
+            self.authorize(key)
 
     def authorize_shared_memory(self, key: str | None) -> None:
         """Registering shared memory opens files on the server: with an API key set, it takes the key."""
@@ -219,9 +241,17 @@ def _requested_outputs(model: ServedModel, request: InferenceRequest) -> list[st
     for output, parameters in request.outputs.items():
         if output not in model.outputs:
             raise bad_request(f"unknown output {output!r}; the model gives {', '.join(model.outputs)}")
-        if parameters.get("classification"):
-            raise bad_request(f"output {output!r}: the classification extension is not supported")
+        requested_classes(output, parameters)
     return list(request.outputs)
+
+
+def _classified(model: ServedModel, request: InferenceRequest, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs with those asked for as classifications replaced by their top k classes."""
+    for name, parameters in (request.outputs or {}).items():
+        k = requested_classes(name, parameters)
+        if k is not None:
+            outputs[name] = classify(name, outputs[name], k, model.labels)
+    return outputs
 
 
 def _timeout(server_seconds: float, request_microseconds: object) -> float | None:

@@ -87,30 +87,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelReady(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
         return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version or None))
 
     @_unary
     async def ServerMetadata(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
         return pb.ServerMetadataResponse(**self._plane.server_metadata())
 
     @_unary
     async def ModelMetadata(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
         metadata = self._plane.model_metadata(request.name, request.version or None)
         metadata.pop("parameters")  # se-onnx's own fields; Triton's message has no place for them
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
     @_unary
     async def ModelConfig(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
         config = self._plane.model_config(request.name, request.version or None)
         return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
 
     @_unary
     async def ModelStatistics(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
         stats = self._plane.statistics(request.name or None, request.version or None)
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     @_unary
     async def ModelInfer(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
         decode = functools.partial(decode_request, request, self._plane.shared_memory)
         return await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
 
@@ -118,6 +124,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests are answered as they finish, each reply carrying its request's id; a failed
         request is its reply's error_message and the stream goes on. When the server stops,
         no further request is read and those already read are answered."""
+        try:
+            self._plane.authorize_scoped(_api_key(context))
+        except ServiceError as error:
+            await context.abort(_CODES[error.status], error.message)
         writing = asyncio.Lock()
         answering: set[asyncio.Task] = set()
         stopping = asyncio.ensure_future(self._plane.stopping.wait())
@@ -206,6 +216,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     LogSettings = _not_offered("log settings cannot be changed at run time; start the server with --log-level")
 
 
+def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """The HTTP front end's certificate and key (and client-certificate CA) for gRPC too; None without TLS."""
+    if config.ssl_certfile is None:
+        return None
+    chain = config.ssl_certfile.read_bytes()
+    key = config.ssl_keyfile.read_bytes() if config.ssl_keyfile else chain  # a PEM may hold both
+    authority = config.ssl_ca_certs.read_bytes() if config.ssl_ca_certs else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=authority, require_client_auth=authority is not None)
+
+
 class GrpcServer:
     """The gRPC server of one DataPlane: `start` binds and serves; it drains on its own once the
     plane stops accepting (SIGTERM), and `stop` waits for that."""
@@ -239,7 +259,11 @@ class GrpcServer:
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            server.add_insecure_port(self.address)
+            credentials = _tls_credentials(self._config)
+            if credentials is None:
+                server.add_insecure_port(self.address)
+            else:
+                server.add_secure_port(self.address, credentials)
         except RuntimeError as error:
             raise SeOnnxError(f"cannot listen for gRPC on {self.address}: {error}") from None
         await server.start()

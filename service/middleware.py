@@ -1,10 +1,13 @@
-"""ASGI middleware: request size limit (early on Content-Length, then while the body streams) and access logs."""
+"""ASGI middleware: request size limit (early on Content-Length, then while the body streams),
+response compression and access logs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import zlib
 
 from service.errors import ServiceError
 
@@ -90,3 +93,75 @@ class AccessLog:
                     "client": f"{client[0]}:{client[1]}" if client else None,
                 },
             )
+
+
+# Encodings clients may ask for in Accept-Encoding, by preference, and zlib's window bits for each:
+# HTTP's "deflate" is the zlib format (RFC 9110), as tritonclient sends and expects it.
+_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# Compressing a body this large off the event loop costs less than the stall it would cause on it.
+_THREAD_MIN_BYTES = 256 * 1024
+
+
+def accepted_encoding(header: str) -> str | None:
+    """gzip or deflate when Accept-Encoding allows it (q > 0), gzip first; else None."""
+    allowed = {}
+    for part in header.split(","):
+        coding, _, params = part.strip().partition(";")
+        quality = 1.0
+        name, _, value = params.strip().partition("=")
+        if name.strip() == "q":
+            try:
+                quality = float(value)
+            except ValueError:
+                quality = 0.0
+        allowed[coding.strip().lower()] = quality
+    return next((coding for coding in _ENCODINGS if allowed.get(coding, allowed.get("*", 0)) > 0), None)
+
+
+class Compression:
+    """Compresses responses of `minimum_size` bytes or more with gzip or deflate, as the client's
+    Accept-Encoding asks. The whole body is compressed, binary tensors included; headers such as
+    Inference-Header-Content-Length keep describing the uncompressed body, as Triton does.
+    (Starlette's GZipMiddleware offers gzip only.)"""
+
+    def __init__(self, app, minimum_size: int):
+        self.app = app
+        self.minimum_size = minimum_size
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        encoding = accepted_encoding(dict(scope["headers"]).get(b"accept-encoding", b"").decode("latin-1"))
+        if encoding is None:
+            return await self.app(scope, receive, send)
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def compressing_send(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(chunks)
+            headers = [(key, value) for key, value in start.get("headers", []) if key.lower() != b"content-length"]
+            if len(body) >= self.minimum_size and not any(key.lower() == b"content-encoding" for key, _ in headers):
+                body = await _compress(body, encoding)
+                headers += [(b"content-encoding", encoding.encode()), (b"vary", b"Accept-Encoding")]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, compressing_send)
+
+
+async def _compress(body: bytes, encoding: str) -> bytes:
+    def compress() -> bytes:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, _ENCODINGS[encoding])
+        return compressor.compress(body) + compressor.flush()
+
+    return await asyncio.to_thread(compress) if len(body) >= _THREAD_MIN_BYTES else compress()

@@ -15,6 +15,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from se_onnx.errors import SeOnnxError
 from se_onnx.runtime import make_session, random_inputs, resolve_provider
 from service.batcher import DynamicBatcher, Feeds
+from service.classification import read_labels
 from service.config import ModelConfig, ServerConfig
 from service.errors import ServiceError, bad_request
 from service.recorder import ModelRecorder
@@ -44,6 +45,7 @@ class ServedModel:
 
     def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, recorder: ModelRecorder):
         self.name, self.version, self.path, self.config = name, version, path, config
+        self.labels = read_labels(path)  # for the classification extension
         requested = config.provider or server.provider
         device_id = server.device_id if config.device_id is None else config.device_id
         provider = resolve_provider(requested, allow_cpu_fallback=server.allow_cpu_fallback, device_id=device_id)

@@ -20,6 +20,7 @@ class ModelRecorder:
         self._queue = metrics.queue_duration.labels(**labels)
         self._compute = metrics.compute_duration.labels(**labels)
         self._batch = metrics.batch_size.labels(**labels)
+        self._gone = metrics.client_gone.labels(**labels)
 
     def request(self, ok: bool, seconds: float) -> None:
         """A request finished (decoding and encoding included), successfully or not."""
@@ -29,6 +30,10 @@ class ModelRecorder:
         else:
             self._failure.inc()
         self.stats.request(ok, seconds)
+
+    def client_gone(self) -> None:
+        """A request's client disconnected before its response; the request was dropped."""
+        self._gone.inc()
 
     def queued(self, seconds: float) -> None:
         """A request waited this long for a batch or a free instance."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from fastapi import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 Parameters = dict[str, Any]
 
@@ -26,6 +27,12 @@ def openapi_body(model: type[BaseModel], description: str, binary: bool = False)
 
 class ErrorResponse(BaseModel):
     error: str
+
+
+def empty_ok(description: str) -> dict:
+    """Route options for a 200 with an empty body and no content type, as Triton answers health
+    checks, readiness, load and unload; the OpenAPI document then declares no 200 body."""
+    return {"response_class": Response, "responses": {200: {"description": description}}}
 
 
 class ServerMetadata(BaseModel):
@@ -86,7 +93,12 @@ class InferResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-class RepositoryIndexRequest(BaseModel):
+class _StrictBody(BaseModel):
+    # `{"ready": 0}` or `{"ready": "yes"}` is a client's mistake to report, not a value to coerce.
+    model_config = ConfigDict(strict=True)
+
+
+class RepositoryIndexRequest(_StrictBody):
     ready: bool = False
 
 
@@ -97,13 +109,52 @@ class RepositoryModel(BaseModel):
     reason: str = ""
 
 
-class LoadRequest(BaseModel):
+class LoadRequest(_StrictBody):
     # `config` is a JSON string that replaces the model's config.json for this load, as in Triton.
     parameters: Parameters = Field(default_factory=dict)
 
 
-class UnloadRequest(BaseModel):
+class UnloadRequest(_StrictBody):
     parameters: Parameters = Field(default_factory=dict)
+
+
+class Duration(BaseModel):
+    count: int
+    ns: int = Field(description="total nanoseconds")
+
+
+class InferenceStatistics(BaseModel):
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+    cache_hit: Duration
+    cache_miss: Duration
+
+
+class BatchStatistics(BaseModel):
+    batch_size: int
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+class ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int = Field(description="milliseconds since the epoch")
+    inference_count: int
+    execution_count: int
+    inference_stats: InferenceStatistics
+    batch_stats: list[BatchStatistics]
+
+
+class StatisticsResponse(BaseModel):
+    """Triton's statistics extension."""
+
+    model_stats: list[ModelStatistics]
 
 
 class SharedMemoryRegisterRequest(BaseModel):

@@ -168,9 +168,27 @@ def check_input(
         raise bad_request(f"input {name!r} is given twice")
     if datatype != spec.datatype:
         raise bad_request(f"input {name!r}: datatype {datatype}, expected {spec.datatype}")
-    if any(dim < 0 for dim in shape) or not spec.accepts(shape):
+    _check_dims(name, shape)
+    if not spec.accepts(shape):
         raise bad_request(f"input {name!r}: shape {list(shape)} does not match {list(spec.shape)}")
     return spec
+
+
+def _check_dims(name: str, shape: Sequence[int]) -> None:
+    """A request gives each dimension's actual size: never -1 (the metadata's "dynamic"), nor more
+    elements than an array can index."""
+    for dim in shape:
+        if dim < 0:
+            raise bad_request(
+                f"input {name!r}: shape {list(shape)} has the negative dimension {dim}; "
+                "a request gives each dimension's actual size"
+            )
+    if math.prod(dim for dim in shape if dim) > _MAX_ELEMENTS:
+        raise bad_request(f"input {name!r}: shape {list(shape)} is too large for any array")
+
+
+# numpy indexes arrays with int64; a shape past this cannot even describe an empty array.
+_MAX_ELEMENTS = np.iinfo(np.int64).max
 
 
 def check_complete(inputs: Mapping[str, TensorSpec], given: Mapping[str, object]) -> None:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -167,13 +168,17 @@ def free_port() -> int:
 
 
 def start_server(
-    repo: Path, *args: str, env: dict[str, str] | None = None, grpc_port: int | None = 0
+    repo: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    grpc_port: int | None = 0,
+    scheme: str = "http",
+    **client_options,
 ) -> tuple[subprocess.Popen, str]:
     """`python -m se_onnx serve` on loopback, ready; (process, HTTP host:port). gRPC is off
     unless `grpc_port` is given (None: as the environment says), so that servers started in
-    parallel do not race for 8001."""
-    import tritonclient.http as triton
-
+    parallel do not race for 8001. `client_options` go to the httpx client that polls
+    readiness (TLS: `verify`)."""
     port = free_port()
     grpc = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
     process = subprocess.Popen(
@@ -181,22 +186,30 @@ def start_server(
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_MODEL_REPOSITORY": str(repo), **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        # A file, not a pipe: the access log of a long run would fill a pipe and block the server.
+        stderr=tempfile.TemporaryFile("w+"),
         text=True,
     )
     url = f"127.0.0.1:{port}"
-    client = triton.InferenceServerClient(url)
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            if client.is_server_ready():
-                return process, url
-        except Exception:  # not listening yet
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start: {process.communicate()[1][-2000:]}")
-        time.sleep(0.1)
+    with httpx.Client(**client_options) as client:
+        while True:
+            try:
+                if client.get(f"{scheme}://{url}/v2/health/ready").status_code == 200:
+                    return process, url
+            except httpx.HTTPError:  # not listening yet
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise RuntimeError(f"server did not start: {server_log(process)[-2000:]}")
+            time.sleep(0.1)
+
+
+def server_log(process: subprocess.Popen) -> str:
+    """What the server wrote to stderr so far."""
+    process.stderr.seek(0)
+    return process.stderr.read()
 
 
 def stop_server(process: subprocess.Popen) -> int:

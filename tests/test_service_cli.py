@@ -25,6 +25,11 @@ OPTIONS = {
     "max_request_size": (64 * 1024 * 1024, "1024", 1024),
     "request_timeout": (60.0, "2.5", 2.5),
     "api_key": (None, "secret", "secret"),
+    "api_key_file": (None, "/run/secrets/key", "/run/secrets/key"),
+    "api_key_scope": ("repository", "all", "all"),
+    "ssl_certfile": (None, "/tls/cert.pem", "/tls/cert.pem"),
+    "ssl_keyfile": (None, "/tls/key.pem", "/tls/key.pem"),
+    "ssl_ca_certs": (None, "/tls/ca.pem", "/tls/ca.pem"),
     "log_level": ("info", "debug", "debug"),
     "workers_per_model": (1, "4", 4),
 }
@@ -62,10 +67,19 @@ def test_bundled_models_are_the_default_repository_and_all_load():
         (["serve"], {"SE_ONNX_PROVIDER": "gpu"}, "--provider must be auto, cpu, cuda or tensorrt, not 'gpu'"),
         (["serve"], {"SE_ONNX_LOG_LEVEL": "loud"}, "--log-level must be"),
         (["serve"], {"SE_ONNX_WORKERS_PER_MODEL": "0"}, "--workers-per-model and --max-request-size must be at least 1"),
+        (["serve", "--api-key-scope", "all"], {}, "--api-key-scope all needs an API key"),
+        (["serve", "--api-key-file", "/no/such/key"], {}, "/no/such/key: cannot read the API key file (No such file or directory)"),
+        (["serve", "--api-key-file", "{empty}"], {}, "the API key file is empty"),
+        (["serve", "--api-key-file", "{empty}"], {"SE_ONNX_API_KEY": "k"}, "give the API key once"),
+        (["serve", "--ssl-keyfile", "{empty}"], {}, "--ssl-keyfile and --ssl-ca-certs need --ssl-certfile"),
+        (["serve", "--ssl-certfile", "/no/cert.pem"], {}, "/no/cert.pem: --ssl-certfile is not a readable file"),
     ],
 )
-def test_bad_settings_fail_before_serving(monkeypatch, capsys, argv, env, message):
+def test_bad_settings_fail_before_serving(monkeypatch, capsys, tmp_path, argv, env, message):
+    (tmp_path / "empty").write_text("\n")
+    argv = [arg.replace("{empty}", str(tmp_path / "empty")) for arg in argv]
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert main(argv) == 2
-    assert f"se-onnx: error: {message}" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error.startswith("se-onnx: error: ") and message in error

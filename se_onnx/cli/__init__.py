@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except SeOnnxError as error:
         print(f"se-onnx: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a file the command itself opens: unreadable, no permission, disk full
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"se-onnx: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -91,6 +91,11 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """ "1 SE block", "2 SE blocks", "0 residual branches" (irregular plurals given)."""
+    return f"{number:,} {noun if number == 1 else plural or noun + 's'}"
+
+
 def env_default(name: str, default: str | None = None) -> str | None:
     """The default of an option taken from the environment variable SE_ONNX_<NAME>."""
     return os.environ.get(f"SE_ONNX_{name.upper().replace('-', '_')}", default)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from se_onnx.cli._common import print_table
+from se_onnx.cli._common import count, print_table
 from se_onnx.export_weights import export_se_weights
 from se_onnx.model_io import atomic_output, load_model
 
@@ -34,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
         np.savez(file, **arrays)
     blocks = sorted({key.rsplit(".", 2)[0] for key in arrays})
     print_table(("block", "C", "squeeze"), [(b, *arrays[f"{b}.fc1.weight"].shape[::-1]) for b in blocks])
-    print(f"\n{len(blocks)} SE blocks' weights written to {output}")
+    print(f"\nweights of {count(len(blocks), 'SE block')} written to {output}")
     return 0

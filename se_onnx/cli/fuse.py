@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, print_blocks, print_json, print_table
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, print_blocks, print_json, print_table
 from se_onnx.fuse import FORMS, fuse_se
 from se_onnx.model_io import load_model, save_model
 from se_onnx.runtime import PROVIDERS
@@ -45,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print()
         rows = [(t.form, f"{t.median_ms:.3f}", f"{t.ratio:.3f}") for t in report.timings]
         print_table(("form", f"ms ({report.provider})", "× original"), rows)
-    print(f"\n{len(report.blocks)} SE blocks, {report.written} form written to {args.output}")
+    print(f"\n{count(len(report.blocks), 'SE block')}, {report.written} form written to {args.output}")
     return 0
 

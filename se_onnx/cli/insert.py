@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, load_npz, print_json, print_table
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, load_npz, print_json, print_table
 from se_onnx.insert import INITS, PLACEMENTS, InsertOptions, InsertSE
 from se_onnx.model_io import load_model, save_model
 
@@ -91,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
     rows = [(b.name, b.channels, b.squeeze_channels, b.position) for b in report.blocks]
     print_table(("after conv", "C", "squeeze", "where"), rows)
     print(
-        f"\n{len(report.blocks)} SE blocks ({report.placement} placement, opset {report.opset}, "
-        f"{report.dtype}, +{report.parameters_added:,} parameters) written to {args.output}"
+        f"\n{count(len(report.blocks), 'SE block')} ({report.placement} placement, opset {report.opset}, "
+        f"{report.dtype}, +{count(report.parameters_added, 'parameter')}) written to {args.output}"
     )
     if report.skipped:
-        print(f"{len(report.skipped)} convs skipped (--json lists them with reasons)", file=sys.stderr)
+        print(f"{count(len(report.skipped), 'conv')} skipped (--json lists them with reasons)", file=sys.stderr)
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import print_blocks, print_json, print_table
+from se_onnx.cli._common import count, print_blocks, print_json, print_table
 from se_onnx.inspect import ModelSummary, TensorSignature, inspect_model
 from se_onnx.model_io import load_model
 
@@ -45,7 +45,7 @@ def _print_summary(path: str, summary: ModelSummary) -> None:
         ]
         print_table(("name", "in", "out", "kernel", "group", ""), rows)
     residual, conv = summary.insertion_sites["residual"], summary.insertion_sites["conv"]
-    print(f"\nSE can go: {len(residual)} residual branches (--where residual), {len(conv)} convs (--where conv)")
+    print(f"\nSE can go: {count(len(residual), 'residual branch', 'residual branches')} (--where residual), {count(len(conv), 'conv')} (--where conv)")
     print(f"\nSE blocks: {len(summary.se_blocks)}")
     if summary.se_blocks:
         print_blocks([block.to_dict() for block in summary.se_blocks])

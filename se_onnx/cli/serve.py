@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import ssl
 from pathlib import Path
 
 from se_onnx.cli._common import env_default
 from se_onnx.errors import SeOnnxError
+
+API_KEY_SCOPES = ("repository", "all")
 
 
 def default_model_repository() -> str:
@@ -54,10 +58,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _option(parser, "--inter-op-threads", 0, "ONNX Runtime threads across operators (default 0: ONNX Runtime's choice)", type=int, metavar="N")
     _option(parser, "--max-request-size", 64 * 1024 * 1024, "largest request body in bytes (default 64 MB); larger ones get 413", type=int, metavar="BYTES")
     _option(parser, "--request-timeout", 60.0, "seconds a request may wait and run before it gets 503 (default 60; 0: no limit)", type=float, metavar="SECONDS")
-    _option(parser, "--api-key", None, "key that enables the repository API (index, load, unload); sent as X-API-Key or Authorization: Bearer", metavar="KEY")
+    security = parser.add_argument_group("security")
+    _option(security, "--api-key", None, "key that enables the repository API (index, load, unload); clients send it as X-API-Key or Authorization: Bearer. Prefer the environment variable or --api-key-file: a key on the command line shows in the process list", metavar="KEY")
+    _option(security, "--api-key-file", None, "read the API key from this file (its first line)", metavar="FILE")
+    _option(security, "--api-key-scope", "repository", "what the key guards: repository (default: index, load, unload) or all (every route and RPC but the health checks)", choices=API_KEY_SCOPES)
+    _option(security, "--ssl-certfile", None, "serve HTTPS, and gRPC over TLS, with this PEM certificate (chain)", metavar="FILE")
+    _option(security, "--ssl-keyfile", None, "the certificate's PEM private key (default: inside --ssl-certfile)", metavar="FILE")
+    _option(security, "--ssl-ca-certs", None, "PEM bundle of CAs; clients must then present a certificate signed by one (mutual TLS)", metavar="FILE")
     _option(parser, "--log-level", "info", "log level (default info)", choices=("debug", "info", "warning", "error", "critical"))
     _option(parser, "--workers-per-model", 1, "instances (inference threads) per model without its own instance_count (default 1)", type=int, metavar="N")
     parser.set_defaults(run=run)
+
+
+def _api_key(key: str | None, key_file: str | None) -> str | None:
+    """The key from --api-key / SE_ONNX_API_KEY or the first line of --api-key-file (not both)."""
+    if key_file is None:
+        return key or None
+    if key:
+        raise SeOnnxError("give the API key once: --api-key (or SE_ONNX_API_KEY) or --api-key-file, not both")
+    try:
+        lines = Path(key_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SeOnnxError(f"{key_file}: cannot read the API key file ({getattr(error, 'strerror', None) or error})") from None
+    if not lines or not lines[0].strip():
+        raise SeOnnxError(f"{key_file}: the API key file is empty")
+    return lines[0].strip()
+
+
+def _readable(path: str | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    if not os.access(path, os.R_OK) or not Path(path).is_file():
+        raise SeOnnxError(f"{path}: {flag} is not a readable file")
+    return Path(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
             inter_op_threads=int(args.inter_op_threads),
             max_request_size=int(args.max_request_size),
             request_timeout=float(args.request_timeout),
-            api_key=args.api_key or None,
+            api_key=_api_key(args.api_key, args.api_key_file),
+            api_key_scope=args.api_key_scope,
+            ssl_certfile=_readable(args.ssl_certfile, "--ssl-certfile"),
+            ssl_keyfile=_readable(args.ssl_keyfile, "--ssl-keyfile"),
+            ssl_ca_certs=_readable(args.ssl_ca_certs, "--ssl-ca-certs"),
             log_level=args.log_level,
             workers_per_model=int(args.workers_per_model),
         )
@@ -96,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
         raise SeOnnxError(f"--grpc-port and --port are both {config.port}; give gRPC a port of its own")
     if config.workers_per_model < 1 or config.max_request_size < 1:
         raise SeOnnxError("--workers-per-model and --max-request-size must be at least 1")
+    if config.api_key_scope not in API_KEY_SCOPES:
+        raise SeOnnxError(f"--api-key-scope must be repository or all, not {config.api_key_scope!r}")
+    if config.api_key_scope == "all" and not config.api_key:
+        raise SeOnnxError("--api-key-scope all needs an API key (SE_ONNX_API_KEY, --api-key-file or --api-key)")
+    if (config.ssl_keyfile or config.ssl_ca_certs) and not config.ssl_certfile:
+        raise SeOnnxError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
     if not config.model_repository.is_dir():
         raise SeOnnxError(f"{config.model_repository}: model repository is not a directory")
     log_config = configure_logging(config.log_level)
@@ -120,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
             log_level=config.log_level,
             access_log=False,  # the app writes its own JSON access log
             timeout_graceful_shutdown=config.request_timeout or None,
+            ssl_certfile=config.ssl_certfile,
+            ssl_keyfile=config.ssl_keyfile,
+            ssl_ca_certs=config.ssl_ca_certs,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if config.ssl_ca_certs else ssl.CERT_NONE,
         )
     )
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; a no-op handler

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, print_blocks, print_json
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, print_blocks, print_json
 from se_onnx.model_io import load_model, save_model
 from se_onnx.strip import strip_se
 
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_blocks(report.blocks)
     print(
-        f"\n{len(report.blocks)} SE blocks removed ({report.nodes_removed} nodes, "
-        f"{report.initializers_removed} initializers), written to {args.output}"
+        f"\n{count(len(report.blocks), 'SE block')} removed ({count(report.nodes_removed, 'node')}, "
+        f"{count(report.initializers_removed, 'initializer')}), written to {args.output}"
     )
     return 0

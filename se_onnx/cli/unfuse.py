@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, print_json
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, print_json
 from se_onnx.se_block import FUNCTION_NAME
 from se_onnx.unfuse import unfuse_se
 from se_onnx.model_io import load_model, save_model
@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
     else:
-        print(f"{report.blocks_inlined} {FUNCTION_NAME} nodes inlined, written to {args.output}")
+        print(f"{count(report.blocks_inlined, FUNCTION_NAME + ' node')} inlined, written to {args.output}")
     return 0

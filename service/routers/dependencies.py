@@ -1,4 +1,4 @@
-"""The typed FastAPI dependencies that routers share: the data plane, and the API key guard of the repository API."""
+"""The typed FastAPI dependencies that routers share: the data plane, and the API key guards."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from service.dataplane import DataPlane
-from service.errors import bad_request
+from service.errors import bad_request, first_error
 
 API_KEY_HEADER = "X-API-Key"
 T = TypeVar("T", bound=BaseModel)
@@ -37,12 +37,17 @@ async def require_api_key(plane: Plane, key: Annotated[str | None, Depends(api_k
     plane.authorize(key)
 
 
+async def require_scoped_key(plane: Plane, key: Annotated[str | None, Depends(api_key)]) -> None:
+    plane.authorize_scoped(key)
+
+
 async def json_body(request: Request, schema: type[T]) -> T:
-    """The body as `schema` (its defaults when empty), whatever its Content-Type: tritonclient sends none."""
+    """The body as `schema` (its defaults when empty), whatever its Content-Type: tritonclient sends none; 400 otherwise."""
     raw = await request.body()
-    if not raw.strip():
-        return schema()
     try:
-        return schema.model_validate(orjson.loads(raw))
-    except (orjson.JSONDecodeError, ValidationError) as error:
-        raise bad_request(f"invalid request body: {' '.join(str(error).split())}") from None
+        # An empty body is an empty object (optional bodies; required fields still say so); whitespace alone is not JSON.
+        return schema.model_validate(orjson.loads(raw) if raw else {})
+    except orjson.JSONDecodeError as error:  # not JSON, not UTF-8, or nested past orjson's depth limit
+        raise bad_request(f"invalid request body: {error}") from None
+    except ValidationError as error:
+        raise bad_request(f"invalid request body: {first_error(error)}") from None

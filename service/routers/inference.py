@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from collections.abc import Awaitable
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from service.dataplane import InferenceRequest, InferenceResult
 from service.errors import ServiceError, bad_request
-from service.routers.dependencies import Plane
-from service.schemas import InferRequest, InferResponse, ModelMetadata, openapi_body
+from service.routers.dependencies import Plane, require_scoped_key
+from service.schemas import ErrorResponse, InferRequest, InferResponse, ModelMetadata, StatisticsResponse, empty_ok, openapi_body
 from service.tensors import HEADER_LENGTH, binary_outputs, encode_response, parse_request
 
-router = APIRouter(prefix="/v2/models/{model_name}", tags=["models"])
+router = APIRouter(
+    prefix="/v2/models/{model_name}",
+    tags=["models"],
+    dependencies=[Depends(require_scoped_key)],
+    responses={401: {"model": ErrorResponse}},
+)
 
 
 def _add(method: str, route: str, **kwargs):
@@ -41,12 +48,12 @@ async def model_config(request: Request, plane: Plane, model_name: str, version:
     return plane.model_config(model_name, version)
 
 
-@_add("GET", "/stats", summary="Inference statistics of the model's versions (Triton's statistics extension)")
+@_add("GET", "/stats", response_model=StatisticsResponse, summary="Inference statistics of the model's versions (Triton's statistics extension)")
 async def model_stats(request: Request, plane: Plane, model_name: str, version: str | None) -> dict:
     return {"model_stats": plane.statistics(model_name, version)}
 
 
-@_add("GET", "/ready", summary="200 when the model (version) is ready")
+@_add("GET", "/ready", summary="200 when the model (version) is ready", **empty_ok("ready"))
 async def model_ready(request: Request, plane: Plane, model_name: str, version: str | None) -> Response:
     plane.model(model_name, version)
     return Response(status_code=200)
@@ -57,6 +64,8 @@ async def model_ready(request: Request, plane: Plane, model_name: str, version: 
     "/infer",
     summary="Run the model",
     response_model=InferResponse,
+    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                     "description": f"JSON, or with binary outputs a JSON header of {HEADER_LENGTH} bytes and then the tensors"}},
     openapi_extra=openapi_body(
         InferRequest,
         f"JSON, or a JSON header of {HEADER_LENGTH} bytes followed by binary tensors "
@@ -86,7 +95,29 @@ async def infer(request: Request, plane: Plane, model_name: str, version: str | 
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_size)})
 
-    return await plane.infer(model_name, version, decode, encode)
+    return await _unless_client_gone(request, plane.infer(model_name, version, decode, encode))
+
+
+async def _unless_client_gone(request: Request, call: Awaitable[Response]) -> Response:
+    """`call`'s response, or its cancellation once the client disconnects: a request still
+    waiting for a batch or an instance is then dropped instead of computed for nobody."""
+    work = asyncio.ensure_future(call)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        return Response(status_code=499)  # nobody reads it; the access log shows what happened
+    return work.result()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read: the next message the server has for this request is its disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:

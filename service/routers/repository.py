@@ -6,9 +6,14 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.errors import bad_request
 from service.routers.dependencies import Plane, json_body, require_api_key
-from service.schemas import LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, openapi_body
+from service.schemas import ErrorResponse, LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, empty_ok, openapi_body
 
-router = APIRouter(prefix="/v2/repository", tags=["repository"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/v2/repository",
+    tags=["repository"],
+    dependencies=[Depends(require_api_key)],
+    responses={code: {"model": ErrorResponse} for code in (401, 403)},
+)
 
 
 @router.post(
@@ -25,6 +30,7 @@ async def index(request: Request, plane: Plane) -> list[RepositoryModel]:
 @router.post(
     "/models/{model_name}/load",
     summary="Load or reload a model",
+    **empty_ok("loaded"),
     openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own"),
 )
 async def load(request: Request, model_name: str, plane: Plane) -> Response:
@@ -39,6 +45,7 @@ async def load(request: Request, model_name: str, plane: Plane) -> Response:
 @router.post(
     "/models/{model_name}/unload",
     summary="Unload a model once its in-flight requests finish",
+    **empty_ok("unloaded"),
     openapi_extra=openapi_body(UnloadRequest, "optional"),
 )
 async def unload(request: Request, model_name: str, plane: Plane) -> Response:

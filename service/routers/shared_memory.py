@@ -51,7 +51,8 @@ async def unregister(region_name: str, plane: Plane) -> dict:
     return {}
 
 
-cuda_router = APIRouter(prefix="/v2/cudasharedmemory", tags=["shared memory"])
+# Refusals of an extension not offered: left out of the OpenAPI document, which lists what the server serves.
+cuda_router = APIRouter(prefix="/v2/cudasharedmemory", tags=["shared memory"], include_in_schema=False)
 
 
 async def cuda_shared_memory() -> None:
