@@ -131,12 +131,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         writing = asyncio.Lock()
         answering: set[asyncio.Task] = set()
         stopping = asyncio.ensure_future(self._plane.stopping.wait())
+        read: asyncio.Future | None = None
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
                 await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():
-                    read.cancel()
                     break
                 request = read.result()
                 if request is grpc.aio.EOF:
@@ -146,7 +146,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.add_done_callback(answering.discard)
             await asyncio.gather(*answering)
         finally:
-            stopping.cancel()
+            # A cancelled stream (the client went away) lands here too: its queued requests
+            # are cancelled rather than computed for nobody.
+            pending = [*answering, stopping] + ([read] if read is not None else [])
+            for future in pending:
+                future.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _answer(self, request: pb.ModelInferRequest, context, writing: asyncio.Lock) -> None:
         try:
@@ -161,8 +166,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 message = f"internal server error: {type(error).__name__}: {error}"
             echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
             reply = pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
-        async with writing:  # one message at a time on the stream
-            await context.write(reply)
+        try:
+            async with writing:  # one message at a time on the stream
+                await context.write(reply)
+        except Exception as error:  # the stream ended under us: nobody is left to tell
+            log.info("stream reply not delivered", extra={"id": request.id, "error": f"{type(error).__name__}: {error}"})
 
     @_unary
     async def RepositoryIndex(self, request, context):

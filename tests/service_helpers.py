@@ -181,15 +181,17 @@ def start_server(
     readiness (TLS: `verify`)."""
     port = free_port()
     grpc = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
+    # A file, not a pipe: the access log of a long run would fill a pipe and block the server.
+    log = tempfile.TemporaryFile("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), *grpc, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_MODEL_REPOSITORY": str(repo), **(env or {})},
         stdout=subprocess.DEVNULL,
-        # A file, not a pipe: the access log of a long run would fill a pipe and block the server.
-        stderr=tempfile.TemporaryFile("w+"),
+        stderr=log,
         text=True,
     )
+    process.log = log  # Popen keeps no handle on a file it was given
     url = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     with httpx.Client(**client_options) as client:
@@ -208,8 +210,8 @@ def start_server(
 
 def server_log(process: subprocess.Popen) -> str:
     """What the server wrote to stderr so far."""
-    process.stderr.seek(0)
-    return process.stderr.read()
+    process.log.seek(0)
+    return process.log.read()
 
 
 def stop_server(process: subprocess.Popen) -> int:

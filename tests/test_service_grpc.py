@@ -19,7 +19,7 @@ import tritonclient.http as triton_http
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from service_helpers import ROOT, free_port, identity_model, relu_neg_model, slow_model, start_server, stop_server, write_repo
+from service_helpers import ROOT, free_port, identity_model, relu_neg_model, server_log, slow_model, start_server, stop_server, write_repo
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
@@ -336,3 +336,33 @@ def test_a_taken_grpc_port_stops_the_server_at_start_up(server, tmp_path):
                "--grpc-port", url.rsplit(":", 1)[1], "--model-repository", str(repo)]  # fmt: skip
     failed = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert failed.returncode != 0 and "cannot listen for gRPC on 127.0.0.1:" in failed.stderr
+
+
+def test_a_cancelled_stream_stops_its_queued_requests(tmp_path):
+    """A client that cancels its stream gets nothing more computed for it, and the server logs no
+    unretrieved task errors from writing to a stream that has gone."""
+    repo = write_repo(tmp_path / "repo", {"slow": slow_model(1024, 24)})
+    grpc_port = free_port()
+    process, _ = start_server(repo, "--workers-per-model", "1", grpc_port=grpc_port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            raw = np.zeros((1, 1), np.float32).tobytes()
+            tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 1])
+
+            def requests():
+                for i in range(6):
+                    yield pb.ModelInferRequest(model_name="slow", id=str(i), inputs=[tensor], raw_input_contents=[raw])
+                time.sleep(30)  # keep the stream open until the client cancels it
+
+            replies = stub.ModelStreamInfer(requests())
+            time.sleep(0.5)  # all six are in; the single instance runs the first
+            replies.cancel()
+            time.sleep(3)  # time for the queued five, were they computed
+            stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow")).model_stats[0].inference_stats
+        assert stats.success.count + stats.fail.count == 6, stats
+        assert stats.success.count <= 2, stats  # at most the one running (and one finishing) when cancelled
+    finally:
+        assert stop_server(process) == 0
+    log = server_log(process)
+    assert "never retrieved" not in log and "Traceback" not in log, log[-3000:]
