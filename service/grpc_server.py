@@ -280,8 +280,12 @@ class GrpcServer:
         log.info("grpc listening", extra={"address": self.address})
 
     async def _follow_plane(self) -> None:
-        await self._plane.loading_done.wait()
-        if self._plane.ready:
+        # A SIGTERM during start-up loading drains at once rather than after the last model loads.
+        loaded = asyncio.ensure_future(self._plane.loading_done.wait())
+        stopping = asyncio.ensure_future(self._plane.stopping.wait())
+        await asyncio.wait((loaded, stopping), return_when=asyncio.FIRST_COMPLETED)
+        loaded.cancel()
+        if self._plane.ready and not self._plane.stopping.is_set():
             for service in ("", SERVICE_NAME):
                 await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self._plane.stopping.wait()

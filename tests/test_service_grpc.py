@@ -366,3 +366,29 @@ def test_a_cancelled_stream_stops_its_queued_requests(tmp_path):
         assert stop_server(process) == 0
     log = server_log(process)
     assert "never retrieved" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_sigterm_during_start_up_loading_exits_before_the_models_load(tmp_path):
+    """The gRPC side drains on SIGTERM at once, even while models are still loading."""
+    # Models load one after another, each warm-up run taking tens of ms or more: loading them
+    # all takes far longer than the test waits, and a stop needs only the one loading to finish.
+    slow = (slow_model(1024, 8), {"warmup": 10}, [1])
+    repo = write_repo(tmp_path / "repo", {f"slow{i}": slow for i in range(60)})
+    command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port := free_port()),
+               "--grpc-port", str(free_port()), "--model-repository", str(repo)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if triton_http.InferenceServerClient(f"127.0.0.1:{port}").is_server_live():
+                    break
+            except Exception:  # not listening yet
+                time.sleep(0.1)
+        assert not triton_http.InferenceServerClient(f"127.0.0.1:{port}").is_server_ready()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
