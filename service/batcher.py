@@ -137,7 +137,15 @@ class DynamicBatcher:
                 self._observe_queue(started - item.enqueued)
             names = batch[0].feeds.keys()
             feeds = {name: np.concatenate([item.feeds[name] for item in batch]) for name in names}
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
+            try:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
+            except ServiceError:
+                if len(batch) == 1:
+                    raise
+                # One request's data can fail a kernel for the whole batch: each runs alone
+                # then, so that the others get their answers and only it gets the error.
+                await self._execute_one_by_one(batch)
+                return
             bad = [name for name, array in outputs.items() if array.ndim == 0 or array.shape[0] != rows]
             if bad:
                 raise ServiceError(500, f"output {bad[0]!r} does not keep the batch dimension; turn dynamic batching off")
@@ -152,6 +160,20 @@ class DynamicBatcher:
                     item.future.set_exception(error)
         finally:
             self._slots.release()
+
+    async def _execute_one_by_one(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        for item in batch:
+            if item.future.done():  # its caller has gone
+                continue
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run, item.feeds)
+            except Exception as error:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            else:
+                if not item.future.done():
+                    item.future.set_result(outputs)
 
     async def stop(self) -> None:
         """Stop collecting; requests still waiting (none after a drain) get 503."""

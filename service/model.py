@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from se_onnx.errors import SeOnnxError
 from se_onnx.runtime import make_session, random_inputs, resolve_provider
@@ -23,6 +24,17 @@ from service.tensors import TensorSpec, datatype_of_ort
 
 PLATFORM = "onnxruntime_onnx"
 log = logging.getLogger("service.model")
+
+
+# ORT's messages name the source file and C++ function that raised them; a client needs neither.
+_SOURCE_LOCATION = re.compile(r"\S*/[\w./-]+\.\w+:\d+ (?:[\w:~<>]+\([^()]*\)(?: const)? )?")
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+([\w.-]+)")
+
+
+def ort_message(error: Exception) -> str:
+    """ONNX Runtime's message on one line, without the server's source locations and paths."""
+    message = _SOURCE_LOCATION.sub("", " ".join(str(error).split()))
+    return _PATH.sub(r"\1", message)
 
 
 def _specs(metas, name: str, kind: str) -> dict[str, TensorSpec]:
@@ -175,10 +187,12 @@ class ServedModel:
         session = self._pool.get() if self._pool is not None else self.session
         try:
             arrays = session.run(names, dict(feeds))
-        except InvalidArgument as error:
-            raise bad_request(" ".join(str(error).split())) from None
+        except (InvalidArgument, Fail) as error:
+            # A kernel refusing the request's data (a shape the metadata allows but a Reshape
+            # cannot take) is the client's to fix; ORT raises Fail or InvalidArgument for it.
+            raise bad_request(f"the model cannot run on this input: {ort_message(error)}") from None
         except Exception as error:  # ORT's own failure types; the message is what the caller needs
-            raise ServiceError(500, f"inference failed: {' '.join(str(error).split())}") from None
+            raise ServiceError(500, f"inference failed: {ort_message(error)}") from None
         finally:
             if self._pool is not None:
                 self._pool.put(session)

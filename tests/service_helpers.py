@@ -71,6 +71,27 @@ def relu_neg_model(features: int = 4, batch: str | int = "N") -> onnx.ModelProto
     )
 
 
+def fixed_reshape_model() -> onnx.ModelProto:
+    """x [N, 4] → y = x reshaped to [2, 2]: the metadata takes any N, the kernel only N = 1."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2, 2])
+    return _model(
+        [helper.make_node("Constant", [], ["shape"], value=shape), helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
+
+
+def gather_model() -> onnx.ModelProto:
+    """x [N, 1] INT64 indices → y [N, 1] = [10, 20, 30][x]: an index past 2 fails the kernel."""
+    table = helper.make_tensor("table", TensorProto.FLOAT, [3], [10, 20, 30])
+    return _model(
+        [helper.make_node("Gather", ["table", "x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [table],
+    )
+
+
 def slow_model(size: int = 1024, matmuls: int = 2) -> onnx.ModelProto:
     """x [N, 1] → y = x, after a chain of size×size MatMuls on a constant matrix (a run takes tens
     of ms or more): slow enough to keep requests in flight. Every entry stays exactly 1/size (a

@@ -6,7 +6,7 @@ import asyncio
 import re
 
 import numpy as np
-from service_helpers import identity_model, infer_json, relu_neg_model, serve, serve_async, slow_model, write_repo
+from service_helpers import gather_model, identity_model, infer_json, relu_neg_model, serve, serve_async, slow_model, write_repo
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -141,5 +141,26 @@ def test_requests_of_different_shapes_are_never_mixed_in_a_batch(tmp_path):
                 assert output["shape"] == list(x.shape) and output["data"] == x.reshape(-1).tolist()
             (stats,) = (await client.get("/v2/models/ident/stats")).json()["model_stats"]
             assert 3 <= stats["execution_count"] < len(inputs)  # three widths: at least three batches
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_fails_its_batch_does_not_fail_the_others(tmp_path):
+    """An index out of range fails Gather for the whole batch: the others still get their answers."""
+    config = {"max_batch_size": 16, "dynamic_batching": {"max_queue_delay_us": 200_000}, "warmup": 0}
+    root = write_repo(tmp_path / "repo", {"gather": (gather_model(), config, [1])})
+
+    async def scenario():
+        async with serve_async(root) as (app, client):
+            indices = [0, 7, 1, 2]
+            responses = await asyncio.gather(
+                *(client.post("/v2/models/gather/infer", json=infer_json("x", np.array([[i]]), "INT64")) for i in indices)
+            )
+            assert [r.status_code for r in responses] == [200, 400, 200, 200], [r.text for r in responses]
+            assert [r.json()["outputs"][0]["data"] for r in responses if r.status_code == 200] == [[10.0], [20.0], [30.0]]
+            assert "idx=7" in responses[1].json()["error"]
+            # The failed batch of four is not counted as run; the three good requests then ran alone.
+            runs = _metric((await client.get("/metrics")).text, "se_onnx_inference_batch_size_count", model="gather", version="1")
+            assert runs == 3
 
     asyncio.run(scenario())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_helpers import free_port, relu_neg_model, start_server, stop_server, write_repo
+from service_helpers import fixed_reshape_model, free_port, relu_neg_model, start_server, stop_server, write_repo
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -17,7 +17,7 @@ CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grp
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory):
-    repo = write_repo(tmp_path_factory.mktemp("repo"), {"relu": relu_neg_model()})
+    repo = write_repo(tmp_path_factory.mktemp("repo"), {"relu": relu_neg_model(), "reshape": fixed_reshape_model()})
     grpc_port = free_port()
     process, _ = start_server(repo, grpc_port=grpc_port, env={"SE_ONNX_API_KEY": "k"})
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
@@ -107,3 +107,11 @@ _REQUEST = st.builds(
 @given(request=_REQUEST)
 def test_generated_requests_are_never_internal(stub, request):
     assert _code(lambda: stub.ModelInfer(request, timeout=30)) in CLIENT_CODES | {grpc.StatusCode.OK}
+
+
+def test_a_shape_the_kernel_refuses_is_invalid_argument(stub):
+    request = pb.ModelInferRequest(model_name="reshape", inputs=[_tensor(shape=(3, 4))], raw_input_contents=[np.ones((3, 4), np.float32).tobytes()])
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requested shape:{2,2}" in error.value.details() and "onnxruntime_src" not in error.value.details()

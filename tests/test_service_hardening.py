@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 from broken_models import write_corpus
-from service_helpers import binary_body, infer_json, relu_neg_model, serve, split_binary, write_repo
+from service_helpers import binary_body, fixed_reshape_model, infer_json, relu_neg_model, serve, split_binary, write_repo
 
 KEY = {"X-API-Key": "s3cret"}
 DEEP = "[" * 10_000 + "]" * 10_000
@@ -232,3 +232,14 @@ def test_soak_load_unload_under_traffic_keeps_memory_and_fds_flat(repo):
 def test_a_missing_body_with_required_fields_is_a_400(client):
     response = client.post("/v2/systemsharedmemory/region/r/register", headers=KEY)
     assert response.status_code == 400 and "key: Field required" in response.json()["error"]
+
+
+def test_a_shape_the_kernel_refuses_is_400_without_server_paths(tmp_path):
+    """x [N, 4] reshaped to a fixed [2, 2]: N = 3 passes the metadata and fails in Reshape."""
+    with serve(write_repo(tmp_path / "repo", {"reshape": fixed_reshape_model()})) as client:
+        ok = client.post("/v2/models/reshape/infer", json=infer_json("x", np.ones((1, 4), np.float32)))
+        assert ok.status_code == 200, ok.text
+        refused = client.post("/v2/models/reshape/infer", json=infer_json("x", np.ones((3, 4), np.float32)))
+        assert refused.status_code == 400, refused.text
+        message = refused.json()["error"]
+        assert "requested shape:{2,2}" in message and "onnxruntime_src" not in message and ".h:" not in message, message
