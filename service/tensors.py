@@ -258,6 +258,10 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
     if not array.size:
         return array.astype(dtype)
     kind = array.dtype.kind
+    if kind == "f" and dtype.kind in "iu":
+        # numpy also infers float for integers that fit no int64 (2**63 as UINT64, or past
+        # 64 bits, which orjson reads as floats): look at the elements before refusing.
+        return _json_integers(tensor, dtype)
     wanted = "b" if dtype.kind == "b" else "iu" if dtype.kind in "iu" else "iuf"
     if kind not in wanted:
         raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds {_FOUND.get(kind, _FOUND['O'])}")
@@ -267,8 +271,33 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
     if kind in "iu" and dtype.kind in "iu":
         limits = np.iinfo(dtype)
         if array.min() < limits.min or array.max() > limits.max:
-            raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: values outside [{limits.min}, {limits.max}]")
+            raise _outside(tensor, limits)
+    if dtype.kind == "f" and dtype.itemsize < 8:
+        with np.errstate(over="ignore"):
+            converted = array.astype(dtype)
+        if not np.isfinite(converted).all():  # JSON has no infinities: only an overflow makes one
+            largest = float(np.finfo(dtype).max)
+            raise bad_request(f"input {tensor.name!r}: a value is out of range for {tensor.datatype} (largest magnitude {largest:g})")
+        return converted
     return array.astype(dtype, copy=False)
+
+
+def _outside(tensor: RequestInput, limits: np.iinfo) -> Exception:
+    return bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: values outside [{limits.min}, {limits.max}]")
+
+
+def _json_integers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
+    """Integer data that numpy read as floats: exact when every element is a JSON integer within
+    the type's range; otherwise the 400 that names what is wrong."""
+    elements = np.array(tensor.data, dtype=object).reshape(-1)
+    limits = np.iinfo(dtype)
+    if any(not limits.min <= element <= limits.max for element in elements):
+        raise _outside(tensor, limits)
+    if any(not isinstance(element, int) for element in elements):
+        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds {_FOUND['f']}")
+    if _has_bool(tensor.data):
+        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds booleans")
+    return np.array(tensor.data, dtype=dtype)
 
 
 def _has_bool(data: object) -> bool:

@@ -241,7 +241,14 @@ def _json_input(datatype: str, data, shape=(1, 3)) -> str:
         ("INT32", [1, 2.5, 3], "non-integer"),
         ("INT8", [1, 2, 300], "values outside [-128, 127]"),
         ("UINT8", [1, -1, 3], "values outside [0, 255]"),
-        ("UINT64", [1, 2**64, 3], "not UINT64"),
+        ("UINT64", [1, 2**64, 3], "values outside [0, 18446744073709551615]"),
+        ("INT64", [1, 2**63, 3], "values outside [-9223372036854775808, 9223372036854775807]"),
+        ("INT64", [2**63, 2.5, 3], "values outside"),
+        ("UINT64", [2**63, 2.5, 3], "non-integer"),
+        ("UINT64", [2**63, True, 3], "booleans"),
+        ("FP16", [1.0, 1e10, 2.0], "out of range for FP16"),
+        ("FP16", [1, 70000, 2], "out of range for FP16"),
+        ("FP32", [1.0, -1e300, 2.0], "out of range for FP32"),
         ("BOOL", [1, 0, 1], "integers"),
         ("BOOL", ["true", "false", "true"], "strings"),
         ("BYTES", ["a", 1, "b"], "must be strings"),
@@ -251,6 +258,18 @@ def _json_input(datatype: str, data, shape=(1, 3)) -> str:
 )
 def test_json_data_of_the_wrong_kind_is_400(client, datatype, data, fragment):
     _error(client.post("/v2/models/identity/infer", content=_json_input(datatype, data)), 400, fragment)
+
+
+def test_json_64_bit_integers_past_int64_are_exact(client):
+    """numpy reads [1, 2**63] as floats; UINT64 takes it exactly."""
+    data = [1, 2**63, 2**64 - 1]
+    body = {"inputs": [{"name": "in_UINT64", "shape": [1, 3], "datatype": "UINT64", "data": data}], "outputs": [{"name": "out_UINT64"}]}
+    for other in DATATYPES:
+        if other != "UINT64":
+            body["inputs"].append({"name": f"in_{other}", "shape": [1, 3], "datatype": other, "data": _sample(other, 1).tolist()})
+    response = client.post("/v2/models/identity/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == data
 
 
 @pytest.mark.parametrize("depth", [70, 1100])
