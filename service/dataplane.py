@@ -228,8 +228,17 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         return self.repository.index(ready_only)
 
-    async def load(self, name: str, config_override: str | None = None) -> None:
-        await self.repository.load(name, config_override)
+    async def load(self, name: str, parameters: Parameters | None = None) -> None:
+        """Load or reload `name` from the repository; the `config` parameter (config.json text)
+        replaces its config for this load. Model files sent with the request (`file:` parameters)
+        are refused: models come from the repository only."""
+        given = parameters or {}
+        if any(key.startswith("file:") for key in given):
+            raise bad_request("model files sent with the load request (file: parameters) are not supported; put the model in the repository")
+        override = given.get("config")
+        if override is not None and not isinstance(override, str):
+            raise bad_request("parameter 'config' must be a string holding the model's JSON config")
+        await self.repository.load(name, override)
 
     async def unload(self, name: str) -> None:
         await self.repository.unload(name)

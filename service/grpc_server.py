@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from se_onnx.errors import SeOnnxError
 from service.config import ServerConfig
 from service.dataplane import DataPlane
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError
 from service.grpc_codec import decode_request, encode_response, parameters
 
 log = logging.getLogger("service.grpc")
@@ -181,13 +181,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_unary
     async def RepositoryModelLoad(self, request, context):
         self._plane.authorize(_api_key(context))
-        given = parameters(request.parameters)
-        if any(key.startswith("file:") for key in given):
-            raise bad_request("model files sent with the load request are not supported; put the model in the repository")
-        override = given.get("config")
-        if override is not None and not isinstance(override, str):
-            raise bad_request("parameter 'config' must be a string holding the model's JSON config")
-        await self._plane.load(request.model_name, override)
+        await self._plane.load(request.model_name, parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_unary

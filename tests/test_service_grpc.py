@@ -216,6 +216,9 @@ def test_repository_needs_the_key(server):
     assert client.get_model_config("extra").config.max_batch_size == 8
     assert _status(lambda: client.load_model("nothing", headers=bearer)) == "StatusCode.NOT_FOUND"
     assert _status(lambda: client.load_model("extra", config="{", headers=bearer)) == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException) as refused:
+        client.load_model("extra", files={"file:1/model.onnx": b"onnx"}, headers=bearer)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "not supported" in refused.value.message()
 
 
 def test_load_and_unload_during_traffic(server):

@@ -169,3 +169,12 @@ def test_load_and_unload_during_traffic(tmp_path):
             assert all(status == 200 and correct for status, correct in results), results[:5]
 
     asyncio.run(scenario())
+
+
+def test_load_refuses_model_files_and_a_config_that_is_no_string(repo):
+    """Models come from the repository: `file:` parameters are a 400, as over gRPC, not ignored."""
+    with serve(repo, api_key="s3cret") as client:
+        sent = client.post("/v2/repository/models/plain/load", json={"parameters": {"file:1/model.onnx": "b25ueA=="}}, headers=KEY)
+        assert sent.status_code == 400 and "not supported" in sent.json()["error"], sent.text
+        typed = client.post("/v2/repository/models/plain/load", json={"parameters": {"config": {"max_batch_size": 8}}}, headers=KEY)
+        assert typed.status_code == 400 and "must be a string" in typed.json()["error"], typed.text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.errors import bad_request
 from service.routers.dependencies import Plane, json_body, require_api_key
 from service.schemas import ErrorResponse, LoadRequest, RepositoryIndexRequest, RepositoryModel, UnloadRequest, empty_ok, openapi_body
 
@@ -31,14 +30,11 @@ async def index(request: Request, plane: Plane) -> list[RepositoryModel]:
     "/models/{model_name}/load",
     summary="Load or reload a model",
     **empty_ok("loaded"),
-    openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own"),
+    openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own; file: parameters are refused (400)"),
 )
 async def load(request: Request, model_name: str, plane: Plane) -> Response:
     body = await json_body(request, LoadRequest)
-    override = body.parameters.get("config")
-    if override is not None and not isinstance(override, str):
-        raise bad_request("parameter 'config' must be a string holding the model's JSON config")
-    await plane.load(model_name, override)
+    await plane.load(model_name, body.parameters)
     return Response(status_code=200)
 
 
