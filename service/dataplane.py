@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from service.model import ServedModel
 from service.recorder import Recorder
 from service.repository import ModelRepository
 from service.shm import RegionSlice, SharedMemoryRegistry, region_slice
-from service.tensors import serialize_bytes
+from service.tensors import tensor_bytes
 
 log = logging.getLogger("service.dataplane")
 
@@ -37,6 +37,16 @@ Parameters = dict[str, Any]
 # Triton's extensions that this server offers, as server metadata lists them.
 # CUDA shared memory is not among them: no GPU check exists for it.
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics", "system_shared_memory"]
+
+
+def api_key_from(headers: Mapping[str, str]) -> str | None:
+    """The key in `x-api-key` or `authorization: Bearer <key>`; `headers` looks names up in lower case
+    (HTTP headers, gRPC metadata)."""
+    given = headers.get("x-api-key")
+    if given is None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    return given
 
 
 @dataclass
@@ -176,8 +186,7 @@ class DataPlane:
                 outputs = _classified(model, request, {name: computed[name] for name in names})
                 for name, where in regions.items():
                     array = outputs[name]
-                    raw = serialize_bytes(array) if array.dtype.kind in "OSU" else np.ascontiguousarray(array)
-                    self.shared_memory.write(where, memoryview(raw).cast("B"), f"output {name!r}")
+                    self.shared_memory.write(where, tensor_bytes(array), f"output {name!r}")
             response = encode(InferenceResult(model, request, outputs, regions))
         except asyncio.CancelledError:
             # The client went away (its front end cancelled the call): a request still queued

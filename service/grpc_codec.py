@@ -11,7 +11,7 @@ from service.dataplane import InferenceRequest, InferenceResult, Parameters
 from service.errors import bad_request
 from service.model import ServedModel
 from service.shm import SharedMemoryRegistry, region_slice
-from service.tensors import DATATYPES, array_from_bytes, check_complete, check_input, datatype_of_array, serialize_bytes
+from service.tensors import DATATYPES, array_from_bytes, check_complete, check_input, datatype_of_array, tensor_bytes
 
 # The typed field of InferTensorContents that carries each datatype (FP16 has none: raw only).
 _CONTENTS = {
@@ -92,7 +92,7 @@ def encode_response(result: InferenceResult) -> pb.ModelInferResponse:
         if name in result.in_shared_memory:
             contents.append(b"")
         else:
-            contents.append(serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes())
+            contents.append(tensor_bytes(array).tobytes())
     return pb.ModelInferResponse(
         model_name=result.model.name,
         model_version=result.model.version,

@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from se_onnx.errors import SeOnnxError
 from service.config import ServerConfig
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, api_key_from
 from service.errors import ServiceError
 from service.grpc_codec import decode_request, encode_response, parameters
 
@@ -66,11 +66,7 @@ def _not_offered(message: str):
 
 def _api_key(context: grpc.aio.ServicerContext) -> str | None:
     """The key in `x-api-key` or `authorization: Bearer <key>` metadata, as HTTP takes it."""
-    metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()}
-    if "x-api-key" in metadata:
-        return metadata["x-api-key"]
-    scheme, _, token = metadata.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+    return api_key_from({key.lower(): value for key, value in context.invocation_metadata() or ()})
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -333,6 +333,14 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def tensor_bytes(array: np.ndarray) -> memoryview:
+    """An output's wire bytes: Triton's BYTES layout for strings, else the elements in C order
+    (over the array itself when it is contiguous already: no copy)."""
+    if array.dtype.kind in "OSU":
+        return memoryview(serialize_bytes(array))
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
 def binary_outputs(request: InferRequest, names: Sequence[str]) -> dict[str, bool]:
     """The outputs to return (those requested, else all of the model's `names`) and whether each
     goes as binary data; the data plane checks the requested names against the model."""
@@ -356,7 +364,7 @@ def encode_response(
             described.append(entry)
             continue
         if as_binary:
-            raw = serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+            raw = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":

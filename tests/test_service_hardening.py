@@ -16,6 +16,8 @@ import pytest
 from broken_models import write_corpus
 from service_helpers import binary_body, fixed_reshape_model, infer_json, relu_neg_model, serve, split_binary, write_repo
 
+from service.dataplane import api_key_from
+
 KEY = {"X-API-Key": "s3cret"}
 DEEP = "[" * 10_000 + "]" * 10_000
 
@@ -246,3 +248,11 @@ def test_a_shape_the_kernel_refuses_is_400_without_server_paths(tmp_path):
         message = refused.json()["error"]
         assert "requested shape:{2,2}" in message and "onnxruntime_src" not in message and ".h:" not in message, message
 
+
+@pytest.mark.parametrize(
+    "headers, key",
+    [({"x-api-key": "k"}, "k"), ({"authorization": "Bearer  k "}, "k"), ({"authorization": "bearer k"}, "k"),
+     ({"authorization": "Basic k"}, None), ({}, None), ({"x-api-key": "a", "authorization": "Bearer b"}, "a")],
+)  # fmt: skip
+def test_one_reading_of_the_api_key_for_http_and_grpc(headers, key):
+    assert api_key_from(headers) == key

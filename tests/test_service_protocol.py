@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from service_helpers import DATATYPES, binary_body, identity_model, infer_json, relu_neg_model, serve, split_binary, write_repo
 
+from service.tensors import tensor_bytes
+
 NUMPY = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -366,3 +368,13 @@ def test_access_log_line_per_request_at_info_only(client, caplog):
     with caplog.at_level(logging.WARNING, logger="service.access"):
         client.get("/v2/health/live")
     assert not [r for r in caplog.records if r.name == "service.access"]
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((0, 3), np.float16), np.ones((2, 3), bool)[:, ::2], np.array(3.0), np.arange(6, dtype=np.int32).reshape(2, 3).T],
+)
+def test_tensor_bytes_are_the_elements_in_c_order(array):
+    """One helper gives every front end (HTTP binary, gRPC raw, shared memory) an output's bytes."""
+    assert tensor_bytes(array).tobytes() == np.ascontiguousarray(array).tobytes()
+    assert tensor_bytes(np.array(["a", "bc"], object)).tobytes() == b"\x01\x00\x00\x00a\x02\x00\x00\x00bc"

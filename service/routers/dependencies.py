@@ -8,10 +8,9 @@ import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, api_key_from
 from service.errors import bad_request, first_error
 
-API_KEY_HEADER = "X-API-Key"
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -26,11 +25,7 @@ Plane = Annotated[DataPlane, Depends(data_plane)]
 
 async def api_key(request: Request) -> str | None:
     """The key a request carries, from X-API-Key or `Authorization: Bearer <key>`."""
-    given = request.headers.get(API_KEY_HEADER)
-    if given is None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
-    return given
+    return api_key_from(request.headers)
 
 
 async def require_api_key(plane: Plane, key: Annotated[str | None, Depends(api_key)]) -> None:
