@@ -338,7 +338,8 @@ def test_a_taken_grpc_port_stops_the_server_at_start_up(server, tmp_path):
     command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
                "--grpc-port", url.rsplit(":", 1)[1], "--model-repository", str(repo)]  # fmt: skip
     failed = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
-    assert failed.returncode != 0 and "cannot listen for gRPC on 127.0.0.1:" in failed.stderr
+    assert failed.returncode == 2 and "cannot listen for gRPC on 127.0.0.1:" in failed.stderr
+    assert failed.stderr.strip().count("\n") == 0 and "Traceback" not in failed.stderr, failed.stderr
 
 
 def test_a_cancelled_stream_stops_its_queued_requests(tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import ssl
 from pathlib import Path
 
@@ -93,6 +94,18 @@ def _readable(path: str | None, flag: str) -> Path | None:
     return Path(path)
 
 
+def _check_free(host: str, port: int, what: str) -> None:
+    """A one-line start-up error for a port another process holds, before the server starts:
+    found later, inside the server's start-up, it would come out as a traceback."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: a port in TIME_WAIT is free
+            probe.bind(address)
+    except OSError as error:
+        raise SeOnnxError(f"cannot listen for {what} on {host}:{port}: {error.strerror or error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # heavy; only `serve` needs it
 
@@ -141,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         raise SeOnnxError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
     if not config.model_repository.is_dir():
         raise SeOnnxError(f"{config.model_repository}: model repository is not a directory")
+    if config.grpc_port:
+        _check_free(config.host, config.grpc_port, "gRPC")
     log_config = configure_logging(config.log_level)
     app = create_app(config)
 
