@@ -144,3 +144,40 @@ def test_train_without_pytorch_says_how_to_get_it(tmp_path, capsys, monkeypatch)
     assert main(args) == 2
     assert "pip install 'se-onnx[train]'" in capsys.readouterr().err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def _pooling_classifier(channels: int, classes: int) -> onnx.ModelProto:
+    """GlobalAveragePool → Flatten → Gemm: `channels` inputs, `classes` scores."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [channels, classes], np.ones(channels * classes, np.float32))
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+        ],
+        "pooling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 4, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize(
+    "model_b, message",
+    [
+        (lambda: _pooling_classifier(3, 5), r"b\.onnx takes input \[N, 3, 4, 4\], .*a\.onnx \[N, 5, 4, 4\]"),
+        (lambda: _pooling_classifier(5, 4), r"b\.onnx scores 4 classes, .*a\.onnx 5"),
+    ],
+)
+def test_compare_refuses_a_model_of_another_signature(tmp_path, capsys, model_b, message):
+    import re
+
+    onnx.save(_mean_classifier(5), tmp_path / "a.onnx")
+    onnx.save(model_b(), tmp_path / "b.onnx")
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 5, 4, 4), np.float32), y=np.array([0, 1, 2, 3]))
+    args = ["evaluate", str(tmp_path / "a.onnx"), "--compare", str(tmp_path / "b.onnx"), "--data", str(tmp_path / "d.npz"), "--runs", "2"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and "Traceback" not in error, error
+

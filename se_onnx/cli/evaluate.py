@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_table(_HEADERS, [_row(evaluation)])
         return 0
-    ClassifierSignature.of(load_model(args.compare))
+    _check_same_signature(signature, ClassifierSignature.of(load_model(args.compare)), args.model, args.compare)
     comparison = compare_models(args.model, args.compare, data, **settings)
     if args.plot:
         plot_comparison(comparison, args.plot)
@@ -62,6 +62,24 @@ def run(args: argparse.Namespace) -> int:
         f"run by run, interleaved)"
     )
     return 0
+
+
+def _check_same_signature(a: ClassifierSignature, b: ClassifierSignature, path_a: str, path_b: str) -> None:
+    """B is scored on A's data: it must take the same input and score the same classes."""
+    fits = len(a.input_shape) == len(b.input_shape) and all(
+        not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(a.input_shape, b.input_shape)
+    )
+    if not fits:
+        raise SeOnnxError(
+            f"--compare: {path_b} takes input [N, {_shown(b.input_shape)}], {path_a} [N, {_shown(a.input_shape)}]; "
+            "compare two models of the same input"
+        )
+    if a.classes != b.classes:
+        raise SeOnnxError(f"--compare: {path_b} scores {b.classes} classes, {path_a} {a.classes}; compare two models of the same classes")
+
+
+def _shown(shape) -> str:
+    return ", ".join(str(d) if isinstance(d, int) else "?" for d in shape)
 
 
 _HEADERS = ("model", "samples", "top-1", "top-5", "loss", "latency ms", "parameters", "FLOPs")
