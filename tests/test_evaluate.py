@@ -181,3 +181,13 @@ def test_compare_refuses_a_model_of_another_signature(tmp_path, capsys, model_b,
     error = capsys.readouterr().err
     assert re.search(message, error) and "Traceback" not in error, error
 
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_plot_refuses_a_file_not_named_png(tmp_path, capsys, command):
+    onnx.save(_mean_classifier(5), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 5, 4, 4), np.float32), y=np.array([0, 1, 2, 3]))
+    data = ["--data", str(tmp_path / "d.npz"), "--plot", str(tmp_path / "x.txt")]
+    args = ["--compare", str(tmp_path / "m.onnx"), "--runs", "2"] if command == "evaluate" else ["-o", str(tmp_path / "o.onnx")]
+    assert main([command, str(tmp_path / "m.onnx"), *args, *data]) == 2
+    assert "--plot writes a PNG" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import print_json, print_table
+from se_onnx.cli._common import check_png_path, print_json, print_table
 from se_onnx.cli.train import add_data_arguments, image_options
 from se_onnx.datasets import ClassifierSignature, load_dataset
 from se_onnx.errors import SeOnnxError
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plot and not args.compare:
         raise SeOnnxError("--plot draws a comparison; pass --compare MODEL2")
+    check_png_path(args.plot)
     from se_onnx.evaluate import compare_models, evaluate_model, plot_comparison  # only when evaluating
     signature = ClassifierSignature.of(load_model(args.model))
     data = load_dataset(args.data, signature, image_options(args))
