@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from models import build_samples
-from se_onnx import insert_se, save_model
+from se_onnx import SeOnnxError, insert_se, save_model
 from se_onnx.cli import main
 from se_onnx.evaluate import count_cost
 from se_onnx.insert import InsertOptions
@@ -191,3 +191,42 @@ def test_plot_refuses_a_file_not_named_png(tmp_path, capsys, command):
     assert main([command, str(tmp_path / "m.onnx"), *args, *data]) == 2
     assert "--plot writes a PNG" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]
+
+
+def _colour_folders(root, names: list[str], images: int = 3):
+    from PIL import Image
+
+    for index, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for k in range(images):
+            Image.new("RGB", (12, 10), (40 * index, 0, 0)).save(root / name / f"{k}.png")
+    return root
+
+
+def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
+    from se_onnx import datasets
+
+    root = _colour_folders(tmp_path / "images", ["a", "b", "c"])
+    decoded = []
+    original = datasets._image
+    monkeypatch.setattr(datasets, "_image", lambda file, *args: decoded.append(file) or original(file, *args))
+    signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
+    data = datasets.load_dataset(root, signature)
+    assert len(data) == 9 and len(decoded) <= 1  # at most a first image, checked up front
+    decoded.clear()
+    batches = data.batches(4)
+    x, y = next(batches)
+    assert x.shape == (4, 3, 8, 8) and list(y) == [0, 0, 0, 1] and len(decoded) == 4
+    assert [len(y) for _, y in batches] == [4, 1] and len(decoded) == 9
+
+
+def test_validation_folders_are_labelled_by_the_training_classes(tmp_path):
+    from se_onnx import datasets
+
+    signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
+    train = datasets.load_dataset(_colour_folders(tmp_path / "train", ["a", "b", "c"]), signature)
+    val = datasets.load_dataset(_colour_folders(tmp_path / "val", ["a", "c"]), signature, classes=train.classes)
+    assert list(val.y) == [0, 0, 0, 2, 2, 2]  # "c" is class 2 although the folder is val's second
+    _colour_folders(tmp_path / "val2", ["a", "d"])
+    with pytest.raises(SeOnnxError, match="'d' are not among the training data's classes"):
+        datasets.load_dataset(tmp_path / "val2", signature, classes=train.classes)

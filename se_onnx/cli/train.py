@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_rewrite_arguments(parser, "where to write the trained model (after every epoch)")
     add_data_arguments(parser)
-    parser.add_argument("--val", metavar="DIR|FILE.npz", help="validation data, same layout as --data")
+    parser.add_argument("--val", metavar="DIR|FILE.npz", help="validation data, same layout as --data; class folders are labelled by --data's class list")
     training = parser.add_argument_group("training")
     training.add_argument("--train", choices=("se", "all"), default="se", help="se (default): only the SE blocks; all: every layer")
     training.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     signature = ClassifierSignature.of(model)
     train_data = load_dataset(args.data, signature, image_options(args))
-    val_data = load_dataset(args.val, signature, image_options(args)) if args.val else None
+    val_data = load_dataset(args.val, signature, image_options(args), classes=train_data.classes) if args.val else None
     table = sys.stderr if args.json else sys.stdout
     written: list[int] = []
 
