@@ -266,3 +266,12 @@ def test_nothing_to_train_is_a_clear_error():
     )
     with pytest.raises(SeOnnxError, match="no float weight to train"):
         train_model(ir.from_proto(proto), _data((4, 8, 8), 4), None, dataclasses.replace(FAST, train="all"))
+
+
+def test_the_trainable_identity_trains_both_layers_of_a_block():
+    # With b1 = 0 the block's one hidden unit on this model is dead under ReLU: only fc2's bias moved.
+    model = _with_se(build_samples.tiny_conv(opset=13))
+    trained, report = train_model(model, _data((1, 8, 8), 4), None, FAST)
+    before, after = _initializers(model), _initializers(trained)
+    unchanged = [name for name in report.trained_initializers if np.array_equal(before[name], after[name])]
+    assert len(report.trained_initializers) == 4 and not unchanged, unchanged
