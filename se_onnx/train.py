@@ -1,5 +1,6 @@
 """Fine-tunes an ONNX classifier in PyTorch (by default only its SE blocks) and writes the trained
-values back into the same ONNX graph, initializer by initializer. Needs the `train` extra."""
+values back into the same ONNX graph, each into the initializer or Constant node it came from.
+Needs the `train` extra."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class EpochResult:
 @dataclasses.dataclass
 class TrainReport:
     scope: str
-    trained_initializers: list[str]
+    trained_initializers: list[str]  # the initializers and Constant node outputs trained, by name
     trained_parameters: int
     blocks: int
     saturated_gates: list[str]
@@ -138,7 +139,7 @@ def train_model(
     on_epoch: Callable[[ir.Model, EpochResult], None] | None = None,
 ) -> tuple[ir.Model, TrainReport]:
     """Train `model` (not modified) with cross-entropy on its class scores; a copy with the trained
-    initializers written back, and the report.
+    constants written back, and the report.
 
     `on_epoch(model, result)` is called with epoch 0 (the model as it came, measured) and after
     each completed epoch with a model that holds that epoch's weights, so a caller can keep a

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return 0
     print(
-        f"\nepoch 0 is the model as it came; trained {report.trained_parameters:,} parameters in {len(report.trained_initializers)} initializers "
+        f"\nepoch 0 is the model as it came; trained {report.trained_parameters:,} parameters in {len(report.trained_initializers)} constants "
         f"({report.scope}, {report.blocks} SE blocks); written to {args.output}"
     )
     return 0
