@@ -122,10 +122,10 @@ def _refuse_blocks_in_subgraphs(model: ir.Model, blocks: list[SEBlock]) -> None:
     """PyTorch runs only the main graph here: an SE block inside an If/Loop/Scan body cannot train."""
     for block in blocks:
         if block.graph != MAIN_GRAPH:
-            label = block.graph.removeprefix(MAIN_GRAPH + "/").split(".", 1)[0]
-            op = next((node.op_type for node in model.graph if node_label(node) == label), "a control-flow op")
+            outer = next(node for node in model.graph if block.graph.startswith(f"{MAIN_GRAPH}/{node_label(node)}."))
+            op, label = outer.op_type, node_label(outer)
             raise SeOnnxError(
-                f"SE block {block_key(block)!r} sits inside a {op} body ({block.graph}); "
+                f"SE block {block_key(block)!r} sits in the body of the {op} node {label!r} ({block.graph}); "
                 f"se-onnx train runs only the main graph, not {op} bodies"
             )
 

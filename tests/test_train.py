@@ -250,7 +250,7 @@ def test_se_blocks_inside_an_if_body_are_refused_naming_the_op():
     from tests import exporter_styles
 
     model = ir.from_proto(_as_classifier(exporter_styles.if_model()))
-    with pytest.raises(SeOnnxError, match=r"inside a If body .*not If bodies"):
+    with pytest.raises(SeOnnxError, match=r"in the body of the If node 'pick' .*not If bodies"):
         trainable_initializers(model, "se")
 
 
