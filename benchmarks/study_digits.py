@@ -13,7 +13,7 @@ As a control for "just more training", the base model is fine-tuned for the same
 order and the SE training's order. Needs the train and study extras:
 
     pip install -e '.[train,study]'
-    flock /tmp/se-onnx-bench.lock python benchmarks/study_digits.py --seeds 5 --out /tmp/digits-study
+    python benchmarks/study_digits.py --seeds 5 --out /tmp/digits-study
 """
 
 from __future__ import annotations

@@ -140,3 +140,46 @@ def _dequantized(node: ir.Node) -> np.ndarray | None:
         scale = scale.reshape(shape)
         zero_point = zero_point.reshape(shape) if zero_point.size > 1 else zero_point
     return ((data.astype(np.float32) - zero_point.astype(np.float32)) * scale.astype(np.float32)).astype(scale.dtype)
+
+
+# The look-through ops that only move elements, so a gradient through them reaches the source as is.
+_SHAPE_ONLY = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"})
+
+
+def constant_source(value: ir.Value | None) -> ir.Value | None:
+    """The initializer or `Constant` node output whose elements `value` holds, through the shape
+    ops an exporter wraps around a weight (Paddle2ONNX's ``Reshape(Constant)`` bias); None when
+    `value` is computed, or reaches its constant through anything that changes the elements."""
+    while value is not None:
+        if value.is_initializer():
+            return value
+        producer = value.producer()
+        if producer is None or producer.domain not in ("", "ai.onnx"):
+            return None
+        if producer.op_type == "Constant":
+            return value if constant_tensor(value) is not None else None
+        if producer.op_type not in _SHAPE_ONLY or not producer.inputs:
+            return None
+        value = producer.inputs[0]
+    return None
+
+
+def set_constant(source: ir.Value, array: np.ndarray) -> None:
+    """Write `array` into the initializer or `Constant` node that `source` (see `constant_source`)
+    is, in its own dtype, shape and attribute form, so that nothing else of the model changes."""
+    old = constant_tensor(source)
+    array = np.asarray(array, dtype=old.dtype.numpy()).reshape(old.shape.numpy())
+    if source.is_initializer():
+        source.const_value = ir.tensor(array, name=source.name)
+        return
+    node = source.producer()
+    ((name, attribute),) = node.attributes.items()
+    if name == "value":
+        new = ir.AttrTensor(name, ir.tensor(array, name=attribute.value.name))
+    elif name in ("value_float", "value_int"):
+        new = (ir.AttrFloat32 if name == "value_float" else ir.AttrInt64)(name, array.item())
+    elif name in ("value_floats", "value_ints"):
+        new = (ir.AttrFloat32s if name == "value_floats" else ir.AttrInt64s)(name, array.reshape(-1).tolist())
+    else:
+        raise ValueError(f"cannot write a {name!r} Constant")
+    node.attributes[name] = new

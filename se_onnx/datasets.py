@@ -1,5 +1,5 @@
 """Labelled data for `train` and `evaluate`: an image folder per class, or an .npz of x and y,
-checked against the model's input and read into arrays (numpy only; Pillow for images)."""
+checked against the model's input; images are decoded a batch at a time (numpy only; Pillow for images)."""
 
 from __future__ import annotations
 
@@ -29,23 +29,54 @@ class ImageOptions:
     std: tuple[float, ...] = IMAGENET_STD
 
 
-@dataclasses.dataclass
 class Dataset:
-    """Inputs N × … in float32 and integer labels, with the class names of an image folder."""
+    """Inputs N × … in float32 and integer labels, held in memory, with the class names of an image
+    folder; read a batch at a time (`batches`), so that a subclass may decode them only then."""
 
-    x: np.ndarray
-    y: np.ndarray
-    classes: list[str] | None = None
+    def __init__(self, x: np.ndarray, y: np.ndarray, classes: list[str] | None = None) -> None:
+        self.x, self.y, self.classes = x, y, classes
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """The inputs of the samples at `indices`, stacked."""
+        return self.x[indices]
 
     def batches(self, size: int, order: np.ndarray | None = None):
         """(x, y) slices of at most `size` samples, in `order` (default: as stored)."""
         indices = np.arange(len(self)) if order is None else order
         for start in range(0, len(indices), size):
             chunk = indices[start : start + size]
-            yield self.x[chunk], self.y[chunk]
+            yield self.read(chunk), self.y[chunk]
+
+
+class ImageFolderDataset(Dataset):
+    """An image folder's files and labels, each batch decoded when it is read: memory holds one
+    batch, not the folder (an ImageNet-size folder would take tens of GB as float32)."""
+
+    def __init__(self, files: list[Path], y: np.ndarray, classes: list[str], *, rgb: bool, resize: int,
+                 size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+        self.files, self.y, self.classes = files, y, classes
+        self._rgb, self._resize, self._size = rgb, resize, size
+        self._mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+        self._std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (3 if self._rgb else 1, *self._size)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        x = np.empty((len(indices), *self.sample_shape), np.float32)
+        for row, index in enumerate(indices):
+            x[row] = _image(self.files[index], self._rgb, self._resize, self._size)
+        x -= self._mean
+        x /= self._std
+        return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,12 +123,15 @@ def _dims(shape: ir.Shape | None) -> str:
     return "[" + ", ".join(str(d if isinstance(d, int) else (d.value or "?")) for d in shape) + "]"
 
 
-def load_dataset(path: str | Path, signature: ClassifierSignature, options: ImageOptions = ImageOptions()) -> Dataset:
+def load_dataset(
+    path: str | Path, signature: ClassifierSignature, options: ImageOptions = ImageOptions(), *, classes: list[str] | None = None
+) -> Dataset:
     """An .npz file with `x` (N × the model's input dims) and `y` (N labels), or an image folder with
-    one subfolder of images per class (class i is the i-th name in sorted order)."""
+    one subfolder of images per class (class i is the i-th name in sorted order, or the index of its
+    name in `classes`: the training data's, so that validation labels mean the same classes)."""
     path = Path(path)
     if path.is_dir():
-        data = _image_folder(path, signature, options)
+        data = _image_folder(path, signature, options, classes)
     elif path.suffix == ".npz" and path.is_file():
         data = _npz(path, signature)
     else:
@@ -134,7 +168,7 @@ def _npz(path: Path, signature: ClassifierSignature) -> Dataset:
     return Dataset(np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64))
 
 
-def _image_folder(root: Path, signature: ClassifierSignature, options: ImageOptions) -> Dataset:
+def _image_folder(root: Path, signature: ClassifierSignature, options: ImageOptions, known: list[str] | None) -> Dataset:
     if len(signature.input_shape) != 3:
         raise SeOnnxError(f"{root}: an image folder needs a model with an N × C × H × W input")
     channels, height, width = signature.input_shape
@@ -150,24 +184,29 @@ def _image_folder(root: Path, signature: ClassifierSignature, options: ImageOpti
         if any(isinstance(d, int) and d != crop for d in (height, width)):
             raise SeOnnxError(f"--crop {crop} does not fit the model's {height} × {width} input")
     mean, std = _per_channel(options.mean, channels, "--mean"), _per_channel(options.std, channels, "--std")
-    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    if not classes:
+    names = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not names:
         raise SeOnnxError(f"{root}: no class subfolders (expected ROOT/CLASS/IMAGE files)")
+    classes = names if known is None else known
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise SeOnnxError(f"{root}: class folders {', '.join(map(repr, unknown))} are not among the training data's classes")
     if len(classes) > signature.classes:
         raise SeOnnxError(f"{root}: {len(classes)} class folders, but the model scores {signature.classes} classes")
     files = [
-        (file, label)
-        for label, name in enumerate(classes)
+        (file, classes.index(name))
+        for name in names
         for file in sorted((root / name).iterdir())
         if file.suffix.lower() in IMAGE_SUFFIXES
     ]
     resize = options.resize or round(max(size) / CROP_FRACTION)
-    x = np.empty((len(files), channels, *size), np.float32)
-    for index, (file, _) in enumerate(_progress(files, f"reading {root.name}")):
-        x[index] = _image(file, channels == 3, resize, size)
-    x -= np.asarray(mean, np.float32).reshape(-1, 1, 1)
-    x /= np.asarray(std, np.float32).reshape(-1, 1, 1)
-    return Dataset(x, np.array([label for _, label in files], np.int64), classes)
+    labels = np.array([label for _, label in files], np.int64)
+    dataset = ImageFolderDataset(
+        [file for file, _ in files], labels, classes, rgb=channels == 3, resize=resize, size=size, mean=mean, std=std
+    )
+    if files:
+        dataset.read(np.arange(1))  # an unreadable first image is refused before any work
+    return dataset
 
 
 def _image(file: Path, rgb: bool, resize: int, size: tuple[int, int]) -> np.ndarray:
@@ -195,9 +234,3 @@ def _per_channel(values: Sequence[float], channels: int, option: str) -> tuple[f
     if channels == 1 and tuple(values) in (IMAGENET_MEAN, IMAGENET_STD):
         raise SeOnnxError(f"the model takes greyscale images; pass {option} with one value")
     raise SeOnnxError(f"{option} has {len(values)} values, the model takes {channels} channels")
-
-
-def _progress(items: Sequence, label: str):
-    from tqdm import tqdm
-
-    return tqdm(items, desc=label, unit="image", leave=False, disable=len(items) < 500)

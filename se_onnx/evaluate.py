@@ -146,13 +146,13 @@ def _evaluate(paths, data: Dataset, provider: str, batch_size: int, latency_runs
     # Sessions timed in turn must not spin, or one's waiting threads slow the other's run.
     sessions = [make_session(path, provider, spinning=len(paths) == 1) for path in paths]
     evaluations_scores = [_scores(session, data, batch_size, path) for session, path in zip(sessions, paths)]
-    sample = data.x[:1]
+    sample = data.read(np.arange(1))
     tasks = [_runner(session, sample) for session in sessions]
     seconds = time_interleaved(tasks, runs=latency_runs, warmup=min(10, latency_runs), rotate=True, progress=True, label="latency")
     evaluations = []
     for path, scores, series in zip(paths, evaluations_scores, seconds):
         top1, top5, loss = _accuracy(scores, data.y)
-        parameters, flops = count_cost(path, data.x.shape[1:])
+        parameters, flops = count_cost(path, data.sample_shape)
         ms = np.asarray(series) * 1e3
         evaluations.append(
             Evaluation(

@@ -34,6 +34,11 @@ SATURATED_GATE_BIAS = 20.0
 # 1/σ(0) = 2 puts the factor back. Both are exact in every float type, so the gate is exactly 1.
 TRAINABLE_GATE_BIAS = 0.0
 TRAINABLE_GATE_GAIN = 2.0
+# Its hidden layer's bias. With W2 = 0 the output does not depend on it, but at b1 = 0 a hidden unit
+# whose W1 row meets the pooled (often non-negative, after ReLU) features at a pre-activation ≤ 0 is
+# dead under ReLU and never gets a gradient; b1 = 1 keeps the units alive at the start (0.1 and
+# below were not enough: on a small conv classifier only fc2's bias moved in 3 epochs).
+TRAINABLE_HIDDEN_BIAS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,10 +158,13 @@ class SEWeights:
     def identity(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
         """A trainable block whose gate is exactly 1: W2 = 0, b2 = 0 and a gain of 1/σ(0) = 2.
 
-        The gate sits where σ' = 0.25, so gradients reach W2 and b2; W1 keeps a random init so
-        that they also reach W1 once W2 moves.
+        The gate sits where σ' = 0.25, so gradients reach W2 and b2; the hidden units start alive
+        (b1 = 1), so that W2's gradient is not zero, and W1 keeps a random init so that gradients
+        also reach W1 once W2 moves.
         """
-        return cls._constant_gate(channels, squeeze_channels, rng, TRAINABLE_GATE_BIAS, TRAINABLE_GATE_GAIN)
+        return cls._constant_gate(
+            channels, squeeze_channels, rng, TRAINABLE_GATE_BIAS, TRAINABLE_GATE_GAIN, hidden_bias=TRAINABLE_HIDDEN_BIAS
+        )
 
     @classmethod
     def saturated(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
@@ -165,12 +173,12 @@ class SEWeights:
 
     @classmethod
     def _constant_gate(
-        cls, channels: int, squeeze_channels: int, rng: np.random.Generator, bias: float, gain: float
+        cls, channels: int, squeeze_channels: int, rng: np.random.Generator, bias: float, gain: float, *, hidden_bias: float = 0.0
     ) -> SEWeights:
         fc1 = _pytorch_linear_init(squeeze_channels, channels, rng)
         return cls(
             fc1_weight=fc1[0],
-            fc1_bias=np.zeros(squeeze_channels, np.float32),
+            fc1_bias=np.full(squeeze_channels, hidden_bias, np.float32),
             fc2_weight=np.zeros((channels, squeeze_channels), np.float32),
             fc2_bias=np.full(channels, bias, np.float32),
             gate_gain=gain,

@@ -1,7 +1,8 @@
-"""Runs an ONNX graph as a PyTorch module, its float initializers as parameters named after them.
+"""Runs an ONNX graph as a PyTorch module, its float constants as parameters named after them.
 
 `se-onnx train` fine-tunes a model in PyTorch and writes the trained values back into the same
-ONNX graph. Keeping one torch parameter per initializer, in the initializer's own layout, makes
+ONNX graph. Keeping one torch parameter per constant (an initializer, or a `Constant` node as
+Paddle2ONNX writes every weight), in the constant's own layout, makes
 that write-back a copy by name: no layer is re-laid out (a Gemm's transposed weight, a conv bias
 folded elsewhere), so every other byte of the model stays as it was.
 
@@ -23,6 +24,7 @@ import onnx_ir as ir
 import torch
 import torch.nn.functional as F
 
+from se_onnx.constants import constant_array
 from se_onnx.errors import SeOnnxError
 
 Tensor = torch.Tensor
@@ -280,7 +282,8 @@ OPS: dict[str, _Op] = {
 class OnnxModule(torch.nn.Module):
     """The model's main graph as a torch module: forward(*inputs) returns the graph's outputs.
 
-    `parameters_by_name` maps each float initializer's ONNX name to its torch parameter.
+    `parameters_by_name` maps each float constant's ONNX name (an initializer's, or a `Constant`
+    node output's) to its torch parameter.
     """
 
     def __init__(self, model: ir.Model) -> None:
@@ -300,19 +303,19 @@ class OnnxModule(torch.nn.Module):
         self._parameters_list = torch.nn.ParameterList()
         self.parameters_by_name: dict[str, torch.nn.Parameter] = {}
         self._constants: dict[str, Tensor] = {}
-        for name, value in graph.initializers.items():
-            array = value.const_value.numpy()
-            tensor = torch.from_numpy(np.array(array))
+        constants = [value for value in graph.initializers.values()]
+        constants += [node.outputs[0] for node in graph if node.op_type == "Constant"]
+        for value in constants:
+            tensor = torch.from_numpy(np.array(constant_array(value)))
             if tensor.is_floating_point():
                 parameter = torch.nn.Parameter(tensor, requires_grad=False)
                 self._parameters_list.append(parameter)
-                self.parameters_by_name[name] = parameter
+                self.parameters_by_name[value.name] = parameter
             else:
-                self._constants[name] = tensor
+                self._constants[value.name] = tensor
         self._steps: list[tuple[str, list[str | None], list[str], dict[str, object]]] = []
         for node in graph:
             if node.op_type == "Constant":
-                self._constants[node.outputs[0].name] = _constant_node_value(node)
                 continue
             attributes = {name: _attribute_value(attr) for name, attr in node.attributes.items()}
             self._steps.append(
@@ -336,10 +339,3 @@ def _attribute_value(attribute: ir.Attr) -> object:
     if attribute.type == ir.AttributeType.TENSOR:
         return torch.from_numpy(np.array(attribute.value.numpy()))
     return attribute.value
-
-
-def _constant_node_value(node: ir.Node) -> Tensor:
-    attribute = next(iter(node.attributes.values()))
-    if attribute.type == ir.AttributeType.TENSOR:
-        return torch.from_numpy(np.array(attribute.value.numpy()))
-    return torch.tensor(attribute.value)

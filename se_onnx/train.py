@@ -1,5 +1,6 @@
 """Fine-tunes an ONNX classifier in PyTorch (by default only its SE blocks) and writes the trained
-values back into the same ONNX graph, initializer by initializer. Needs the `train` extra."""
+values back into the same ONNX graph, each into the initializer or Constant node it came from.
+Needs the `train` extra."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
+from se_onnx.constants import constant_source, constant_tensor, set_constant
 from se_onnx.datasets import ClassifierSignature, Dataset
 from se_onnx.detect import SEBlock, find_se
 from se_onnx.errors import SeOnnxError
 from se_onnx.export_weights import block_key
+from se_onnx.graph_utils import MAIN_GRAPH, node_label
 from se_onnx.model_io import atomic_output
 from se_onnx.torch_graph import OnnxModule
 
@@ -68,7 +71,7 @@ class EpochResult:
 @dataclasses.dataclass
 class TrainReport:
     scope: str
-    trained_initializers: list[str]
+    trained_initializers: list[str]  # the initializers and Constant node outputs trained, by name
     trained_parameters: int
     blocks: int
     saturated_gates: list[str]
@@ -89,12 +92,13 @@ class TrainReport:
 
 
 def trainable_initializers(model: ir.Model, scope: str) -> tuple[list[str], list[SEBlock]]:
-    """The initializers `scope` trains, in graph order, and the model's SE blocks."""
+    """The constants `scope` trains (initializers and `Constant` node outputs of the main graph,
+    see `se_onnx.constants.constant_source`), in graph order, and the model's SE blocks."""
     blocks = find_se(model)
-    initializers = model.graph.initializers
     if scope == "se":
         if not blocks:
             raise SeOnnxError("the model has no SE block to train; insert some first, or pass --train all")
+        _refuse_blocks_in_subgraphs(model, blocks)
         nodes = [node for block in blocks for layer in block.layers for node in layer.nodes]
         indices = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "Add": (0, 1)}
     else:
@@ -103,11 +107,27 @@ def trainable_initializers(model: ir.Model, scope: str) -> tuple[list[str], list
     names: list[str] = []
     for node in nodes:
         for index in indices.get(node.op_type, ()):
-            value = node.inputs[index] if index < len(node.inputs) else None
-            if value is not None and value.name in initializers and value.name not in names:
-                if value.const_value.dtype.is_floating_point():
-                    names.append(value.name)
+            source = constant_source(node.inputs[index] if index < len(node.inputs) else None)
+            if source is not None and source.name not in names and constant_tensor(source).dtype.is_floating_point():
+                names.append(source.name)
+    if not names:
+        raise SeOnnxError(
+            f"--train {scope} finds no float weight to train in the model's main graph "
+            "(its layers' weights are neither initializers nor Constant nodes)"
+        )
     return names, blocks
+
+
+def _refuse_blocks_in_subgraphs(model: ir.Model, blocks: list[SEBlock]) -> None:
+    """PyTorch runs only the main graph here: an SE block inside an If/Loop/Scan body cannot train."""
+    for block in blocks:
+        if block.graph != MAIN_GRAPH:
+            outer = next(node for node in model.graph if block.graph.startswith(f"{MAIN_GRAPH}/{node_label(node)}."))
+            op, label = outer.op_type, node_label(outer)
+            raise SeOnnxError(
+                f"SE block {block_key(block)!r} sits in the body of the {op} node {label!r} ({block.graph}); "
+                f"se-onnx train runs only the main graph, not {op} bodies"
+            )
 
 
 def train_model(
@@ -119,7 +139,7 @@ def train_model(
     on_epoch: Callable[[ir.Model, EpochResult], None] | None = None,
 ) -> tuple[ir.Model, TrainReport]:
     """Train `model` (not modified) with cross-entropy on its class scores; a copy with the trained
-    initializers written back, and the report.
+    constants written back, and the report.
 
     `on_epoch(model, result)` is called with epoch 0 (the model as it came, measured) and after
     each completed epoch with a model that holds that epoch's weights, so a caller can keep a
@@ -207,11 +227,17 @@ def _empty_epoch() -> EpochResult:
 
 
 def _write_back(model: ir.Model, module: OnnxModule, names: list[str]) -> None:
-    """Copy the trained parameters into `model`'s initializers of the same names, in their dtype."""
+    """Copy the trained parameters into `model`'s initializers and Constant nodes of the same
+    names, each in its own dtype and form."""
+    values = {value.name: value for value in _main_graph_values(model)}
     for name in names:
-        value = model.graph.initializers[name]
-        array = module.parameters_by_name[name].detach().numpy()
-        value.const_value = ir.tensor(array.astype(value.const_value.dtype.numpy()), name=name)
+        set_constant(values[name], module.parameters_by_name[name].detach().numpy())
+
+
+def _main_graph_values(model: ir.Model) -> Iterator[ir.Value]:
+    yield from model.graph.initializers.values()
+    for node in model.graph:
+        yield from node.outputs
 
 
 def _saturated(module: OnnxModule, data: Dataset, gate_inputs: dict[str, str], batch_size: int) -> list[str]:
@@ -230,10 +256,16 @@ def _saturated(module: OnnxModule, data: Dataset, gate_inputs: dict[str, str], b
 
 
 def _refuse_non_float32(model: ir.Model) -> None:
-    for name, value in model.graph.initializers.items():
-        dtype = value.const_value.dtype
-        if dtype.is_floating_point() and dtype != ir.DataType.FLOAT:
-            raise SeOnnxError(f"initializer {name!r} is {dtype.name}; train an fp32 model, then convert it")
+    for value in _main_graph_values(model):
+        tensor = value.const_value if value.is_initializer() else _constant_node_tensor(value)
+        if tensor is not None and tensor.dtype.is_floating_point() and tensor.dtype != ir.DataType.FLOAT:
+            kind = "initializer" if value.is_initializer() else "constant"
+            raise SeOnnxError(f"{kind} {value.name!r} is {tensor.dtype.name}; train an fp32 model, then convert it")
+
+
+def _constant_node_tensor(value: ir.Value) -> ir.TensorProtocol | None:
+    producer = value.producer()
+    return constant_tensor(value) if producer is not None and producer.op_type == "Constant" else None
 
 
 @contextlib.contextmanager

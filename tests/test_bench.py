@@ -178,18 +178,53 @@ def test_se_cost_json(models, capsys, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_breakdown_adds_up_to_the_measured_difference(models, tmp_path, monkeypatch, capsys):
-    # Batch 32 on one thread: kernels long enough that the profiler's few µs per node are a small
-    # share, and a steady run-to-run time on a shared machine.
-    monkeypatch.chdir(tmp_path)
-    cost = se_cost(models["se"], BenchOptions(runs=30, warmup=3, batch=32, threads=1)).se_cost
-    measured = cost.ms_per_batch
-    total = sum(op.diff_ms for op in cost.ops)
-    tolerance = (measured.ci_high - measured.ci_low) / 2 + (cost.profiled_ms_per_batch.ci_high - cost.profiled_ms_per_batch.ci_low) / 2
-    assert abs(total - measured.median) <= tolerance, (total, measured, tolerance)
-    assert cost.adds_up and cost.tolerance_ms == pytest.approx(tolerance)
+def _trace(kernels: list[tuple[str, str, float]], between_us: list[float]) -> list[dict]:
+    """An ONNX Runtime profile of one run per entry of `between_us`: each run executes `kernels`
+    ((node, op type, µs)) back to back, plus that run's time outside them."""
+    events, clock = [], 0.0
+    for between in between_us:
+        start = clock
+        for node, op_type, duration in kernels:
+            events.append({"cat": "Node", "name": f"{node}_kernel_time", "ts": clock, "dur": duration, "args": {"op_name": op_type}})
+            clock += duration
+        clock += between
+        events.append({"cat": "Session", "name": "model_run", "ts": start, "dur": clock - start})
+        clock += 1000.0  # idle between runs: in no run
+    return events
+
+
+def test_breakdown_adds_up_to_the_measured_difference(capsys):
+    # Recorded-style traces with known kernel times, so the arithmetic is checked, not the machine:
+    # the SE model runs the stripped model's kernels plus its blocks' (0.3 ms), and both vary
+    # outside kernels run to run.
+    model = [("conv", "Conv", 800.0), ("relu", "Relu", 50.0)]
+    se = [("se/pool", "ReduceMean", 100.0), ("se/fc", "Gemm", 120.0), ("se/scale", "Mul", 80.0)]
+    role_of = _role_classifier(frozenset({"se/pool", "se/fc", "se/scale"}))
+    between = [20.0, 35.0, 25.0, 30.0, 22.0, 28.0, 40.0, 26.0]
+    stripped_runs = _times_per_run(_trace(model, [0.0, *between]), skip_runs=1, role_of=role_of)
+    se_runs = _times_per_run(_trace(model + se, [0.0, *between[::-1]]), skip_runs=1, role_of=role_of)
+    assert len(se_runs) == len(between)
+    for run, gap in zip(se_runs, between[::-1]):  # each run's entries add up to its duration
+        assert sum(run.values()) == pytest.approx((850.0 + 300.0 + gap) / 1e3)
+    ops = op_differences(stripped_runs, se_runs)
+    by_key = {(op.role, op.op_type): op for op in ops}
+    assert by_key[SE_ROLE, "Gemm"].diff_ms == pytest.approx(0.12) and by_key[MODEL_ROLE, "Conv"].diff_ms == 0
+    # The timed runs (no profiler) measured the blocks' 0.3 ms with a little noise either way.
+    measured = Difference.of([0.3 + noise for noise in (-0.02, 0.01, 0.0, 0.015, -0.01, 0.005, -0.005, 0.02)])
+    profiled = Difference.of([sum(b.values()) - sum(a.values()) for a, b in zip(stripped_runs, se_runs)])
+    cost = SeCost(blocks=1, ratio=Spread(1.35, 1.3, 1.4), ms_per_batch=measured, profiled_runs=len(se_runs),
+                  profiled_ms_per_batch=profiled, ops=ops)
+    assert cost.accounted_ms == pytest.approx(0.3 + by_key[BETWEEN_ROLE, ""].diff_ms)
+    tolerance = (measured.ci_high - measured.ci_low) / 2 + (profiled.ci_high - profiled.ci_low) / 2
+    assert cost.tolerance_ms == pytest.approx(tolerance)
+    assert abs(cost.accounted_ms - measured.median) <= tolerance and cost.adds_up
     _print_se_cost(cost)
     assert "so the breakdown adds up" in capsys.readouterr().out
+    # The same breakdown against a measured difference it cannot explain does not add up.
+    cost.ms_per_batch = Difference.of([0.9 + noise for noise in (-0.01, 0.0, 0.01)])
+    assert not cost.adds_up
+    _print_se_cost(cost)
+    assert "does not add up" in capsys.readouterr().out
 
 
 def test_a_model_against_itself_is_within_noise(models, tmp_path, monkeypatch, capsys):

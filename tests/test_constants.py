@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from se_onnx.constants import constant_array, is_constant, static_shape, value_dtype
+from se_onnx.constants import constant_array, constant_source, is_constant, set_constant, static_shape, value_dtype
 
 WEIGHT = np.arange(6, dtype=np.float32).reshape(2, 3)
 
@@ -100,3 +100,38 @@ def test_initializer():
 def test_computed_values_are_not_constants(nodes):
     value = _value(nodes, "y")
     assert constant_array(value) is None and not is_constant(value) and static_shape(value) is None
+
+
+@pytest.mark.parametrize("form", ["value", "value_float", "value_floats", "value_int", "value_ints"])
+def test_set_constant_writes_a_constant_node_in_its_own_form(form):
+    nodes, expected = CASES[form]
+    value = _value(nodes, "w")
+    source = constant_source(value)
+    assert source is value
+    set_constant(source, expected + 1)
+    node = value.producer()
+    assert list(node.attributes) == [form] and node.name == "w_node"
+    written = constant_array(value)
+    assert written.dtype == expected.dtype and written.shape == expected.shape
+    np.testing.assert_array_equal(written, expected + 1)
+
+
+def test_constant_source_follows_shape_ops_to_the_constant_they_reshape():
+    nodes = [
+        WEIGHT_NODE,
+        _constant("shape", value_ints=[3, 2]),
+        helper.make_node("Reshape", ["w", "shape"], ["reshaped"]),
+        helper.make_node("Identity", ["reshaped"], ["bias"]),
+    ]
+    value = _value(nodes, "bias")
+    source = constant_source(value)
+    assert source is not None and source.name == "w"
+    set_constant(source, WEIGHT * 2)
+    np.testing.assert_array_equal(constant_array(value), (WEIGHT * 2).reshape(3, 2))
+    cast = _value([WEIGHT_NODE, helper.make_node("Cast", ["w"], ["c"], to=TensorProto.FLOAT16)], "c")
+    assert constant_source(cast) is None  # a Cast changes the elements: not a trainable source
+    initializer = _value([helper.make_node("Identity", ["init"], ["i"])], "i", initializers=[numpy_helper.from_array(WEIGHT, "init")])
+    source = constant_source(initializer)
+    assert source.name == "init" and source.is_initializer()
+    set_constant(source, WEIGHT + 1)
+    np.testing.assert_array_equal(constant_array(initializer), WEIGHT + 1)

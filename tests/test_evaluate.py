@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from models import build_samples
-from se_onnx import insert_se, save_model
+from se_onnx import SeOnnxError, insert_se, save_model
 from se_onnx.cli import main
 from se_onnx.evaluate import count_cost
 from se_onnx.insert import InsertOptions
@@ -144,3 +144,89 @@ def test_train_without_pytorch_says_how_to_get_it(tmp_path, capsys, monkeypatch)
     assert main(args) == 2
     assert "pip install 'se-onnx[train]'" in capsys.readouterr().err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def _pooling_classifier(channels: int, classes: int) -> onnx.ModelProto:
+    """GlobalAveragePool → Flatten → Gemm: `channels` inputs, `classes` scores."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [channels, classes], np.ones(channels * classes, np.float32))
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+        ],
+        "pooling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 4, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize(
+    "model_b, message",
+    [
+        (lambda: _pooling_classifier(3, 5), r"b\.onnx takes input \[N, 3, 4, 4\], .*a\.onnx \[N, 5, 4, 4\]"),
+        (lambda: _pooling_classifier(5, 4), r"b\.onnx scores 4 classes, .*a\.onnx 5"),
+    ],
+)
+def test_compare_refuses_a_model_of_another_signature(tmp_path, capsys, model_b, message):
+    import re
+
+    onnx.save(_mean_classifier(5), tmp_path / "a.onnx")
+    onnx.save(model_b(), tmp_path / "b.onnx")
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 5, 4, 4), np.float32), y=np.array([0, 1, 2, 3]))
+    args = ["evaluate", str(tmp_path / "a.onnx"), "--compare", str(tmp_path / "b.onnx"), "--data", str(tmp_path / "d.npz"), "--runs", "2"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and "Traceback" not in error, error
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_plot_refuses_a_file_not_named_png(tmp_path, capsys, command):
+    onnx.save(_mean_classifier(5), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 5, 4, 4), np.float32), y=np.array([0, 1, 2, 3]))
+    data = ["--data", str(tmp_path / "d.npz"), "--plot", str(tmp_path / "x.txt")]
+    args = ["--compare", str(tmp_path / "m.onnx"), "--runs", "2"] if command == "evaluate" else ["-o", str(tmp_path / "o.onnx")]
+    assert main([command, str(tmp_path / "m.onnx"), *args, *data]) == 2
+    assert "--plot writes a PNG" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]
+
+
+def _colour_folders(root, names: list[str], images: int = 3):
+    from PIL import Image
+
+    for index, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for k in range(images):
+            Image.new("RGB", (12, 10), (40 * index, 0, 0)).save(root / name / f"{k}.png")
+    return root
+
+
+def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
+    from se_onnx import datasets
+
+    root = _colour_folders(tmp_path / "images", ["a", "b", "c"])
+    decoded = []
+    original = datasets._image
+    monkeypatch.setattr(datasets, "_image", lambda file, *args: decoded.append(file) or original(file, *args))
+    signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
+    data = datasets.load_dataset(root, signature)
+    assert len(data) == 9 and len(decoded) <= 1  # at most a first image, checked up front
+    decoded.clear()
+    batches = data.batches(4)
+    x, y = next(batches)
+    assert x.shape == (4, 3, 8, 8) and list(y) == [0, 0, 0, 1] and len(decoded) == 4
+    assert [len(y) for _, y in batches] == [4, 1] and len(decoded) == 9
+
+
+def test_validation_folders_are_labelled_by_the_training_classes(tmp_path):
+    from se_onnx import datasets
+
+    signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
+    train = datasets.load_dataset(_colour_folders(tmp_path / "train", ["a", "b", "c"]), signature)
+    val = datasets.load_dataset(_colour_folders(tmp_path / "val", ["a", "c"]), signature, classes=train.classes)
+    assert list(val.y) == [0, 0, 0, 2, 2, 2]  # "c" is class 2 although the folder is val's second
+    _colour_folders(tmp_path / "val2", ["a", "d"])
+    with pytest.raises(SeOnnxError, match="'d' are not among the training data's classes"):
+        datasets.load_dataset(tmp_path / "val2", signature, classes=train.classes)

@@ -3,6 +3,7 @@ changes only what it should, the written model keeps everything else, and every 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -197,3 +198,80 @@ def test_non_float32_models_are_refused():
     model = _with_se(build_samples.tiny_conv(opset=13, dtype="float16"))
     with pytest.raises(SeOnnxError, match="float32|FLOAT16|fp32"):
         train_model(model, _data((1, 8, 8), 4), None, FAST)
+
+
+def _as_classifier(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The feature-map model with GlobalAveragePool → Flatten after it, so it outputs class scores."""
+    graph = proto.graph
+    channels = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    graph.node.extend([
+        helper.make_node("GlobalAveragePool", [graph.output[0].name], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["scores"]),
+    ])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", channels]))
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _constant_nodes(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {node.output[0]: node for node in proto.graph.node if node.op_type == "Constant"}
+
+
+def test_constant_node_weights_train_and_are_written_back_into_their_nodes(tmp_path):
+    from tests import exporter_styles
+
+    proto = _as_classifier(exporter_styles.paddle_model(se=True))
+    assert not proto.graph.initializer  # every weight is a Constant node
+    path, output = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(proto, path)
+    sample = _data((3, *exporter_styles.SPATIAL), exporter_styles.CHANNELS, samples=32)
+    np.savez(tmp_path / "d.npz", x=sample.x, y=sample.y)
+    assert main(["train", str(path), "-o", str(output), "--data", str(tmp_path / "d.npz"), "--epochs", "2", "--lr", "0.05", "--no-progress"]) == 0
+    trained = onnx.load(output)
+    onnx.checker.check_model(trained, full_check=True)
+    before, after = _constant_nodes(proto), _constant_nodes(trained)
+    assert before.keys() == after.keys()
+    changed = {name for name in before if before[name].SerializeToString() != after[name].SerializeToString()}
+    assert changed and all("se/fc" in name for name in changed), changed
+    # Nodes stay in their form (a tensor stays a tensor, the user's value_float stays one), in order.
+    assert [n.attribute[0].name for n in proto.graph.node if n.op_type == "Constant"] == [
+        n.attribute[0].name for n in trained.graph.node if n.op_type == "Constant"
+    ]
+    assert [(n.op_type, list(n.input), list(n.output)) for n in proto.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in trained.graph.node
+    ]
+    feeds = {"x": sample.x[:4]}
+    torch_scores = OnnxModule(ir.from_proto(trained))(torch.from_numpy(sample.x[:4]))[0].detach().numpy()
+    np.testing.assert_allclose(torch_scores, ort_outputs(trained, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_se_blocks_inside_an_if_body_are_refused_naming_the_op():
+    from tests import exporter_styles
+
+    model = ir.from_proto(_as_classifier(exporter_styles.if_model()))
+    with pytest.raises(SeOnnxError, match=r"in the body of the If node 'pick' .*not If bodies"):
+        trainable_initializers(model, "se")
+
+
+def test_nothing_to_train_is_a_clear_error():
+    proto = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])],
+            "no_weights",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        ),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    with pytest.raises(SeOnnxError, match="no float weight to train"):
+        train_model(ir.from_proto(proto), _data((4, 8, 8), 4), None, dataclasses.replace(FAST, train="all"))
+
+
+def test_the_trainable_identity_trains_both_layers_of_a_block():
+    # With b1 = 0 the block's one hidden unit on this model is dead under ReLU: only fc2's bias moved.
+    model = _with_se(build_samples.tiny_conv(opset=13))
+    trained, report = train_model(model, _data((1, 8, 8), 4), None, FAST)
+    before, after = _initializers(model), _initializers(trained)
+    unchanged = [name for name in report.trained_initializers if np.array_equal(before[name], after[name])]
+    assert len(report.trained_initializers) == 4 and not unchanged, unchanged

@@ -28,6 +28,12 @@ def check_output_path(model_path: str, output: str, in_place: bool) -> None:
         raise SeOnnxError(f"{output}: output is the input model; pass --in-place to overwrite it")
 
 
+def check_png_path(path: str | None) -> None:
+    """Refuse a --plot file not named *.png before any work: the figure is always a PNG."""
+    if path and not path.lower().endswith(".png"):
+        raise SeOnnxError(f"--plot writes a PNG; name the file *.png, not {path!r}")
+
+
 def print_json(document: object) -> None:
     json.dump(document, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from se_onnx.cli._common import print_json, print_table
+from se_onnx.cli._common import check_png_path, print_json, print_table
 from se_onnx.errors import SeOnnxError
 from se_onnx.runtime import PROVIDERS
 
@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: every se-onnx command builds this parser, and only bench needs the timing code.
     from se_onnx.bench import BenchOptions, benchmark, plot_report, se_cost
 
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise SeOnnxError(f"--plot writes a PNG; name the file *.png, not {args.plot!r}")
+    check_png_path(args.plot)
     options = BenchOptions(
         provider=args.provider,
         batch=args.batch,

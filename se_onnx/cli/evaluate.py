@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import print_json, print_table
+from se_onnx.cli._common import check_png_path, print_json, print_table
 from se_onnx.cli.train import add_data_arguments, image_options
 from se_onnx.datasets import ClassifierSignature, load_dataset
 from se_onnx.errors import SeOnnxError
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plot and not args.compare:
         raise SeOnnxError("--plot draws a comparison; pass --compare MODEL2")
+    check_png_path(args.plot)
     from se_onnx.evaluate import compare_models, evaluate_model, plot_comparison  # only when evaluating
     signature = ClassifierSignature.of(load_model(args.model))
     data = load_dataset(args.data, signature, image_options(args))
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_table(_HEADERS, [_row(evaluation)])
         return 0
-    ClassifierSignature.of(load_model(args.compare))
+    _check_same_signature(signature, ClassifierSignature.of(load_model(args.compare)), args.model, args.compare)
     comparison = compare_models(args.model, args.compare, data, **settings)
     if args.plot:
         plot_comparison(comparison, args.plot)
@@ -62,6 +63,24 @@ def run(args: argparse.Namespace) -> int:
         f"run by run, interleaved)"
     )
     return 0
+
+
+def _check_same_signature(a: ClassifierSignature, b: ClassifierSignature, path_a: str, path_b: str) -> None:
+    """B is scored on A's data: it must take the same input and score the same classes."""
+    fits = len(a.input_shape) == len(b.input_shape) and all(
+        not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(a.input_shape, b.input_shape)
+    )
+    if not fits:
+        raise SeOnnxError(
+            f"--compare: {path_b} takes input [N, {_shown(b.input_shape)}], {path_a} [N, {_shown(a.input_shape)}]; "
+            "compare two models of the same input"
+        )
+    if a.classes != b.classes:
+        raise SeOnnxError(f"--compare: {path_b} scores {b.classes} classes, {path_a} {a.classes}; compare two models of the same classes")
+
+
+def _shown(shape) -> str:
+    return ", ".join(str(d) if isinstance(d, int) else "?" for d in shape)
 
 
 _HEADERS = ("model", "samples", "top-1", "top-5", "loss", "latency ms", "parameters", "FLOPs")

@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, print_json
+from se_onnx.cli._common import add_rewrite_arguments, check_output_path, check_png_path, print_json
 from se_onnx.datasets import IMAGENET_MEAN, IMAGENET_STD, ClassifierSignature, ImageOptions, load_dataset
 from se_onnx.errors import SeOnnxError
 from se_onnx.model_io import load_model, save_model
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_rewrite_arguments(parser, "where to write the trained model (after every epoch)")
     add_data_arguments(parser)
-    parser.add_argument("--val", metavar="DIR|FILE.npz", help="validation data, same layout as --data")
+    parser.add_argument("--val", metavar="DIR|FILE.npz", help="validation data, same layout as --data; class folders are labelled by --data's class list")
     training = parser.add_argument_group("training")
     training.add_argument("--train", choices=("se", "all"), default="se", help="se (default): only the SE blocks; all: every layer")
     training.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
@@ -61,6 +61,7 @@ def image_options(args: argparse.Namespace) -> ImageOptions:
 
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, args.in_place)
+    check_png_path(args.plot)
     try:
         from se_onnx.train import TrainOptions, plot_history, train_model
     except ImportError as error:
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     signature = ClassifierSignature.of(model)
     train_data = load_dataset(args.data, signature, image_options(args))
-    val_data = load_dataset(args.val, signature, image_options(args)) if args.val else None
+    val_data = load_dataset(args.val, signature, image_options(args), classes=train_data.classes) if args.val else None
     table = sys.stderr if args.json else sys.stdout
     written: list[int] = []
 
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return 0
     print(
-        f"\nepoch 0 is the model as it came; trained {report.trained_parameters:,} parameters in {len(report.trained_initializers)} initializers "
+        f"\nepoch 0 is the model as it came; trained {report.trained_parameters:,} parameters in {len(report.trained_initializers)} constants "
         f"({report.scope}, {report.blocks} SE blocks); written to {args.output}"
     )
     return 0
