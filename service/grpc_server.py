@@ -132,7 +132,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             while True:
                 read = asyncio.ensure_future(context.read())
                 await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():
+                if not read.done():  # stopping: no further request is read
+                    read.cancel()
                     break
                 request = read.result()
                 if request is grpc.aio.EOF:
