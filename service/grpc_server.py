@@ -279,7 +279,7 @@ class GrpcServer:
         if self._plane.ready and not self._plane.stopping.is_set():
             for service in ("", SERVICE_NAME):
                 await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        await self._plane.stopping.wait()
+        await stopping
         await self._health.enter_graceful_shutdown()
         # No new calls from here; calls in flight and open streams get until the request timeout.
         # (--request-timeout 0 means no limit: a day stands for it.)
