@@ -6,7 +6,7 @@ number of convs, and what the inserted blocks cost at inference in ONNX Runtime.
     python benchmarks/bench_insert.py --rounds 1 --scaling 50,100 --infer-runs 2   # smoke run
 
 Run it from the repository root on a quiet machine. Every comparison is interleaved (A B, B A, …)
-and summarized by the median of its run-by-run ratios, with se_onnx.bench's timing loop.
+and summarized by the median of its run-by-run ratios, with se_onnx.runtime.bench's timing loop.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from models import build_samples  # noqa: E402
 from se_onnx import InsertOptions, InsertSE, insert_se, load_model, save_model  # noqa: E402
-from se_onnx.bench import BenchOptions, Spread, benchmark, pairwise_ratio, time_interleaved  # noqa: E402
+from se_onnx.runtime.bench import BenchOptions, benchmark  # noqa: E402
+from se_onnx.runtime.stats import Spread, pairwise_ratio  # noqa: E402
+from se_onnx.runtime.timing import time_interleaved  # noqa: E402
 
 # The SENet paper's setting, for every part: blocks on the residual branches, r = 16 (+10 % weights;
 # the CLI's default r = 4 adds 40 %, which the baseline would not have to write).

@@ -2,7 +2,7 @@
 
 The float model (a sample of models/build_samples.py) is quantized with ONNX Runtime's
 `quantize_static` (QDQ format, its defaults, calibrated on seeded inputs); then, each timed against
-that QDQ model, interleaved (`se_onnx.fuse.measure_forms`: median of run-by-run ratios):
+that QDQ model, interleaved (`se_onnx.runtime.fastest.measure_forms`: median of run-by-run ratios):
 
 - ``insert``: `se-onnx insert` on the QDQ model: float SE blocks after a DequantizeLinear, each
   followed by a copy of the Q/DQ pair before it (what the pass writes);
@@ -33,9 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from exporter_layouts import quantize_qdq  # noqa: E402
+
 from models import build_samples  # noqa: E402
 from se_onnx import InsertOptions, insert_se  # noqa: E402
-from se_onnx.fuse import measure_forms  # noqa: E402
+from se_onnx.runtime.fastest import measure_forms  # noqa: E402
 
 SAMPLES = {"resnet50_sized": build_samples.resnet50_sized, "resnet": build_samples.resnet_like}
 

@@ -4,7 +4,7 @@ For every model: how many SE blocks the detector finds, then the latency of each
 the original — canonical, function, conv (GlobalAveragePool → 1×1 Conv form) and fastest (what
 `fuse --form fastest` picks) — measured interleaved (original, canonical, … once each per round,
 in a rotating order, `--runs` rounds after `--warmup`), the figure being the median of the
-run-by-run ratios (`se_onnx.fuse.measure_forms`).
+run-by-run ratios (`se_onnx.runtime.fastest.measure_forms`).
 
 Models: the samples of models/build_samples.py (those without SE blocks get them from
 `se-onnx insert --where conv --init random`, so their original is the canonical form), plus any
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from models import build_samples  # noqa: E402
 from se_onnx import InsertOptions, find_se, fuse_se, insert_se, load_model  # noqa: E402
 from se_onnx.errors import SeOnnxError  # noqa: E402
-from se_onnx.fuse import measure_forms, rebuild_se  # noqa: E402
+from se_onnx.runtime.fastest import fuse_fastest, measure_forms  # noqa: E402
 
 SAMPLES = {
     "mobilenet_se": build_samples.mobilenet_se_like,
@@ -56,12 +56,12 @@ def bench(label: str, model: ir.Model, args: argparse.Namespace) -> dict:
     row: dict = {"model": label, "se_blocks": len(blocks)}
     if not blocks:
         return row
-    fastest, report = fuse_se(model, "fastest", runs=args.runs, warmup=args.warmup, batch=args.batch)
+    fastest, report = fuse_fastest(model, runs=args.runs, warmup=args.warmup, batch=args.batch)
     candidates = {
         "original": model,
         "canonical": fuse_se(model, "canonical")[0],
         "function": fuse_se(model, "function")[0],
-        "conv": rebuild_se(model, "conv"),
+        "conv": fuse_se(model, "conv")[0],
         "fastest": fastest,
     }
     timings = measure_forms(candidates, runs=args.runs, warmup=args.warmup, batch=args.batch)

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import build_samples  # noqa: E402
-from se_onnx.runtime import make_session  # noqa: E402
+from se_onnx.runtime.sessions import make_session  # noqa: E402
 
 
 def _free_port() -> int:

@@ -6,34 +6,36 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from se_onnx.detect import FindSE, find_se
     from se_onnx.errors import SeOnnxError
-    from se_onnx.fuse import FuseSE, fuse_se
-    from se_onnx.insert import InsertOptions, InsertReport, InsertSE, insert_se
-    from se_onnx.model_io import load_model, save_model
-    from se_onnx.strip import StripSE, strip_se
-    from se_onnx.unfuse import UnfuseSE, unfuse_se
-    from se_onnx.verify import verify
+    from se_onnx.ir.model_io import load_model, save_model
+    from se_onnx.passes.find import FindSE, find_se
+    from se_onnx.passes.fuse import FuseSE, fuse_se
+    from se_onnx.passes.insert import InsertOptions, InsertReport, InsertSE, insert_se
+    from se_onnx.passes.strip import StripSE, strip_se
+    from se_onnx.passes.unfuse import UnfuseSE, unfuse_se
+    from se_onnx.runtime.fastest import fuse_fastest
+    from se_onnx.runtime.verify import verify
 
 # Each public name and the module that defines it, imported when the name is first used (PEP 562):
 # `import se_onnx` alone, and every `se-onnx` command, then loads only the modules it needs.
 _EXPORTS = {
-    "FindSE": "se_onnx.detect",
-    "FuseSE": "se_onnx.fuse",
-    "InsertOptions": "se_onnx.insert",
-    "InsertReport": "se_onnx.insert",
-    "InsertSE": "se_onnx.insert",
+    "FindSE": "se_onnx.passes.find",
+    "FuseSE": "se_onnx.passes.fuse",
+    "InsertOptions": "se_onnx.passes.insert",
+    "InsertReport": "se_onnx.passes.insert",
+    "InsertSE": "se_onnx.passes.insert",
     "SeOnnxError": "se_onnx.errors",
-    "StripSE": "se_onnx.strip",
-    "UnfuseSE": "se_onnx.unfuse",
-    "find_se": "se_onnx.detect",
-    "fuse_se": "se_onnx.fuse",
-    "insert_se": "se_onnx.insert",
-    "load_model": "se_onnx.model_io",
-    "save_model": "se_onnx.model_io",
-    "strip_se": "se_onnx.strip",
-    "unfuse_se": "se_onnx.unfuse",
-    "verify": "se_onnx.verify",
+    "StripSE": "se_onnx.passes.strip",
+    "UnfuseSE": "se_onnx.passes.unfuse",
+    "find_se": "se_onnx.passes.find",
+    "fuse_fastest": "se_onnx.runtime.fastest",
+    "fuse_se": "se_onnx.passes.fuse",
+    "insert_se": "se_onnx.passes.insert",
+    "load_model": "se_onnx.ir.model_io",
+    "save_model": "se_onnx.ir.model_io",
+    "strip_se": "se_onnx.passes.strip",
+    "unfuse_se": "se_onnx.passes.unfuse",
+    "verify": "se_onnx.runtime.verify",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,14 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from se_onnx.runtime import resolve_provider
+from se_onnx.runtime.sessions import resolve_provider
 from service import __version__
 from service.config import ServerConfig
 from service.dataplane import DataPlane
 from service.errors import ServiceError, first_error
-from service.middleware import AccessLog, BodyLimit, Compression
-from service.routers import health, inference, metrics, repository, shared_memory
-from service.schemas import COMPONENTS, ErrorResponse
+from service.rest.middleware import AccessLog, BodyLimit, Compression
+from service.rest.routers import health, inference, metrics, repository, shared_memory
+from service.rest.schemas import COMPONENTS, ErrorResponse
 
 log = logging.getLogger("service.app")
 # Below this many bytes a compressed response saves less than the time spent compressing it.
@@ -42,7 +42,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         grpc_server = None
         try:
             if config.grpc_port:
-                from service.grpc_server import GrpcServer  # grpc is only imported when it serves
+                from service.grpc.server import (
+                    GrpcServer,  # grpc is only imported when it serves
+                )
 
                 grpc_server = GrpcServer(plane, plane.config)
                 await grpc_server.start()

@@ -19,15 +19,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import SERVER_NAME, __version__
-from service.classification import classify, requested_classes
 from service.config import ServerConfig
 from service.errors import ServiceError, bad_request
-from service.metrics import TritonCollector
-from service.model import ServedModel
-from service.recorder import Recorder
-from service.repository import ModelRepository
-from service.shm import RegionSlice, SharedMemoryRegistry, region_slice
-from service.tensors import tensor_bytes
+from service.runtime.classification import classify, requested_classes
+from service.runtime.metrics import TritonCollector
+from service.runtime.model import ServedModel
+from service.runtime.recorder import Recorder
+from service.runtime.repository import ModelRepository
+from service.runtime.shm import RegionSlice, SharedMemoryRegistry, region_slice
+from service.runtime.tensors import tensor_bytes
 
 log = logging.getLogger("service.dataplane")
 

@@ -196,7 +196,11 @@ def calibration_inputs(model: onnx.ModelProto, batches: int = 4, batch: int = 2,
 
 def quantize_qdq(model: onnx.ModelProto, **options) -> onnx.ModelProto:
     """The model quantized by ONNX Runtime's `quantize_static`, QDQ format, its defaults otherwise."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -394,7 +394,7 @@ POSITIVES = (
 
 def ort_outputs(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The model's outputs in ONNX Runtime on the CPU (a proto, its bytes, or a path)."""
-    from se_onnx.runtime import make_session
+    from se_onnx.runtime.sessions import make_session
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return make_session(source).run(None, feeds)

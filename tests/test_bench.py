@@ -13,28 +13,24 @@ import pytest
 
 from models import build_samples
 from se_onnx import InsertOptions, SeOnnxError, insert_se, save_model
-from se_onnx.bench import (
+from se_onnx.cli import main
+from se_onnx.cli.bench import _print_se_cost
+from se_onnx.runtime.bench import BenchOptions, benchmark
+from se_onnx.runtime.profile import (
     BETWEEN_ROLE,
     LAYOUT_ROLE,
     MODEL_ROLE,
     SE_ROLE,
-    BenchOptions,
-    Difference,
     OpTime,
     SeCost,
-    Spread,
     _cost_report,
     _role_classifier,
     _times_per_run,
-    benchmark,
-    median_interval,
     op_differences,
-    pairwise_ratio,
     se_cost,
-    time_interleaved,
 )
-from se_onnx.cli import main
-from se_onnx.cli.bench import _print_se_cost
+from se_onnx.runtime.stats import Difference, Spread, median_interval, pairwise_ratio
+from se_onnx.runtime.timing import time_interleaved
 
 FAST = ["--runs", "3", "--warmup", "1"]
 LATENCY_KEYS = {"median", "p90", "mean", "min"}

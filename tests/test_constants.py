@@ -1,4 +1,4 @@
-"""Tests of `se_onnx.constants`: constants from initializers, Constant nodes in every attribute
+"""Tests of `se_onnx.ir.constants`: constants from initializers, Constant nodes in every attribute
 form, and the shape and type ops exporters wrap around them; computed values are not constants."""
 
 from __future__ import annotations
@@ -9,7 +9,14 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from se_onnx.constants import constant_array, constant_source, is_constant, set_constant, static_shape, value_dtype
+from se_onnx.ir.constants import (
+    constant_array,
+    constant_source,
+    is_constant,
+    set_constant,
+    static_shape,
+    value_dtype,
+)
 
 WEIGHT = np.arange(6, dtype=np.float32).reshape(2, 3)
 

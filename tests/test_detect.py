@@ -7,7 +7,7 @@ import onnx_ir as ir
 import pytest
 
 from se_onnx import find_se
-from se_onnx.detect import detect
+from se_onnx.passes.find import detect
 from tests.se_variants import NEGATIVES, POSITIVES, Variant, negative_model, se_model
 
 

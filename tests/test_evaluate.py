@@ -15,8 +15,8 @@ from onnx import TensorProto, helper
 from models import build_samples
 from se_onnx import SeOnnxError, insert_se, save_model
 from se_onnx.cli import main
-from se_onnx.evaluate import count_cost
-from se_onnx.insert import InsertOptions
+from se_onnx.passes.insert import InsertOptions
+from se_onnx.runtime.evaluate import count_cost
 
 
 def _mean_classifier(classes: int, size: int = 4) -> onnx.ModelProto:
@@ -137,8 +137,8 @@ def test_a_model_without_class_scores_is_refused(tmp_path, capsys):
 
 def test_train_without_pytorch_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # as in a core install
-    monkeypatch.delitem(sys.modules, "se_onnx.train", raising=False)
-    monkeypatch.delitem(sys.modules, "se_onnx.torch_graph", raising=False)
+    monkeypatch.delitem(sys.modules, "se_onnx.training.loop", raising=False)
+    monkeypatch.delitem(sys.modules, "se_onnx.training.graph_module", raising=False)
     onnx.save(_mean_classifier(5), tmp_path / "m.onnx")
     args = ["train", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--data", str(tmp_path / "d.npz")]
     assert main(args) == 2
@@ -204,7 +204,7 @@ def _colour_folders(root, names: list[str], images: int = 3):
 
 
 def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
-    from se_onnx import datasets
+    from se_onnx.runtime.sessions import datasets
 
     root = _colour_folders(tmp_path / "images", ["a", "b", "c"])
     decoded = []
@@ -221,7 +221,7 @@ def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
 
 
 def test_validation_folders_are_labelled_by_the_training_classes(tmp_path):
-    from se_onnx import datasets
+    from se_onnx.runtime.sessions import datasets
 
     signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
     train = datasets.load_dataset(_colour_folders(tmp_path / "train", ["a", "b", "c"]), signature)

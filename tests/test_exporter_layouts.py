@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-
 from exporter_layouts import (
     calibration_inputs,
     keras_se_model,
@@ -18,12 +17,20 @@ from exporter_layouts import (
     shared_weight_model,
     tf_resnet,
 )
+
 from models import build_samples
-from se_onnx import InsertOptions, SeOnnxError, find_se, fuse_se, insert_se, strip_se, unfuse_se
-from se_onnx.export_weights import export_se_weights
-from se_onnx.fuse import rebuild_se
-from se_onnx.inspect import inspect_model
-from se_onnx.runtime import make_session
+from se_onnx import (
+    InsertOptions,
+    SeOnnxError,
+    find_se,
+    fuse_se,
+    insert_se,
+    strip_se,
+    unfuse_se,
+)
+from se_onnx.passes.export_weights import export_se_weights
+from se_onnx.passes.inspect import inspect_model
+from se_onnx.runtime.sessions import make_session
 
 pytest.importorskip("onnxruntime.quantization")
 
@@ -79,7 +86,7 @@ def _every_pass_on_inserted(
     unfused, _ = unfuse_se(fused)
     assert len(find_se(unfused)) == blocks
     _close(_proto(unfused), with_se_proto, atol=atol)
-    _close(_proto(rebuild_se(with_se, "conv")), with_se_proto, atol=atol)
+    _close(_proto(fuse_se(with_se, "conv")[0]), with_se_proto, atol=atol)
     stripped, report = strip_se(with_se)
     assert len(report.blocks) == blocks and not find_se(stripped)
     _close(_proto(stripped), original, atol=atol)
@@ -183,9 +190,9 @@ def test_nhwc_se_blocks_are_found_fused_stripped_and_exported(squeeze, opset, ga
     for form in ("canonical", "function"):
         fused, _ = fuse_se(model, form=form)
         _close(_proto(fused), original)
-    canonical = rebuild_se(model, "gemm")
+    canonical = fuse_se(model, "canonical")[0]
     assert [block.layout for block in find_se(canonical)] == ["NHWC", "NHWC"]
-    _close(_proto(rebuild_se(model, "conv")), original)
+    _close(_proto(fuse_se(model, "conv")[0]), original)
     stripped, _ = strip_se(model)
     _close(_proto(stripped), keras_se_model(opset=opset, squeeze=squeeze, gate=gate, blocks=0))
     weights = export_se_weights(model)
@@ -202,7 +209,7 @@ def test_nhwc_gate_that_is_not_broadcast_over_the_spatial_axes_is_a_near_miss():
     reshape = next(n for n in original.graph.node if n.op_type == "Reshape")
     shape = next(t for t in original.graph.initializer if t.name == reshape.input[1])
     shape.CopyFrom(onnx.numpy_helper.from_array(np.array([-1, 1, 8, 1], np.int64), shape.name))
-    from se_onnx.detect import detect
+    from se_onnx.passes.find import detect
 
     detection = detect(ir.from_proto(original))
     assert not detection.blocks
@@ -288,7 +295,7 @@ def test_fuse_and_strip_on_a_quantized_model(quantized_se):
     # The fused excitation runs in float: the rounding of its Q/DQ pairs is gone, a step or so.
     inside = sum(node.op_type == "QuantizeLinear" for block in find_se(model) for node in block.nodes)
     quantizers = [n.op_type for n in quantized.graph.node].count("QuantizeLinear")
-    for fused in (fuse_se(model, form="canonical")[0], fuse_se(model, form="function")[0], rebuild_se(model, "conv")):
+    for fused in (fuse_se(model, form="canonical")[0], fuse_se(model, form="function")[0], fuse_se(model, "conv")[0]):
         fused_proto = _proto(fused)
         assert [n.op_type for n in fused_proto.graph.node].count("QuantizeLinear") == quantizers - inside
         np.testing.assert_allclose(_run(fused_proto, feeds), reference, atol=0.05 * np.abs(reference).max())

@@ -14,9 +14,9 @@ import pytest
 
 from models import build_samples
 from se_onnx import InsertOptions, find_se, fuse_se, insert_se, strip_se, unfuse_se
-from se_onnx.detect import detect
-from se_onnx.export_weights import export_se_weights
-from se_onnx.inspect import inspect_model
+from se_onnx.passes.export_weights import export_se_weights
+from se_onnx.passes.find import detect
+from se_onnx.passes.inspect import inspect_model
 from tests import exporter_styles as styles
 from tests.se_variants import Variant, ort_outputs, se_model
 

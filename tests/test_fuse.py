@@ -14,9 +14,17 @@ import onnx_ir as ir
 import pytest
 
 from se_onnx import SeOnnxError, find_se, fuse_se, load_model, save_model, unfuse_se
-from se_onnx import fuse as fuse_module
-from se_onnx.fuse import FUNCTION_NAME, SE_DOMAIN, FormTiming
-from tests.se_variants import POSITIVES, Variant, feeds_for, negative_model, ort_outputs, se_model
+from se_onnx.passes.fuse import FUNCTION_NAME, SE_DOMAIN
+from se_onnx.runtime import fastest as fastest_module
+from se_onnx.runtime.fastest import FormTiming, fuse_fastest
+from tests.se_variants import (
+    POSITIVES,
+    Variant,
+    feeds_for,
+    negative_model,
+    ort_outputs,
+    se_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,14 +128,14 @@ SMALL = [Variant(), Variant(layer="gemm", squeeze="reducemean", gate="hardsigmoi
 @pytest.mark.parametrize("variant", SMALL, ids=lambda v: v.id)
 def test_fastest_form_keeps_outputs_and_reports_timings(variant: Variant, tmp_path):
     original = se_model(variant)
-    model, report = fuse_se(ir.from_proto(original), "fastest", runs=3, warmup=0)
+    model, report = fuse_fastest(ir.from_proto(original), runs=3, warmup=0)
     fused = _saved(model, tmp_path / "fused.onnx")
 
     _assert_same_outputs(original, fused, variant.dtype)
     _check_common(original, fused, variant)
-    assert [t.form for t in report.timings] == list(fuse_module.CANDIDATES)
+    assert [t.form for t in report.timings] == list(fastest_module.CANDIDATES)
     assert report.timings[0].ratio == 1.0 and all(t.median_ms > 0 for t in report.timings)
-    assert report.written in fuse_module.CANDIDATES and report.provider == "cpu"
+    assert report.written in fastest_module.CANDIDATES and report.provider == "cpu"
     assert json.loads(json.dumps(report.to_dict()))["timings"][0]["form"] == "original"
 
 
@@ -142,12 +150,12 @@ def test_fastest_form_keeps_outputs_and_reports_timings(variant: Variant, tmp_pa
 )
 def test_fastest_keeps_the_original_unless_a_form_clearly_wins(monkeypatch, ratios, written):
     def measured(models, **_):
-        assert set(models) == set(fuse_module.CANDIDATES)
+        assert set(models) == set(fastest_module.CANDIDATES)
         return [FormTiming("original", 1.0, 1.0)] + [FormTiming(form, ratio, ratio) for form, ratio in ratios.items()]
 
     monkeypatch.setattr(fuse_module, "measure_forms", measured)
     original = ir.from_proto(se_model(Variant()))
-    model, report = fuse_se(original, "fastest")
+    model, report = fuse_fastest(original)
     assert report.written == written
     ops = _ops(ir.to_proto(model))
     if written == "original":
@@ -163,7 +171,7 @@ def test_conv_layout_candidate_keeps_outputs(tmp_path):
         Variant(layer="gemm", squeeze="reducemean", activation="none", spatial=(10,)),
     ):
         original = se_model(variant)
-        model = fuse_module.rebuild_se(ir.from_proto(original), "conv")
+        model = fuse_se(ir.from_proto(original), "conv")[0]
         fused = _saved(model, tmp_path / "conv.onnx")
         _assert_same_outputs(original, fused, variant.dtype)
         assert _ops(fused)["Gemm"] == _ops(fused)["MatMul"] == 0
@@ -262,7 +270,7 @@ def test_fastest_on_a_model_with_external_data_keeps_it_external(tmp_path):
 
     original = build_samples.mobilenet_se_like(opset=17)
     build_samples.save_with_external_data(original, tmp_path / "model.onnx")
-    model, report = fuse_se(load_model(tmp_path / "model.onnx"), "fastest", runs=2, warmup=0)
+    model, report = fuse_fastest(load_model(tmp_path / "model.onnx"), runs=2, warmup=0)
     save_model(model, tmp_path / "fused.onnx")
     assert (tmp_path / "fused.onnx.data").is_file() and len(report.timings) == 3
     _assert_same_outputs(original, tmp_path / "fused.onnx", "float32")

@@ -9,10 +9,23 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models import build_samples
-from se_onnx import InsertOptions, SeOnnxError, insert_se, load_model, save_model, verify
-from se_onnx.detect import find_se
-from se_onnx.runtime import make_session, random_inputs
-from se_onnx.se_block import SATURATED_GATE_BIAS, TRAINABLE_GATE_BIAS, TRAINABLE_GATE_GAIN, SEWeights, squeeze_width
+from se_onnx import (
+    InsertOptions,
+    SeOnnxError,
+    insert_se,
+    load_model,
+    save_model,
+    verify,
+)
+from se_onnx.ir.se_block import (
+    SATURATED_GATE_BIAS,
+    TRAINABLE_GATE_BIAS,
+    TRAINABLE_GATE_GAIN,
+    SEWeights,
+    squeeze_width,
+)
+from se_onnx.passes.find import find_se
+from se_onnx.runtime.sessions import make_session, random_inputs
 
 SAMPLES = {
     "resnet": build_samples.resnet_like,

@@ -19,7 +19,7 @@ def collector():
 
 
 def test_collector_is_off_during_the_pass_and_back_on_after(collector, monkeypatch):
-    from se_onnx import insert as insert_module
+    from se_onnx.passes import insert as insert_module
 
     seen = []
     original = insert_module._add_blocks

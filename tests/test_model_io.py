@@ -12,9 +12,10 @@ import pytest
 from onnx import helper
 
 from models import build_samples
-from se_onnx import SeOnnxError, load_model, model_io, save_model
-from se_onnx.naming import NameScope
-from se_onnx.se_block import SEWeights, build_se_block
+from se_onnx import SeOnnxError, load_model, save_model
+from se_onnx.ir import model_io
+from se_onnx.ir.naming import NameScope
+from se_onnx.ir.se_block import SEWeights, build_se_block
 
 
 def test_weights_past_the_protobuf_limit_go_to_external_data(tmp_path, monkeypatch):

@@ -9,15 +9,28 @@ import pathlib
 import numpy as np
 import onnx_ir as ir
 import pytest
-from onnx_ir.passes.common import CheckerPass, RemoveUnusedNodesPass, ShapeInferencePass, TopologicalSortPass
+from onnx_ir.passes.common import (
+    CheckerPass,
+    RemoveUnusedNodesPass,
+    ShapeInferencePass,
+    TopologicalSortPass,
+)
 
 import se_onnx
-from se_onnx import FindSE, FuseSE, InsertOptions, InsertSE, SeOnnxError, StripSE, UnfuseSE
-from se_onnx.detect import FindResult
-from se_onnx.fuse import FuseResult
-from se_onnx.insert import InsertResult
-from se_onnx.strip import StripResult
-from se_onnx.unfuse import UnfuseResult
+from se_onnx import (
+    FindSE,
+    FuseSE,
+    InsertOptions,
+    InsertSE,
+    SeOnnxError,
+    StripSE,
+    UnfuseSE,
+)
+from se_onnx.passes.find import FindResult
+from se_onnx.passes.fuse import FuseResult
+from se_onnx.passes.insert import InsertResult
+from se_onnx.passes.strip import StripResult
+from se_onnx.passes.unfuse import UnfuseResult
 from tests import exporter_styles as styles
 from tests.se_variants import ort_outputs
 

@@ -10,8 +10,8 @@ import onnx_ir as ir
 import pytest
 
 from models import build_samples
-from se_onnx.detect import find_se
-from se_onnx.runtime import make_session, random_inputs
+from se_onnx.passes.find import find_se
+from se_onnx.runtime.sessions import make_session, random_inputs
 
 MODELS_DIR = Path(build_samples.__file__).parent
 BUILDERS = [

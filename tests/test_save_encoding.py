@@ -10,7 +10,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models import build_samples
-from se_onnx import InsertOptions, SeOnnxError, insert_se, load_model, model_io, save_model, verify
+from se_onnx import (
+    InsertOptions,
+    SeOnnxError,
+    insert_se,
+    load_model,
+    save_model,
+    verify,
+)
+from se_onnx.ir import model_io
 
 
 def _saved(model: ir.Model, path) -> onnx.ModelProto:

@@ -6,7 +6,16 @@ import asyncio
 import re
 
 import numpy as np
-from service_helpers import gather_model, identity_model, infer_json, relu_neg_model, serve, serve_async, slow_model, write_repo
+from service_helpers import (
+    gather_model,
+    identity_model,
+    infer_json,
+    relu_neg_model,
+    serve,
+    serve_async,
+    slow_model,
+    write_repo,
+)
 
 
 def _metric(text: str, name: str, **labels) -> float:

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 from onnx import TensorProto, helper
-from service_helpers import binary_body, free_port, serve, split_binary, start_server, stop_server, write_repo
+from service_helpers import (
+    binary_body,
+    free_port,
+    serve,
+    split_binary,
+    start_server,
+    stop_server,
+    write_repo,
+)
 
 SCORES = np.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4]], np.float32)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from service_helpers import serve
 
 from se_onnx.cli import build_parser, main
 from se_onnx.cli.serve import default_model_repository
-from service_helpers import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 

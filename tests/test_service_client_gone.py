@@ -11,7 +11,13 @@ import time
 
 import httpx
 import numpy as np
-from service_helpers import infer_json, slow_model, start_server, stop_server, write_repo
+from service_helpers import (
+    infer_json,
+    slow_model,
+    start_server,
+    stop_server,
+    write_repo,
+)
 
 
 def _metric(text: str, name: str) -> float:

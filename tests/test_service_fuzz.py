@@ -9,7 +9,14 @@ import subprocess
 import sys
 
 import pytest
-from service_helpers import ROOT, identity_model, relu_neg_model, start_server, stop_server, write_repo
+from service_helpers import (
+    ROOT,
+    identity_model,
+    relu_neg_model,
+    start_server,
+    stop_server,
+    write_repo,
+)
 
 KEY = "fuzz-key"
 # The whole run's budget; the coverage phase alone could take minutes.

@@ -18,8 +18,20 @@ import tritonclient.grpc as triton
 import tritonclient.http as triton_http
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from service_helpers import ROOT, free_port, identity_model, relu_neg_model, server_log, slow_model, start_server, stop_server, write_repo
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from service_helpers import (
+    ROOT,
+    free_port,
+    identity_model,
+    relu_neg_model,
+    server_log,
+    slow_model,
+    start_server,
+    stop_server,
+    write_repo,
+)
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_helpers import fixed_reshape_model, free_port, relu_neg_model, start_server, stop_server, write_repo
+from service_helpers import (
+    fixed_reshape_model,
+    free_port,
+    relu_neg_model,
+    start_server,
+    stop_server,
+    write_repo,
+)
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 

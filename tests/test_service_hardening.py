@@ -14,7 +14,15 @@ import zlib
 import numpy as np
 import pytest
 from broken_models import write_corpus
-from service_helpers import binary_body, fixed_reshape_model, infer_json, relu_neg_model, serve, split_binary, write_repo
+from service_helpers import (
+    binary_body,
+    fixed_reshape_model,
+    infer_json,
+    relu_neg_model,
+    serve,
+    split_binary,
+    write_repo,
+)
 
 from service.dataplane import api_key_from
 

@@ -9,7 +9,15 @@ import re
 import httpx
 import numpy as np
 import pytest
-from service_helpers import ROOT, infer_json, relu_neg_model, serve, start_server, stop_server, write_repo
+from service_helpers import (
+    ROOT,
+    infer_json,
+    relu_neg_model,
+    serve,
+    start_server,
+    stop_server,
+    write_repo,
+)
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "se-onnx-dashboard.json"
 # A series name inside a PromQL expression (not a function, a label or a range).

@@ -4,17 +4,26 @@ datatype, the raw single-input request, and every client error with its status a
 from __future__ import annotations
 
 import gzip
-import logging
 import json
+import logging
 import re
 import struct
 import zlib
 
 import numpy as np
 import pytest
-from service_helpers import DATATYPES, binary_body, identity_model, infer_json, relu_neg_model, serve, split_binary, write_repo
+from service_helpers import (
+    DATATYPES,
+    binary_body,
+    identity_model,
+    infer_json,
+    relu_neg_model,
+    serve,
+    split_binary,
+    write_repo,
+)
 
-from service.tensors import tensor_bytes
+from service.runtime.tensors import tensor_bytes
 
 NUMPY = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,

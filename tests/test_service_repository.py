@@ -9,7 +9,14 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import infer_json, relu_neg_model, serve, serve_async, slow_model, write_repo
+from service_helpers import (
+    infer_json,
+    relu_neg_model,
+    serve,
+    serve_async,
+    slow_model,
+    write_repo,
+)
 
 from service.app import create_app
 from service.config import ServerConfig

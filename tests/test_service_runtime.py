@@ -8,7 +8,7 @@ import pytest
 from service_helpers import infer_json, relu_neg_model, serve, write_repo
 
 from se_onnx.errors import SeOnnxError
-from se_onnx.runtime import make_session, ort_providers, resolve_provider
+from se_onnx.runtime.sessions import make_session, ort_providers, resolve_provider
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 

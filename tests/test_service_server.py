@@ -15,7 +15,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from service_helpers import ROOT, free_port, identity_model, relu_neg_model, slow_model, start_server, stop_server, write_repo
+from service_helpers import (
+    ROOT,
+    free_port,
+    identity_model,
+    relu_neg_model,
+    slow_model,
+    start_server,
+    stop_server,
+    write_repo,
+)
 from tritonclient.utils import InferenceServerException
 
 KEY = "k3y"

@@ -11,10 +11,20 @@ import uuid
 import numpy as np
 import pytest
 import tritonclient.utils.shared_memory as shm
-from service_helpers import free_port, identity_model, relu_neg_model, serve, serve_async, slow_model, start_server, stop_server, write_repo
+from service_helpers import (
+    free_port,
+    identity_model,
+    relu_neg_model,
+    serve,
+    serve_async,
+    slow_model,
+    start_server,
+    stop_server,
+    write_repo,
+)
 from tritonclient.utils import serialize_byte_tensor
 
-from service.shm import SHM_ROOT
+from service.runtime.shm import SHM_ROOT
 
 pytestmark = pytest.mark.skipif(not SHM_ROOT.is_dir(), reason="needs POSIX shared memory under /dev/shm")
 

@@ -14,7 +14,14 @@ import onnx_ir as ir
 import pytest
 
 from se_onnx import SeOnnxError, find_se, save_model, strip_se
-from tests.se_variants import POSITIVES, Variant, feeds_for, negative_model, ort_outputs, se_model
+from tests.se_variants import (
+    POSITIVES,
+    Variant,
+    feeds_for,
+    negative_model,
+    ort_outputs,
+    se_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ torch = pytest.importorskip("torch")
 from models import build_samples  # noqa: E402
 from se_onnx import SeOnnxError, insert_se, save_model  # noqa: E402
 from se_onnx.cli import main  # noqa: E402
-from se_onnx.datasets import Dataset  # noqa: E402
-from se_onnx.insert import InsertOptions  # noqa: E402
-from se_onnx.torch_graph import OnnxModule  # noqa: E402
-from se_onnx.train import TrainOptions, train_model, trainable_initializers  # noqa: E402
+from se_onnx.passes.insert import InsertOptions  # noqa: E402
+from se_onnx.runtime.datasets import Dataset  # noqa: E402
+from se_onnx.training.graph_module import OnnxModule  # noqa: E402
+from se_onnx.training.loop import TrainOptions, train_model, trainable_initializers  # noqa: E402
 from tests.se_variants import feeds_for, ort_outputs  # noqa: E402
 
 FAST = TrainOptions(epochs=3, lr=0.05, batch_size=16, progress=False)

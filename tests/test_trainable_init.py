@@ -10,9 +10,9 @@ import pytest
 
 from models import build_samples
 from se_onnx import find_se, fuse_se, insert_se, save_model, strip_se, unfuse_se
-from se_onnx.export_weights import export_se_weights
-from se_onnx.insert import InsertOptions
-from se_onnx.se_block import TRAINABLE_GATE_GAIN
+from se_onnx.ir.se_block import TRAINABLE_GATE_GAIN
+from se_onnx.passes.export_weights import export_se_weights
+from se_onnx.passes.insert import InsertOptions
 from tests.se_variants import feeds_for, ort_outputs
 
 OPSETS = (13, 18)
@@ -44,8 +44,8 @@ def test_identity_init_leaves_outputs_unchanged(opset, tmp_path):
 @pytest.mark.parametrize("opset", OPSETS)
 def test_identity_init_has_live_gradients_and_the_saturated_init_has_none(opset):
     torch = pytest.importorskip("torch")
-    from se_onnx.torch_graph import OnnxModule
-    from se_onnx.train import trainable_initializers
+    from se_onnx.training.graph_module import OnnxModule
+    from se_onnx.training.loop import trainable_initializers
 
     feeds = feeds_for(build_samples.resnet_like(opset=opset), batch=4)
     x = torch.from_numpy(next(iter(feeds.values())))

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 from se_onnx.cli._common import check_png_path, print_json, print_table
 from se_onnx.errors import SeOnnxError
-from se_onnx.runtime import PROVIDERS
+from se_onnx.runtime.sessions import PROVIDERS
 
 if TYPE_CHECKING:
-    from se_onnx.bench import BenchReport, SeCost
+    from se_onnx.runtime.bench import BenchReport
+    from se_onnx.runtime.profile import SeCost
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: every se-onnx command builds this parser, and only bench needs the timing code.
-    from se_onnx.bench import BenchOptions, benchmark, plot_report, se_cost
+    from se_onnx.runtime.bench import BenchOptions, benchmark
+    from se_onnx.runtime.plots import plot_report
+    from se_onnx.runtime.profile import se_cost
 
     check_png_path(args.plot)
     options = BenchOptions(

@@ -6,10 +6,10 @@ import argparse
 
 from se_onnx.cli._common import check_png_path, print_json, print_table
 from se_onnx.cli.train import add_data_arguments, image_options
-from se_onnx.datasets import ClassifierSignature, load_dataset
 from se_onnx.errors import SeOnnxError
-from se_onnx.model_io import load_model
-from se_onnx.runtime import PROVIDERS
+from se_onnx.ir.model_io import load_model
+from se_onnx.runtime.datasets import ClassifierSignature, load_dataset
+from se_onnx.runtime.sessions import PROVIDERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and not args.compare:
         raise SeOnnxError("--plot draws a comparison; pass --compare MODEL2")
     check_png_path(args.plot)
-    from se_onnx.evaluate import compare_models, evaluate_model, plot_comparison  # only when evaluating
+    from se_onnx.runtime.evaluate import (  # only when evaluating
+        compare_models,
+        evaluate_model,
+    )
+    from se_onnx.runtime.plots import plot_comparison
     signature = ClassifierSignature.of(load_model(args.model))
     data = load_dataset(args.data, signature, image_options(args))
     settings = dict(provider=args.provider, batch_size=args.batch_size, latency_runs=args.runs)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from se_onnx.cli._common import count, print_table
-from se_onnx.export_weights import export_se_weights
-from se_onnx.model_io import atomic_output, load_model
+from se_onnx.ir.model_io import atomic_output, load_model
+from se_onnx.passes.export_weights import export_se_weights
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,13 +1,20 @@
-"""`se-onnx fuse`: rewrite every SE block of a model into one form (canonical, function, fastest)."""
+"""`se-onnx fuse`: rewrite every SE block of a model into one form (canonical, conv, function, fastest)."""
 
 from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, print_blocks, print_json, print_table
-from se_onnx.fuse import FORMS, fuse_se
-from se_onnx.model_io import load_model, save_model
-from se_onnx.runtime import PROVIDERS
+from se_onnx.cli._common import (
+    add_rewrite_arguments,
+    check_output_path,
+    count,
+    print_blocks,
+    print_json,
+    print_table,
+)
+from se_onnx.ir.model_io import load_model, save_model
+from se_onnx.passes.fuse import FORMS, fuse_se
+from se_onnx.runtime.sessions import PROVIDERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,13 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fuse",
         help="rewrite a model's SE blocks into one form",
         description="Find every SE block (any exported form) and rewrite it. canonical: ReduceMean → "
-        "Gemm → activation → Gemm → gate → Mul, biases folded; function: one se_onnx.SqueezeExcitation "
+        "Gemm → activation → Gemm → gate → Mul, biases folded; conv: GlobalAveragePool → 1×1 Conv → "
+        "activation → 1×1 Conv → gate → Mul, torchvision's form; function: one se_onnx.SqueezeExcitation "
         "node per block, backed by a model-local function (undo with `se-onnx unfuse`); fastest: the "
         "form ONNX Runtime runs fastest on --provider, measured on this model (the original is kept "
         "unless another form is clearly faster). Outputs are unchanged up to float rounding.",
     )
     add_rewrite_arguments(parser, "where to write the fused model")
-    parser.add_argument("--form", choices=FORMS, default="canonical", help="the form to write (default canonical)")
+    parser.add_argument("--form", choices=(*FORMS, "fastest"), default="canonical", help="the form to write (default canonical)")
     timing = parser.add_argument_group("--form fastest: how candidate forms are timed")
     timing.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu)")
     timing.add_argument("--runs", type=int, default=50, help="timed runs of each form, interleaved (default 50)")
@@ -33,15 +41,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, args.in_place)
-    model, report = fuse_se(
-        load_model(args.model), args.form, provider=args.provider, runs=args.runs, warmup=args.warmup, batch=args.batch
-    )
+    model = load_model(args.model)
+    if args.form == "fastest":
+        from se_onnx.runtime.fastest import (
+            fuse_fastest,  # imports ONNX Runtime: only when timing
+        )
+
+        model, report = fuse_fastest(model, provider=args.provider, runs=args.runs, warmup=args.warmup, batch=args.batch)
+    else:
+        model, report = fuse_se(model, args.form)
     save_model(model, args.output)
     if args.json:
         print_json(report.to_dict())
         return 0
     print_blocks(report.blocks)
-    if report.timings:
+    if args.form == "fastest":
         print()
         rows = [(t.form, f"{t.median_ms:.3f}", f"{t.ratio:.3f}") for t in report.timings]
         print_table(("form", f"ms ({report.provider})", "× original"), rows)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, load_npz, print_json, print_table
-from se_onnx.insert import INITS, PLACEMENTS, InsertOptions, InsertSE
-from se_onnx.model_io import load_model, save_model
+from se_onnx.cli._common import (
+    add_rewrite_arguments,
+    check_output_path,
+    count,
+    load_npz,
+    print_json,
+    print_table,
+)
+from se_onnx.ir.model_io import load_model, save_model
+from se_onnx.passes.insert import INITS, PLACEMENTS, InsertOptions, InsertSE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

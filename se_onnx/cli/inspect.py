@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from se_onnx.cli._common import count, print_blocks, print_json, print_table
-from se_onnx.inspect import ModelSummary, TensorSignature, inspect_model
-from se_onnx.model_io import load_model
+from se_onnx.ir.model_io import load_model
+from se_onnx.passes.inspect import ModelSummary, TensorSignature, inspect_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

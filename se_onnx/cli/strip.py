@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, print_blocks, print_json
-from se_onnx.model_io import load_model, save_model
-from se_onnx.strip import strip_se
+from se_onnx.cli._common import (
+    add_rewrite_arguments,
+    check_output_path,
+    count,
+    print_blocks,
+    print_json,
+)
+from se_onnx.ir.model_io import load_model, save_model
+from se_onnx.passes.strip import strip_se
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,10 +6,21 @@ import argparse
 import sys
 import warnings
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, check_png_path, print_json
-from se_onnx.datasets import IMAGENET_MEAN, IMAGENET_STD, ClassifierSignature, ImageOptions, load_dataset
+from se_onnx.cli._common import (
+    add_rewrite_arguments,
+    check_output_path,
+    check_png_path,
+    print_json,
+)
 from se_onnx.errors import SeOnnxError
-from se_onnx.model_io import load_model, save_model
+from se_onnx.ir.model_io import load_model, save_model
+from se_onnx.runtime.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClassifierSignature,
+    ImageOptions,
+    load_dataset,
+)
 
 _COLUMNS = ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds")
 
@@ -63,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, args.in_place)
     check_png_path(args.plot)
     try:
-        from se_onnx.train import TrainOptions, plot_history, train_model
+        from se_onnx.training.loop import TrainOptions, plot_history, train_model
     except ImportError as error:
         raise SeOnnxError(f"se-onnx train needs PyTorch: pip install 'se-onnx[train]' ({error})") from None
     options = TrainOptions(

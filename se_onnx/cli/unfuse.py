@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from se_onnx.cli._common import add_rewrite_arguments, check_output_path, count, print_json
-from se_onnx.se_block import FUNCTION_NAME
-from se_onnx.unfuse import unfuse_se
-from se_onnx.model_io import load_model, save_model
+from se_onnx.cli._common import (
+    add_rewrite_arguments,
+    check_output_path,
+    count,
+    print_json,
+)
+from se_onnx.ir.model_io import load_model, save_model
+from se_onnx.ir.se_block import FUNCTION_NAME
+from se_onnx.passes.unfuse import unfuse_se
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

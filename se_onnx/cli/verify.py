@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from se_onnx.cli._common import load_npz, print_json, print_table
-from se_onnx.runtime import PROVIDERS
-from se_onnx.verify import verify
+from se_onnx.runtime.sessions import PROVIDERS
+from se_onnx.runtime.verify import verify
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,294 @@
+"""The gRPC front end: Triton's inference.GRPCInferenceService on grpc.aio, with gRPC health and reflection.
+
+It runs on the event loop that serves HTTP and calls the same data plane, so both front ends
+share models, batchers, metrics and statistics. Servicer methods only decode and encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from se_onnx.errors import SeOnnxError
+from service.config import ServerConfig
+from service.dataplane import DataPlane, api_key_from
+from service.errors import ServiceError
+from service.grpc.codec import decode_request, encode_response, parameters
+
+log = logging.getLogger("service.grpc")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+# The HTTP status of a ServiceError → the gRPC code that says the same.
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _unary(method):
+    """Turn a ServiceError into its status code and message; anything unexpected into INTERNAL, logged."""
+
+    @functools.wraps(method)
+    async def call(self, request, context):
+        try:
+            return await method(self, request, context)
+        except ServiceError as error:
+            await context.abort(_CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            log.exception("unhandled error", extra={"method": method.__name__})
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal server error: {type(error).__name__}: {error}")
+
+    return call
+
+
+def _not_offered(message: str):
+    async def refuse(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    return refuse
+
+
+def _api_key(context: grpc.aio.ServicerContext) -> str | None:
+    """The key in `x-api-key` or `authorization: Bearer <key>` metadata, as HTTP takes it."""
+    return api_key_from({key.lower(): value for key, value in context.invocation_metadata() or ()})
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane):
+        self._plane = plane
+
+    @_unary
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @_unary
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._plane.ready)
+
+    @_unary
+    async def ModelReady(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
+        return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version or None))
+
+    @_unary
+    async def ServerMetadata(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
+        return pb.ServerMetadataResponse(**self._plane.server_metadata())
+
+    @_unary
+    async def ModelMetadata(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
+        metadata = self._plane.model_metadata(request.name, request.version or None)
+        metadata.pop("parameters")  # se-onnx's own fields; Triton's message has no place for them
+        return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
+
+    @_unary
+    async def ModelConfig(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
+        config = self._plane.model_config(request.name, request.version or None)
+        return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+    @_unary
+    async def ModelStatistics(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
+        stats = self._plane.statistics(request.name or None, request.version or None)
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+    @_unary
+    async def ModelInfer(self, request, context):
+        self._plane.authorize_scoped(_api_key(context))
+        decode = functools.partial(decode_request, request, self._plane.shared_memory)
+        return await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Requests are answered as they finish, each reply carrying its request's id; a failed
+        request is its reply's error_message and the stream goes on. When the server stops,
+        no further request is read and those already read are answered."""
+        try:
+            self._plane.authorize_scoped(_api_key(context))
+        except ServiceError as error:
+            await context.abort(_CODES[error.status], error.message)
+        writing = asyncio.Lock()
+        answering: set[asyncio.Task] = set()
+        stopping = asyncio.ensure_future(self._plane.stopping.wait())
+        read: asyncio.Future | None = None
+        try:
+            while True:
+                read = asyncio.ensure_future(context.read())
+                await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():  # stopping: no further request is read
+                    read.cancel()
+                    break
+                request = read.result()
+                if request is grpc.aio.EOF:
+                    break
+                task = asyncio.ensure_future(self._answer(request, context, writing))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+            await asyncio.gather(*answering)
+        finally:
+            # A cancelled stream (the client went away) lands here too: its queued requests
+            # are cancelled rather than computed for nobody.
+            pending = [*answering, stopping] + ([read] if read is not None else [])
+            for future in pending:
+                future.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _answer(self, request: pb.ModelInferRequest, context, writing: asyncio.Lock) -> None:
+        try:
+            decode = functools.partial(decode_request, request, self._plane.shared_memory)
+            response = await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
+            reply = pb.ModelStreamInferResponse(infer_response=response)
+        except Exception as error:
+            if isinstance(error, ServiceError):
+                message = error.message
+            else:
+                log.exception("unhandled error", extra={"method": "ModelStreamInfer"})
+                message = f"internal server error: {type(error).__name__}: {error}"
+            echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+            reply = pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+        try:
+            async with writing:  # one message at a time on the stream
+                await context.write(reply)
+        except Exception as error:  # the stream ended under us: nobody is left to tell
+            log.info("stream reply not delivered", extra={"id": request.id, "error": f"{type(error).__name__}: {error}"})
+
+    @_unary
+    async def RepositoryIndex(self, request, context):
+        self._plane.authorize(_api_key(context))
+        rows = self._plane.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    @_unary
+    async def RepositoryModelLoad(self, request, context):
+        self._plane.authorize(_api_key(context))
+        await self._plane.load(request.model_name, parameters(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @_unary
+    async def RepositoryModelUnload(self, request, context):
+        self._plane.authorize(_api_key(context))
+        await self._plane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    @_unary
+    async def SystemSharedMemoryStatus(self, request, context):
+        self._plane.authorize_shared_memory(_api_key(context))
+        regions = self._plane.shared_memory.status(request.name or None)
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={region["name"]: pb.SystemSharedMemoryStatusResponse.RegionStatus(**region) for region in regions}
+        )
+
+    @_unary
+    async def SystemSharedMemoryRegister(self, request, context):
+        self._plane.authorize_shared_memory(_api_key(context))
+        self._plane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_unary
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self._plane.authorize_shared_memory(_api_key(context))
+        self._plane.shared_memory.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    _CUDA_SHM = "CUDA shared memory is not supported; send tensors in raw_input_contents"
+    CudaSharedMemoryStatus = _not_offered(_CUDA_SHM)
+    CudaSharedMemoryRegister = _not_offered(_CUDA_SHM)
+    CudaSharedMemoryUnregister = _not_offered(_CUDA_SHM)
+    TraceSetting = _not_offered("tracing is not supported; see the access log and the Prometheus metrics at /metrics")
+    LogSettings = _not_offered("log settings cannot be changed at run time; start the server with --log-level")
+
+
+def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """The HTTP front end's certificate and key (and client-certificate CA) for gRPC too; None without TLS."""
+    if config.ssl_certfile is None:
+        return None
+    chain = config.ssl_certfile.read_bytes()
+    key = config.ssl_keyfile.read_bytes() if config.ssl_keyfile else chain  # a PEM may hold both
+    authority = config.ssl_ca_certs.read_bytes() if config.ssl_ca_certs else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=authority, require_client_auth=authority is not None)
+
+
+class GrpcServer:
+    """The gRPC server of one DataPlane: `start` binds and serves; it drains on its own once the
+    plane stops accepting (SIGTERM), and `stop` waits for that."""
+
+    def __init__(self, plane: DataPlane, config: ServerConfig):
+        self._plane = plane
+        self._config = config
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._watching: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        host = self._config.host
+        return f"[{host}]:{self._config.grpc_port}" if ":" in host else f"{host}:{self._config.grpc_port}"
+
+    async def start(self) -> None:
+        # The HTTP size limit applies to each message; past it gRPC answers RESOURCE_EXHAUSTED.
+        # No SO_REUSEPORT (grpcio's default): a second server on a taken port must fail, not share it.
+        options = [
+            ("grpc.max_receive_message_length", self._config.max_request_size),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            credentials = _tls_credentials(self._config)
+            if credentials is None:
+                server.add_insecure_port(self.address)
+            else:
+                server.add_secure_port(self.address, credentials)
+        except RuntimeError as error:
+            raise SeOnnxError(f"cannot listen for gRPC on {self.address}: {error}") from None
+        await server.start()
+        self._server = server
+        self._watching = asyncio.get_running_loop().create_task(self._follow_plane())
+        log.info("grpc listening", extra={"address": self.address})
+
+    async def _follow_plane(self) -> None:
+        # A SIGTERM during start-up loading drains at once rather than after the last model loads.
+        loaded = asyncio.ensure_future(self._plane.loading_done.wait())
+        stopping = asyncio.ensure_future(self._plane.stopping.wait())
+        await asyncio.wait((loaded, stopping), return_when=asyncio.FIRST_COMPLETED)
+        loaded.cancel()
+        if self._plane.ready and not self._plane.stopping.is_set():
+            for service in ("", SERVICE_NAME):
+                await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await stopping
+        await self._health.enter_graceful_shutdown()
+        # No new calls from here; calls in flight and open streams get until the request timeout.
+        # (--request-timeout 0 means no limit: a day stands for it.)
+        await self._server.stop(self._config.request_timeout or 24 * 3600.0)
+        log.info("grpc stopped")
+
+    async def stop(self) -> None:
+        """Stop taking calls and wait for those in flight (the plane stops accepting too)."""
+        if self._watching is None:
+            return
+        self._plane.stop_accepting()
+        await asyncio.gather(self._watching, return_exceptions=True)

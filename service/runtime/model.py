@@ -1,0 +1,235 @@
+"""One served model version: its ONNX Runtime session, thread pool, optional batcher and metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
+from se_onnx.errors import SeOnnxError
+from se_onnx.runtime.sessions import make_session, random_inputs, resolve_provider
+from service.config import ModelConfig, ServerConfig
+from service.errors import ServiceError, bad_request
+from service.runtime.batcher import DynamicBatcher, Feeds
+from service.runtime.classification import read_labels
+from service.runtime.recorder import ModelRecorder
+from service.runtime.tensors import TensorSpec, datatype_of_ort
+
+PLATFORM = "onnxruntime_onnx"
+log = logging.getLogger("service.model")
+
+
+# ORT's messages name the source file and C++ function that raised them; a client needs neither.
+_SOURCE_LOCATION = re.compile(r"\S*/[\w./-]+\.\w+:\d+ (?:[\w:~<>]+\([^()]*\)(?: const)? )?")
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+([\w.-]+)")
+
+
+def ort_message(error: Exception) -> str:
+    """ONNX Runtime's message on one line, without the server's source locations and paths."""
+    message = _SOURCE_LOCATION.sub("", " ".join(str(error).split()))
+    return _PATH.sub(r"\1", message)
+
+
+def _specs(metas, name: str, kind: str) -> dict[str, TensorSpec]:
+    specs = {}
+    for meta in metas:
+        datatype = datatype_of_ort(meta.type)
+        if datatype is None:
+            raise SeOnnxError(f"{name}: {kind} {meta.name!r} has type {meta.type}, which the protocol cannot carry")
+        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in meta.shape)
+        specs[meta.name] = TensorSpec(meta.name, datatype, shape)
+    return specs
+
+
+class ServedModel:
+    """Built off the event loop (the constructor opens the session and warms it up); `start`
+    then attaches the batcher on the loop. By default `instances` threads share one session
+    (ONNX Runtime's `run` is thread-safe), so the weights are in memory once;
+    `session_per_instance` gives each thread its own session (benchmarks/bench_service.py
+    compares the two)."""
+
+    def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, recorder: ModelRecorder):
+        self.name, self.version, self.path, self.config = name, version, path, config
+        self.labels = read_labels(path)  # for the classification extension
+        requested = config.provider or server.provider
+        device_id = server.device_id if config.device_id is None else config.device_id
+        provider = resolve_provider(requested, allow_cpu_fallback=server.allow_cpu_fallback, device_id=device_id)
+        if requested not in ("auto", provider):
+            log.warning("provider fell back", extra={"model": name, "requested": requested, "provider": provider})
+        self.instances = config.instance_count or server.workers_per_model
+        sessions = [
+            make_session(
+                path,
+                provider,
+                intra_op_threads=server.intra_op_threads,
+                inter_op_threads=server.inter_op_threads,
+                device_id=device_id,
+                gpu_mem_limit=config.gpu_mem_limit,
+            )
+            for _ in range(self.instances if config.session_per_instance else 1)
+        ]
+        self.session = sessions[0]
+        # With a session per instance, each run borrows one; there are as many as threads, so it never waits.
+        self._pool: queue.SimpleQueue | None = None
+        if config.session_per_instance:
+            self._pool = queue.SimpleQueue()
+            for session in sessions:
+                self._pool.put(session)
+        self.providers = self.session.get_providers()
+        self.inputs = _specs(self.session.get_inputs(), name, "input")
+        self.outputs = _specs(self.session.get_outputs(), name, "output")
+        self.recorder = recorder
+        if config.max_batch_size:
+            unbatched = [s.name for s in (*self.inputs.values(), *self.outputs.values()) if not s.shape or s.shape[0] != -1]
+            if unbatched:
+                raise SeOnnxError(
+                    f"{name}: max_batch_size needs a dynamic first dimension on every input and output; "
+                    f"{unbatched[0]!r} has none"
+                )
+        for session in sessions:
+            self._warm_up(session, config.warmup)
+        self.executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"ort-{name}")
+        self.batcher: DynamicBatcher | None = None
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
+        log.info(
+            "loaded model",
+            extra={"model": name, "version": version, "path": str(path), "providers": self.providers,
+                   "instances": self.instances, "dynamic_batching": config.dynamic_batching is not None},
+        )  # fmt: skip
+
+    def _warm_up(self, session, runs: int) -> None:
+        for _ in range(runs):
+            try:
+                session.run(None, random_inputs(session, batch=1))
+            except Exception as error:  # seeded inputs may be invalid for the model; warm-up is best effort
+                log.warning("warm-up run failed", extra={"model": self.name, "error": " ".join(str(error).split())})
+                return
+
+    def start(self) -> None:
+        """Attach the event-loop parts; called on the loop once `__init__` has finished in a thread."""
+        self._idle = asyncio.Event()
+        self._idle.set()
+        batching = self.config.dynamic_batching
+        if self.config.max_batch_size and batching is not None:
+            self.batcher = DynamicBatcher(
+                self._run_all,
+                self.executor,
+                max_batch_size=self.config.max_batch_size,
+                max_queue_delay_us=batching.max_queue_delay_us,
+                max_queue_size=batching.max_queue_size,
+                preferred_batch_size=batching.preferred_batch_size,
+                instances=self.instances,
+                observe_queue=self.recorder.queued,
+            )
+
+    def metadata(self, versions: list[str]) -> dict:
+        def tensors(specs):
+            return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs.values()]
+
+        batching = self.config.dynamic_batching
+        return {
+            "name": self.name,
+            "versions": versions,
+            "platform": PLATFORM,
+            "inputs": tensors(self.inputs),
+            "outputs": tensors(self.outputs),
+            "parameters": {
+                "providers": self.providers,
+                "instance_count": self.instances,
+                "session_per_instance": self.config.session_per_instance,
+                "max_batch_size": self.config.max_batch_size,
+                "dynamic_batching": batching.model_dump() if batching and self.config.max_batch_size else None,
+            },
+        }
+
+    def triton_config(self) -> dict:
+        """The model's configuration in Triton's JSON form (GET …/config), for clients that ask for it."""
+        batched = self.config.max_batch_size > 0
+
+        def tensors(specs):
+            return [
+                {"name": s.name, "data_type": f"TYPE_{'STRING' if s.datatype == 'BYTES' else s.datatype}",
+                 "dims": list(s.shape[1:] if batched else s.shape)}
+                for s in specs.values()
+            ]  # fmt: skip
+
+        gpu = any(provider != "CPUExecutionProvider" for provider in self.providers)
+        config = {
+            "name": self.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "max_batch_size": self.config.max_batch_size,
+            "input": tensors(self.inputs),
+            "output": tensors(self.outputs),
+            "instance_group": [{"count": self.instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}],
+        }
+        if self.batcher is not None:
+            batching = self.config.dynamic_batching
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": batching.max_queue_delay_us,
+                "preferred_batch_size": batching.preferred_batch_size,
+                "default_queue_policy": {"max_queue_size": batching.max_queue_size},
+            }
+        return config
+
+    def _run(self, feeds: Feeds, names: list[str] | None, enqueued: float | None = None) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        if enqueued is not None:
+            self.recorder.queued(started - enqueued)
+        session = self._pool.get() if self._pool is not None else self.session
+        try:
+            arrays = session.run(names, dict(feeds))
+        except (InvalidArgument, Fail) as error:
+            # A kernel refusing the request's data (a shape the metadata allows but a Reshape
+            # cannot take) is the client's to fix; ORT raises Fail or InvalidArgument for it.
+            raise bad_request(f"the model cannot run on this input: {ort_message(error)}") from None
+        except Exception as error:  # ORT's own failure types; the message is what the caller needs
+            raise ServiceError(500, f"inference failed: {ort_message(error)}") from None
+        finally:
+            if self._pool is not None:
+                self._pool.put(session)
+        seconds = time.perf_counter() - started
+        first = next(iter(feeds.values()), None)
+        rows = first.shape[0] if first is not None and first.ndim else 1
+        self.recorder.executed(rows, seconds)
+        return dict(zip(names or self.outputs, arrays))
+
+    def _run_all(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        return self._run(feeds, None)
+
+    def infer(self, feeds: Feeds, names: list[str]) -> asyncio.Future[dict[str, np.ndarray]]:
+        """A future of the outputs named (or, batched, of every output), computed off the event
+        loop. A future, not a coroutine, so that awaiting it with a timeout costs no extra task."""
+        if self.batcher is not None:
+            return self.batcher.submit(feeds)
+        if self.config.max_batch_size:
+            rows = next(iter(feeds.values())).shape[0]
+            if rows > self.config.max_batch_size:
+                raise bad_request(f"batch of {rows} rows is larger than the model's max_batch_size {self.config.max_batch_size}")
+        return asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds, names, time.perf_counter())
+
+    def __enter__(self) -> ServedModel:
+        self.inflight += 1
+        self._idle.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self._idle.set()
+
+    async def close(self) -> None:
+        """Wait for in-flight requests, then stop the batcher and the threads."""
+        await self._idle.wait()
+        if self.batcher is not None:
+            await self.batcher.stop()
+        await asyncio.to_thread(self.executor.shutdown, True)
+        log.info("unloaded model", extra={"model": self.name, "version": self.version})

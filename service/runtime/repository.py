@@ -1,0 +1,211 @@
+"""The model repository: finds models on disk, loads and unloads them, and tracks each version's state.
+
+Layouts (both may be mixed in one directory):
+  DIR/<model>/<version>/model.onnx   Triton's layout; DIR/<model>/config.json is optional
+  DIR/<model>.onnx                   a single version "1" with the default config
+Other files (scripts, READMEs, data) are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import NamedTuple
+
+from se_onnx.errors import SeOnnxError
+from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerConfig
+from service.errors import ServiceError
+from service.runtime.model import ServedModel
+from service.runtime.recorder import Recorder
+
+log = logging.getLogger("service.repository")
+
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+
+# What clients are told about a model that failed to load, by a phrase of the full reason; the
+# full reason (paths, ONNX Runtime's words) goes only to the log and the authenticated index.
+_FAILURE_CLASSES = (
+    ("invalid model config", "its config is invalid"),
+    ("cannot read model config", "its config.json cannot be read"),
+    ("version policy selects none", "its version policy selects no version"),
+    ("no such model file", "the model file is missing"),
+    ("escapes", "its external data escapes the model's folder"),
+    ("absolute path not allowed for external data", "its external data escapes the model's folder"),
+    ("external data", "its external data cannot be read"),
+    ("size to read", "its external data is shorter than its tensors"),
+    ("protobuf", "the file is not a valid ONNX model"),
+    ("not a valid onnx model", "the file is not a valid ONNX model"),
+    ("the protocol cannot carry", "it has a tensor type the protocol cannot carry"),
+    ("max_batch_size needs", "max_batch_size needs a dynamic first dimension"),
+    ("provider", "its execution provider is not usable"),
+    ("memory", "not enough memory"),
+    ("directory cannot be read", "its folder cannot be read"),
+    ("cannot read the labels", "its labels.txt cannot be read"),
+)
+
+
+def failure_class(reason: str) -> str:
+    """The short class of a load failure's full reason, e.g. "the file is not a valid ONNX model"."""
+    lowered = reason.lower()
+    return next((short for phrase, short in _FAILURE_CLASSES if phrase in lowered), "ONNX Runtime cannot load it")
+
+
+class VersionState(NamedTuple):
+    state: str
+    reason: str = ""  # the full reason, for the log and the repository index
+
+    @property
+    def summary(self) -> str:
+        """What any client may see: "unloaded", or the class of a failure without paths."""
+        return self.reason if self.reason in ("", "unloaded", "not loaded") else failure_class(self.reason)
+
+
+class ModelRepository:
+    def __init__(self, config: ServerConfig, recorder: Recorder):
+        self.root = Path(config.model_repository)
+        self._config = config
+        self._recorder = recorder
+        self._served: dict[str, dict[str, ServedModel]] = {}
+        # name → version → its state; version "" holds a model-level failure (bad config).
+        self._states: dict[str, dict[str, VersionState]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def discover(self) -> dict[str, Path]:
+        """Model name → its directory (Triton layout) or .onnx file, as the disk has them now."""
+        if not self.root.is_dir():
+            return {}
+        found: dict[str, Path] = {}
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith((".", "_")):
+                continue
+            if entry.is_dir() and any(child.is_dir() and child.name.isdigit() for child in entry.iterdir()):
+                found[entry.name] = entry
+            elif entry.is_file() and entry.suffix == ".onnx":
+                found.setdefault(entry.stem, entry)  # a directory of the same name wins
+        return found
+
+    @staticmethod
+    def _versions(source: Path, override: str | None) -> tuple[ModelConfig, dict[str, Path]]:
+        if override is not None:
+            config = ModelConfig.parse(override, f"{source.name}: load request config")
+        elif source.is_dir():
+            config = ModelConfig.read(source / MODEL_CONFIG_FILE)
+        else:
+            config = ModelConfig()
+        if source.is_file():
+            return config, {"1": source}
+        numbers = [int(child.name) for child in source.iterdir() if child.is_dir() and child.name.isdigit()]
+        chosen = config.version_policy.select(numbers)
+        if not chosen:
+            raise SeOnnxError(f"{source}: the version policy selects none of versions {sorted(numbers)}")
+        return config, {str(number): source / str(number) / "model.onnx" for number in chosen}
+
+    async def load_all(self) -> None:
+        for name in self.discover():
+            try:
+                await self.load(name)
+            except ServiceError:
+                pass  # logged by `load`
+            except OSError as error:  # the model's directory is unreadable; the others still load
+                reason = f"{error.filename}: directory cannot be read ({error.strerror})"
+                self._states[name] = {"": VersionState(UNAVAILABLE, reason)}
+                log.error("model not loaded", extra={"model": name, "reason": reason})
+
+    async def load(self, name: str, config_override: str | None = None) -> None:
+        """(Re)load every selected version of `name`; the old versions finish their requests first."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            source = self.discover().get(name)
+            if source is None:
+                raise ServiceError(404, f"no model {name!r} in the repository {self.root}")
+            try:
+                config, paths = self._versions(source, config_override)
+            except SeOnnxError as error:
+                log.error("model not loaded", extra={"model": name, "reason": str(error)})
+                if name in self._served:
+                    raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {error}") from None
+                self._states[name] = {"": VersionState(UNAVAILABLE, str(error))}
+                raise ServiceError(400, f"failed to load {name!r}: {error}") from None
+            states = {version: VersionState(LOADING) for version in paths}
+            self._states[name] = states
+            loaded: dict[str, ServedModel] = {}
+            for version, path in paths.items():
+                try:
+                    if not path.is_file():
+                        raise SeOnnxError(f"{path}: no such model file")
+                    model = await asyncio.to_thread(
+                        ServedModel, name, version, path, config, self._config, self._recorder.for_model(name, version)
+                    )
+                except SeOnnxError as error:
+                    log.error("model not loaded", extra={"model": name, "version": version, "reason": str(error)})
+                    states[version] = VersionState(UNAVAILABLE, str(error))
+                    continue
+                except Exception as error:  # anything else about one model must not stop the others
+                    log.exception("model failed to load", extra={"model": name, "version": version})
+                    states[version] = VersionState(UNAVAILABLE, f"{type(error).__name__}: {error}")
+                    continue
+                model.start()
+                loaded[version] = model
+                states[version] = VersionState(READY)
+            failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
+            previous = self._served.get(name, {})
+            if not loaded and previous:
+                # A reload that loads nothing keeps the running versions serving, as Triton does.
+                self._states[name] = {version: VersionState(READY) for version in previous}
+                raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {'; '.join(failed)}")
+            self._served.pop(name, None)
+            if loaded:
+                self._served[name] = loaded
+            await asyncio.gather(*(model.close() for model in previous.values()))
+            if failed:
+                raise ServiceError(400, f"failed to load {name!r}: {'; '.join(failed)}")
+
+    async def unload(self, name: str) -> None:
+        """Stop routing requests to `name`, let those in flight finish, then free it."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if name not in self._served and name not in self._states and name not in self.discover():
+                raise ServiceError(404, f"unknown model {name!r}")
+            models = self._served.pop(name, {})
+            self._states[name] = {version: VersionState(UNLOADING) for version in models}
+            await asyncio.gather(*(model.close() for model in models.values()))
+            self._states[name] = {version: VersionState(UNAVAILABLE, "unloaded") for version in models} or {
+                "": VersionState(UNAVAILABLE, "unloaded")
+            }
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The ready model version (the newest when `version` is None): 404 unknown, 503 not ready."""
+        versions = self._served.get(name)
+        known = name in self._states
+        if version is not None and not version.isdigit():
+            raise ServiceError(404, f"unknown version {version!r} of model {name!r}")
+        if versions and (version is None or version in versions):
+            return versions[version or max(versions, key=int)]
+        if version is not None and known and version in self._states[name]:
+            state = self._states[name][version]
+            summary = f": {state.summary}" if state.summary else ""
+            raise ServiceError(503, f"model {name!r} version {version} is not ready ({state.state}{summary})")
+        if version is None and known:
+            summaries = "; ".join(dict.fromkeys(state.summary for state in self._states[name].values() if state.summary))
+            raise ServiceError(503, f"model {name!r} is not ready{': ' + summaries if summaries else ''}")
+        if version is not None and (versions or known):
+            raise ServiceError(404, f"unknown version {version} of model {name!r}")
+        raise ServiceError(404, f"unknown model {name!r}")
+
+    def loaded(self) -> list[ServedModel]:
+        return [versions[v] for _, versions in sorted(self._served.items()) for v in sorted(versions, key=int)]
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._served.get(name, {}), key=int)
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        rows = []
+        for name in sorted(set(self.discover()) | set(self._states)):
+            states = self._states.get(name) or {"": VersionState(UNAVAILABLE, "not loaded")}
+            for version, (state, reason) in sorted(states.items(), key=lambda item: int(item[0] or 0)):
+                if not ready_only or state == READY:
+                    rows.append({"name": name, "version": version, "state": state, "reason": reason})
+        return rows
+
+    async def close(self) -> None:
+        served, self._served = self._served, {}
+        await asyncio.gather(*(model.close() for versions in served.values() for model in versions.values()))
