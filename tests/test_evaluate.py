@@ -204,7 +204,7 @@ def _colour_folders(root, names: list[str], images: int = 3):
 
 
 def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
-    from se_onnx.runtime.sessions import datasets
+    from se_onnx.runtime import datasets
 
     root = _colour_folders(tmp_path / "images", ["a", "b", "c"])
     decoded = []
@@ -221,7 +221,7 @@ def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
 
 
 def test_validation_folders_are_labelled_by_the_training_classes(tmp_path):
-    from se_onnx.runtime.sessions import datasets
+    from se_onnx.runtime import datasets
 
     signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
     train = datasets.load_dataset(_colour_folders(tmp_path / "train", ["a", "b", "c"]), signature)
