@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 
@@ -18,8 +19,11 @@ def bad_request(message: str) -> ServiceError:
     return ServiceError(400, message)
 
 
-def first_error(error: ValidationError) -> str:
+def first_error(error: ValidationError | RequestValidationError) -> str:
     """The first of pydantic's errors as `where: what`, the one line a client needs to fix its body."""
-    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid value"}
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]
+    errors = error.errors()
+    if not errors:
+        return "invalid value"
+    where = ".".join(str(part) for part in errors[0]["loc"])
+    message = str(errors[0]["msg"])
+    return f"{where}: {message}" if where else message

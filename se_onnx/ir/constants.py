@@ -10,6 +10,8 @@ Constant nodes stay where the user put them.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import numpy as np
 import onnx_ir as ir
 
@@ -19,7 +21,7 @@ _LOOK_THROUGH = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast"
 _QUANTIZE_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 
-def is_quantize_op(node: ir.Node | None, op_type: str) -> bool:
+def is_quantize_op(node: ir.Node | None, op_type: str) -> TypeGuard[ir.Node]:
     """Whether `node` is a QuantizeLinear or DequantizeLinear (`op_type`) in either domain."""
     return node is not None and node.op_type == op_type and node.domain in _QUANTIZE_DOMAINS
 
@@ -70,10 +72,10 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     """The value's shape when every dim is known: from shape inference, else from its constant."""
     if value is None:
         return None
-    if value.shape is not None and all(isinstance(dim, int) for dim in value.shape):
-        return tuple(value.shape)
+    if value.shape is not None and value.shape.is_static():
+        return value.shape.numpy()
     tensor = constant_tensor(value)
-    return None if tensor is None else tuple(tensor.shape)
+    return None if tensor is None else tuple(tensor.shape.numpy())
 
 
 def value_dtype(value: ir.Value | None) -> ir.DataType | None:
@@ -168,11 +170,15 @@ def set_constant(source: ir.Value, array: np.ndarray) -> None:
     """Write `array` into the initializer or `Constant` node that `source` (see `constant_source`)
     is, in its own dtype, shape and attribute form, so that nothing else of the model changes."""
     old = constant_tensor(source)
+    if old is None:
+        raise ValueError(f"{source.name!r} is not a constant")
     array = np.asarray(array, dtype=old.dtype.numpy()).reshape(old.shape.numpy())
     if source.is_initializer():
         source.const_value = ir.tensor(array, name=source.name)
         return
     node = source.producer()
+    if node is None:
+        raise ValueError(f"{source.name!r} is neither an initializer nor a Constant node's output")
     ((name, attribute),) = node.attributes.items()
     if name == "value":
         new = ir.AttrTensor(name, ir.tensor(array, name=attribute.value.name))

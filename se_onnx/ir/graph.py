@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import TypeGuard
 
 import numpy as np
 import onnx_ir as ir
@@ -86,12 +87,12 @@ def remove_unused(model: ir.Model) -> None:
 # --- Nodes and values ---------------------------------------------------------------------------
 
 
-def is_op(node: ir.Node | None, *op_types: str) -> bool:
+def is_op(node: ir.Node | None, *op_types: str) -> TypeGuard[ir.Node]:
     """Whether `node` is one of the default-domain `op_types`."""
     return node is not None and node.op_type in op_types and node.domain in ("", "ai.onnx")
 
 
-def is_conv(node: ir.Node | None) -> bool:
+def is_conv(node: ir.Node | None) -> TypeGuard[ir.Node]:
     return is_op(node, "Conv")
 
 
@@ -242,17 +243,18 @@ def conv_before(value: ir.Value) -> ir.Node | None:
     """
     value = through_qdq(value)
     producer = value.producer()
+    source: ir.Value | None = value
     if producer is not None and producer.op_type == "Mul" and (x := _silu_input(producer)) is not None:
-        value = x
+        source = x
     elif producer is not None and producer.op_type in ACTIVATIONS:
-        value = producer.inputs[0]
-    return _conv_behind(value)
+        source = producer.inputs[0]
+    return _conv_behind(source)
 
 
-def _conv_behind(value: ir.Value) -> ir.Node | None:
+def _conv_behind(value: ir.Value | None) -> ir.Node | None:
     """The conv that produces `value`, directly or through BatchNorm, Transposes and Q/DQ pairs."""
     for _ in range(_LAYER_STEP_LIMIT):
-        producer = through_qdq(value).producer()
+        producer = through_qdq(value).producer() if value is not None else None
         if producer is None:
             return None
         if is_conv(producer):

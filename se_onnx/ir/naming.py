@@ -10,8 +10,7 @@ def names_in_use(model: ir.Model) -> set[str]:
     names: set[str] = set()
     graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
     for graph in graphs:
-        for value in graph.inputs:
-            names.add(value.name)
+        names.update(value.name for value in graph.inputs if value.name)
         if isinstance(graph, ir.Graph):
             names.update(graph.initializers)
             for subgraph in graph.subgraphs():  # their initializers, even those nothing reads
@@ -23,11 +22,10 @@ def names_in_use(model: ir.Model) -> set[str]:
             names.update(value.name for value in node.outputs if value.name)
             for attribute in node.attributes.values():
                 if attribute.type == ir.AttributeType.GRAPH:
-                    names.update(value.name for value in attribute.value.inputs)
+                    names.update(value.name for value in attribute.value.inputs if value.name)
                 elif attribute.type == ir.AttributeType.GRAPHS:
                     for subgraph in attribute.value:
-                        names.update(value.name for value in subgraph.inputs)
-    names.discard(None)  # type: ignore[arg-type]
+                        names.update(value.name for value in subgraph.inputs if value.name)
     return names
 
 

@@ -29,7 +29,7 @@ def qdq_pair_before(value: ir.Value) -> tuple[ir.Node, ir.Node] | None:
 def through_qdq(value: ir.Value) -> ir.Value:
     """The float value that the Q/DQ pairs ending in `value` round (`value` itself when none)."""
     while (pair := qdq_pair_before(value)) is not None:
-        value = pair[0].inputs[0]
+        value = _rounded(pair)
     return value
 
 
@@ -38,8 +38,15 @@ def qdq_pairs_between(value: ir.Value, source: ir.Value) -> list[ir.Node]:
     pairs: list[tuple[ir.Node, ir.Node]] = []
     while value is not source and (pair := qdq_pair_before(value)) is not None:
         pairs.append(pair)
-        value = pair[0].inputs[0]
+        value = _rounded(pair)
     return [node for pair in reversed(pairs) for node in pair]
+
+
+def _rounded(pair: tuple[ir.Node, ir.Node]) -> ir.Value:
+    """The float input of a pair from `qdq_pair_before`, which checked that it has one."""
+    value = pair[0].inputs[0]
+    assert value is not None
+    return value
 
 
 def clips_at_zero(value: ir.Value) -> bool:

@@ -151,7 +151,8 @@ class SEWeights:
         gain = np.asarray(arrays.get(cls.GAIN_KEY, 1.0))
         if gain.size != 1:
             raise SeOnnxError(f"{where}: {cls.GAIN_KEY} has shape {gain.shape}, expected a scalar")
-        return cls(*(shaped[key] for key in cls.KEYS), gate_gain=float(gain.item()))
+        fc1_weight, fc1_bias, fc2_weight, fc2_bias = (shaped[key] for key in cls.KEYS)
+        return cls(fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_gain=float(gain.item()))
 
     @classmethod
     def identity(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
@@ -261,11 +262,10 @@ def build_se_block(
     weights are cast to `dtype`, and every name comes from `names`. The batch dim stays symbolic.
     The gate's gain is the weights' `gate_gain`.
     """
-    layers = [(weights.fc1_weight, weights.fc1_bias), (weights.fc2_weight, weights.fc2_bias)]
     gate = dataclasses.replace(gate, gain=weights.gate_gain)
     return build_excitation(
         x,
-        layers,
+        weights.layers(),
         spatial_rank=spatial_rank,
         opset=opset,
         dtype=dtype,
@@ -370,11 +370,11 @@ def _build(
         value = block.op(op, [value, *operands], attributes, stem, shape(out_features))
 
     if gate.op_type == "HardSigmoid":
-        attributes = {
+        hard_sigmoid = {
             "alpha": block.attribute("alpha", GATE_ALPHA, gate.alpha),
             "beta": block.attribute("beta", GATE_BETA, gate.beta),
         }
-        scale = block.op("HardSigmoid", [value], attributes, "gate", shape(channels))
+        scale = block.op("HardSigmoid", [value], hard_sigmoid, "gate", shape(channels))
     elif gate.op_type == "Sigmoid":
         scale = block.op("Sigmoid", [value], None, "gate", shape(channels))
     else:

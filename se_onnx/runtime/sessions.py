@@ -164,7 +164,7 @@ def random_inputs(
     first axis and 1 elsewhere. Floats are standard normal; integers small and non-negative."""
     rng = np.random.default_rng(seed)
     dims = dims or {}
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for meta in session.get_inputs():
         shape = [
             dim if isinstance(dim, int) and dim >= 0 else dims.get(dim, batch if axis == 0 else 1)

@@ -72,7 +72,7 @@ class Difference:
         return dataclasses.asdict(self) | {"within_noise": self.within_noise}
 
 
-def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+def median_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """A distribution-free confidence interval of the median: the order statistics that the sign
     test puts around it (normal approximation of the binomial; the whole range for a few values)."""
     array = np.sort(np.asarray(values, dtype=np.float64))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -28,7 +29,7 @@ from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import constant_array
 
 Tensor = torch.Tensor
-_Op = Callable[[list, Mapping[str, object], int], object]
+_Op = Callable[[list, Mapping[str, Any], int], object]
 
 _TORCH_DTYPES = {
     ir.DataType.FLOAT: torch.float32,
@@ -44,11 +45,11 @@ _TORCH_DTYPES = {
 }
 
 
-def _ints(value: object) -> list[int]:
+def _ints(value: Any) -> list[int]:
     return [int(v) for v in (value.tolist() if isinstance(value, Tensor) else value)]
 
 
-def _axes(inputs: list, attributes: Mapping[str, object], index: int = 1) -> list[int] | None:
+def _axes(inputs: list, attributes: Mapping[str, Any], index: int = 1) -> list[int] | None:
     """Axes from the attribute (older opsets) or the input at `index` (newer ones)."""
     if "axes" in attributes:
         return _ints(attributes["axes"])
@@ -79,7 +80,7 @@ def _padded(x: Tensor, pads: list[int], value: float = 0.0) -> tuple[Tensor, lis
     return F.pad(x, torch_pads, value=value), [0] * rank
 
 
-def _window(x: Tensor, attributes: Mapping[str, object], kernel: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+def _window(x: Tensor, attributes: Mapping[str, Any], kernel: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
     rank = len(kernel)
     strides = _ints(attributes.get("strides", [1] * rank))
     dilations = _ints(attributes.get("dilations", [1] * rank))
@@ -93,7 +94,7 @@ def _window(x: Tensor, attributes: Mapping[str, object], kernel: Sequence[int]) 
     return strides, dilations, pads
 
 
-def _conv(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _conv(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, weight = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     kernel = list(weight.shape[2:])
@@ -104,7 +105,7 @@ def _conv(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
 
 
 def _pool(kind: str) -> _Op:
-    def pool(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+    def pool(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
         x = inputs[0]
         kernel = _ints(attributes["kernel_shape"])
         strides, dilations, pads = _window(x, attributes, kernel)
@@ -126,7 +127,7 @@ def _pool(kind: str) -> _Op:
     return pool
 
 
-def _gemm(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _gemm(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     a, b = inputs[0], inputs[1]
     if attributes.get("transA", 0):
         a = a.transpose(0, 1)
@@ -138,13 +139,13 @@ def _gemm(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
     return output
 
 
-def _batch_norm(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _batch_norm(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, scale, bias, mean, var = inputs[:5]
     # Inference form: the running statistics are the model's and are not updated by training.
     return F.batch_norm(x, mean, var, scale, bias, training=False, eps=float(attributes.get("epsilon", 1e-5)))
 
 
-def _reduce_mean(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _reduce_mean(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     axes = _axes(inputs, attributes)
     keepdims = bool(attributes.get("keepdims", 1))
     if not axes:
@@ -154,21 +155,21 @@ def _reduce_mean(inputs: list, attributes: Mapping[str, object], opset: int) -> 
     return inputs[0].mean(dim=axes, keepdim=keepdims)
 
 
-def _reshape(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _reshape(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, shape = inputs[0], _ints(inputs[1])
     if not attributes.get("allowzero", 0):
         shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
     return x.reshape(shape)
 
 
-def _flatten(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _flatten(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x = inputs[0]
     axis = int(attributes.get("axis", 1))
     axis = axis + x.dim() if axis < 0 else axis  # axis = rank is allowed: N·…·last × 1
     return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
-def _unsqueeze(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _unsqueeze(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, axes = inputs[0], _axes(inputs, attributes)
     rank = x.dim() + len(axes)  # negative axes count from the end of the output
     for axis in sorted(a % rank for a in axes):
@@ -176,7 +177,7 @@ def _unsqueeze(inputs: list, attributes: Mapping[str, object], opset: int) -> Te
     return x
 
 
-def _squeeze(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _squeeze(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     axes = _axes(inputs, attributes)
     if axes is None:
         return inputs[0].squeeze()
@@ -184,7 +185,7 @@ def _squeeze(inputs: list, attributes: Mapping[str, object], opset: int) -> Tens
 
 
 def _softmax(log: bool) -> _Op:
-    def softmax(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+    def softmax(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
         x = inputs[0]
         function = F.log_softmax if log else F.softmax
         if opset >= 13:
@@ -196,36 +197,36 @@ def _softmax(log: bool) -> _Op:
     return softmax
 
 
-def _clip(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _clip(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     low = inputs[1] if len(inputs) > 1 and inputs[1] is not None else attributes.get("min")
     high = inputs[2] if len(inputs) > 2 and inputs[2] is not None else attributes.get("max")
     return torch.clamp(inputs[0], low, high)
 
 
-def _hard_sigmoid(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _hard_sigmoid(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     alpha, beta = float(attributes.get("alpha", 0.2)), float(attributes.get("beta", 0.5))
     return torch.clamp(inputs[0] * alpha + beta, 0.0, 1.0)
 
 
-def _prelu(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _prelu(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, slope = inputs
     return torch.where(x >= 0, x, x * slope)
 
 
-def _shape(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _shape(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     dims = list(inputs[0].shape)
     start, end = int(attributes.get("start", 0)), attributes.get("end")
     return torch.tensor(dims[start : None if end is None else int(end)], dtype=torch.int64)
 
 
-def _gather(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _gather(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, indices = inputs
     axis = int(attributes.get("axis", 0)) % x.dim()
     indices = torch.where(indices < 0, indices + x.shape[axis], indices)
     return x.index_select(axis, indices.reshape(-1)).reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
 
 
-def _cast(inputs: list, attributes: Mapping[str, object], opset: int) -> Tensor:
+def _cast(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     target = ir.DataType(int(attributes["to"]))
     if target not in _TORCH_DTYPES:
         raise SeOnnxError(f"Cast to {target.name} is not supported in training")
@@ -335,7 +336,7 @@ class OnnxModule(torch.nn.Module):
         return [values[name] for name in (*self.output_names, *extra)]
 
 
-def _attribute_value(attribute: ir.Attr) -> object:
+def _attribute_value(attribute: ir.Attr) -> Any:
     if attribute.type == ir.AttributeType.TENSOR:
         return torch.from_numpy(np.array(attribute.value.numpy()))
     return attribute.value

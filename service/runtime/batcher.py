@@ -104,15 +104,15 @@ class DynamicBatcher:
             while self._rows(batch) < self.max_batch_size:
                 if self._rows(batch) in self._preferred and self._queue.empty():
                     break  # a preferred size, and nothing more at hand to reach a larger one
-                item = await self._next(deadline)
-                if item is None:
+                arrived = await self._next(deadline)
+                if arrived is None:
                     break
-                if item.key != first.key:
-                    self._deferred.append(item)  # another shape: it leads a later batch
-                elif self._fits(batch, item):
-                    self._take(batch, item)
+                if arrived.key != first.key:
+                    self._deferred.append(arrived)  # another shape: it leads a later batch
+                elif self._fits(batch, arrived):
+                    self._take(batch, arrived)
                 else:
-                    self._deferred.append(item)
+                    self._deferred.append(arrived)
                     break
             task = asyncio.get_running_loop().create_task(self._execute(batch, self._rows(batch)))
             self._running.add(task)

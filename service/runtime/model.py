@@ -98,7 +98,8 @@ class ServedModel:
         self.executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"ort-{name}")
         self.batcher: DynamicBatcher | None = None
         self.inflight = 0
-        self._idle: asyncio.Event | None = None
+        self._idle = asyncio.Event()  # set while no request is in flight; binds to the loop on first use
+        self._idle.set()
         log.info(
             "loaded model",
             extra={"model": name, "version": version, "path": str(path), "providers": self.providers,
@@ -115,8 +116,6 @@ class ServedModel:
 
     def start(self) -> None:
         """Attach the event-loop parts; called on the loop once `__init__` has finished in a thread."""
-        self._idle = asyncio.Event()
-        self._idle.set()
         batching = self.config.dynamic_batching
         if self.config.max_batch_size and batching is not None:
             self.batcher = DynamicBatcher(
@@ -171,8 +170,7 @@ class ServedModel:
             "output": tensors(self.outputs),
             "instance_group": [{"count": self.instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}],
         }
-        if self.batcher is not None:
-            batching = self.config.dynamic_batching
+        if self.batcher is not None and (batching := self.config.dynamic_batching) is not None:
             config["dynamic_batching"] = {
                 "max_queue_delay_microseconds": batching.max_queue_delay_us,
                 "preferred_batch_size": batching.preferred_batch_size,

@@ -149,7 +149,7 @@ class SharedMemoryRegistry:
             self._transfer(region, where, what, data.size)
             done = 0
             while done < data.size:
-                count = os.preadv(region.fd, [memoryview(data)[done:]], region.offset + where.offset + done)
+                count = os.preadv(region.fd, [data.data[done:]], region.offset + where.offset + done)
                 if count == 0:  # the object shrank between the size check and the read
                     raise bad_request(f"{what}: shared memory region {where.region!r} shrank while it was read")
                 done += count

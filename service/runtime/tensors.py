@@ -142,4 +142,4 @@ def tensor_bytes(array: np.ndarray) -> memoryview:
     (over the array itself when it is contiguous already: no copy)."""
     if array.dtype.kind in "OSU":
         return memoryview(serialize_bytes(array))
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Response
 
 from service.errors import ServiceError
@@ -15,7 +17,7 @@ from service.rest.schemas import (
 
 router = APIRouter(tags=["health"])
 # Health checks stay open for probes; the rest asks for the key under --api-key-scope all.
-SCOPED = {"dependencies": [Depends(require_scoped_key)], "responses": {401: {"model": ErrorResponse}}}
+SCOPED: dict[str, Any] = {"dependencies": [Depends(require_scoped_key)], "responses": {401: {"model": ErrorResponse}}}
 
 
 @router.get("/v2/health/live", summary="The process answers", **empty_ok("live"))
