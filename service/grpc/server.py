@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from se_onnx.errors import SeOnnxError
-from service.config import ServerConfig
+from service.config import ServerSettings
 from service.dataplane import DataPlane, api_key_from
 from service.errors import ServiceError
 from service.grpc.codec import decode_request, encode_response, parameters
@@ -215,7 +215,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     LogSettings = _not_offered("log settings cannot be changed at run time; start the server with --log-level")
 
 
-def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+def _tls_credentials(config: ServerSettings) -> grpc.ServerCredentials | None:
     """The HTTP front end's certificate and key (and client-certificate CA) for gRPC too; None without TLS."""
     if config.ssl_certfile is None:
         return None
@@ -229,7 +229,7 @@ class GrpcServer:
     """The gRPC server of one DataPlane: `start` binds and serves; it drains on its own once the
     plane stops accepting (SIGTERM), and `stop` waits for that."""
 
-    def __init__(self, plane: DataPlane, config: ServerConfig):
+    def __init__(self, plane: DataPlane, config: ServerSettings):
         self._plane = plane
         self._config = config
         self._server: grpc.aio.Server | None = None
