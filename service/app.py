@@ -1,4 +1,5 @@
-"""The FastAPI application: `create_app(settings)` wires the data plane, routers, middleware, the gRPC server and lifespan."""
+"""The FastAPI application: `create_app(settings)` wires the data plane, routers, middleware, the gRPC server
+and lifespan."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """The server for `settings` (validated when they were built: invalid ones never get here).
     Raises SeOnnxError at once when the server-wide provider cannot be used (CUDA asked for but
     not working, and no --allow-cpu-fallback)."""
-    provider = resolve_provider(settings.provider, allow_cpu_fallback=settings.allow_cpu_fallback, device_id=settings.device_id)
+    provider = resolve_provider(
+        settings.provider, allow_cpu_fallback=settings.allow_cpu_fallback, device_id=settings.device_id
+    )
     if provider != settings.provider:
         # 'auto' picking one is expected; a named GPU provider replaced by the CPU deserves a warning.
         level = logging.INFO if settings.provider == "auto" else logging.WARNING

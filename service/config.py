@@ -45,20 +45,30 @@ class ServerSettings(BaseSettings):
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port to listen on")
     grpc_port: int = Field(
-        default=8001, ge=0, le=65535, description="gRPC port to listen on, Triton's GRPCInferenceService (0 turns gRPC off)"
+        default=8001,
+        ge=0,
+        le=65535,
+        description="gRPC port to listen on, Triton's GRPCInferenceService (0 turns gRPC off)",
     )
     provider: Provider = Field(
-        default="auto", description="execution provider for every model without its own (auto: CUDA when usable, else CPU)"
+        default="auto",
+        description="execution provider for every model without its own (auto: CUDA when usable, else CPU)",
     )
     allow_cpu_fallback: bool = Field(
         default=False,
         description="run on the CPU when the requested GPU provider is not usable, instead of failing at start-up",
     )
     device_id: int = Field(default=0, ge=0, description="GPU device id")
-    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads within an operator (0: its choice)")
-    inter_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads across operators (0: its choice)")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads within an operator (0: its choice)"
+    )
+    inter_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads across operators (0: its choice)"
+    )
     max_request_size: int = Field(
-        default=64 * 1024 * 1024, ge=1, description="largest request body (and gRPC message) in bytes; larger ones get 413"
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="largest request body (and gRPC message) in bytes; larger ones get 413",
     )
     request_timeout: float = Field(
         default=60.0, ge=0, description="seconds a request may wait and run before it gets 503 (0: no limit)"
@@ -83,9 +93,12 @@ class ServerSettings(BaseSettings):
     ssl_certfile: Path | None = Field(
         default=None, description="serve HTTPS, and gRPC over TLS, with this PEM certificate (chain)"
     )
-    ssl_keyfile: Path | None = Field(default=None, description="the certificate's PEM private key (default: inside the certificate file)")
+    ssl_keyfile: Path | None = Field(
+        default=None, description="the certificate's PEM private key (default: inside the certificate file)"
+    )
     ssl_ca_certs: Path | None = Field(
-        default=None, description="PEM bundle of CAs; clients must then present a certificate signed by one (mutual TLS)"
+        default=None,
+        description="PEM bundle of CAs; clients must then present a certificate signed by one (mutual TLS)",
     )
 
     @field_validator("model_repository")
@@ -119,7 +132,8 @@ class ServerSettings(BaseSettings):
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: cannot read the API key file ({getattr(error, 'strerror', None) or error})") from None
+            reason = getattr(error, "strerror", None) or error
+            raise ValueError(f"{path}: cannot read the API key file ({reason})") from None
         if not lines or not lines[0].strip():
             raise ValueError(f"{path}: the API key file is empty")
         return {**data, "api_key": lines[0].strip()}

@@ -74,7 +74,8 @@ def test_defaults_come_from_the_settings(files):
     parsed = build_parser().parse_args(["serve", "--model-repository", str(files["repo"])])
     assert settings_from(parsed) == ServerSettings(model_repository=files["repo"])
     defaults = ServerSettings(model_repository=files["repo"])
-    assert (defaults.port, defaults.grpc_port, defaults.provider, defaults.api_key_scope) == (8000, 8001, "auto", "repository")
+    wanted = (8000, 8001, "auto", "repository")
+    assert (defaults.port, defaults.grpc_port, defaults.provider, defaults.api_key_scope) == wanted
 
 
 # field → (its variable's value, the setting it gives); {name} is a file of the `files` fixture.
@@ -147,9 +148,11 @@ def test_bundled_models_all_load():
 
 # (settings, the same on the command line, environment, part of the message). Paths: files of `files`.
 INVALID = [
-    ({"model_repository": "/no/such/dir"}, ["--model-repository", "/no/such/dir"], {}, "/no/such/dir: model repository is not a directory"),
+    ({"model_repository": "/no/such/dir"}, ["--model-repository", "/no/such/dir"], {},
+     "/no/such/dir: model repository is not a directory"),
     ({"provider": "gpu"}, ["--provider", "gpu"], {}, "Input should be 'auto', 'cpu', 'cuda' or 'tensorrt'"),
-    ({"log_level": "loud"}, [], {"SE_ONNX_LOG_LEVEL": "loud"}, "Input should be 'debug', 'info', 'warning', 'error' or 'critical'"),
+    ({"log_level": "loud"}, [], {"SE_ONNX_LOG_LEVEL": "loud"},
+     "Input should be 'debug', 'info', 'warning', 'error' or 'critical'"),
     ({"workers_per_model": 0}, [], {"SE_ONNX_WORKERS_PER_MODEL": "0"}, "greater than or equal to 1"),
     ({"max_request_size": 0}, ["--max-request-size", "0"], {}, "greater than or equal to 1"),
     ({"port": "http"}, ["--port", "http"], {}, "Input should be a valid integer"),
@@ -159,18 +162,24 @@ INVALID = [
     ({"device_id": -1}, ["--device-id=-1"], {}, "greater than or equal to 0"),
     ({"api_key_scope": "all"}, ["--api-key-scope", "all"], {}, "--api-key-scope all needs an API key"),
     ({"api_key_scope": "some"}, ["--api-key-scope", "some"], {}, "Input should be 'repository' or 'all'"),
-    ({"api_key_file": "/no/such/key"}, ["--api-key-file", "/no/such/key"], {}, "/no/such/key: cannot read the API key file (No such file or directory)"),
+    ({"api_key_file": "/no/such/key"}, ["--api-key-file", "/no/such/key"], {},
+     "/no/such/key: cannot read the API key file (No such file or directory)"),
     ({"api_key_file": "{empty}"}, ["--api-key-file", "{empty}"], {}, "the API key file is empty"),
-    ({"api_key_file": "{empty}", "api_key": "k"}, ["--api-key-file", "{empty}"], {"SE_ONNX_API_KEY": "k"}, "give the API key once"),
-    ({"ssl_keyfile": "{cert}"}, ["--ssl-keyfile", "{cert}"], {}, "--ssl-keyfile and --ssl-ca-certs need --ssl-certfile"),
+    ({"api_key_file": "{empty}", "api_key": "k"}, ["--api-key-file", "{empty}"], {"SE_ONNX_API_KEY": "k"},
+     "give the API key once"),
+    ({"ssl_keyfile": "{cert}"}, ["--ssl-keyfile", "{cert}"], {},
+     "--ssl-keyfile and --ssl-ca-certs need --ssl-certfile"),
     ({"ssl_certfile": "/no/cert.pem"}, ["--ssl-certfile", "/no/cert.pem"], {}, "/no/cert.pem: not a readable file"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("settings, argv, env, message", INVALID, ids=[str(case[0]) for case in INVALID])
-def test_invalid_settings_are_refused_alike_by_the_api_and_the_command_line(monkeypatch, capsys, files, settings, argv, env, message):
+def test_invalid_settings_are_refused_alike_by_the_api_and_the_command_line(
+    monkeypatch, capsys, files, settings, argv, env, message
+):
+    given = {name: _fill(value, files) for name, value in settings.items()}
     with pytest.raises(ValidationError) as refused:
-        create_app(ServerSettings(**{"model_repository": files["repo"], **{k: _fill(v, files) for k, v in settings.items()}}))
+        create_app(ServerSettings(**{"model_repository": files["repo"], **given}))
     (error,) = refused.value.errors()
     reason = error["msg"].removeprefix("Value error, ")
     assert message in reason
@@ -200,9 +209,8 @@ def test_without_a_repository_or_models_here_the_error_names_the_option(monkeypa
     monkeypatch.chdir(tmp_path)
     assert main(["serve"]) == 2
     printed = capsys.readouterr().err
-    assert printed == (
-        f"se-onnx: error: --model-repository (SE_ONNX_MODEL_REPOSITORY): {tmp_path / 'models'}: model repository is not a directory\n"
-    )
+    where = f"--model-repository (SE_ONNX_MODEL_REPOSITORY): {tmp_path / 'models'}"
+    assert printed == f"se-onnx: error: {where}: model repository is not a directory\n"
 
 
 def test_a_taken_http_port_stops_the_server_at_start_up(files):
@@ -210,10 +218,10 @@ def test_a_taken_http_port_stops_the_server_at_start_up(files):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
-                   "--model-repository", str(files["repo"])]  # fmt: skip
+        command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port),
+                   "--grpc-port", "0", "--model-repository", str(files["repo"])]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        failed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        failed = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2, failed.stderr
     assert failed.stderr.startswith(f"se-onnx: error: cannot listen for HTTP on 127.0.0.1:{port}: ")
     assert failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr, failed.stderr

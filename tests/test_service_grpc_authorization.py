@@ -37,7 +37,8 @@ UNARY = {
     "RepositoryIndex": pb.RepositoryIndexRequest(),
     "SystemSharedMemoryStatus": pb.SystemSharedMemoryStatusRequest(),
 }
-SCOPED = {"ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer"}
+SCOPED = {"ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer",
+          "ModelStreamInfer"}  # fmt: skip
 
 
 async def _codes(channel: grpc.aio.Channel, metadata: tuple) -> dict[str, grpc.StatusCode]:
@@ -67,9 +68,9 @@ def _run(tmp_path, options: dict, keys: dict[str, tuple]) -> dict[str, dict[str,
 
     async def scenario():
         port = free_port()
-        async with serve_async(root, grpc_port=port, **options):
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return {label: await _codes(channel, metadata) for label, metadata in keys.items()}
+        server = serve_async(root, grpc_port=port, **options)
+        async with server, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            return {label: await _codes(channel, metadata) for label, metadata in keys.items()}
 
     return asyncio.run(scenario())
 

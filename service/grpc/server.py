@@ -66,7 +66,9 @@ def _not_offered(message: str):
 
 # The RPCs that take the data plane's key checks, as their HTTP routes do; the others (liveness,
 # readiness, gRPC health, reflection, the RPCs not offered) take no key.
-_SCOPED = ("ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer")
+_SCOPED = (
+    "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer"
+)
 _REPOSITORY = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
 _SHARED_MEMORY = ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister")
 
@@ -78,7 +80,11 @@ class Authorization(grpc.aio.ServerInterceptor):
     configured, so the repository API is off)."""
 
     def __init__(self, plane: DataPlane):
-        checks = {_SCOPED: plane.authorize_scoped, _REPOSITORY: plane.authorize, _SHARED_MEMORY: plane.authorize_shared_memory}
+        checks = {
+            _SCOPED: plane.authorize_scoped,
+            _REPOSITORY: plane.authorize,
+            _SHARED_MEMORY: plane.authorize_shared_memory,
+        }
         self._checks = {f"/{SERVICE_NAME}/{rpc}": check for rpcs, check in checks.items() for rpc in rpcs}
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
