@@ -1,8 +1,8 @@
-"""The FastAPI application: `create_app(config)` wires the data plane, routers, middleware, the gRPC server and lifespan."""
+"""The FastAPI application: `create_app(settings)` wires the data plane, routers, middleware, the gRPC server
+and lifespan."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from contextlib import asynccontextmanager
 
@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from se_onnx.runtime.sessions import resolve_provider
 from service import __version__
-from service.config import ServerConfig
+from service.config import ServerSettings
 from service.dataplane import DataPlane
 from service.errors import ServiceError, first_error
 from service.rest.middleware import AccessLog, BodyLimit, Compression
@@ -25,23 +25,28 @@ log = logging.getLogger("service.app")
 COMPRESSION_MIN_BYTES = 1024
 
 
-def create_app(config: ServerConfig) -> FastAPI:
-    """The server for `config`. Raises SeOnnxError at once when the server-wide provider cannot
-    be used (CUDA asked for but not working, and no --allow-cpu-fallback)."""
-    provider = resolve_provider(config.provider, allow_cpu_fallback=config.allow_cpu_fallback, device_id=config.device_id)
-    if provider != config.provider:
+def create_app(settings: ServerSettings) -> FastAPI:
+    """The server for `settings` (validated when they were built: invalid ones never get here).
+    Raises SeOnnxError at once when the server-wide provider cannot be used (CUDA asked for but
+    not working, and no --allow-cpu-fallback)."""
+    provider = resolve_provider(
+        settings.provider, allow_cpu_fallback=settings.allow_cpu_fallback, device_id=settings.device_id
+    )
+    if provider != settings.provider:
         # 'auto' picking one is expected; a named GPU provider replaced by the CPU deserves a warning.
-        level = logging.INFO if config.provider == "auto" else logging.WARNING
-        log.log(level, "provider resolved", extra={"requested": config.provider, "provider": provider})
-    plane = DataPlane(dataclasses.replace(config, provider=provider))
+        level = logging.INFO if settings.provider == "auto" else logging.WARNING
+        log.log(level, "provider resolved", extra={"requested": settings.provider, "provider": provider})
+    plane = DataPlane(settings.model_copy(update={"provider": provider}))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Which folder is served, absolute: a relative one depends on where the server was started.
+        log.info("serving model repository", extra={"path": str(settings.model_repository)})
         # Models load in the background so that /v2/health/live answers during a long start-up.
         plane.start()
         grpc_server = None
         try:
-            if config.grpc_port:
+            if settings.grpc_port:
                 from service.grpc.server import (
                     GrpcServer,  # grpc is only imported when it serves
                 )
@@ -81,7 +86,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(BodyLimit, limit=config.max_request_size)
+    app.add_middleware(BodyLimit, limit=settings.max_request_size)
     app.add_middleware(Compression, minimum_size=COMPRESSION_MIN_BYTES)
     app.add_middleware(AccessLog)
     return app

@@ -3,43 +3,150 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from se_onnx.errors import SeOnnxError
+from se_onnx.runtime.sessions import PROVIDERS
 from service.errors import first_error
 
 MODEL_CONFIG_FILE = "config.json"
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything `se-onnx serve` takes; `create_app` needs nothing else."""
+PROVIDER_CHOICES = ("auto", *PROVIDERS)
+# 'auto': CUDA where it works, else the CPU; the others as se_onnx.runtime.sessions names them.
+Provider = Literal[PROVIDER_CHOICES]  # type: ignore[valid-type]
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ENV_PREFIX = "SE_ONNX_"
 
-    model_repository: Path
-    host: str = "0.0.0.0"
-    port: int = 8000
-    # gRPC on the same host; 0 turns it off (the default here, so that apps built in tests bind
-    # nothing; `se-onnx serve` defaults to 8001, as Triton).
-    grpc_port: int = 0
-    provider: str = "auto"
-    allow_cpu_fallback: bool = False
-    device_id: int = 0
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    max_request_size: int = 64 * 1024 * 1024
-    request_timeout: float = 60.0
-    api_key: str | None = None
-    # "repository": the key guards index, load and unload; "all": every route but the health checks.
-    api_key_scope: str = "repository"
-    # TLS for HTTP (and gRPC): the server's certificate chain and key; a CA bundle makes client certificates required.
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    ssl_ca_certs: Path | None = None
-    log_level: str = "info"
-    workers_per_model: int = 1
+
+def env_name(field: str) -> str:
+    """The environment variable of a ServerSettings field: grpc_port → SE_ONNX_GRPC_PORT."""
+    return ENV_PREFIX + field.upper()
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server takes, from keyword arguments or SE_ONNX_<FIELD> environment variables
+    (arguments win); `se-onnx serve` derives its options from these fields and `create_app` needs
+    nothing else. An invalid value or combination is a ValidationError here, whoever builds the
+    settings; messages name a setting as `se-onnx serve` spells it (--api-key-scope for api_key_scope)."""
+
+    # hide_input_in_errors: a cross-field error would otherwise print every setting, the API key too.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    model_repository: Path = Field(
+        default=Path("models"),
+        description="directory of models; a relative path is taken from the working directory",
+    )
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port to listen on")
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="gRPC port to listen on, Triton's GRPCInferenceService (0 turns gRPC off)",
+    )
+    provider: Provider = Field(
+        default="auto",
+        description="execution provider for every model without its own (auto: CUDA when usable, else CPU)",
+    )
+    allow_cpu_fallback: bool = Field(
+        default=False,
+        description="run on the CPU when the requested GPU provider is not usable, instead of failing at start-up",
+    )
+    device_id: int = Field(default=0, ge=0, description="GPU device id")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads within an operator (0: its choice)"
+    )
+    inter_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads across operators (0: its choice)"
+    )
+    max_request_size: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="largest request body (and gRPC message) in bytes; larger ones get 413",
+    )
+    request_timeout: float = Field(
+        default=60.0, ge=0, description="seconds a request may wait and run before it gets 503 (0: no limit)"
+    )
+    workers_per_model: int = Field(
+        default=1, ge=1, description="instances (inference threads) per model without its own instance_count"
+    )
+    log_level: Literal[LOG_LEVELS] = Field(default="info", description="log level")  # type: ignore[valid-type]
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="key that enables the repository API (index, load, unload); clients send it as X-API-Key or "
+        "Authorization: Bearer. Prefer the environment variable or a key file: a key on the command line "
+        "shows in the process list",
+    )
+    api_key_file: Path | None = Field(default=None, description="read the API key from this file (its first line)")
+    api_key_scope: Literal["repository", "all"] = Field(
+        default="repository",
+        description="what the key guards: repository (index, load, unload) or all (every route and RPC but the "
+        "health checks)",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="serve HTTPS, and gRPC over TLS, with this PEM certificate (chain)"
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="the certificate's PEM private key (default: inside the certificate file)"
+    )
+    ssl_ca_certs: Path | None = Field(
+        default=None,
+        description="PEM bundle of CAs; clients must then present a certificate signed by one (mutual TLS)",
+    )
+
+    @field_validator("model_repository")
+    @classmethod
+    def _a_directory(cls, path: Path) -> Path:
+        if not path.is_dir():
+            raise ValueError(f"{path.absolute()}: model repository is not a directory")
+        return path.resolve()  # logs and errors then say which folder, wherever the server was started
+
+    @field_validator("ssl_certfile", "ssl_keyfile", "ssl_ca_certs")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            raise ValueError(f"{path}: not a readable file")
+        return path
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, key: str | None) -> str | None:
+        return key or None  # SE_ONNX_API_KEY= (set but empty) means no key
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_file(cls, data: Any) -> Any:
+        """The key of api_key_file becomes api_key, so the rest of the server knows one key."""
+        if not isinstance(data, dict) or data.get("api_key_file") is None:
+            return data
+        if data.get("api_key"):
+            raise ValueError("give the API key once: --api-key (or SE_ONNX_API_KEY) or --api-key-file, not both")
+        path = Path(data["api_key_file"])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise ValueError(f"{path}: cannot read the API key file ({reason})") from None
+        if not lines or not lines[0].strip():
+            raise ValueError(f"{path}: the API key file is empty")
+        return {**data, "api_key": lines[0].strip()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerSettings:
+        if self.grpc_port == self.port:
+            raise ValueError(f"--grpc-port and --port are both {self.port}; give gRPC a port of its own")
+        if self.api_key_scope == "all" and not self.api_key:
+            raise ValueError("--api-key-scope all needs an API key (SE_ONNX_API_KEY, --api-key-file or --api-key)")
+        if (self.ssl_keyfile or self.ssl_ca_certs) and not self.ssl_certfile:
+            raise ValueError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
+        return self
 
 
 class _Strict(BaseModel):
@@ -93,7 +200,7 @@ class ModelConfig(_Strict):
 
     max_batch_size: int = Field(default=0, ge=0)
     dynamic_batching: DynamicBatching | None = None
-    provider: str | None = Field(default=None, pattern="^(auto|cpu|cuda|tensorrt)$")
+    provider: Provider | None = None
     device_id: int | None = Field(default=None, ge=0)
     gpu_mem_limit: int | None = Field(default=None, ge=1)
     instance_count: int | None = Field(default=None, ge=1)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import SERVER_NAME, __version__
-from service.config import ServerConfig
+from service.config import ServerSettings
 from service.errors import ServiceError, bad_request
 from service.runtime.classification import classify, requested_classes
 from service.runtime.metrics import TritonCollector
@@ -76,7 +76,7 @@ class DataPlane:
     once, ready when loading ends); `stop_accepting` turns readiness off and tells streaming
     front ends to finish; `close` unloads every model once its requests are done."""
 
-    def __init__(self, config: ServerConfig):
+    def __init__(self, config: ServerSettings):
         self.config = config
         self.recorder = Recorder()
         self.repository = ModelRepository(config, self.recorder)

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
 from service.app import create_app
-from service.config import ServerConfig
+from service.config import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,8 +149,9 @@ def wait_ready(client, timeout: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def serve(root: Path, **options):
-    """A started in-process app on `root` (lifespan run, models loaded) and its TestClient."""
-    app = create_app(ServerConfig(model_repository=root, provider="cpu", **options))
+    """A started in-process app on `root` (lifespan run, models loaded) and its TestClient; gRPC
+    is off unless `grpc_port` is given."""
+    app = create_app(ServerSettings(model_repository=root, provider="cpu", **{"grpc_port": 0, **options}))
     with TestClient(app) as client:
         wait_ready(client)
         yield client
@@ -159,7 +160,7 @@ def serve(root: Path, **options):
 @contextlib.asynccontextmanager
 async def serve_async(root: Path, **options):
     """The same for concurrent tests: an httpx.AsyncClient over ASGI, sharing the test's event loop."""
-    app = create_app(ServerConfig(model_repository=root, provider="cpu", **options))
+    app = create_app(ServerSettings(model_repository=root, provider="cpu", **{"grpc_port": 0, **options}))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
@@ -189,25 +190,31 @@ def free_port() -> int:
 
 
 def start_server(
-    repo: Path,
+    repo: Path | None,
     *args: str,
     env: dict[str, str] | None = None,
     grpc_port: int | None = 0,
     scheme: str = "http",
+    cwd: Path = ROOT,
     **client_options,
 ) -> tuple[subprocess.Popen, str]:
     """`python -m se_onnx serve` on loopback, ready; (process, HTTP host:port). gRPC is off
     unless `grpc_port` is given (None: as the environment says), so that servers started in
-    parallel do not race for 8001. `client_options` go to the httpx client that polls
-    readiness (TLS: `verify`)."""
+    parallel do not race for 8001. Without `repo` the server picks its own, in `cwd`.
+    `client_options` go to the httpx client that polls readiness (TLS: `verify`)."""
     port = free_port()
     grpc = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
     # A file, not a pipe: the access log of a long run would fill a pipe and block the server.
     log = tempfile.TemporaryFile("w+")
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environment.pop("SE_ONNX_MODEL_REPOSITORY", None)  # the test's repository or none, never the shell's
+    if repo is not None:
+        environment["SE_ONNX_MODEL_REPOSITORY"] = str(repo)
+    environment.update(env or {})
     process = subprocess.Popen(
         [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port), *grpc, *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "SE_ONNX_MODEL_REPOSITORY": str(repo), **(env or {})},
+        cwd=cwd,
+        env=environment,
         stdout=subprocess.DEVNULL,
         stderr=log,
         text=True,

@@ -435,12 +435,10 @@ def test_kserve_grpc_inferenceservice_exposes_an_h2c_port_with_grpc_probes():
 # --- environment variables --------------------------------------------------------------------
 
 
-def _serve_parser(monkeypatch, env: dict[str, str]):
+def _serve_parser():
     from se_onnx.cli import build_parser
 
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    parser = build_parser()  # options read the environment when they are registered
+    parser = build_parser(["serve"])
     (subparsers,) = [a for a in parser._actions if a.dest == "command"]
     return subparsers.choices["serve"]
 
@@ -449,27 +447,19 @@ def _env_name(action) -> str:
     return "SE_ONNX_" + action.option_strings[0].lstrip("-").upper().replace("-", "_")
 
 
-def test_every_serve_option_can_be_set_from_its_environment_variable(monkeypatch):
-    actions = [a for a in _serve_parser(monkeypatch, {})._actions if a.dest != "help"]
+def test_every_serve_option_can_be_set_from_its_environment_variable():
+    """Each option is a field of the server's settings, which read SE_ONNX_<FIELD> (tests/test_service_cli.py
+    sets each one)."""
+    from service.config import ServerSettings, env_name
+
+    actions = [a for a in _serve_parser()._actions if a.dest != "help"]
     assert set(SERVE_OPTIONS) <= {a.option_strings[0][2:] for a in actions}
-    wanted = {}
-    for action in actions:
-        if action.nargs == 0:  # a flag
-            wanted[action.dest] = ("1", True)
-        elif action.choices:
-            choice = next(c for c in action.choices if c != action.default)
-            wanted[action.dest] = (choice, choice)
-        elif action.type in (int, float):
-            wanted[action.dest] = ("7", action.type("7"))
-        else:
-            wanted[action.dest] = ("/some/where", "/some/where")
-    env = {_env_name(a): wanted[a.dest][0] for a in actions}
-    parsed = _serve_parser(monkeypatch, env).parse_args([])
-    assert {dest: getattr(parsed, dest) for dest in wanted} == {dest: value for dest, (_, value) in wanted.items()}
+    assert {a.dest for a in actions} == set(ServerSettings.model_fields)
+    assert all(_env_name(a) == env_name(a.dest) for a in actions)
 
 
-def test_deployment_files_set_only_variables_the_server_reads(monkeypatch, dockerfile):
-    known = {_env_name(a) for a in _serve_parser(monkeypatch, {})._actions if a.dest != "help"}
+def test_deployment_files_set_only_variables_the_server_reads(dockerfile):
+    known = {_env_name(a) for a in _serve_parser()._actions if a.dest != "help"}
     used = set()
     for stage in ("cpu", "cuda"):
         used |= {name for name in dockerfile[stage].env() if name.startswith("SE_ONNX_")}

@@ -19,7 +19,7 @@ from service_helpers import (
 )
 
 from service.app import create_app
-from service.config import ServerConfig
+from service.config import ServerSettings
 
 KEY = {"X-API-Key": "s3cret"}
 
@@ -71,7 +71,7 @@ def test_layouts_policies_and_failed_models(repo):
 
 
 def test_server_is_not_ready_before_start_up(repo):
-    client = TestClient(create_app(ServerConfig(model_repository=repo, provider="cpu")))  # lifespan not run
+    client = TestClient(create_app(ServerSettings(model_repository=repo, provider="cpu")))  # lifespan not run
     response = client.get("/v2/health/ready")
     assert response.status_code == 503 and response.json() == {"error": "server is not ready"}
     assert client.get("/v2/health/live").status_code == 200

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,11 +99,6 @@ def _is_number(text: str) -> bool:
 def count(number: int, noun: str, plural: str | None = None) -> str:
     """ "1 SE block", "2 SE blocks", "0 residual branches" (irregular plurals given)."""
     return f"{number:,} {noun if number == 1 else plural or noun + 's'}"
-
-
-def env_default(name: str, default: str | None = None) -> str | None:
-    """The default of an option taken from the environment variable SE_ONNX_<NAME>."""
-    return os.environ.get(f"SE_ONNX_{name.upper().replace('-', '_')}", default)
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:

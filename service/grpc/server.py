@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from se_onnx.errors import SeOnnxError
-from service.config import ServerConfig
+from service.config import ServerSettings
 from service.dataplane import DataPlane, api_key_from
 from service.errors import ServiceError
 from service.grpc.codec import decode_request, encode_response, parameters
@@ -64,9 +64,55 @@ def _not_offered(message: str):
     return refuse
 
 
-def _api_key(context: grpc.aio.ServicerContext) -> str | None:
-    """The key in `x-api-key` or `authorization: Bearer <key>` metadata, as HTTP takes it."""
-    return api_key_from({key.lower(): value for key, value in context.invocation_metadata() or ()})
+# The RPCs that take the data plane's key checks, as their HTTP routes do; the others (liveness,
+# readiness, gRPC health, reflection, the RPCs not offered) take no key.
+_SCOPED = (
+    "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer"
+)
+_REPOSITORY = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
+_SHARED_MEMORY = ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister")
+
+
+class Authorization(grpc.aio.ServerInterceptor):
+    """The API key check of every RPC that needs one, before its handler runs, as HTTP's
+    dependencies do it: the key comes from `x-api-key` or `authorization: Bearer <key>` metadata.
+    A refused call ends UNAUTHENTICATED (missing or wrong key) or PERMISSION_DENIED (no key
+    configured, so the repository API is off)."""
+
+    def __init__(self, plane: DataPlane):
+        checks = {
+            _SCOPED: plane.authorize_scoped,
+            _REPOSITORY: plane.authorize,
+            _SHARED_MEMORY: plane.authorize_shared_memory,
+        }
+        self._checks = {f"/{SERVICE_NAME}/{rpc}": check for rpcs, check in checks.items() for rpc in rpcs}
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        check = self._checks.get(details.method)
+        if check is None or handler is None:
+            return handler
+        try:
+            check(api_key_from({key.lower(): value for key, value in details.invocation_metadata or ()}))
+        except ServiceError as error:
+            return _refusal(handler, _CODES[error.status], error.message)
+        return handler
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that ends the call with `code` and `message`
+    instead of running the RPC."""
+
+    async def refuse(request_or_iterator, context):
+        await context.abort(code, message)
+
+    kind = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    return kind[handler.request_streaming, handler.response_streaming](refuse)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -83,36 +129,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelReady(self, request, context):
-        self._plane.authorize_scoped(_api_key(context))
         return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version or None))
 
     @_unary
     async def ServerMetadata(self, request, context):
-        self._plane.authorize_scoped(_api_key(context))
         return pb.ServerMetadataResponse(**self._plane.server_metadata())
 
     @_unary
     async def ModelMetadata(self, request, context):
-        self._plane.authorize_scoped(_api_key(context))
         metadata = self._plane.model_metadata(request.name, request.version or None)
         metadata.pop("parameters")  # se-onnx's own fields; Triton's message has no place for them
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
     @_unary
     async def ModelConfig(self, request, context):
-        self._plane.authorize_scoped(_api_key(context))
         config = self._plane.model_config(request.name, request.version or None)
         return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
 
     @_unary
     async def ModelStatistics(self, request, context):
-        self._plane.authorize_scoped(_api_key(context))
         stats = self._plane.statistics(request.name or None, request.version or None)
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     @_unary
     async def ModelInfer(self, request, context):
-        self._plane.authorize_scoped(_api_key(context))
         decode = functools.partial(decode_request, request, self._plane.shared_memory)
         return await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
 
@@ -120,10 +160,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests are answered as they finish, each reply carrying its request's id; a failed
         request is its reply's error_message and the stream goes on. When the server stops,
         no further request is read and those already read are answered."""
-        try:
-            self._plane.authorize_scoped(_api_key(context))
-        except ServiceError as error:
-            await context.abort(_CODES[error.status], error.message)
         writing = asyncio.Lock()
         answering: set[asyncio.Task] = set()
         stopping = asyncio.ensure_future(self._plane.stopping.wait())
@@ -171,25 +207,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def RepositoryIndex(self, request, context):
-        self._plane.authorize(_api_key(context))
         rows = self._plane.repository_index(request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     @_unary
     async def RepositoryModelLoad(self, request, context):
-        self._plane.authorize(_api_key(context))
         await self._plane.load(request.model_name, parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_unary
     async def RepositoryModelUnload(self, request, context):
-        self._plane.authorize(_api_key(context))
         await self._plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @_unary
     async def SystemSharedMemoryStatus(self, request, context):
-        self._plane.authorize_shared_memory(_api_key(context))
         regions = self._plane.shared_memory.status(request.name or None)
         return pb.SystemSharedMemoryStatusResponse(
             regions={region["name"]: pb.SystemSharedMemoryStatusResponse.RegionStatus(**region) for region in regions}
@@ -197,13 +229,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def SystemSharedMemoryRegister(self, request, context):
-        self._plane.authorize_shared_memory(_api_key(context))
         self._plane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_unary
     async def SystemSharedMemoryUnregister(self, request, context):
-        self._plane.authorize_shared_memory(_api_key(context))
         self._plane.shared_memory.unregister(request.name or None)
         return pb.SystemSharedMemoryUnregisterResponse()
 
@@ -215,7 +245,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     LogSettings = _not_offered("log settings cannot be changed at run time; start the server with --log-level")
 
 
-def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+def _tls_credentials(config: ServerSettings) -> grpc.ServerCredentials | None:
     """The HTTP front end's certificate and key (and client-certificate CA) for gRPC too; None without TLS."""
     if config.ssl_certfile is None:
         return None
@@ -229,7 +259,7 @@ class GrpcServer:
     """The gRPC server of one DataPlane: `start` binds and serves; it drains on its own once the
     plane stops accepting (SIGTERM), and `stop` waits for that."""
 
-    def __init__(self, plane: DataPlane, config: ServerConfig):
+    def __init__(self, plane: DataPlane, config: ServerSettings):
         self._plane = plane
         self._config = config
         self._server: grpc.aio.Server | None = None
@@ -249,7 +279,7 @@ class GrpcServer:
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options, interceptors=[Authorization(self._plane)])
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

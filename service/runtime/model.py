@@ -15,7 +15,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from se_onnx.errors import SeOnnxError
 from se_onnx.runtime.sessions import make_session, random_inputs, resolve_provider
-from service.config import ModelConfig, ServerConfig
+from service.config import ModelConfig, ServerSettings
 from service.errors import ServiceError, bad_request
 from service.runtime.batcher import DynamicBatcher, Feeds
 from service.runtime.classification import read_labels
@@ -55,7 +55,7 @@ class ServedModel:
     `session_per_instance` gives each thread its own session (benchmarks/bench_service.py
     compares the two)."""
 
-    def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerConfig, recorder: ModelRecorder):
+    def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerSettings, recorder: ModelRecorder):
         self.name, self.version, self.path, self.config = name, version, path, config
         self.labels = read_labels(path)  # for the classification extension
         requested = config.provider or server.provider

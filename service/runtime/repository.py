@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from se_onnx.errors import SeOnnxError
-from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerConfig
+from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerSettings
 from service.errors import ServiceError
 from service.runtime.model import ServedModel
 from service.runtime.recorder import Recorder
@@ -62,7 +62,7 @@ class VersionState(NamedTuple):
 
 
 class ModelRepository:
-    def __init__(self, config: ServerConfig, recorder: Recorder):
+    def __init__(self, config: ServerSettings, recorder: Recorder):
         self.root = Path(config.model_repository)
         self._config = config
         self._recorder = recorder
