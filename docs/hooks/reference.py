@@ -23,8 +23,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
+
+
+def on_config(config, **kwargs):
+    # Document this checkout's code, ahead of any other copy on the path (MkDocs restores the
+    # path after loading hooks, so not at import).
     sys.path.insert(0, str(ROOT))
+    return config
 
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
