@@ -277,10 +277,15 @@ def test_every_page_is_in_the_nav() -> None:
     assert {page for page in pages if page not in nav} == set()
 
 
-def test_cli_reference_covers_every_option() -> None:
+def _reference():
     spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "docs/hooks/reference.py")
     reference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reference)
+    return reference
+
+
+def test_cli_reference_covers_every_option() -> None:
+    reference = _reference()
     text = reference.cli_reference()
     _, subcommands = reference.subcommand_parsers()
     for name, sub in subcommands.choices.items():
@@ -288,5 +293,27 @@ def test_cli_reference_covers_every_option() -> None:
         for action in sub._actions:
             for option in () if isinstance(action, argparse._HelpAction) else action.option_strings:
                 assert re.search(rf"[`,] ?{re.escape(option)}\b", section), f"se-onnx {name} {option} is not in the reference"
-    assert "| `" in reference.model_config_reference()
+
+
+def test_settings_references() -> None:
+    reference = _reference()
+    assert "`max_batch_size`" in reference.model_config_reference()
     assert "SE_ONNX_PORT" in reference.server_settings_reference()
+
+
+def test_settings_reference_of_a_settings_model() -> None:
+    """What the server settings page shows for a pydantic-settings model."""
+    pydantic_settings = pytest.importorskip("pydantic_settings")
+    from pydantic import Field
+
+    class Settings(pydantic_settings.BaseSettings):
+        model_config = pydantic_settings.SettingsConfigDict(env_prefix="SE_ONNX_")
+        port: int = Field(default=8000, ge=1, description="HTTP port")
+
+    table = _reference().models_reference(Settings, Settings.model_config["env_prefix"])
+    assert "| `port` | `SE_ONNX_PORT` | `int` | `8000` | ≥ `1` | HTTP port |" in table
+
+
+def test_readme_links_exist() -> None:
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    assert [link for link in links if not (ROOT / link).exists()] == []
