@@ -196,8 +196,8 @@ def server_settings_reference() -> str:
     if model is None:
         serve = subcommand_parsers()[1].choices["serve"]
         return (
-            "The server's settings are the options of `se-onnx serve`; each one is also read from "
-            "the environment variable named with it, and a flag on the command line wins.\n\n" + parser_options(serve)
+            "The options of `se-onnx serve`, each with the environment variable it is read from:\n\n"
+            + parser_options(serve)
         )
     prefix = model.model_config.get("env_prefix", "")
     intro = f"`{model.__module__}.{model.__name__}`" + (f": {(model.__doc__ or '').strip()}" if model.__doc__ else "")
