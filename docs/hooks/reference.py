@@ -182,23 +182,9 @@ def models_reference(model: type[BaseModel], env_prefix: str | None = None) -> s
     return "\n\n".join(parts)
 
 
-def server_settings_model() -> type[BaseModel] | None:
-    """`ServerSettings` in service/config.py, else the pydantic model that holds the server's
-    settings there under its older name, else None."""
-    from service import config
-
-    candidates = (getattr(config, name, None) for name in ("ServerSettings", "ServerConfig"))
-    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-
-
 def server_settings_reference() -> str:
-    model = server_settings_model()
-    if model is None:
-        serve = subcommand_parsers()[1].choices["serve"]
-        return (
-            "The options of `se-onnx serve`, each with the environment variable it is read from:\n\n"
-            + parser_options(serve)
-        )
+    from service.config import ServerSettings as model
+
     prefix = model.model_config.get("env_prefix", "")
     intro = f"`{model.__module__}.{model.__name__}`" + (f": {(model.__doc__ or '').strip()}" if model.__doc__ else "")
     return intro + "\n\n" + models_reference(model, prefix)
