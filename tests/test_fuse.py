@@ -153,7 +153,7 @@ def test_fastest_keeps_the_original_unless_a_form_clearly_wins(monkeypatch, rati
         assert set(models) == set(fastest_module.CANDIDATES)
         return [FormTiming("original", 1.0, 1.0)] + [FormTiming(form, ratio, ratio) for form, ratio in ratios.items()]
 
-    monkeypatch.setattr(fuse_module, "measure_forms", measured)
+    monkeypatch.setattr(fastest_module, "measure_forms", measured)
     original = ir.from_proto(se_model(Variant()))
     model, report = fuse_fastest(original)
     assert report.written == written
