@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from se_onnx import SeOnnxError, find_se, save_model, strip_se
+from se_onnx import find_se, save_model, strip_se
 from tests.se_variants import (
     POSITIVES,
     Variant,

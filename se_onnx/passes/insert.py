@@ -24,7 +24,13 @@ import numpy as np
 import onnx_ir as ir
 
 from se_onnx.errors import OptionError, SeOnnxError
-from se_onnx.ir.constants import constant_array, is_constant, is_quantize_op, static_shape, value_dtype
+from se_onnx.ir.constants import (
+    constant_array,
+    is_constant,
+    is_quantize_op,
+    static_shape,
+    value_dtype,
+)
 from se_onnx.ir.gc_pause import collector_paused
 from se_onnx.ir.graph import (
     MAIN_GRAPH,
@@ -33,7 +39,6 @@ from se_onnx.ir.graph import (
     graph_paths,
     graphs,
     is_conv,
-    is_op,
     node_label,
     owning_graph,
     scoped_name,
@@ -41,7 +46,13 @@ from se_onnx.ir.graph import (
 from se_onnx.ir.naming import NameScope, names_in_use
 from se_onnx.ir.opset import model_opset
 from se_onnx.ir.qdq import through_qdq
-from se_onnx.ir.se_block import FUNCTION_NAME, SE_DOMAIN, SEWeights, build_se_block, squeeze_width
+from se_onnx.ir.se_block import (
+    FUNCTION_NAME,
+    SE_DOMAIN,
+    SEWeights,
+    build_se_block,
+    squeeze_width,
+)
 from se_onnx.passes.base import Report, SEPass, SEResult
 from se_onnx.passes.find import find_se
 

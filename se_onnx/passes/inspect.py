@@ -10,7 +10,13 @@ import onnx_ir as ir
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.graph import node_label, scoped_name
 from se_onnx.passes.find import NearMiss, SEBlock, detect
-from se_onnx.passes.insert import ConvInfo, InsertOptions, check_insertable, model_convs, plan_insertion
+from se_onnx.passes.insert import (
+    ConvInfo,
+    InsertOptions,
+    check_insertable,
+    model_convs,
+    plan_insertion,
+)
 
 
 @dataclasses.dataclass(frozen=True)
