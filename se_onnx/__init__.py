@@ -6,7 +6,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from se_onnx.errors import SeOnnxError
+    from se_onnx.errors import OptionError, SeOnnxError
     from se_onnx.ir.model_io import load_model, save_model
     from se_onnx.passes.find import FindSE, find_se
     from se_onnx.passes.fuse import FuseSE, fuse_se
@@ -24,6 +24,7 @@ _EXPORTS = {
     "InsertOptions": "se_onnx.passes.insert",
     "InsertReport": "se_onnx.passes.insert",
     "InsertSE": "se_onnx.passes.insert",
+    "OptionError": "se_onnx.errors",
     "SeOnnxError": "se_onnx.errors",
     "StripSE": "se_onnx.passes.strip",
     "UnfuseSE": "se_onnx.passes.unfuse",

@@ -194,8 +194,8 @@ def test_nodes_select_by_exact_name_and_by_regex():
     assert [b.name for b in report.blocks] == [conv_names[1]]
     _, report = insert_se(_ir(proto), InsertOptions(nodes=(".*",)))
     assert [b.name for b in report.blocks] == conv_names
-    with pytest.raises(SeOnnxError, match="not selected by --nodes"):
-        insert_se(_ir(proto), InsertOptions(nodes=("no-such-conv",)))
+    _, report = insert_se(_ir(proto), InsertOptions(nodes=("no-such-conv",)))
+    assert report.blocks == [] and "not selected by --nodes" in report.nothing_to_do
 
 
 def test_min_channels_and_skip_depthwise():
@@ -319,17 +319,23 @@ def test_convs_inside_subgraphs_get_blocks_named_by_their_graph():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (InsertOptions(ratio=0), "--ratio"),
-        (InsertOptions(ratio=1.5), "--ratio"),
-        (InsertOptions(where="everywhere"), "--where"),
-        (InsertOptions(init="zeros"), "--init"),
-        (InsertOptions(nodes=("(",)), "regular expression"),
-        (InsertOptions(where="residual"), "no residual block"),
+        ({"ratio": 0}, "ratio must be"),
+        ({"ratio": 1.5}, "ratio must be"),
+        ({"where": "everywhere"}, "where must be"),
+        ({"init": "zeros"}, "init must be"),
+        ({"nodes": ("(",)}, "regular expression"),
     ],
 )
 def test_bad_options_are_clear_errors(options, message):
+    # The options check themselves when made, and name the option as the library spells it.
     with pytest.raises(SeOnnxError, match=message):
-        insert_se(_ir(build_samples.vgg_like(opset=13)), options)
+        InsertOptions(**options)
+
+
+def test_a_placement_nothing_matches_leaves_the_model_and_says_why():
+    model, report = insert_se(_ir(build_samples.vgg_like(opset=13)), InsertOptions(where="residual"))
+    assert report.blocks == [] and "no residual block" in report.nothing_to_do
+    assert find_se(model) == []
 
 
 def test_unsupported_models_are_clear_errors():

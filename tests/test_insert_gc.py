@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 
+import numpy as np
 import onnx_ir as ir
 import pytest
 
@@ -36,8 +37,10 @@ def test_collector_is_off_during_the_pass_and_back_on_after(collector, monkeypat
 
 def test_collector_comes_back_after_an_error(collector):
     gc.enable()
-    with pytest.raises(SeOnnxError):
-        insert_se(ir.from_proto(build_samples.resnet_like(opset=13)), InsertOptions(nodes=("no_such_conv",)))
+    # Weights for no block of the model: refused while the blocks are being added.
+    with pytest.raises(SeOnnxError, match="no weights for block"):
+        options = InsertOptions(weights={"other.fc1.weight": np.zeros((2, 4))})
+        insert_se(ir.from_proto(build_samples.resnet_like(opset=13)), options)
     assert gc.isenabled()
 
 

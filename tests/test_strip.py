@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from se_onnx import SeOnnxError, find_se, save_model, strip_se
+from se_onnx import find_se, save_model, strip_se
 from tests.se_variants import (
     POSITIVES,
     Variant,
@@ -44,9 +44,11 @@ def test_strip_equals_the_model_built_without_se(variant: Variant, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_strip_refuses_a_model_without_se_blocks():
-    with pytest.raises(SeOnnxError, match="no SE block"):
-        strip_se(ir.from_proto(negative_model("silu_feature_map")))
+def test_strip_leaves_a_model_without_se_blocks_and_says_why():
+    model, report = strip_se(ir.from_proto(negative_model("silu_feature_map")))
+    assert report.blocks == [] and "no SE block" in report.nothing_to_do
+    unchanged = ir.to_proto(ir.from_proto(negative_model("silu_feature_map")))
+    assert ir.to_proto(model).SerializeToString() == unchanged.SerializeToString()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

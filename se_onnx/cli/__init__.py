@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from se_onnx.cli._deferred_imports import defer_unused_imports
-from se_onnx.errors import SeOnnxError
+from se_onnx.errors import OptionError, SeOnnxError
 
 # Each module defines `register(subparsers)`, which adds its parser with `run` as its default.
 COMMAND_MODULES = (
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(_commands_for(argv)).parse_args(argv)
     try:
         return args.run(args) or 0
+    except OptionError as error:  # the library names the option, the command line its flag
+        print(f"se-onnx: error: {error.flag} {error.problem}", file=sys.stderr)
+        return 2
     except SeOnnxError as error:
         print(f"se-onnx: error: {error}", file=sys.stderr)
         return 2

@@ -7,10 +7,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from se_onnx.errors import SeOnnxError
+
+if TYPE_CHECKING:
+    from se_onnx.passes.base import Report
 
 
 def add_rewrite_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
@@ -25,6 +29,12 @@ def check_output_path(model_path: str, output: str, in_place: bool) -> None:
     same = Path(output).resolve() == Path(model_path).resolve()
     if same and not in_place:
         raise SeOnnxError(f"{output}: output is the input model; pass --in-place to overwrite it")
+
+
+def refuse_nothing_to_do(report: Report) -> None:
+    """A pass that found nothing to work on is the command's one-line error, and nothing is written."""
+    if report.nothing_to_do:
+        raise SeOnnxError(report.nothing_to_do)
 
 
 def check_png_path(path: str | None) -> None:

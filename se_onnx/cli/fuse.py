@@ -11,6 +11,7 @@ from se_onnx.cli._common import (
     print_blocks,
     print_json,
     print_table,
+    refuse_nothing_to_do,
 )
 from se_onnx.ir.model_io import load_model, save_model
 from se_onnx.passes.fuse import FORMS, fuse_se
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         model, report = fuse_fastest(model, provider=args.provider, runs=args.runs, warmup=args.warmup, batch=args.batch)
     else:
         model, report = fuse_se(model, args.form)
+    refuse_nothing_to_do(report)
     save_model(model, args.output)
     if args.json:
         print_json(report.to_dict())

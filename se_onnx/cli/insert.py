@@ -12,6 +12,7 @@ from se_onnx.cli._common import (
     load_npz,
     print_json,
     print_table,
+    refuse_nothing_to_do,
 )
 from se_onnx.ir.model_io import load_model, save_model
 from se_onnx.passes.insert import INITS, PLACEMENTS, InsertOptions, InsertSE
@@ -87,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         weights=load_npz(args.weights) if args.weights else None,
     )
-    options.validate()
     # In place: the command has no further use for the model as loaded, so it is not copied first.
     model = load_model(args.model)
     report = InsertSE(options)(model).report
+    refuse_nothing_to_do(report)
     save_model(model, args.output)
     if args.json:
         print_json(report.to_dict())

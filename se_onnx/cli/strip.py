@@ -10,6 +10,7 @@ from se_onnx.cli._common import (
     count,
     print_blocks,
     print_json,
+    refuse_nothing_to_do,
 )
 from se_onnx.ir.model_io import load_model, save_model
 from se_onnx.passes.strip import strip_se
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, args.in_place)
     model, report = strip_se(load_model(args.model))
+    refuse_nothing_to_do(report)
     save_model(model, args.output)
     if args.json:
         print_json(report.to_dict())

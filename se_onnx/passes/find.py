@@ -36,6 +36,7 @@ from se_onnx.ir.graph import (
 )
 from se_onnx.ir.qdq import clips_at_zero, qdq_pairs_between, through_qdq
 from se_onnx.ir.se_block import Activation, Gate, LayerWeights, SEWeights
+from se_onnx.passes.base import SEResult
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 _GATE_BROADCAST_OPS = ("Reshape", "Unsqueeze")
@@ -182,22 +183,11 @@ class Detection:
         }
 
 
-@dataclasses.dataclass
-class FindResult(ir.passes.PassResult):
-    """The model, unchanged, and what the analysis found in it."""
-
-    report: Detection
-
-
 class FindSE(ir.passes.PassBase):
     """Finds the model's SE blocks and near-misses (an onnx-ir analysis pass: changes nothing).
 
-    The result carries the `Detection`; in a `PassManager`, read it from `report` after the run.
+    The result is an `SEResult` whose report is the `Detection`.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.report: Detection | None = None
 
     @property
     def in_place(self) -> bool:
@@ -207,9 +197,8 @@ class FindSE(ir.passes.PassBase):
     def changes_input(self) -> bool:
         return False
 
-    def call(self, model: ir.Model) -> FindResult:
-        self.report = detect(model)
-        return FindResult(model, False, self.report)
+    def call(self, model: ir.Model) -> SEResult[Detection]:
+        return SEResult(model, False, detect(model))
 
 
 def find_se(model: ir.Model) -> list[SEBlock]:

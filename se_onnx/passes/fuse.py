@@ -35,11 +35,12 @@ wins depends on the model, the provider and the machine.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+import numpy as np
 import onnx_ir as ir
 
-from se_onnx.errors import SeOnnxError
+from se_onnx.errors import OptionError
 from se_onnx.ir.graph import redirect, remove_unused
 from se_onnx.ir.naming import NameScope, names_in_use
 from se_onnx.ir.opset import model_opset
@@ -54,7 +55,8 @@ from se_onnx.ir.se_block import (
     build_excitation,
     build_se_function_body,
 )
-from se_onnx.passes.find import SEBlock, detect
+from se_onnx.passes.base import Report, SEPass, SEResult
+from se_onnx.passes.find import Detection, SEBlock, detect
 
 # Each form and the block layout `se_block` builds for it (None: one function node per block).
 _FORM_LAYOUTS = {"canonical": "gemm", "conv": "conv", "function": None}
@@ -64,11 +66,11 @@ FUNCTION_IR_VERSION = 10
 
 
 @dataclasses.dataclass
-class FuseReport:
+class FuseReport(Report):
     """What `fuse_se` did: the form asked for, the form written, the blocks, and any timings."""
 
     form: str
-    written: str  # canonical, function, conv, or original (fastest kept the model as it was)
+    written: str  # canonical, function, conv, or original (nothing rewritten, or fastest kept the model)
     blocks: list[dict]  # each block's `SEBlock.to_dict()`, names as in the input model
 
     def to_dict(self) -> dict:
@@ -76,83 +78,140 @@ class FuseReport:
         return {"form": self.form, "written": self.written, "provider": None, "timings": [], "blocks": self.blocks}
 
 
-@dataclasses.dataclass
-class FuseResult(ir.passes.PassResult):
-    """The model with its SE blocks in the form asked for, and the report."""
-
-    report: FuseReport
-
-
-class FuseSE(ir.passes.InPlacePass):
+class FuseSE(SEPass[FuseReport]):
     """Rewrites every SE block of the model into `form` in place (an onnx-ir pass; forms in the
     module docstring).
 
-    Raises SeOnnxError for an unknown form or a model without SE blocks. The result carries the
-    report; in a `PassManager`, read it from `report` after the run.
+    A block whose rewrite would be the block itself, op for op with equal attributes and weights
+    (a canonical block fused to canonical again), is left as it stands, so `modified` is False
+    when every block already is in `form`, and a second run converges. A model without SE blocks
+    is left as it was, and the report says why.
     """
 
     def __init__(self, form: str = "canonical") -> None:
         super().__init__()
-        _check_form(form)
+        if form not in FORMS:
+            raise OptionError("form", f"must be one of {', '.join(FORMS)}, not {form!r}")
         self.form = form
-        self.report: FuseReport | None = None
 
-    def call(self, model: ir.Model) -> FuseResult:
-        blocks = [block.to_dict() for block in _blocks(model)]
+    def requires(self, model: ir.Model) -> None:
+        model_opset(model)
+
+    def call(self, model: ir.Model) -> SEResult[FuseReport]:
+        detection = detect(model)
+        if not detection.blocks:
+            report = FuseReport(self.form, "original", [], nothing_to_do=_no_blocks(detection))
+            return SEResult(model, False, report)
+        described = [block.to_dict() for block in detection.blocks]
         layout = _FORM_LAYOUTS[self.form]
         if layout is None:
-            _to_functions(model)
+            rewritten = _to_functions(model, detection.blocks)
         else:
-            _rewrite(model, _layout_builder(layout))
-        self.report = FuseReport(self.form, self.form, blocks)
-        return FuseResult(model, True, self.report)
+            rewritten = _rewrite(model, detection.blocks, _layout_builder(layout))
+        return SEResult(model, rewritten > 0, FuseReport(self.form, self.form, described))
 
 
 def fuse_se(model: ir.Model, form: str = "canonical") -> tuple[ir.Model, FuseReport]:
     """A copy of `model` with every SE block rewritten into `form`, and the report (`FuseSE` on a
     copy). The input model is not modified."""
-    result = FuseSE(form)(model.clone())
-    return result.model, result.report
-
-
-def _check_form(form: str) -> None:
-    if form not in FORMS:
-        raise SeOnnxError(f"--form must be one of {', '.join(FORMS)}, not {form!r}")
-
+    return FuseSE(form).on_copy(model)
 
 
 # --- Rewriting -----------------------------------------------------------------------------------
 
 
-def _blocks(model: ir.Model) -> list[SEBlock]:
-    detection = detect(model)
-    if not detection.blocks:
-        hint = ""
-        if detection.near_misses:
-            miss = detection.near_misses[0]
-            hint = f" ({len(detection.near_misses)} near-misses, see se-onnx inspect; {miss.node!r}: {miss.reason})"
-        raise SeOnnxError(f"the model has no SE block{hint}")
-    return detection.blocks
+def _no_blocks(detection: Detection) -> str:
+    hint = ""
+    if detection.near_misses:
+        miss = detection.near_misses[0]
+        hint = f" ({len(detection.near_misses)} near-misses, see se-onnx inspect; {miss.node!r}: {miss.reason})"
+    return f"the model has no SE block{hint}"
 
 
-# Builds a block's replacement over the feature map x; returns the value that stands for its output.
-_Builder = Callable[[ir.Model, SEBlock, ir.Value, int, NameScope], ir.Value]
+# Builds a block's replacement over the feature map x, for the caller to add to the graph.
+_Builder = Callable[[SEBlock, ir.Value, int, NameScope], BuiltBlock]
 
 
-def _rewrite(model: ir.Model, build: _Builder) -> None:
-    """Replace each SE block of `model` by what `build` makes for it, in place."""
+def _rewrite(model: ir.Model, blocks: list[SEBlock], build: _Builder) -> int:
+    """Replace each SE block of `model` by what `build` makes for it, in place, unless that is the
+    block as it stands; the number of blocks replaced."""
     opset = model_opset(model)
     names = NameScope(names_in_use(model))
     # A block may rescale the output of the block before it, which that block's rewrite replaced.
     replaced: dict[ir.Value, ir.Value] = {}
-    for index, block in enumerate(_blocks(model)):
+    for index, block in enumerate(blocks):
         scope = names.child(f"{block.rescale.name or f'se_{index}'}/")
-        output = build(model, block, replaced.get(block.input, block.input), opset, scope)
-        redirect(block.output, output, names)
-        replaced[block.output] = output
+        x = replaced.get(block.input, block.input)
+        built = build(block, x, opset, scope)
+        if _same_computation(block, x, built):
+            continue
+        _add(block.rescale.graph, built)
+        _keep_output_type(built.output, block.output)
+        redirect(block.output, built.output, names)
+        replaced[block.output] = built.output
         block.rescale.graph.remove(block.nodes, safe=True)
-    remove_unused(model)  # the old blocks' weights
-    model.graph.sort()
+    if replaced:
+        remove_unused(model)  # the old blocks' weights
+        model.graph.sort()
+    return len(replaced)
+
+
+def _same_computation(block: SEBlock, x: ir.Value, built: BuiltBlock) -> bool:
+    """Whether `built` is the block over `x` op for op: same ops, inputs, attributes and constants,
+    only the names differ. Rewriting the block would then change nothing but names."""
+    matched: dict[ir.Value, ir.Value] = {}  # a value of the block → its counterpart in `built`
+    visited: set[ir.Node] = set()
+
+    def same(old: ir.Value | None, new: ir.Value | None) -> bool:
+        if old is None or new is None or old is x or new is x:
+            return old is new
+        if old in matched:
+            return matched[old] is new
+        matched[old] = new
+        if old.const_value is not None or new.const_value is not None:
+            return _same_constant(old.const_value, new.const_value)
+        before, after = old.producer(), new.producer()
+        if before is None or after is None or before in visited or old.index() != new.index():
+            return False
+        visited.add(before)
+        return (
+            (before.domain, before.op_type, before.overload) == (after.domain, after.op_type, after.overload)
+            and len(before.inputs) == len(after.inputs)
+            and len(before.outputs) == len(after.outputs)
+            and _same_attributes(before.attributes, after.attributes)
+            and all(same(a, b) for a, b in zip(before.inputs, after.inputs))
+        )
+
+    return same(block.output, built.output) and visited == set(block.nodes)
+
+
+def _same_constant(old: ir.TensorProtocol | None, new: ir.TensorProtocol | None) -> bool:
+    if old is None or new is None or old.dtype != new.dtype:
+        return False
+    a, b = old.numpy(), new.numpy()
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _same_attributes(old: Mapping[str, ir.Attr], new: Mapping[str, ir.Attr]) -> bool:
+    if old.keys() != new.keys():
+        return False
+    for name, attribute in old.items():
+        other = new[name]
+        if attribute.is_ref() or other.is_ref() or attribute.type != other.type:
+            return False
+        if attribute.type == ir.AttributeType.TENSOR:
+            if not _same_constant(attribute.value, other.value):
+                return False
+        elif attribute.type in (ir.AttributeType.FLOAT, ir.AttributeType.FLOATS):
+            # As the model stores them: a float attribute is a float32.
+            if not np.array_equal(np.float32(attribute.value), np.float32(other.value)):
+                return False
+        elif attribute.type in (ir.AttributeType.INTS, ir.AttributeType.STRINGS):
+            if list(attribute.value) != list(other.value):
+                return False
+        elif attribute.type not in (ir.AttributeType.INT, ir.AttributeType.STRING) or attribute.value != other.value:
+            return False
+    return True
 
 
 def _layers(block: SEBlock) -> list[LayerWeights]:
@@ -160,8 +219,8 @@ def _layers(block: SEBlock) -> list[LayerWeights]:
 
 
 def _layout_builder(layout: str) -> _Builder:
-    def build(model: ir.Model, block: SEBlock, x: ir.Value, opset: int, names: NameScope) -> ir.Value:
-        built = build_excitation(
+    def build(block: SEBlock, x: ir.Value, opset: int, names: NameScope) -> BuiltBlock:
+        return build_excitation(
             x,
             _layers(block),
             spatial_rank=block.spatial_rank,
@@ -174,9 +233,6 @@ def _layout_builder(layout: str) -> _Builder:
             layout="gemm" if block.channels_last else layout,
             channels_last=block.channels_last,
         )
-        _add(block.rescale.graph, built)
-        _keep_output_type(built.output, block.output)
-        return built.output
 
     return build
 
@@ -192,10 +248,11 @@ def _keep_output_type(new: ir.Value, old: ir.Value) -> None:
     new.shape = old.shape or new.shape
 
 
-def _to_functions(model: ir.Model) -> None:
+def _to_functions(model: ir.Model, blocks: list[SEBlock]) -> int:
+    """Replace each block by a call of its function overload; the number of blocks replaced."""
     functions: dict[str, ir.Function] = {}
 
-    def build(model: ir.Model, block: SEBlock, x: ir.Value, opset: int, names: NameScope) -> ir.Value:
+    def build(block: SEBlock, x: ir.Value, opset: int, names: NameScope) -> BuiltBlock:
         body = build_se_function_body(
             _layers(block),
             spatial_rank=block.spatial_rank,
@@ -214,7 +271,6 @@ def _to_functions(model: ir.Model) -> None:
             weight = ir.Value(
                 name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(block.dtype), const_value=tensor
             )
-            block.rescale.graph.register_initializer(weight)
             weights.append(weight)
         node = ir.Node(
             SE_DOMAIN,
@@ -225,17 +281,16 @@ def _to_functions(model: ir.Model) -> None:
             num_outputs=1,
             name=names(FUNCTION_NAME),
         )
-        block.rescale.graph.append(node)
-        output = node.outputs[0]
-        output.name = names("output")
-        _keep_output_type(output, block.output)
-        return output
+        node.outputs[0].name = names("output")
+        return BuiltBlock([node], weights, node.outputs[0])
 
-    _rewrite(model, build)
+    # A call is never a block of plain ops, so every block is replaced.
+    replaced = _rewrite(model, blocks, build)
     for function in functions.values():
         model.functions[function.identifier()] = function
     model.opset_imports[SE_DOMAIN] = 1
     model.ir_version = max(model.ir_version, FUNCTION_IR_VERSION)
+    return replaced
 
 
 def _overload(block: SEBlock) -> str:

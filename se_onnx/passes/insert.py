@@ -15,15 +15,22 @@ after a DequantizeLinear and is followed by a copy of the Q/DQ pair before it (s
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
-from se_onnx.errors import SeOnnxError
-from se_onnx.ir.constants import constant_array, is_constant, static_shape, value_dtype
+from se_onnx.errors import OptionError, SeOnnxError
+from se_onnx.ir.constants import (
+    constant_array,
+    is_constant,
+    is_quantize_op,
+    static_shape,
+    value_dtype,
+)
 from se_onnx.ir.gc_pause import collector_paused
 from se_onnx.ir.graph import (
     MAIN_GRAPH,
@@ -32,7 +39,6 @@ from se_onnx.ir.graph import (
     graph_paths,
     graphs,
     is_conv,
-    is_op,
     node_label,
     owning_graph,
     scoped_name,
@@ -40,20 +46,28 @@ from se_onnx.ir.graph import (
 from se_onnx.ir.naming import NameScope, names_in_use
 from se_onnx.ir.opset import model_opset
 from se_onnx.ir.qdq import through_qdq
-from se_onnx.ir.se_block import SEWeights, build_se_block, squeeze_width
+from se_onnx.ir.se_block import (
+    FUNCTION_NAME,
+    SE_DOMAIN,
+    SEWeights,
+    build_se_block,
+    squeeze_width,
+)
+from se_onnx.passes.base import Report, SEPass, SEResult
 from se_onnx.passes.find import find_se
 
 PLACEMENTS = ("auto", "residual", "conv")
 INITS = ("identity", "saturated", "random")
 
 _QUANTIZED_CONVS = frozenset({"QLinearConv", "ConvInteger"})
+_HAS_BLOCK = "already followed by an SE block"
 # How far back the residual check walks from a branch to find its shortcut's source.
 _RESIDUAL_SEARCH_LIMIT = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class InsertOptions:
-    """How and where the pass adds SE blocks (the CLI's options, one for one)."""
+    """How and where the pass adds SE blocks (the CLI's options, one for one), checked when made."""
 
     where: str = "auto"  # residual, conv, or auto: residual when the model has residual blocks
     nodes: tuple[str, ...] = ()  # conv node names or regular expressions; only these convs
@@ -69,22 +83,22 @@ class InsertOptions:
     # Trained weights keyed "<block>.fc1.weight" etc., as `export_se_weights` writes them.
     weights: Mapping[str, np.ndarray] | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.where not in PLACEMENTS:
-            raise SeOnnxError(f"--where must be one of {', '.join(PLACEMENTS)}, not {self.where!r}")
+            raise OptionError("where", f"must be one of {', '.join(PLACEMENTS)}, not {self.where!r}")
         if not 0 < self.ratio <= 1:
-            raise SeOnnxError(f"--ratio must be in (0, 1], not {self.ratio:g}")
+            raise OptionError("ratio", f"must be in (0, 1], not {self.ratio:g}")
         if self.min_squeeze < 1:
-            raise SeOnnxError(f"--min-squeeze must be at least 1, not {self.min_squeeze}")
+            raise OptionError("min_squeeze", f"must be at least 1, not {self.min_squeeze}")
         if self.divisor is not None and self.divisor < 1:
-            raise SeOnnxError(f"--divisor must be at least 1, not {self.divisor}")
+            raise OptionError("divisor", f"must be at least 1, not {self.divisor}")
         if self.init not in INITS:
-            raise SeOnnxError(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
+            raise OptionError("init", f"must be one of {', '.join(INITS)}, not {self.init!r}")
         for pattern in self.nodes:
             try:
                 re.compile(pattern)
             except re.error as error:
-                raise SeOnnxError(f"--nodes {pattern!r} is not a valid regular expression: {error}") from None
+                raise OptionError("nodes", f"{pattern!r} is not a valid regular expression: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +146,12 @@ class SkippedConv:
 
 
 @dataclasses.dataclass
-class InsertReport:
+class InsertReport(Report):
+    """What `insert_se` added, and the convs it skipped."""
+
     placement: str
     opset: int
-    dtype: str
+    dtype: str | None  # the feature maps' element type; None when no block was added
     blocks: list[InsertedBlock]
     skipped: list[SkippedConv]
 
@@ -218,14 +234,17 @@ class InsertionPlan:
 
 
 def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) -> InsertionPlan:
-    """Decide where blocks go without changing the model (`insert_se` and `inspect` share it)."""
-    options.validate()
-    _refuse_quantized(model.graph)
+    """Decide where blocks go without changing the model (`insert_se` and `inspect` share it; the
+    model is one that `check_insertable` accepts)."""
     convs = list(model_convs(model))
-    if not convs:
-        raise SeOnnxError("the model has no Conv node, so there is nowhere to add SE blocks")
     se_blocks = find_se(model)
     se_nodes = {id(node) for block in se_blocks for node in block.nodes}
+    # The model's blocks as (input, output): those found, and the fuse pass's function calls.
+    existing = [(block.input, block.output) for block in se_blocks] + [
+        (node.inputs[0], node.outputs[0])
+        for node in model.graph.all_nodes()
+        if node.domain == SE_DOMAIN and node.op_type == FUNCTION_NAME
+    ]
     skipped: list[SkippedConv] = []
     candidates: list[ConvInfo] = []
     for node, path in convs:
@@ -243,61 +262,74 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
 
     placement = options.where
     if placement == "auto":
-        has_residual = not options.nodes and any(True for _ in _residual_sites(candidates, convs))
+        # A residual branch that already has its block still makes the model residual.
+        has_residual = not options.nodes and any(True for _ in _residual_sites(candidates, convs, existing))
         placement = "residual" if has_residual else "conv"
     if placement == "residual":
-        sites = list(_residual_sites(candidates, convs))
+        found = _residual_sites(candidates, convs, existing)
     else:
-        sites = []
-        se_inputs = {id(block.input) for block in se_blocks}
-        for site in map(_conv_site, candidates):
-            if id(site.anchor) in se_inputs:
-                skipped.append(SkippedConv(site.conv.name, "already followed by an SE block"))
-            else:
-                sites.append(site)
+        found = map(_conv_site, candidates)
+    se_inputs = {id(block_input) for block_input, _ in existing}
+    sites = []
+    for site in found:
+        # A residual site whose branch has its block reads the block's output, not the layer's end.
+        covered = site.anchor is not site.path.end if placement == "residual" else id(site.anchor) in se_inputs
+        if covered:
+            skipped.append(SkippedConv(site.conv.name, _HAS_BLOCK))
+        else:
+            sites.append(site)
     return InsertionPlan(placement, sites, skipped, len(convs))
 
 
-@dataclasses.dataclass
-class InsertResult(ir.passes.PassResult):
-    """The model with its blocks added, and the report of them."""
+def check_insertable(model: ir.Model) -> None:
+    """Refuse a model the insertion pass cannot add blocks to: QOperator-quantized convs, no Conv."""
+    for node in model.graph.all_nodes():
+        if node.op_type in _QUANTIZED_CONVS:
+            raise SeOnnxError(
+                f"the model is quantized ({node.op_type} node {node_label(node)!r}); "
+                "insert SE blocks into the float model, then quantize it"
+            )
+    if not any(True for _ in model_convs(model)):
+        raise SeOnnxError("the model has no Conv node, so there is nowhere to add SE blocks")
 
-    report: InsertReport
 
-
-class InsertSE(ir.passes.InPlacePass):
+class InsertSE(SEPass[InsertReport]):
     """Adds SE blocks to the model in place, as `options` say (an onnx-ir pass).
 
-    Raises SeOnnxError when the options are invalid, the model is unsupported (no conv, quantized
-    convs, opset < 11), or nothing matches the placement; the model is then unchanged. The result
-    carries the report; in a `PassManager`, whose result does not, read it from `report` after.
+    `requires()` refuses a model older than opset 11, one with quantized convs (QLinearConv,
+    ConvInteger) or one without a Conv. When no conv matches the placement and the options (every
+    chosen conv already has its block, say) the model is left as it was: `modified=False`, and the
+    report says why. An error while adding blocks (weights that do not fit) also leaves it as it was.
     """
 
     def __init__(self, options: InsertOptions = InsertOptions()) -> None:
         super().__init__()
         self.options = options
-        self.report: InsertReport | None = None
 
-    def call(self, model: ir.Model) -> InsertResult:
+    def requires(self, model: ir.Model) -> None:
+        model_opset(model)
+        check_insertable(model)
+
+    def call(self, model: ir.Model) -> SEResult[InsertReport]:
         opset = model_opset(model)
         with collector_paused():
             plan = plan_insertion(model, self.options)
             if not plan.sites:
-                raise SeOnnxError(_nothing_matches(plan, self.options))
+                why = _nothing_matches(plan)
+                report = InsertReport(plan.placement, opset, None, [], plan.skipped, nothing_to_do=why)
+                return SEResult(model, False, report)
             dtype = _feature_dtype(plan.sites[0])
             blocks = _add_blocks(model, plan.sites, self.options, opset)
             model.graph.sort()  # and every subgraph
-        self.report = InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
-        return InsertResult(model, True, self.report)
+        report = InsertReport(plan.placement, opset, np.dtype(dtype.numpy()).name, blocks, plan.skipped)
+        return SEResult(model, True, report)
 
 
 def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tuple[ir.Model, InsertReport]:
     """Return a copy of `model` with SE blocks added as `options` say, and a report of them
     (`InsertSE` on a copy). The input model is not modified."""
-    with collector_paused():
-        model = model.clone()
-    result = InsertSE(options)(model)
-    return result.model, result.report
+    with collector_paused():  # the copy, too, makes many objects and no garbage
+        return InsertSE(options).on_copy(model)
 
 
 def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
@@ -446,11 +478,16 @@ def _conv_site(info: ConvInfo) -> InsertionSite:
     return InsertionSite(info, "conv", path.end, tuple(path.end.uses()), path)
 
 
-def _residual_sites(candidates: Sequence[ConvInfo], convs: Sequence[tuple[ir.Node, str]]) -> Iterator[InsertionSite]:
+def _residual_sites(
+    candidates: Sequence[ConvInfo], convs: Sequence[tuple[ir.Node, str]], existing: Sequence[tuple[ir.Value, ir.Value]]
+) -> Iterator[InsertionSite]:
     """One site per residual Add: the branch operand, when it ends in one of the candidate convs.
 
     Every conv's layer (`follow_layer`, without its activation) is followed to its end; an Add of
-    two computed values that reads such an end is residual when `_residual_branch` says so.
+    two computed values that reads such an end is residual when `_residual_branch` says so. A
+    branch whose layer already ends in one of the `existing` blocks (input, output) is one too: its
+    Add reads the block's output (through the copied Q/DQ pair in a QDQ model), and its site's
+    anchor is that operand, not the layer's end.
     """
     candidate_ids = {id(info.node) for info in candidates}
     paths: dict[int, tuple[ConvInfo, LayerPath]] = {}
@@ -459,20 +496,29 @@ def _residual_sites(candidates: Sequence[ConvInfo], convs: Sequence[tuple[ir.Nod
         if info is not None:
             path = follow_layer(node, activation=False)
             paths[id(path.end)] = (info, path)
+    readers = [path.end.consumers() for _, path in paths.values()]
+    after_se: dict[int, tuple[ConvInfo, LayerPath]] = {}
+    for block_input, block_output in existing:
+        if id(block_input) in paths:
+            after_se[id(block_output)] = paths[id(block_input)]
+            readers.append(_readers_past_qdq(block_output))
+
+    def layer_of(value: ir.Value) -> tuple[ConvInfo, LayerPath] | None:
+        return paths.get(id(value)) or after_se.get(id(through_qdq(value)))
+
     adds: dict[int, ir.Node] = {}
-    for _, path in paths.values():
-        for consumer in path.end.consumers():
-            if consumer.op_type == "Add" and consumer.domain in ("", "ai.onnx"):
-                adds[id(consumer)] = consumer
+    for consumer in itertools.chain.from_iterable(readers):
+        if consumer.op_type == "Add" and consumer.domain in ("", "ai.onnx"):
+            adds[id(consumer)] = consumer
     for add in adds.values():
-        branch = _residual_branch(add, paths)
+        branch = _residual_branch(add, layer_of)
         if branch is not None and id(branch[1].node) in candidate_ids:
             index, info, path = branch
             yield InsertionSite(info, "residual", add.inputs[index], ((add, index),), path)
 
 
 def _residual_branch(
-    add: ir.Node, paths: Mapping[int, tuple[ConvInfo, LayerPath]]
+    add: ir.Node, layer_of: Callable[[ir.Value], tuple[ConvInfo, LayerPath] | None]
 ) -> tuple[int, ConvInfo, LayerPath] | None:
     """(operand index, conv, its layer) of a residual Add's branch, or None when it is not residual.
 
@@ -485,7 +531,7 @@ def _residual_branch(
     shapes = [v.shape for v in add.inputs]
     if shapes[0] is not None and shapes[1] is not None and len(shapes[0]) != len(shapes[1]):
         return None
-    layers = [paths.get(id(value)) for value in add.inputs]
+    layers = [layer_of(value) for value in add.inputs]
     for branch, shortcut in ((0, 1), (1, 0)):
         if layers[branch] is None:
             continue
@@ -494,6 +540,15 @@ def _residual_branch(
         if _layer_input(info) is not source and _is_ancestor(source, info.node.inputs[0]):
             return branch, info, path
     return None
+
+
+def _readers_past_qdq(value: ir.Value) -> Iterator[ir.Node]:
+    """The nodes that read `value`, directly or through Q/DQ pairs."""
+    for consumer in value.consumers():
+        if is_quantize_op(consumer, "QuantizeLinear") or is_quantize_op(consumer, "DequantizeLinear"):
+            yield from _readers_past_qdq(consumer.outputs[0])
+        else:
+            yield consumer
 
 
 def _layer_input(info: ConvInfo) -> ir.Value:
@@ -529,16 +584,7 @@ def _feature_dtype(site: InsertionSite) -> ir.DataType:
     return dtype
 
 
-def _refuse_quantized(graph: ir.Graph) -> None:
-    for node in graph.all_nodes():
-        if node.op_type in _QUANTIZED_CONVS:
-            raise SeOnnxError(
-                f"the model is quantized ({node.op_type} node {node_label(node)!r}); "
-                "insert SE blocks into the float model, then quantize it"
-            )
-
-
-def _nothing_matches(plan: InsertionPlan, options: InsertOptions) -> str:
+def _nothing_matches(plan: InsertionPlan) -> str:
     if plan.placement == "residual":
         message = "no residual block (a conv branch Added to its shortcut) matches"
     else:
@@ -548,6 +594,6 @@ def _nothing_matches(plan: InsertionPlan, options: InsertOptions) -> str:
         reasons[entry.reason] = reasons.get(entry.reason, 0) + 1
     if reasons:
         message += " (skipped: " + "; ".join(f"{count} {reason}" for reason, count in reasons.items()) + ")"
-    if plan.placement == "residual":
+    if plan.placement == "residual" and _HAS_BLOCK not in reasons:  # no residual branch at all
         message += "; try --where conv"
     return message

@@ -10,7 +10,13 @@ import onnx_ir as ir
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.graph import node_label, scoped_name
 from se_onnx.passes.find import NearMiss, SEBlock, detect
-from se_onnx.passes.insert import ConvInfo, InsertOptions, model_convs, plan_insertion
+from se_onnx.passes.insert import (
+    ConvInfo,
+    InsertOptions,
+    check_insertable,
+    model_convs,
+    plan_insertion,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +83,14 @@ def inspect_model(model: ir.Model) -> ModelSummary:
     """Summarize `model`; it is not modified."""
     producer = " ".join(part for part in (model.producer_name, model.producer_version) if part)
     convs = [ConvLayer.of(node, graph) for node, graph in model_convs(model)]
-    sites: dict[str, list[str]] = {}
-    for placement in ("residual", "conv"):
-        try:
-            plan = plan_insertion(model, InsertOptions(where=placement))
-        except SeOnnxError:  # no conv, or quantized: nowhere to insert
-            sites[placement] = []
-        else:
-            sites[placement] = [site.conv.name for site in plan.sites]
+    sites: dict[str, list[str]] = {"residual": [], "conv": []}
+    try:
+        check_insertable(model)
+    except SeOnnxError:  # no conv, or quantized: nowhere to insert
+        pass
+    else:
+        for placement in sites:
+            sites[placement] = [site.conv.name for site in plan_insertion(model, InsertOptions(where=placement)).sites]
     detection = detect(model)
     return ModelSummary(
         ir_version=model.ir_version,

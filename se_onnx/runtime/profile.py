@@ -124,10 +124,9 @@ def se_cost(model: str | os.PathLike, options: BenchOptions = BenchOptions()) ->
     if uses_external_data(with_se):
         # Serialized bytes cannot point at external data, so both copies carry their weights inline.
         with_se = ir.external_data.load_to_model(with_se)
-    try:
-        stripped, strip_report = strip_se(with_se)
-    except SeOnnxError:
-        raise SeOnnxError(f"{model}: --se-cost needs a model with SE blocks, and it has none") from None
+    stripped, strip_report = strip_se(with_se)
+    if strip_report.nothing_to_do:
+        raise SeOnnxError(f"{model}: --se-cost needs a model with SE blocks, and it has none")
     label = label_of(model)
     se_nodes = frozenset(name for block in strip_report.blocks for name in block["nodes"])
     return _cost_report(
