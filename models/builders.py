@@ -19,6 +19,7 @@ use of a stem bare ("conv", "conv_1") where a test names nodes and values as an 
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,7 +71,6 @@ class GraphBuilder:
         rng: np.random.Generator | None = None,
         opset: int = 13,
         names: Names | None = None,
-        prefix: str = "",
         constants: bool = False,
         output_suffix: str = "_out",
     ) -> None:
@@ -79,7 +79,6 @@ class GraphBuilder:
         self.rng = np.random.default_rng(seed) if rng is None else rng
         self.opset = opset
         self.names = Names() if names is None else names
-        self.prefix = prefix
         self.constants = constants
         self.output_suffix = output_suffix
         self.tape = ir.tape.Tape()
@@ -98,7 +97,7 @@ class GraphBuilder:
     def op(self, op_type: str, inputs: Sequence[ir.Value | None], stem: str, *, name: str | None = None,
            **attributes) -> ir.Value:
         """One node; `name` overrides the name drawn from `stem` (names repeated on purpose)."""
-        node_name = name or self.names(self.prefix + stem)
+        node_name = name or self.names(stem)
         output = ir.Value(name=self.names.take(node_name + self.output_suffix))
         # Sorted as onnx.helper.make_node sorts them, so that models built either way serialize alike.
         return self.tape.op(op_type, inputs, dict(sorted(attributes.items())) or None, name=node_name, output=output)
@@ -115,10 +114,34 @@ class GraphBuilder:
         """A Constant node whose output is `name`, with its one `value*` attribute."""
         return self.tape.op("Constant", [], attribute, name=f"{name}_constant", output=ir.Value(name=name))
 
+    def const(self, stem: str, array, *, exact: bool = False) -> ir.Value:
+        """A constant named from `stem`, in the model's float type unless `exact`."""
+        return self.tensor(self.names(stem), array, exact=exact)
+
     def weight(self, stem: str, *shape: int, scale: float = 1.0) -> ir.Value:
         """Uniform in ±scale/√fan_in, fan_in being the product of all dims after the first."""
         bound = scale / np.sqrt(int(np.prod(shape[1:])) if len(shape) > 1 else 1)
-        return self.tensor(self.names(self.prefix + stem), self.rng.uniform(-bound, bound, shape))
+        return self.const(stem, self.rng.uniform(-bound, bound, shape))
+
+    def stream(self, seed: int) -> GraphBuilder:
+        """A builder of this same graph drawing its weights from a stream of their own, so that a
+        part of the model (its SE blocks) can come and go without changing the other weights."""
+        other = copy.copy(self)
+        other.rng = np.random.default_rng(seed)
+        return other
+
+    def mean(self, x: ir.Value, axes: list[int], stem: str, *, keepdims: int = 1) -> ir.Value:
+        """ReduceMean over `axes`: an input from opset 18, an attribute before."""
+        if self.opset >= 18:
+            axes_value = self.const(stem + "_axes", np.array(axes, np.int64), exact=True)
+            return self.op("ReduceMean", [x, axes_value], stem, keepdims=keepdims)
+        return self.op("ReduceMean", [x], stem, axes=axes, keepdims=keepdims)
+
+    def unsqueeze(self, x: ir.Value, axes: list[int], stem: str) -> ir.Value:
+        """Unsqueeze on `axes`: an input from opset 13, an attribute before."""
+        if self.opset >= 13:
+            return self.op("Unsqueeze", [x, self.const(stem + "_axes", np.array(axes, np.int64), exact=True)], stem)
+        return self.op("Unsqueeze", [x], stem, axes=axes)
 
     def graph(self, name: str, inputs: Sequence[ir.Value], outputs: Sequence[ir.Value]) -> ir.Graph:
         """The graph of what was recorded; a subgraph when it is a branch or body."""

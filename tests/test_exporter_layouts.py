@@ -13,12 +13,12 @@ import pytest
 from exporter_layouts import (
     calibration_inputs,
     keras_se_model,
-    quantize_qdq,
     shared_weight_model,
     tf_resnet,
 )
 
 from models import build_samples
+from models.builders import quantize_qdq
 from se_onnx import (
     InsertOptions,
     SeOnnxError,
