@@ -18,10 +18,6 @@ import onnx_ir as ir
 
 from models.builders import GraphBuilder, seeded_inputs
 
-ACTIVATIONS = ("relu", "silu", "silu_decomposed", "hardswish", "hardswish_decomposed", "leakyrelu", "prelu", "none")
-GATES = ("sigmoid", "hardsigmoid_torch", "hardsigmoid_paddle", "hardsigmoid_default", "clip_div", "clip_mul")
-SQUEEZES = ("gap", "reducemean", "reducemean_keepdims")
-
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -32,8 +28,10 @@ class Variant:
     flatten: str | None = None  # Flatten | Reshape | Squeeze after the squeeze (Gemm/MatMul layers)
     layer: str = "conv"  # conv | gemm | matmul
     bias: str = "inside"  # inside | add (a separate Add; MatMul always uses one) | both | none
-    activation: str = "relu"  # see ACTIVATIONS; "none" is the one-layer "effective SE" variant
-    gate: str = "sigmoid"  # see GATES
+    # relu | silu | silu_decomposed | hardswish | hardswish_decomposed | leakyrelu | prelu | none (the one-layer
+    # "effective SE" variant)
+    activation: str = "relu"
+    gate: str = "sigmoid"  # sigmoid | hardsigmoid_torch | hardsigmoid_paddle | hardsigmoid_default | clip_div | clip_mul
     broadcast: str | None = None  # reshape | unsqueeze: how an N × C gate gets back to N × C × 1 × 1
     gate_first: bool = False  # Mul(gate, x) instead of Mul(x, gate)
     first_kernel: int = 1  # a first excitation conv that is not 1×1 makes a near-miss
