@@ -24,7 +24,7 @@ from onnx import helper
 if __name__ == "__main__":  # run as a script: models/ is a package of the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.builders import GraphBuilder  # noqa: E402
+from models.builders import GraphBuilder
 
 
 class _Builder(GraphBuilder):

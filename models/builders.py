@@ -87,7 +87,8 @@ class GraphBuilder:
     def input(self, name: str, shape: Sequence[int | str], dtype: ir.DataType | None = None) -> ir.Value:
         return ir.Value(name=name, type=ir.TensorType(dtype or self.dtype), shape=ir.Shape(shape))
 
-    def output(self, value: ir.Value, name: str, shape: Sequence[int | str], dtype: ir.DataType | None = None) -> ir.Value:
+    def output(self, value: ir.Value, name: str, shape: Sequence[int | str],
+               dtype: ir.DataType | None = None) -> ir.Value:
         """`value`, renamed `name` and typed as a graph output."""
         value.name = name
         value.type = ir.TensorType(dtype or self.dtype)
@@ -157,7 +158,8 @@ class GraphBuilder:
         return proto
 
 
-def seeded_inputs(model: onnx.ModelProto, *, batch: int = 2, seed: int = 0, count: int = 1) -> list[dict[str, np.ndarray]]:
+def seeded_inputs(model: onnx.ModelProto, *, batch: int = 2, seed: int = 0,
+                  count: int = 1) -> list[dict[str, np.ndarray]]:
     """`count` feeds of N(0, 1) values in each input's type, symbolic dims set to `batch`, from one seeded stream."""
     rng = np.random.default_rng(seed)
     feeds = []
@@ -175,7 +177,11 @@ def seeded_inputs(model: onnx.ModelProto, *, batch: int = 2, seed: int = 0, coun
 def quantize_qdq(model: onnx.ModelProto, **options) -> onnx.ModelProto:
     """The model quantized by ONNX Runtime's `quantize_static`, QDQ format, its defaults otherwise,
     calibrated on four seeded batches of 2."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

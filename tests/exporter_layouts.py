@@ -47,7 +47,8 @@ class _Layers:
         self.g = g
         self.nhwc = layout == "nhwc"
 
-    def conv(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1, weight: ir.Value | None = None) -> ir.Value:
+    def conv(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1,
+             weight: ir.Value | None = None) -> ir.Value:
         g = self.g
         if self.nhwc:
             x = g.op("Transpose", [x], "to_nchw", perm=TO_NCHW)
@@ -62,7 +63,8 @@ class _Layers:
         shift = g.const("bn_shift", g.rng.normal(0, 0.1, shape))
         return g.op("Add", [g.op("Mul", [x, scale], "bn_mul"), shift], "bn_add")
 
-    def conv_bn(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1, relu: bool = True) -> ir.Value:
+    def conv_bn(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1,
+                relu: bool = True) -> ir.Value:
         h = self.batch_norm(self.conv(x, cin, cout, kernel, stride), cout)
         return self.g.op("Relu", [h], "relu") if relu else h
 
@@ -123,7 +125,8 @@ def keras_se_model(
         for stem, (n_in, n_out) in (("fc1", (c, s)), ("fc2", (s, c))):
             weight = g.const(prefix + stem + "_w", se.rng.uniform(-2, 2, (n_in, n_out)) / np.sqrt(n_in))
             h = g.op("MatMul", [h, weight], prefix + stem)
-            h = g.op("Add", [h, g.const(prefix + stem + "_b", se.rng.uniform(-0.5, 0.5, n_out))], prefix + stem + "_add")
+            bias = g.const(prefix + stem + "_b", se.rng.uniform(-0.5, 0.5, n_out))
+            h = g.op("Add", [h, bias], prefix + stem + "_add")
             if stem == "fc1":
                 h = g.op("Relu", [h], prefix + "relu")
         h = g.op(gate, [h], prefix + "gate")

@@ -34,9 +34,6 @@ SPATIAL = (6, 6)
 class _Graph(GraphBuilder):
     """A graph named as exporters name it: the first use of a stem bare ("conv0", "relu0_out")."""
 
-    def __init__(self, *, names: Names, **options) -> None:
-        super().__init__(names=names, **options)
-
     def paddle_bias(self, stem: str, channels: int, rank: int) -> ir.Value:
         """A bias as Paddle2ONNX writes it: Reshape(Constant(C), Constant(value_ints=[1, C, 1…]))
         (the shape as a `value` tensor before opset 12, which introduced value_ints)."""
@@ -166,8 +163,10 @@ def loop_model(*, opset: int = 13, dtype: str = "float32", constants: bool = Fal
         then_branch=then.graph("inner_then_branch", [], [inner_then]),
         else_branch=other.graph("inner_else_branch", [], [inner_else]),
     )
-    cond_next = body.output(body.op("Identity", [cond], "body_cond", name="body_cond"), "cond_next", [], ir.DataType.BOOL)
-    body_graph = body.graph("loop_body", [iteration, cond, carried], [cond_next, body.output_map(carried_next, "carried_next")])
+    cond_next = body.output(body.op("Identity", [cond], "body_cond", name="body_cond"), "cond_next", [],
+                            ir.DataType.BOOL)
+    carried_next = body.output_map(carried_next, "carried_next")
+    body_graph = body.graph("loop_body", [iteration, cond, carried], [cond_next, carried_next])
     y = main.op("Loop", [trips, keep_going, h], "repeat", name="repeat", body=body_graph)
     return main.model("loop_style", [x, flag], [main.output_map(y, "y")])
 

@@ -31,7 +31,8 @@ class Variant:
     # relu | silu | silu_decomposed | hardswish | hardswish_decomposed | leakyrelu | prelu | none (the one-layer
     # "effective SE" variant)
     activation: str = "relu"
-    gate: str = "sigmoid"  # sigmoid | hardsigmoid_torch | hardsigmoid_paddle | hardsigmoid_default | clip_div | clip_mul
+    # sigmoid | hardsigmoid_torch | hardsigmoid_paddle | hardsigmoid_default | clip_div | clip_mul
+    gate: str = "sigmoid"
     broadcast: str | None = None  # reshape | unsqueeze: how an N × C gate gets back to N × C × 1 × 1
     gate_first: bool = False  # Mul(gate, x) instead of Mul(x, gate)
     first_kernel: int = 1  # a first excitation conv that is not 1×1 makes a near-miss
@@ -114,7 +115,8 @@ def _flatten(g: GraphBuilder, h: ir.Value, op: str, prefix: ir.Value, c: int, sp
     return g.op("Squeeze", [h, axes], prefix + "flatten")
 
 
-def _layer(g: GraphBuilder, h: ir.Value, v: Variant, stem: str, n_in: int, n_out: int, kernel: int, rank: int) -> ir.Value:
+def _layer(g: GraphBuilder, h: ir.Value, v: Variant, stem: str, n_in: int, n_out: int, kernel: int,
+           rank: int) -> ir.Value:
     inside = v.bias in ("inside", "both") and v.layer != "matmul"
     separate = v.bias in ("add", "both") or (v.layer == "matmul" and v.bias != "none")
     if v.layer == "conv":
