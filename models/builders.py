@@ -2,10 +2,10 @@
 
 A model reads as its graph, one `g.op(...)` per node:
 
-    g = GraphBuilder(seed=0)
+    g = GraphBuilder(seed=0, opset=13)
     x = g.input("x", ["N", 3, 6, 6])
     h = g.op("Relu", [g.op("Conv", [x, g.weight("w", 8, 3, 3, 3)], "conv", pads=[1] * 4)], "relu")
-    proto = g.model("chain", [x], [g.output(h, "y", ["N", 8, 6, 6])], opset=13)
+    proto = g.model("chain", [x], [g.output(h, "y", ["N", 8, 6, 6])])
 
 It lives in models/, beside models/build_samples.py, because three kinds of code build models with
 it: build_samples.py (the committed samples), the tests' descriptions of how exporters write graphs
