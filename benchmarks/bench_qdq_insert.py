@@ -30,11 +30,10 @@ import onnx
 import onnx_ir as ir
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-from exporter_layouts import quantize_qdq  # noqa: E402
+sys.path.insert(0, str(REPO))
 
 from models import build_samples  # noqa: E402
+from models.builders import quantize_qdq  # noqa: E402
 from se_onnx import InsertOptions, insert_se  # noqa: E402
 from se_onnx.runtime.fastest import measure_forms  # noqa: E402
 

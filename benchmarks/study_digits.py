@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--lr", str(args.lr), "--seed", str(seed), "--no-progress"]
         history = ["--plot", str(args.out / "history.png")] if seed == 0 else []
         trained = run(["train", str(se), "-o", str(se_trained), *common, *history])
-        control = run(["train", str(base), "-o", str(tuned), "--train", "all", *common])
+        run(["train", str(base), "-o", str(tuned), "--train", "all", *common])  # the control
         test = ["--data", str(args.out / "test.npz"), "--runs", str(args.runs)]
         plot = ["--plot", str(args.out / "compare.png")] if seed == 0 else []
         comparison = run(["evaluate", str(base), "--compare", str(se_trained), *test, *plot])

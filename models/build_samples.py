@@ -13,111 +13,83 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx import helper
 
-_ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
+if __name__ == "__main__":  # run as a script: models/ is a package of the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.builders import GraphBuilder
 
 
-class _Builder:
-    """Appends nodes and initializers to one graph, naming them like an exporter would."""
+class _Builder(GraphBuilder):
+    """The layers of the samples, named as PyTorch's exporter names them ("conv_0.weight", "bn_1")."""
 
-    def __init__(self, dtype: str = "float32", seed: int = 0) -> None:
-        if dtype not in _ONNX_TYPES:
-            raise ValueError(f"dtype must be one of {sorted(_ONNX_TYPES)}, not {dtype!r}")
-        self.dtype = dtype
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._counts: dict[str, itertools.count] = {}
+    def __init__(self, dtype: str = "float32", seed: int = 0, opset: int = 13) -> None:
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
+        super().__init__(dtype=dtype, seed=seed, opset=opset, output_suffix="_output")
 
-    def _name(self, stem: str) -> str:
-        return f"{stem}_{next(self._counts.setdefault(stem, itertools.count()))}"
+    def param(self, name: str, array: np.ndarray) -> ir.Value:
+        return self.tensor(name, array)
 
-    def weight(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(array.astype(self.dtype), name))
-        return name
+    def node(self, op_type: str, inputs: list[ir.Value], stem: str | None = None, **attributes) -> ir.Value:
+        return self.op(op_type, inputs, stem or op_type.lower(), **attributes)
 
-    def node(self, op_type: str, inputs: list[str], stem: str | None = None, **attributes) -> str:
-        name = self._name(stem or op_type.lower())
-        output = f"{name}_output"
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attributes))
-        return output
-
-    def conv(self, x: str, cin: int, cout: int, kernel: int = 3, *, rank: int = 2, stride: int = 1,
-             group: int = 1, bias: bool = True) -> str:
-        name = self._name("conv")
+    def conv(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, *, rank: int = 2, stride: int = 1,
+             group: int = 1, bias: bool = True) -> ir.Value:
+        name = self.names("conv")
         fan_in = cin // group * kernel**rank
         shape = (cout, cin // group) + (kernel,) * rank
-        inputs = [x, self.weight(f"{name}.weight", self.rng.normal(0, math.sqrt(2 / fan_in), shape))]
+        inputs = [x, self.param(f"{name}.weight", self.rng.normal(0, math.sqrt(2 / fan_in), shape))]
         if bias:
-            inputs.append(self.weight(f"{name}.bias", self.rng.normal(0, 0.01, cout)))
-        output = f"{name}_output"
-        self.nodes.append(
-            helper.make_node(
-                "Conv", inputs, [output], name=name, kernel_shape=[kernel] * rank,
-                strides=[stride] * rank, pads=[kernel // 2] * (2 * rank), group=group,
-            )
-        )
-        return output
+            inputs.append(self.param(f"{name}.bias", self.rng.normal(0, 0.01, cout)))
+        return self.op("Conv", inputs, "conv", name=name, kernel_shape=[kernel] * rank, strides=[stride] * rank,
+                       pads=[kernel // 2] * (2 * rank), group=group)
 
-    def batch_norm(self, x: str, channels: int) -> str:
-        name = self._name("bn")
+    def batch_norm(self, x: ir.Value, channels: int) -> ir.Value:
+        name = self.names("bn")
         params = [
-            self.weight(f"{name}.weight", self.rng.uniform(0.5, 1.5, channels)),
-            self.weight(f"{name}.bias", self.rng.normal(0, 0.1, channels)),
-            self.weight(f"{name}.running_mean", self.rng.normal(0, 0.1, channels)),
-            self.weight(f"{name}.running_var", self.rng.uniform(0.5, 1.5, channels)),
+            self.param(f"{name}.weight", self.rng.uniform(0.5, 1.5, channels)),
+            self.param(f"{name}.bias", self.rng.normal(0, 0.1, channels)),
+            self.param(f"{name}.running_mean", self.rng.normal(0, 0.1, channels)),
+            self.param(f"{name}.running_var", self.rng.uniform(0.5, 1.5, channels)),
         ]
-        output = f"{name}_output"
-        self.nodes.append(helper.make_node("BatchNormalization", [x, *params], [output], name=name, epsilon=1e-5))
-        return output
+        return self.op("BatchNormalization", [x, *params], "bn", name=name, epsilon=1e-5)
 
-    def conv_bn(self, x: str, cin: int, cout: int, kernel: int = 3, *, fold: bool = False, act: str | None = "Relu",
-                **conv_options) -> str:
+    def conv_bn(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, *, fold: bool = False,
+                act: str | None = "Relu", **conv_options) -> ir.Value:
         """Conv → BatchNorm → activation, or Conv (with bias) → activation when BN is folded."""
         y = self.conv(x, cin, cout, kernel, bias=fold, **conv_options)
         if not fold:
             y = self.batch_norm(y, cout)
         return self.node(act, [y]) if act else y
 
-    def squeeze_excitation(self, x: str, channels: int, squeeze: int, act: str = "Relu") -> str:
+    def squeeze_excitation(self, x: ir.Value, channels: int, squeeze: int, act: str = "Relu") -> ir.Value:
         """The torchvision form: GlobalAveragePool → 1×1 Conv → act → 1×1 Conv → HardSigmoid → Mul."""
         pooled = self.node("GlobalAveragePool", [x], "se_pool")
         hidden = self.node(act, [self.conv(pooled, channels, squeeze, 1)])
         gate = self.node("HardSigmoid", [self.conv(hidden, squeeze, channels, 1)], "se_gate", alpha=1 / 6, beta=0.5)
         return self.node("Mul", [gate, x], "se_scale")
 
-    def head(self, x: str, channels: int, classes: int) -> str:
+    def head(self, x: ir.Value, channels: int, classes: int) -> ir.Value:
         pooled = self.node("Flatten", [self.node("GlobalAveragePool", [x])], axis=1)
-        name = self._name("fc")
-        weight = self.weight(f"{name}.weight", self.rng.normal(0, 1 / math.sqrt(channels), (classes, channels)))
-        bias = self.weight(f"{name}.bias", np.zeros(classes))
-        output = f"{name}_output"
-        self.nodes.append(helper.make_node("Gemm", [pooled, weight, bias], [output], name=name, transB=1))
-        return output
+        name = self.names("fc")
+        weight = self.param(f"{name}.weight", self.rng.normal(0, 1 / math.sqrt(channels), (classes, channels)))
+        bias = self.param(f"{name}.bias", np.zeros(classes))
+        return self.op("Gemm", [pooled, weight, bias], "fc", name=name, transB=1)
 
-    def model(self, graph_name: str, x_shape: list, y: str, y_shape: list, opset: int) -> onnx.ModelProto:
-        """The finished model; the graph's input is `input` and its output, `y`, is renamed `output`."""
-        for node in self.nodes:
-            node.input[:] = ["output" if name == y else name for name in node.input]
-            node.output[:] = ["output" if name == y else name for name in node.output]
-        elem_type = _ONNX_TYPES[self.dtype]
-        graph = helper.make_graph(
-            self.nodes, graph_name,
-            [helper.make_tensor_value_info("input", elem_type, x_shape)],
-            [helper.make_tensor_value_info("output", elem_type, y_shape)],
-            self.initializers,
-        )
-        opsets = [helper.make_opsetid("", opset)]
+    def sample(self, graph_name: str, x: ir.Value, y: ir.Value, y_shape: list) -> onnx.ModelProto:
+        """The finished model; the graph's input is `input` and its output `output`."""
         # The oldest IR version the opset allows, so that older runtimes load the older samples.
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="se-onnx samples",
-                                  ir_version=helper.find_min_ir_version_for(opsets))
-        onnx.checker.check_model(model, full_check=True)
-        return model
+        ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", self.opset)])
+        y = self.output(y, "output", y_shape)
+        return self.model(graph_name, [x], [y], ir_version=ir_version, producer_name="se-onnx samples")
 
 
 def _basic_block(b: _Builder, x: str, cin: int, cout: int, stride: int) -> str:
@@ -133,56 +105,61 @@ def resnet_like(opset: int = 13, dtype: str = "float32", batch: int | str = "N")
 
     BatchNorm is not folded; input [batch, 3, 32, 32], output [batch, 10].
     """
-    b = _Builder(dtype)
-    x = b.conv_bn("input", 3, 16)
+    b = _Builder(dtype, opset=opset)
+    x_in = b.input("input", [batch, 3, 32, 32])
+    x = b.conv_bn(x_in, 3, 16)
     x = _basic_block(b, x, 16, 16, 1)
     x = _basic_block(b, x, 16, 32, 2)
-    return b.model("resnet_like", [batch, 3, 32, 32], b.head(x, 32, 10), [batch, 10], opset)
+    return b.sample("resnet_like", x_in, b.head(x, 32, 10), [batch, 10])
 
 
 def vgg_like(opset: int = 13, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
     """A plain chain of Conv → Relu with a MaxPool and no residual connections: [batch, 3, 32, 32] → [batch, 10]."""
-    b = _Builder(dtype, seed=1)
-    x = b.conv_bn("input", 3, 8, fold=True)
+    b = _Builder(dtype, seed=1, opset=opset)
+    x_in = b.input("input", [batch, 3, 32, 32])
+    x = b.conv_bn(x_in, 3, 8, fold=True)
     x = b.conv_bn(x, 8, 16, fold=True)
     x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
     x = b.conv_bn(x, 16, 16, fold=True)
-    return b.model("vgg_like", [batch, 3, 32, 32], b.head(x, 16, 10), [batch, 10], opset)
+    return b.sample("vgg_like", x_in, b.head(x, 16, 10), [batch, 10])
 
 
 def depthwise_separable(opset: int = 13, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
     """MobileNet-v1 style: depthwise 3×3 (group = channels) and pointwise 1×1 convs, each with BN and Relu."""
-    b = _Builder(dtype, seed=2)
-    x = b.conv_bn("input", 3, 8, stride=2)
+    b = _Builder(dtype, seed=2, opset=opset)
+    x_in = b.input("input", [batch, 3, 32, 32])
+    x = b.conv_bn(x_in, 3, 8, stride=2)
     for cin, cout, stride in ((8, 16, 1), (16, 32, 2)):
         x = b.conv_bn(x, cin, cin, stride=stride, group=cin)
         x = b.conv_bn(x, cin, cout, 1)
-    return b.model("depthwise_separable", [batch, 3, 32, 32], b.head(x, 32, 10), [batch, 10], opset)
+    return b.sample("depthwise_separable", x_in, b.head(x, 32, 10), [batch, 10])
 
 
 def conv1d_model(opset: int = 13, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
     """Conv1d layers over a sequence, with a residual block: [batch, 4, 64] → [batch, 5]."""
-    b = _Builder(dtype, seed=3)
-    x = b.conv_bn("input", 4, 16, rank=1)
+    b = _Builder(dtype, seed=3, opset=opset)
+    x_in = b.input("input", [batch, 4, 64])
+    x = b.conv_bn(x_in, 4, 16, rank=1)
     branch = b.conv_bn(b.conv_bn(x, 16, 16, rank=1), 16, 16, rank=1, act=None)
     x = b.node("Relu", [b.node("Add", [branch, x])])
-    return b.model("conv1d_model", [batch, 4, 64], b.head(x, 16, 5), [batch, 5], opset)
+    return b.sample("conv1d_model", x_in, b.head(x, 16, 5), [batch, 5])
 
 
 def conv3d_model(opset: int = 13, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
     """Conv3d layers over a volume: [batch, 2, 8, 16, 16] → [batch, 5]."""
-    b = _Builder(dtype, seed=4)
-    x = b.conv_bn("input", 2, 8, rank=3, fold=True)
+    b = _Builder(dtype, seed=4, opset=opset)
+    x_in = b.input("input", [batch, 2, 8, 16, 16])
+    x = b.conv_bn(x_in, 2, 8, rank=3, fold=True)
     x = b.conv_bn(x, 8, 16, rank=3, stride=2, fold=True)
-    return b.model("conv3d_model", [batch, 2, 8, 16, 16], b.head(x, 16, 5), [batch, 5], opset)
+    return b.sample("conv3d_model", x_in, b.head(x, 16, 5), [batch, 5])
 
 
 def tiny_conv(opset: int = 13, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
     """The smallest useful conv model, for latency checks: [batch, 1, 8, 8] → [batch, 4]."""
-    b = _Builder(dtype, seed=5)
-    x = b.conv_bn("input", 1, 4, fold=True)
-    return b.model("tiny_conv", [batch, 1, 8, 8], b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1),
-                   [batch, 4], opset)
+    b = _Builder(dtype, seed=5, opset=opset)
+    x_in = b.input("input", [batch, 1, 8, 8])
+    x = b.conv_bn(x_in, 1, 4, fold=True)
+    return b.sample("tiny_conv", x_in, b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1), [batch, 4])
 
 
 def mobilenet_se_like(opset: int = 13, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
@@ -190,23 +167,25 @@ def mobilenet_se_like(opset: int = 13, dtype: str = "float32", batch: int | str 
 
     HardSwish activations from opset 14 (where the op exists), Relu before; [batch, 3, 32, 32] → [batch, 10].
     """
-    b = _Builder(dtype, seed=6)
+    b = _Builder(dtype, seed=6, opset=opset)
+    x_in = b.input("input", [batch, 3, 32, 32])
     act = "HardSwish" if opset >= 14 else "Relu"
-    x = b.conv_bn("input", 3, 16, stride=2, act=act)
+    x = b.conv_bn(x_in, 3, 16, stride=2, act=act)
     for _ in range(2):
         branch = b.conv_bn(x, 16, 64, 1, act=act)
         branch = b.conv_bn(branch, 64, 64, group=64, act=act)
         branch = b.squeeze_excitation(branch, 64, 16)
         branch = b.conv_bn(branch, 64, 16, 1, act=None)
         x = b.node("Add", [x, branch])
-    return b.model("mobilenet_se_like", [batch, 3, 32, 32], b.head(x, 16, 10), [batch, 10], opset)
+    return b.sample("mobilenet_se_like", x_in, b.head(x, 16, 10), [batch, 10])
 
 
 def resnet50_sized(opset: int = 17, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
     """ResNet-50's layout (53 convs, 16 bottleneck blocks, ≈25.6 M parameters, BatchNorm folded into the
     convs as PyTorch's exporter writes it): [batch, 3, 224, 224] → [batch, 1000]."""
-    b = _Builder(dtype, seed=7)
-    x = b.conv_bn("input", 3, 64, 7, stride=2, fold=True)
+    b = _Builder(dtype, seed=7, opset=opset)
+    x_in = b.input("input", [batch, 3, 224, 224])
+    x = b.conv_bn(x_in, 3, 64, 7, stride=2, fold=True)
     x = b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     cin = 64
     for stage, (blocks, width) in enumerate(((3, 64), (4, 128), (6, 256), (3, 512))):
@@ -218,16 +197,17 @@ def resnet50_sized(opset: int = 17, dtype: str = "float32", batch: int | str = "
             shortcut = b.conv_bn(x, cin, width * 4, 1, stride=stride, fold=True, act=None) if index == 0 else x
             x = b.node("Relu", [b.node("Add", [branch, shortcut])])
             cin = width * 4
-    return b.model("resnet50_sized", [batch, 3, 224, 224], b.head(x, 2048, 1000), [batch, 1000], opset)
+    return b.sample("resnet50_sized", x_in, b.head(x, 2048, 1000), [batch, 1000])
 
 
 def conv_chain(convs: int, opset: int = 17, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
     """A long chain of small 3×3 Conv → Relu layers, for measuring how passes scale with graph size."""
-    b = _Builder(dtype, seed=8)
-    x = "input"
+    b = _Builder(dtype, seed=8, opset=opset)
+    x_in = b.input("input", [batch, 8, 8, 8])
+    x = x_in
     for _ in range(convs):
         x = b.conv_bn(x, 8, 8, fold=True)
-    return b.model("conv_chain", [batch, 8, 8, 8], x, [batch, 8, 8, 8], opset)
+    return b.sample("conv_chain", x_in, x, [batch, 8, 8, 8])
 
 
 def save_with_external_data(model: onnx.ModelProto, path: str | Path) -> None:

@@ -21,77 +21,29 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx import TensorProto, helper
+
+from models.builders import GraphBuilder, Names, seeded_inputs
 
 CHANNELS = 8
 SQUEEZE_CHANNELS = 4
 SPATIAL = (6, 6)
 
 
-class GraphBuilder:
-    """Nodes and weights of one graph; weights as initializers or as Constant nodes.
+class _Graph(GraphBuilder):
+    """A graph named as exporters name it: the first use of a stem bare ("conv0", "relu0_out")."""
 
-    `names` is shared by the builders of one model, so value names are unique across every scope
-    (node names may repeat on purpose: `node_names=False` keeps the stems as they are).
-    """
-
-    def __init__(
-        self,
-        *,
-        rng: np.random.Generator,
-        dtype: str = "float32",
-        constants: bool = False,
-        names: dict[str, int] | None = None,
-        prefix: str = "",
-        opset: int = 13,
-    ) -> None:
-        self.rng = rng
-        self.opset = opset
-        self.np_dtype = np.dtype(dtype)
-        self.elem_type = helper.np_dtype_to_tensor_dtype(self.np_dtype)
-        self.constants = constants
-        self.names = {} if names is None else names
-        self.prefix = prefix
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-
-    def name(self, stem: str) -> str:
-        stem = self.prefix + stem
-        count = self.names.get(stem, 0)
-        self.names[stem] = count + 1
-        return stem if count == 0 else f"{stem}_{count}"
-
-    def op(self, op_type: str, inputs: list[str], stem: str, **attributes) -> str:
-        output = self.name(f"{stem}_out")
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=self.prefix + stem, **attributes))
-        return output
-
-    def tensor(self, stem: str, array: np.ndarray, *, exact: bool = False) -> str:
-        """A constant: an initializer, or (with `constants`) a Constant node's `value`."""
-        array = np.asarray(array) if exact else np.asarray(array, dtype=self.np_dtype)
-        name = self.name(stem)
-        if not self.constants:
-            self.initializers.append(numpy_helper.from_array(array, name))
-            return name
-        tensor = numpy_helper.from_array(array, name + "_value")
-        self.nodes.append(helper.make_node("Constant", [], [name], name=name + "_constant", value=tensor))
-        return name
-
-    def weight(self, stem: str, *shape: int, scale: float = 1.0) -> str:
-        bound = scale / np.sqrt(int(np.prod(shape[1:])) if len(shape) > 1 else 1)
-        return self.tensor(stem, self.rng.uniform(-bound, bound, shape))
-
-    def paddle_bias(self, stem: str, channels: int, rank: int) -> str:
+    def paddle_bias(self, stem: str, channels: int, rank: int) -> ir.Value:
         """A bias as Paddle2ONNX writes it: Reshape(Constant(C), Constant(value_ints=[1, C, 1…]))
         (the shape as a `value` tensor before opset 12, which introduced value_ints)."""
-        values = self.tensor(stem, self.rng.uniform(-0.5, 0.5, channels))
-        shape = self.name(stem + "_shape")
+        values = self.const(stem, self.rng.uniform(-0.5, 0.5, channels))
         dims = [1, channels, *([1] * rank)]
-        form = {"value_ints": dims} if self.opset >= 12 else {"value": numpy_helper.from_array(np.array(dims, np.int64))}
-        self.nodes.append(helper.make_node("Constant", [], [shape], name=shape + "_constant", **form))
-        return self.op("Reshape", [values, shape], stem + "_reshape")
+        form = {"value_ints": dims} if self.opset >= 12 else {"value": ir.tensor(np.array(dims, np.int64))}
+        return self.op("Reshape", [values, self.constant(self.names(stem + "_shape"), **form)], stem + "_reshape")
 
-    def conv(self, x: str, in_channels: int, out_channels: int, stem: str, *, kernel: int = 3, paddle: bool = False) -> str:
+    def conv(self, x: ir.Value, in_channels: int, out_channels: int, stem: str, *, kernel: int = 3,
+             paddle: bool = False, name: str | None = None) -> ir.Value:
         """A conv with its bias inside, or (paddle) in a separate Add of a reshaped constant."""
         rank = len(SPATIAL)
         weight = self.weight(stem + "_w", out_channels, in_channels, *([kernel] * rank))
@@ -99,9 +51,9 @@ class GraphBuilder:
         if paddle:
             h = self.op("Conv", [x, weight], stem, pads=pads)
             return self.op("Add", [h, self.paddle_bias(stem + "_b", out_channels, rank)], stem + "_bias")
-        return self.op("Conv", [x, weight, self.weight(stem + "_b", out_channels)], stem, pads=pads)
+        return self.op("Conv", [x, weight, self.weight(stem + "_b", out_channels)], stem, name=name, pads=pads)
 
-    def paddle_se(self, x: str, channels: int, squeeze_channels: int, prefix: str) -> str:
+    def paddle_se(self, x: ir.Value, channels: int, squeeze_channels: int, prefix: str) -> ir.Value:
         """GlobalAveragePool → Conv → Add → Relu → Conv → Add → HardSigmoid(0.2, 0.5) → Mul."""
         h = self.op("GlobalAveragePool", [x], prefix + "se/pool")
         h = self.conv(h, channels, squeeze_channels, prefix + "se/fc1", kernel=1, paddle=True)
@@ -110,30 +62,25 @@ class GraphBuilder:
         h = self.op("HardSigmoid", [h], prefix + "se/gate", alpha=0.2, beta=0.5)
         return self.op("Mul", [x, h], prefix + "se/scale")
 
-    def graph(self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]) -> onnx.GraphProto:
-        return helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+    def feature_map(self, name: str, channels: int = CHANNELS) -> ir.Value:
+        return self.input(name, ["N", channels, *SPATIAL])
+
+    def output_map(self, value: ir.Value, name: str) -> ir.Value:
+        return self.output(value, name, ["N", CHANNELS, *SPATIAL])
 
 
-def feature_map(name: str, elem_type: int, channels: int = CHANNELS) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem_type, ["N", channels, *SPATIAL])
-
-
-def _model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _rename_output(builder: GraphBuilder, output: str) -> None:
-    builder.nodes[-1].output[0] = output
+def _graphs(seed: int, dtype: str, constants: bool, opset: int = 13):
+    """Builders of one model's graphs: one weight stream, one set of names across every scope."""
+    rng, names = np.random.default_rng(seed), Names(first_bare=True)
+    return lambda: _Graph(rng=rng, names=names, dtype=dtype, constants=constants, opset=opset)
 
 
 def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2, se: bool = True) -> onnx.ModelProto:
     """x → [Conv 3×3 → bias Add → Relu → SE] × blocks → Conv 1×1 → bias Add → ·Constant(1.0) → y
     (without `se`, the same trunk with no SE blocks, for the insertion pass)."""
-    g = GraphBuilder(rng=np.random.default_rng(0), dtype=dtype, constants=True, opset=opset)
-    h = "x"
-    in_channels = 3
+    g = _graphs(0, dtype, constants=True, opset=opset)()
+    x = g.feature_map("x", 3)
+    h, in_channels = x, 3
     for index in range(blocks):
         h = g.conv(h, in_channels, CHANNELS, f"conv{index}", paddle=True)
         h = g.op("Relu", [h], f"relu{index}")
@@ -143,27 +90,23 @@ def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2, se
     h = g.conv(h, CHANNELS, CHANNELS, "head", kernel=1, paddle=True)
     # The user's own Constant, in the value_float form from opset 12 (float32 whatever the model's
     # dtype: Cast it).
-    scale = g.name("output_scale")
-    form = {"value_float": 1.0} if opset >= 12 else {"value": numpy_helper.from_array(np.array(1.0, np.float32))}
-    g.nodes.append(helper.make_node("Constant", [], [scale], name="output_scale_constant", **form))
-    cast = g.op("Cast", [scale], "output_scale_cast", to=g.elem_type)
-    g.op("Mul", [h, cast], "output_scale")
-    _rename_output(g, "y")
-    graph = g.graph("paddle_style", [feature_map("x", g.elem_type, 3)], [feature_map("y", g.elem_type)])
-    return _model(graph, opset)
+    form = {"value_float": 1.0} if opset >= 12 else {"value": ir.tensor(np.array(1.0, np.float32))}
+    scale = g.constant(g.names("output_scale"), **form)
+    cast = g.op("Cast", [scale], "output_scale_cast", to=int(g.dtype))
+    y = g.op("Mul", [h, cast], "output_scale", name="output_scale")
+    return g.model("paddle_style", [x], [g.output_map(y, "y")])
 
 
 def paddle_resnet_model(*, opset: int = 13, dtype: str = "float32") -> onnx.ModelProto:
     """Paddle style with a residual block: x → Conv → Add → Relu → [Conv → Add → Relu → Conv → Add]
     + shortcut → Relu → y, every weight a Constant node and every bias a Reshape(Constant) Add."""
-    g = GraphBuilder(rng=np.random.default_rng(4), dtype=dtype, constants=True, opset=opset)
-    stem = g.op("Relu", [g.conv("x", 3, CHANNELS, "stem", paddle=True)], "stem_relu")
+    g = _graphs(4, dtype, constants=True, opset=opset)()
+    x = g.feature_map("x", 3)
+    stem = g.op("Relu", [g.conv(x, 3, CHANNELS, "stem", paddle=True)], "stem_relu")
     h = g.op("Relu", [g.conv(stem, CHANNELS, CHANNELS, "branch_a", paddle=True)], "branch_relu")
     h = g.conv(h, CHANNELS, CHANNELS, "branch_b", paddle=True)
-    g.op("Relu", [g.op("Add", [h, stem], "residual")], "out_relu")
-    _rename_output(g, "y")
-    graph = g.graph("paddle_resnet", [feature_map("x", g.elem_type, 3)], [feature_map("y", g.elem_type)])
-    return _model(graph, opset)
+    y = g.op("Relu", [g.op("Add", [h, stem], "residual")], "out_relu")
+    return g.model("paddle_resnet", [x], [g.output_map(y, "y")])
 
 
 def if_model(*, opset: int = 13, dtype: str = "float32", constants: bool = False) -> onnx.ModelProto:
@@ -172,93 +115,74 @@ def if_model(*, opset: int = 13, dtype: str = "float32", constants: bool = False
     Both branches read the outer feature map, the then branch also an outer weight; both name
     their first node "conv".
     """
-    rng = np.random.default_rng(1)
-    names: dict[str, int] = {}
-    main = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
-    h = main.conv("x", 3, CHANNELS, "stem")
+    graph = _graphs(1, dtype, constants, opset)
+    main = graph()
+    x, flag = main.feature_map("x", 3), main.input("flag", [], ir.DataType.BOOL)
+    h = main.conv(x, 3, CHANNELS, "stem")
     shared = main.weight("shared_w", CHANNELS, CHANNELS, 1, 1)
 
-    then = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names, prefix="")
+    then = graph()
     t = then.op("Conv", [h, shared], "conv")  # captures the outer feature map and weight
     t = then.op("Relu", [t], "relu")
     t = then.paddle_se(t, CHANNELS, SQUEEZE_CHANNELS, "then/")
-    t = then.conv(t, CHANNELS, CHANNELS, "then_head", kernel=1)
-    _rename_output(then, "then_y")
+    t = then.output_map(then.conv(t, CHANNELS, CHANNELS, "then_head", kernel=1), "then_y")
 
-    other = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
-    e = other.conv(h, CHANNELS, CHANNELS, "conv")
-    other.op("Relu", [e], "relu")
-    _rename_output(other, "else_y")
+    other = graph()
+    e = other.conv(h, CHANNELS, CHANNELS, "conv", name="conv")
+    e = other.output_map(other.op("Relu", [e], "relu", name="relu"), "else_y")
 
-    then_graph = then.graph("then_branch", [], [feature_map("then_y", main.elem_type)])
-    else_graph = other.graph("else_branch", [], [feature_map("else_y", main.elem_type)])
-    main.nodes.append(helper.make_node("If", ["flag"], ["y"], name="pick", then_branch=then_graph, else_branch=else_graph))
-    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
-    graph = main.graph("if_style", [feature_map("x", main.elem_type, 3), flag], [feature_map("y", main.elem_type)])
-    return _model(graph, opset)
+    branches = {"then_branch": then.graph("then_branch", [], [t]), "else_branch": other.graph("else_branch", [], [e])}
+    y = main.op("If", [flag], "pick", name="pick", **branches)
+    return main.model("if_style", [x, flag], [main.output_map(y, "y")])
 
 
 def loop_model(*, opset: int = 13, dtype: str = "float32", constants: bool = False) -> onnx.ModelProto:
     """x, flag → Conv → Loop(2 times; body: Conv → Relu → SE → If(flag; Conv | Relu)) → y."""
-    rng = np.random.default_rng(2)
-    names: dict[str, int] = {}
-    main = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
-    h = main.conv("x", 3, CHANNELS, "stem")
-    trips = main.tensor("trips", np.array(2, np.int64), exact=True)
-    keep_going = main.tensor("keep_going", np.array(True), exact=True)
+    graph = _graphs(2, dtype, constants, opset)
+    main = graph()
+    x, flag = main.feature_map("x", 3), main.input("flag", [], ir.DataType.BOOL)
+    h = main.conv(x, 3, CHANNELS, "stem")
+    trips = main.const("trips", np.array(2, np.int64), exact=True)
+    keep_going = main.const("keep_going", np.array(True), exact=True)
 
-    body = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
-    b = body.conv("carried", CHANNELS, CHANNELS, "body_conv")
+    body = graph()
+    iteration, cond = body.input("iteration", [], ir.DataType.INT64), body.input("cond", [], ir.DataType.BOOL)
+    carried = body.feature_map("carried")
+    b = body.conv(carried, CHANNELS, CHANNELS, "body_conv")
     b = body.op("Relu", [b], "body_relu")
     b = body.paddle_se(b, CHANNELS, SQUEEZE_CHANNELS, "body/")
-    then = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
-    then.conv(b, CHANNELS, CHANNELS, "inner_conv", kernel=1)  # reads the body's value
-    _rename_output(then, "inner_then")
-    other = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
-    other.op("Relu", [b], "inner_relu")
-    _rename_output(other, "inner_else")
-    body.nodes.append(
-        helper.make_node(
-            "If",
-            ["flag"],
-            ["carried_next"],
-            name="inner_pick",
-            then_branch=then.graph("inner_then_branch", [], [feature_map("inner_then", main.elem_type)]),
-            else_branch=other.graph("inner_else_branch", [], [feature_map("inner_else", main.elem_type)]),
-        )
+    then = graph()
+    inner_then = then.output_map(then.conv(b, CHANNELS, CHANNELS, "inner_conv", kernel=1), "inner_then")  # reads b
+    other = graph()
+    inner_else = other.output_map(other.op("Relu", [b], "inner_relu"), "inner_else")
+    carried_next = body.op(
+        "If",
+        [flag],
+        "inner_pick",
+        name="inner_pick",
+        then_branch=then.graph("inner_then_branch", [], [inner_then]),
+        else_branch=other.graph("inner_else_branch", [], [inner_else]),
     )
-    body.nodes.append(helper.make_node("Identity", ["cond"], ["cond_next"], name="body_cond"))
-    body_graph = body.graph(
-        "loop_body",
-        [
-            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-            feature_map("carried", main.elem_type),
-        ],
-        [helper.make_tensor_value_info("cond_next", TensorProto.BOOL, []), feature_map("carried_next", main.elem_type)],
-    )
-    main.nodes.append(helper.make_node("Loop", [trips, keep_going, h], ["y"], name="repeat", body=body_graph))
-    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
-    graph = main.graph("loop_style", [feature_map("x", main.elem_type, 3), flag], [feature_map("y", main.elem_type)])
-    return _model(graph, opset)
+    cond_next = body.output(body.op("Identity", [cond], "body_cond", name="body_cond"), "cond_next", [],
+                            ir.DataType.BOOL)
+    carried_next = body.output_map(carried_next, "carried_next")
+    body_graph = body.graph("loop_body", [iteration, cond, carried], [cond_next, carried_next])
+    y = main.op("Loop", [trips, keep_going, h], "repeat", name="repeat", body=body_graph)
+    return main.model("loop_style", [x, flag], [main.output_map(y, "y")])
 
 
 def scan_model(*, opset: int = 13, dtype: str = "float32", constants: bool = False) -> onnx.ModelProto:
     """x (steps × N × 3 × SPATIAL) → Scan(body: Conv → Relu → SE → Conv, per step) → y (steps × N × C × SPATIAL)."""
-    rng = np.random.default_rng(3)
-    names: dict[str, int] = {}
-    main = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
-    body = GraphBuilder(rng=rng, dtype=dtype, constants=constants, names=names)
-    b = body.conv("step", 3, CHANNELS, "step_conv")
+    graph = _graphs(3, dtype, constants, opset)
+    main, body = graph(), graph()
+    step = body.feature_map("step", 3)
+    b = body.conv(step, 3, CHANNELS, "step_conv")
     b = body.op("Relu", [b], "step_relu")
     b = body.paddle_se(b, CHANNELS, SQUEEZE_CHANNELS, "step/")
-    body.conv(b, CHANNELS, CHANNELS, "step_head", kernel=1)
-    _rename_output(body, "step_y")
-    body_graph = body.graph("scan_body", [feature_map("step", main.elem_type, 3)], [feature_map("step_y", main.elem_type)])
-    main.nodes.append(helper.make_node("Scan", ["x"], ["y"], name="steps", body=body_graph, num_scan_inputs=1))
-    x = helper.make_tensor_value_info("x", main.elem_type, [2, "N", 3, *SPATIAL])
-    y = helper.make_tensor_value_info("y", main.elem_type, [2, "N", CHANNELS, *SPATIAL])
-    return _model(main.graph("scan_style", [x], [y]), opset)
+    step_y = body.output_map(body.conv(b, CHANNELS, CHANNELS, "step_head", kernel=1), "step_y")
+    x = main.input("x", [2, "N", 3, *SPATIAL])
+    y = main.op("Scan", [x], "steps", name="steps", body=body.graph("scan_body", [step], [step_y]), num_scan_inputs=1)
+    return main.model("scan_style", [x], [main.output(y, "y", [2, "N", CHANNELS, *SPATIAL])])
 
 
 def in_if_branches(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -303,13 +227,7 @@ def in_if_branches(model: onnx.ModelProto) -> onnx.ModelProto:
 def feeds(model: onnx.ModelProto, *, flag: bool = True, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs in the model's dtype for every float input (symbolic dims set to `batch`),
     and `flag` where it has one."""
-    rng = np.random.default_rng(seed)
-    result = {}
-    for value in model.graph.input:
-        if value.name == "flag":
-            result["flag"] = np.array(flag)
-            continue
-        tensor_type = value.type.tensor_type
-        shape = [dim.dim_value if dim.HasField("dim_value") else batch for dim in tensor_type.shape.dim]
-        result[value.name] = rng.standard_normal(shape).astype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    result = seeded_inputs(model, batch=batch, seed=seed)[0]
+    if "flag" in result:
+        result["flag"] = np.array(flag)
     return result

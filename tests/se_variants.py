@@ -14,11 +14,9 @@ import dataclasses
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
 
-ACTIVATIONS = ("relu", "silu", "silu_decomposed", "hardswish", "hardswish_decomposed", "leakyrelu", "prelu", "none")
-GATES = ("sigmoid", "hardsigmoid_torch", "hardsigmoid_paddle", "hardsigmoid_default", "clip_div", "clip_mul")
-SQUEEZES = ("gap", "reducemean", "reducemean_keepdims")
+from models.builders import GraphBuilder, seeded_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +28,11 @@ class Variant:
     flatten: str | None = None  # Flatten | Reshape | Squeeze after the squeeze (Gemm/MatMul layers)
     layer: str = "conv"  # conv | gemm | matmul
     bias: str = "inside"  # inside | add (a separate Add; MatMul always uses one) | both | none
-    activation: str = "relu"  # see ACTIVATIONS; "none" is the one-layer "effective SE" variant
-    gate: str = "sigmoid"  # see GATES
+    # relu | silu | silu_decomposed | hardswish | hardswish_decomposed | leakyrelu | prelu | none (the one-layer
+    # "effective SE" variant)
+    activation: str = "relu"
+    # sigmoid | hardsigmoid_torch | hardsigmoid_paddle | hardsigmoid_default | clip_div | clip_mul
+    gate: str = "sigmoid"
     broadcast: str | None = None  # reshape | unsqueeze: how an N × C gate gets back to N × C × 1 × 1
     gate_first: bool = False  # Mul(gate, x) instead of Mul(x, gate)
     first_kernel: int = 1  # a first excitation conv that is not 1×1 makes a near-miss
@@ -42,7 +43,7 @@ class Variant:
     spatial: tuple[int, ...] = (6, 6)
 
     @property
-    def id(self) -> str:
+    def id(self) -> ir.Value:
         default = Variant()
         fields = dataclasses.fields(self)
         changed = [
@@ -51,78 +52,24 @@ class Variant:
         return ",".join(changed) or "default"
 
 
-class _Graph:
-    """Accumulates nodes and initializers with unique names."""
-
-    def __init__(self, dtype: str, seed: int) -> None:
-        self.np_dtype = np.dtype(dtype)
-        self.elem_type = helper.np_dtype_to_tensor_dtype(self.np_dtype)
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.rng = np.random.default_rng(seed)
-        self.count = 0
-
-    def name(self, stem: str) -> str:
-        self.count += 1
-        return f"{stem}_{self.count}"
-
-    def const(self, stem: str, array: np.ndarray, *, exact: bool = False) -> str:
-        name = self.name(stem)
-        array = np.asarray(array) if exact else np.asarray(array, dtype=self.np_dtype)
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
-
-    def weight(self, stem: str, *shape: int, scale: float = 1.0) -> str:
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        bound = scale / np.sqrt(fan_in)
-        return self.const(stem, self.rng.uniform(-bound, bound, shape))
-
-    def op(self, op_type: str, inputs: list[str], stem: str, **attributes) -> str:
-        output = self.name(f"{stem}_out")
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=self.name(stem), **attributes))
-        return output
-
-
 def se_model(variant: Variant = Variant()) -> onnx.ModelProto:
     """A model with `variant.blocks` SE blocks in `variant`'s form (see the module docstring)."""
-    trunk = _Graph(variant.dtype, seed=1)
-    se = _Graph(variant.dtype, seed=2)
-    se.nodes = trunk.nodes  # one node list, two weight streams
-    se.initializers = trunk.initializers
-    se.count = 10_000
-    c = variant.channels
-    rank = len(variant.spatial)
-    x = "x"
-    conv_weights = [trunk.weight("conv_w", c, 3, *([3] * rank)), trunk.weight("conv_b", c)]
-    h = trunk.op("Conv", [x, *conv_weights], "conv", pads=[1] * 2 * rank)
+    trunk = GraphBuilder(dtype=variant.dtype, seed=1, opset=variant.opset)
+    se = trunk.stream(seed=2)
+    c, spatial = variant.channels, variant.spatial
+    rank = len(spatial)
+    x = trunk.input("x", ["N", 3, *spatial])
+    h = trunk.op("Conv", [x, trunk.weight("conv_w", c, 3, *([3] * rank)), trunk.weight("conv_b", c)], "conv",
+                 pads=[1] * 2 * rank)
     h = trunk.op("Relu", [h], "relu")
     for index in range(variant.blocks):
         h = _se_block(se, h, variant, f"se{index}/")
     if not variant.se_is_output:
-        trunk.op("Conv", [h, trunk.weight("head_w", c, c, *([1] * rank))], "head")
-    return _model(trunk, variant, x)
+        h = trunk.op("Conv", [h, trunk.weight("head_w", c, c, *([1] * rank))], "head")
+    return trunk.model("se_variant", [x], [trunk.output(h, "y", ["N", c, *spatial])])
 
 
-def _model(graph: _Graph, variant: Variant, x: str) -> onnx.ModelProto:
-    rank = len(variant.spatial)
-    nodes = graph.nodes
-    nodes[-1].output[0] = "y"  # the last node computes the model's output
-    model = helper.make_model(
-        helper.make_graph(
-            nodes,
-            "se_variant",
-            [helper.make_tensor_value_info(x, graph.elem_type, ["N", 3, *variant.spatial])],
-            [helper.make_tensor_value_info("y", graph.elem_type, ["N", variant.channels, *variant.spatial[:rank]])],
-            graph.initializers,
-        ),
-        opset_imports=[helper.make_opsetid("", variant.opset)],
-        ir_version=8,
-    )
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _se_block(g: _Graph, x: str, v: Variant, prefix: str) -> str:
+def _se_block(g: GraphBuilder, x: ir.Value, v: Variant, prefix: ir.Value) -> ir.Value:
     c, s, rank = v.channels, v.squeeze_channels, len(v.spatial)
     spatial_axes = list(range(2, 2 + rank))
     mean_axes = [axis - 2 - rank for axis in spatial_axes] if v.negative_axes else spatial_axes
@@ -133,11 +80,8 @@ def _se_block(g: _Graph, x: str, v: Variant, prefix: str) -> str:
     if v.squeeze == "gap":
         h = g.op("GlobalAveragePool", [x], prefix + "pool")
         keepdims = True
-    elif v.opset >= 18:
-        axes = g.const(prefix + "axes", np.array(mean_axes, np.int64), exact=True)
-        h = g.op("ReduceMean", [x, axes], prefix + "mean", keepdims=int(keepdims))
     else:
-        h = g.op("ReduceMean", [x], prefix + "mean", axes=mean_axes, keepdims=int(keepdims))
+        h = g.mean(x, mean_axes, prefix + "mean", keepdims=int(keepdims))
     if not conv and keepdims:
         h = _flatten(g, h, v.flatten or "Flatten", prefix, c, spatial_axes)
 
@@ -155,16 +99,13 @@ def _se_block(g: _Graph, x: str, v: Variant, prefix: str) -> str:
         if v.broadcast == "reshape":
             shape = g.const(prefix + "shape", np.array([-1, c, *([1] * rank)], np.int64), exact=True)
             h = g.op("Reshape", [h, shape], prefix + "reshape")
-        elif v.opset >= 13:
-            axes = g.const(prefix + "unsqueeze_axes", np.array(spatial_axes, np.int64), exact=True)
-            h = g.op("Unsqueeze", [h, axes], prefix + "unsqueeze")
         else:
-            h = g.op("Unsqueeze", [h], prefix + "unsqueeze", axes=spatial_axes)
+            h = g.unsqueeze(h, spatial_axes, prefix + "unsqueeze")
     operands = [h, x] if v.gate_first else [x, h]
     return g.op("Mul", operands, prefix + "scale")
 
 
-def _flatten(g: _Graph, h: str, op: str, prefix: str, c: int, spatial_axes: list[int]) -> str:
+def _flatten(g: GraphBuilder, h: ir.Value, op: str, prefix: ir.Value, c: int, spatial_axes: list[int]) -> ir.Value:
     if op == "Flatten":
         return g.op("Flatten", [h], prefix + "flatten")
     if op == "Reshape":
@@ -174,7 +115,8 @@ def _flatten(g: _Graph, h: str, op: str, prefix: str, c: int, spatial_axes: list
     return g.op("Squeeze", [h, axes], prefix + "flatten")
 
 
-def _layer(g: _Graph, h: str, v: Variant, stem: str, n_in: int, n_out: int, kernel: int, rank: int) -> str:
+def _layer(g: GraphBuilder, h: ir.Value, v: Variant, stem: str, n_in: int, n_out: int, kernel: int,
+           rank: int) -> ir.Value:
     inside = v.bias in ("inside", "both") and v.layer != "matmul"
     separate = v.bias in ("add", "both") or (v.layer == "matmul" and v.bias != "none")
     if v.layer == "conv":
@@ -199,7 +141,7 @@ def _layer(g: _Graph, h: str, v: Variant, stem: str, n_in: int, n_out: int, kern
     return h
 
 
-def _activation(g: _Graph, h: str, v: Variant, prefix: str) -> str:
+def _activation(g: GraphBuilder, h: ir.Value, v: Variant, prefix: ir.Value) -> ir.Value:
     stem = prefix + "act"
     if v.activation == "relu":
         return g.op("Relu", [h], stem)
@@ -220,7 +162,7 @@ def _activation(g: _Graph, h: str, v: Variant, prefix: str) -> str:
     raise ValueError(v.activation)
 
 
-def _gate(g: _Graph, h: str, gate: str, prefix: str) -> str:
+def _gate(g: GraphBuilder, h: ir.Value, gate: str, prefix: ir.Value) -> ir.Value:
     stem = prefix + "gate"
     if gate == "sigmoid":
         return g.op("Sigmoid", [h], stem)
@@ -246,54 +188,33 @@ def _gate(g: _Graph, h: str, gate: str, prefix: str) -> str:
 
 def negative_model(kind: str, opset: int = 17) -> onnx.ModelProto:
     """A model with a pattern that shares parts with SE but is not one: `NEGATIVES` lists them."""
-    g = _Graph("float32", seed=3)
+    g = GraphBuilder(seed=3, opset=opset)
     c, d = 8, 16
-    if kind in ("layernorm", "rmsnorm", "softmax_attention"):
-        x_shape = ["N", 5, d]  # tokens × features
-        _TRANSFORMER[kind](g, "x", d, opset)
-        y_shape = ["N", 5, d]
+    if kind in _TRANSFORMER:
+        x = g.input("x", ["N", 5, d])  # tokens × features
+        y, y_shape = _TRANSFORMER[kind](g, x, d), ["N", 5, d]
     else:
-        x_shape = ["N", c, 6, 6]
-        y_shape = _CONV[kind](g, "x", c, opset)
-    nodes = g.nodes
-    nodes[-1].output[0] = "y"  # the last node computes the model's output
-    model = helper.make_model(
-        helper.make_graph(
-            nodes,
-            kind,
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-            g.initializers,
-        ),
-        opset_imports=[helper.make_opsetid("", opset)],
-        ir_version=8,
-    )
-    onnx.checker.check_model(model, full_check=True)
-    return model
+        x = g.input("x", ["N", c, 6, 6])
+        y, y_shape = _CONV[kind](g, x, c)
+    return g.model(kind, [x], [g.output(y, "y", y_shape)])
 
 
-def _mean(g: _Graph, x: str, axes: list[int], opset: int, stem: str) -> str:
-    if opset >= 18:
-        return g.op("ReduceMean", [x, g.const(stem + "_axes", np.array(axes, np.int64), exact=True)], stem, keepdims=1)
-    return g.op("ReduceMean", [x], stem, axes=axes, keepdims=1)
-
-
-def _layernorm(g: _Graph, x: str, d: int, opset: int) -> str:
-    centered = g.op("Sub", [x, _mean(g, x, [-1], opset, "ln_mean")], "ln_sub")
-    variance = _mean(g, g.op("Mul", [centered, centered], "ln_sq"), [-1], opset, "ln_var")
+def _layernorm(g: GraphBuilder, x: ir.Value, d: int) -> ir.Value:
+    centered = g.op("Sub", [x, g.mean(x, [-1], "ln_mean")], "ln_sub")
+    variance = g.mean(g.op("Mul", [centered, centered], "ln_sq"), [-1], "ln_var")
     std = g.op("Sqrt", [g.op("Add", [variance, g.const("ln_eps", np.array(1e-5))], "ln_add")], "ln_sqrt")
     normalized = g.op("Div", [centered, std], "ln_div")
     return g.op("Add", [g.op("Mul", [normalized, g.weight("ln_gamma", d)], "ln_scale"), g.weight("ln_beta", d)], "ln_shift")
 
 
-def _rmsnorm(g: _Graph, x: str, d: int, opset: int) -> str:
-    mean_square = _mean(g, g.op("Mul", [x, x], "rms_sq"), [-1], opset, "rms_mean")
+def _rmsnorm(g: GraphBuilder, x: ir.Value, d: int) -> ir.Value:
+    mean_square = g.mean(g.op("Mul", [x, x], "rms_sq"), [-1], "rms_mean")
     root = g.op("Sqrt", [g.op("Add", [mean_square, g.const("rms_eps", np.array(1e-6))], "rms_add")], "rms_sqrt")
     inverse = g.op("Reciprocal", [root], "rms_inv")
     return g.op("Mul", [g.op("Mul", [x, inverse], "rms_norm"), g.weight("rms_gamma", d)], "rms_scale")
 
 
-def _softmax_attention(g: _Graph, x: str, d: int, opset: int) -> str:
+def _softmax_attention(g: GraphBuilder, x: ir.Value, d: int) -> ir.Value:
     q = g.op("MatMul", [x, g.weight("wq", d, d)], "q")
     k = g.op("MatMul", [x, g.weight("wk", d, d)], "k")
     scores = g.op("MatMul", [q, g.op("Transpose", [k], "kt", perm=[0, 2, 1])], "scores")
@@ -304,39 +225,35 @@ def _softmax_attention(g: _Graph, x: str, d: int, opset: int) -> str:
     return g.op("Mul", [x, g.op("Sigmoid", [attended], "gate")], "gated")
 
 
-def _groupnorm(g: _Graph, x: str, c: int, opset: int) -> list:
+def _groupnorm(g: GraphBuilder, x: ir.Value, c: int) -> tuple[ir.Value, list]:
     groups = 2
     grouped = g.op("Reshape", [x, g.const("gn_shape", np.array([0, groups, -1], np.int64), exact=True)], "gn_group")
-    mean = _mean(g, grouped, [2], opset, "gn_mean")
+    mean = g.mean(grouped, [2], "gn_mean")
     centered = g.op("Sub", [grouped, mean], "gn_sub")
-    variance = _mean(g, g.op("Mul", [centered, centered], "gn_sq"), [2], opset, "gn_var")
+    variance = g.mean(g.op("Mul", [centered, centered], "gn_sq"), [2], "gn_var")
     std = g.op("Sqrt", [g.op("Add", [variance, g.const("gn_eps", np.array(1e-5))], "gn_add")], "gn_sqrt")
     normalized = g.op("Div", [centered, std], "gn_div")
     back = g.op("Reshape", [normalized, g.const("gn_back", np.array([0, c, 6, 6], np.int64), exact=True)], "gn_ungroup")
     scale = g.const("gn_gamma", g.rng.uniform(0.5, 1.5, (c, 1, 1)))
-    g.op("Mul", [back, scale], "gn_scale")
-    return ["N", c, 6, 6]
+    return g.op("Mul", [back, scale], "gn_scale"), ["N", c, 6, 6]
 
 
-def _classifier_head(g: _Graph, x: str, c: int, opset: int) -> list:
+def _classifier_head(g: GraphBuilder, x: ir.Value, c: int) -> tuple[ir.Value, list]:
     pooled = g.op("Flatten", [g.op("GlobalAveragePool", [x], "pool")], "flatten")
     logits = g.op("Gemm", [pooled, g.weight("fc_w", 10, c), g.weight("fc_b", 10)], "fc", transB=1)
-    g.op("Softmax", [logits], "softmax", axis=-1)
-    return ["N", 10]
+    return g.op("Softmax", [logits], "softmax", axis=-1), ["N", 10]
 
 
-def _silu_feature_map(g: _Graph, x: str, c: int, opset: int) -> list:
+def _silu_feature_map(g: GraphBuilder, x: ir.Value, c: int) -> tuple[ir.Value, list]:
     h = g.op("Conv", [x, g.weight("conv_w", c, c, 1, 1)], "conv")
-    g.op("Mul", [h, g.op("Sigmoid", [h], "sigmoid")], "silu")
-    return ["N", c, 6, 6]
+    return g.op("Mul", [h, g.op("Sigmoid", [h], "sigmoid")], "silu"), ["N", c, 6, 6]
 
 
-def _spatial_attention(g: _Graph, x: str, c: int, opset: int) -> list:
+def _spatial_attention(g: GraphBuilder, x: ir.Value, c: int) -> tuple[ir.Value, list]:
     """CBAM's spatial gate: the mean over channels, a 7×7 conv, Sigmoid, Mul."""
-    mean = _mean(g, x, [1], opset, "channel_mean")
+    mean = g.mean(x, [1], "channel_mean")
     h = g.op("Conv", [mean, g.weight("sa_w", 1, 1, 7, 7)], "sa_conv", pads=[3, 3, 3, 3])
-    g.op("Mul", [x, g.op("Sigmoid", [h], "sa_gate")], "sa_scale")
-    return ["N", c, 6, 6]
+    return g.op("Mul", [x, g.op("Sigmoid", [h], "sa_gate")], "sa_scale"), ["N", c, 6, 6]
 
 
 _TRANSFORMER = {"layernorm": _layernorm, "rmsnorm": _rmsnorm, "softmax_attention": _softmax_attention}
@@ -402,8 +319,4 @@ def ort_outputs(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarra
 
 def feeds_for(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs for the model's one input (batch × its static dims)."""
-    (graph_input,) = model.graph.input
-    tensor_type = graph_input.type.tensor_type
-    shape = [batch, *(dim.dim_value for dim in tensor_type.shape.dim[1:])]
-    dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-    return {graph_input.name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
+    return seeded_inputs(model, batch=batch, seed=seed)[0]

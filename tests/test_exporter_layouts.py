@@ -13,12 +13,12 @@ import pytest
 from exporter_layouts import (
     calibration_inputs,
     keras_se_model,
-    quantize_qdq,
     shared_weight_model,
     tf_resnet,
 )
 
 from models import build_samples
+from models.builders import quantize_qdq
 from se_onnx import (
     InsertOptions,
     SeOnnxError,
@@ -196,7 +196,7 @@ def test_nhwc_se_blocks_are_found_fused_stripped_and_exported(squeeze, opset, ga
     stripped, _ = strip_se(model)
     _close(_proto(stripped), keras_se_model(opset=opset, squeeze=squeeze, gate=gate, blocks=0))
     weights = export_se_weights(model)
-    np.testing.assert_array_equal(weights["conv_6.fc1.weight"], blocks[0].weights().fc1_weight)
+    np.testing.assert_array_equal(weights["conv_0.fc1.weight"], blocks[0].weights().fc1_weight)
     # insert skips the conv an SE block already follows, and adds one after the last conv.
     inserted, report = insert_se(model, InsertOptions(where="conv"))
     assert [skip.reason for skip in report.skipped] == ["already followed by an SE block"]

@@ -3,9 +3,12 @@ mapped pages, the check and the write at once."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -50,6 +53,45 @@ def test_sympy_put_off_still_loads_when_used():
         """
     )
     assert out == "False 2*N + 1 True True"
+
+
+def test_onnx_ir_still_imports_sympy_when_it_is_imported():
+    # The reason for putting sympy off: when an onnx-ir release imports it lazily itself, this
+    # fails, and se_onnx/cli/_deferred_imports.py (and this test) can go.
+    assert _run_python("import sys, onnx_ir; print('sympy.core' in sys.modules)") == "True"
+
+
+def _reads_sympy_on_import(tree: ast.Module) -> bool:
+    """Whether a module reads a name from sympy as it is imported: `from sympy import …`, or
+    `sympy.x` outside function bodies and annotations (which `from __future__ import annotations`
+    leaves unevaluated)."""
+    pending: list[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sympy":
+            return True
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sympy":
+            return True
+        annotations = {id(node.annotation)} if isinstance(node, ast.AnnAssign) else set()
+        pending += [child for child in ast.iter_child_nodes(node) if id(child) not in annotations]
+    return False
+
+
+def test_the_deferral_stands_in_for_every_onnx_ir_module_that_reads_sympy_on_import():
+    # _deferred_imports stands in for sympy and for the onnx-ir modules that read sympy's names
+    # as they are imported; a new such module would load sympy at start-up again.
+    from se_onnx.cli._deferred_imports import _DEFERRED
+
+    assert all(importlib.util.find_spec(name) is not None for name in _DEFERRED)
+    package = Path(importlib.util.find_spec("onnx_ir").origin).parent
+    readers = {
+        "onnx_ir." + ".".join(path.relative_to(package).with_suffix("").parts)
+        for path in package.rglob("*.py")
+        if _reads_sympy_on_import(ast.parse(path.read_text(encoding="utf-8")))
+    }
+    assert readers == set(_DEFERRED) - {"sympy"}
 
 
 def test_help_still_lists_every_command(capsys):

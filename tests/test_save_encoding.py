@@ -1,5 +1,7 @@
 """save_model's encoder: large initializers written straight from their tensors must decode to
-exactly what onnx-ir would have serialized, leave the model untouched, and stay checked."""
+exactly what onnx-ir would have serialized, field for field as protobuf itself writes them, leave
+the model untouched, and stay checked. A change in onnx, onnx-ir or protobuf that breaks the
+hand-built encoding fails here."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from google.protobuf import empty_pb2, unknown_fields
 from onnx import TensorProto, helper, numpy_helper
 
 from models import build_samples
@@ -100,6 +103,36 @@ def test_the_checker_sees_the_written_bytes(tmp_path):
     with pytest.raises(SeOnnxError, match="fails onnx.checker, nothing was written: .*raw_data size"):
         save_model(model, tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def _wire(encoded: bytes, descriptor) -> list[tuple]:
+    """The fields protobuf reads off the wire, as (number, wire type, value), read without the schema
+    and then, for the fields `descriptor` declares as messages, recursively with it. Fields keep
+    their order within one field number (repeated fields are ordered), not across numbers (which
+    protobuf ignores when it parses)."""
+    message = empty_pb2.Empty()
+    message.ParseFromString(encoded)
+    fields = []
+    for field in unknown_fields.UnknownFieldSet(message):
+        declared = descriptor.fields_by_number.get(field.field_number)
+        data = field.data
+        if declared is not None and declared.message_type is not None:
+            data = _wire(data, declared.message_type)
+        fields.append((field.field_number, field.wire_type, data))
+    return sorted(fields, key=lambda field: field[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("build", [build_samples.resnet_like, build_samples.conv3d_model])
+def test_hand_built_bytes_are_protobuf_s_own_field_by_field(build, dtype, monkeypatch):
+    monkeypatch.setattr(model_io, "_APPEND_MIN_BYTES", 64)  # the samples' weights are small
+    model = ir.from_proto(build(opset=13, dtype=dtype))
+    value = max(model.graph.initializers.values(), key=lambda v: v.const_value.nbytes)
+    value.const_value = ir.tensor(value.const_value.numpy(), name=value.name)  # numpy-backed, as passes leave them
+    hand_built = b"".join(bytes(piece) for piece in model_io._encode(model))
+    serialized = ir.to_proto(model).SerializeToString()
+    assert hand_built != serialized  # the graph and each raw_data moved to the end of their message
+    assert _wire(hand_built, onnx.ModelProto.DESCRIPTOR) == _wire(serialized, onnx.ModelProto.DESCRIPTOR)
 
 
 @pytest.mark.parametrize("field, length, encoded", [(7, 0, b"\x3a\x00"), (5, 127, b"\x2a\x7f"), (9, 300, b"\x4a\xac\x02"), (7, 2**31, b"\x3a\x80\x80\x80\x80\x08")])

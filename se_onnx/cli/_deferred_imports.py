@@ -4,6 +4,14 @@ onnx-ir imports sympy as it is imported, for arithmetic on symbolic dims (`ir.Sy
 which no se-onnx command does; sympy was about half the start-up of `se-onnx insert`. Its module
 and onnx-ir's one module that reads sympy at import time are stood in for by modules that import
 the real ones the first time an attribute is read, so sympy still loads the moment anything uses it.
+
+onnx-ir 1.1.0 (the newest release) offers no supported way to leave sympy out: `onnx_ir._core`
+imports it at the top, with no option or environment variable. What this saves, measured with
+`python benchmarks/bench_startup.py --runs 10` (`se-onnx inspect` on a committed sample, a new
+process each run, interleaved, medians) on a shared, busy 2-core machine: 1.36 s against 3.01 s
+with sympy imported eagerly, a median ratio of 2.3×. tests/test_fast_paths.py fails when onnx-ir
+stops importing sympy eagerly (this module can go) or reads sympy on import in a module not put off
+here.
 """
 
 from __future__ import annotations

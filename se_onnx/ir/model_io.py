@@ -153,6 +153,12 @@ def _encode(model: ir.Model) -> list[bytes | memoryview]:
     each one's raw_data is appended to its header. The pieces decode to the same ModelProto;
     only the position of fields differs (graph after the other ModelProto fields, initializers
     after the other GraphProto fields), which protobuf allows.
+
+    What it buys, measured with `python benchmarks/bench_save.py ../shared/models/resnet18.onnx
+    --runs 10` on a shared 2-core machine (interleaved, medians of the run-by-run ratios, against
+    `ir.to_proto(model).SerializeToString()`): encoding 3.4× (ResNet-18, 47 MB of weights) and
+    11.7× (ResNet-50-sized, 102 MB) faster; the whole save with its check, 1.33× and 1.71×.
+    tests/test_save_encoding.py compares these bytes, field by field, with protobuf's own.
     """
     diverted: dict[str, ir.TensorProtocol] = {}
     for value in model.graph.initializers.values():
@@ -188,8 +194,11 @@ def _encode(model: ir.Model) -> list[bytes | memoryview]:
     return [proto.SerializeToString(), _key(_GRAPH_FIELD, graph_size), *graph_pieces]
 
 
-# Field numbers of ModelProto.graph, GraphProto.initializer and TensorProto.raw_data (onnx.proto).
-_GRAPH_FIELD, _INITIALIZER_FIELD, _RAW_DATA_FIELD = 7, 5, 9
+# Field numbers of ModelProto.graph, GraphProto.initializer and TensorProto.raw_data, as onnx's
+# generated classes declare them.
+_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 # Initializers smaller than this go through onnx-ir's serializer unchanged.
 _APPEND_MIN_BYTES = 4096
 
