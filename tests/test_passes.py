@@ -21,6 +21,7 @@ from onnx_ir.passes.common import (
 
 import se_onnx
 from models import build_samples
+from models.builders import quantize_qdq
 from se_onnx import (
     FindSE,
     FuseSE,
@@ -40,7 +41,7 @@ from se_onnx.passes.strip import StripReport
 from se_onnx.passes.unfuse import UnfuseReport
 from se_onnx.runtime import fastest as fastest_module
 from tests import exporter_styles as styles
-from tests.exporter_layouts import quantize_qdq, tf_resnet
+from tests.exporter_layouts import tf_resnet
 from tests.se_variants import POSITIVES, Variant, negative_model, ort_outputs, se_model
 
 PASS_MODULES = ("base", "find", "insert", "fuse", "unfuse", "strip")
