@@ -67,7 +67,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         responses={code: {"model": ErrorResponse} for code in (400, 404, 413, 503)},
     )
     app.state.data_plane = plane
-    routers = (health.router, inference.router, repository.router, shared_memory.router, shared_memory.cuda_router, metrics.router)
+    routers = (
+        health.router,
+        inference.router,
+        repository.router,
+        shared_memory.router,
+        shared_memory.cuda_router,
+        metrics.router,
+    )
     for router in routers:
         app.include_router(router)
     _add_error_handlers(app)

@@ -99,7 +99,9 @@ def slow_model(size: int = 1024, matmuls: int = 2) -> onnx.ModelProto:
     ones = helper.make_tensor("shape", TensorProto.INT64, [2], [size, size])
     nodes = [
         helper.make_node("Constant", [], ["square"], value=ones),
-        helper.make_node("ConstantOfShape", ["square"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0 / size])),
+        helper.make_node(
+            "ConstantOfShape", ["square"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0 / size])
+        ),
         # a0 = c · (min(x·0) + 1) = c, but depends on x so that ONNX Runtime cannot fold the chain away.
         helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
         helper.make_node("Constant", [], ["unit"], value=helper.make_tensor("u", TensorProto.FLOAT, [], [1.0])),
@@ -170,7 +172,10 @@ async def serve_async(root: Path, **options):
 
 
 def infer_json(name: str, array: np.ndarray, datatype: str = "FP32", **extra) -> dict:
-    return {"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.tolist()}], **extra}
+    return {
+        "inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.tolist()}],
+        **extra,
+    }
 
 
 def binary_body(header: dict, chunks: list[bytes]) -> tuple[bytes, dict]:

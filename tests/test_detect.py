@@ -30,7 +30,9 @@ def test_every_form_is_found_with_exactly_its_nodes(variant: Variant):
             assert (block.squeeze_channels, block.activation, len(block.layers)) == (None, None, 1)
         else:
             assert block.squeeze_channels == variant.squeeze_channels
-            expected = {"silu_decomposed": "SiLU", "silu": "SiLU", "hardswish_decomposed": "HardSwish"}.get(variant.activation)
+            expected = {"silu_decomposed": "SiLU", "silu": "SiLU", "hardswish_decomposed": "HardSwish"}.get(
+                variant.activation
+            )
             assert block.activation.op_type.lower() == (expected or variant.activation).lower()
 
 

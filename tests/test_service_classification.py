@@ -32,7 +32,9 @@ def _scores_model():
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = write_repo(tmp_path_factory.mktemp("repo"), {"labelled": (_scores_model(), None, [1]), "plain": _scores_model()})
+    root = write_repo(
+        tmp_path_factory.mktemp("repo"), {"labelled": (_scores_model(), None, [1]), "plain": _scores_model()}
+    )
     (root / "labelled" / "labels.txt").write_text("cat\ndog\nbird\n")
     return root
 
@@ -81,6 +83,9 @@ def test_over_grpc(repo):
         x = triton_grpc.InferInput("x", [2, 3], "FP32")
         x.set_data_from_numpy(SCORES)
         result = client.infer("labelled", [x], outputs=[triton_grpc.InferRequestedOutput("scores", class_count=2)])
-        assert result.as_numpy("scores").tolist() == [[b"0.700000:1:dog", b"0.200000:2:bird"], [b"0.500000:0:cat", b"0.400000:2:bird"]]
+        assert result.as_numpy("scores").tolist() == [
+            [b"0.700000:1:dog", b"0.200000:2:bird"],
+            [b"0.500000:0:cat", b"0.400000:2:bird"],
+        ]
     finally:
         assert stop_server(process) == 0

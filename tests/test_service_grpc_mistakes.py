@@ -71,11 +71,17 @@ def test_hand_picked_mistakes(stub, case):
 
 def test_repository_mistakes(stub):
     key = (("x-api-key", "k"),)
-    assert _code(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="relu"))) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        _code(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="relu")))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
     deep = pb.ModelRepositoryParameter(string_param="[" * 10_000 + "]" * 10_000)
     request = pb.RepositoryModelLoadRequest(model_name="relu", parameters={"config": deep})
     assert _code(lambda: stub.RepositoryModelLoad(request, metadata=key)) == grpc.StatusCode.INVALID_ARGUMENT
-    assert _code(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="../relu"), metadata=key)) == grpc.StatusCode.NOT_FOUND
+    assert (
+        _code(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="../relu"), metadata=key))
+        == grpc.StatusCode.NOT_FOUND
+    )
 
 
 _PARAMETER = st.one_of(
@@ -117,7 +123,9 @@ def test_generated_requests_are_never_internal(stub, request):
 
 
 def test_a_shape_the_kernel_refuses_is_invalid_argument(stub):
-    request = pb.ModelInferRequest(model_name="reshape", inputs=[_tensor(shape=(3, 4))], raw_input_contents=[np.ones((3, 4), np.float32).tobytes()])
+    request = pb.ModelInferRequest(
+        model_name="reshape", inputs=[_tensor(shape=(3, 4))], raw_input_contents=[np.ones((3, 4), np.float32).tobytes()]
+    )
     with pytest.raises(grpc.RpcError) as error:
         stub.ModelInfer(request)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

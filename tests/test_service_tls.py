@@ -50,7 +50,14 @@ def test_https_with_the_servers_certificate(pki, repo):
 
 
 def test_client_certificates_required_with_a_ca(pki, repo):
-    tls = ["--ssl-certfile", str(pki / "server.pem"), "--ssl-keyfile", str(pki / "server.key"), "--ssl-ca-certs", str(pki / "ca.pem")]
+    tls = [
+        "--ssl-certfile",
+        str(pki / "server.pem"),
+        "--ssl-keyfile",
+        str(pki / "server.key"),
+        "--ssl-ca-certs",
+        str(pki / "ca.pem"),
+    ]
     process, url = start_server(repo, *tls, scheme="https", verify=_context(pki, client_cert=True))
     try:
         with pytest.raises(httpx.HTTPError):
@@ -74,7 +81,9 @@ def test_grpc_over_tls_and_the_key_scope(pki, repo):
     process, _ = start_server(repo, *tls, grpc_port=grpc_port, env={"SE_ONNX_API_KEY": "k", "SE_ONNX_API_KEY_SCOPE": "all"},
                               scheme="https", verify=_context(pki))  # fmt: skip
     try:
-        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=str(pki / "ca.pem"))
+        client = triton_grpc.InferenceServerClient(
+            f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=str(pki / "ca.pem")
+        )
         assert client.is_server_ready()  # health needs no key
         x = triton_grpc.InferInput("x", [1, 4], "FP32")
         x.set_data_from_numpy(np.ones((1, 4), np.float32))

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "unless another form is clearly faster). Outputs are unchanged up to float rounding.",
     )
     add_rewrite_arguments(parser, "where to write the fused model")
-    parser.add_argument("--form", choices=(*FORMS, "fastest"), default="canonical", help="the form to write (default canonical)")
+    parser.add_argument(
+        "--form", choices=(*FORMS, "fastest"), default="canonical", help="the form to write (default canonical)"
+    )
     timing = parser.add_argument_group("--form fastest: how candidate forms are timed")
     timing.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu)")
     timing.add_argument("--runs", type=int, default=50, help="timed runs of each form, interleaved (default 50)")
@@ -48,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
             fuse_fastest,  # imports ONNX Runtime: only when timing
         )
 
-        model, report = fuse_fastest(model, provider=args.provider, runs=args.runs, warmup=args.warmup, batch=args.batch)
+        model, report = fuse_fastest(
+            model, provider=args.provider, runs=args.runs, warmup=args.warmup, batch=args.batch
+        )
     else:
         model, report = fuse_se(model, args.form)
     refuse_nothing_to_do(report)
@@ -63,4 +67,3 @@ def run(args: argparse.Namespace) -> int:
         print_table(("form", f"ms ({report.provider})", "× original"), rows)
     print(f"\n{count(len(report.blocks), 'SE block')}, {report.written} form written to {args.output}")
     return 0
-

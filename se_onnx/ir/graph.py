@@ -25,8 +25,22 @@ MAIN_GRAPH = "main"
 # Elementwise activations that a conv layer's output may pass through before an SE block.
 ACTIVATIONS = frozenset(
     {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSwish", "HardSigmoid",
-        "Sigmoid", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu",
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Clip",
+        "HardSwish",
+        "HardSigmoid",
+        "Sigmoid",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "Gelu",
+        "Mish",
+        "ThresholdedRelu",
     }
 )
 # How many nodes (a Transpose, BatchNorm or its Mul and Add, Q/DQ pairs) a conv layer spans at most.
@@ -176,7 +190,10 @@ def follow_layer(conv: ir.Node, *, activation: bool) -> LayerPath:
         if consumer is None or consumer.inputs[0] is None:
             break
         op = consumer.op_type
-        if is_quantize_op(consumer, "QuantizeLinear") and (dequantize := sole_consumer(consumer.outputs[0])) is not None:
+        if (
+            is_quantize_op(consumer, "QuantizeLinear")
+            and (dequantize := sole_consumer(consumer.outputs[0])) is not None
+        ):
             if not is_quantize_op(dequantize, "DequantizeLinear"):
                 break
             value, quantized = dequantize.outputs[0], (consumer, dequantize)

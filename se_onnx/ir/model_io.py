@@ -88,10 +88,7 @@ def _read_model(path: Path) -> ir.Model:
 
 def uses_external_data(model: ir.Model) -> bool:
     """Whether any of the model's initializers are stored in an external data file."""
-    return any(
-        isinstance(value.const_value, ir.ExternalTensor)
-        for value in model.graph.initializers.values()
-    )
+    return any(isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values())
 
 
 def save_model(
@@ -266,11 +263,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _weights_bytes(model: ir.Model) -> int:
-    return sum(
-        value.const_value.nbytes
-        for value in model.graph.initializers.values()
-        if value.const_value is not None
-    )
+    return sum(value.const_value.nbytes for value in model.graph.initializers.values() if value.const_value is not None)
 
 
 def _one_line(error: BaseException) -> str:

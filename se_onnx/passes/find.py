@@ -557,7 +557,9 @@ def _match_squeeze(value: ir.Value, x: ir.Value) -> Squeeze:
         node = _producer(node.inputs[0])
     if node is None or node.op_type not in ("GlobalAveragePool", "ReduceMean") or node.domain != "":
         found = "a graph input" if node is None else node.op_type
-        raise _Mismatch(Stage.SQUEEZE, f"the first excitation layer does not read a global spatial mean (found {found})")
+        raise _Mismatch(
+            Stage.SQUEEZE, f"the first excitation layer does not read a global spatial mean (found {found})"
+        )
     if not _same_rounding(node.inputs[0], x):
         raise _Mismatch(Stage.SQUEEZE, "the squeezed tensor is not the one the Mul rescales")
     spatial_rank, channels_last = None, False
@@ -603,8 +605,10 @@ def _reduce_mean_spatial_axes(node: ir.Node, x: ir.Value) -> tuple[int | None, b
         return None, False
     spatial = sorted(axes)
     first = spatial[0]
-    if first not in (1, 2) or spatial != list(range(first, first + len(spatial))) or (
-        rank is not None and len(spatial) != rank - 2
+    if (
+        first not in (1, 2)
+        or spatial != list(range(first, first + len(spatial)))
+        or (rank is not None and len(spatial) != rank - 2)
     ):
         raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages axes {axes}, not the spatial ones")
     return len(spatial), first == 1
@@ -647,7 +651,9 @@ def _check_channels_last_broadcast(
             axes = None if array is None else [int(a) for a in array.reshape(-1)]
         if axes == unit_axes:
             return
-    raise _Mismatch(Stage.BLOCK, f"the gate is not reshaped to N×{'1×' * spatial_rank}C for the channels-last feature map")
+    raise _Mismatch(
+        Stage.BLOCK, f"the gate is not reshaped to N×{'1×' * spatial_rank}C for the channels-last feature map"
+    )
 
 
 def _spatial_rank(
@@ -694,7 +700,9 @@ def _check_private(nodes: tuple[ir.Node, ...], mul: ir.Node) -> None:
     members = set(nodes)
     for node in nodes:
         if node.graph is not mul.graph:
-            raise _Mismatch(Stage.BLOCK, f"{node.name!r} sits in another graph than the rescale (across an If/Loop boundary)")
+            raise _Mismatch(
+                Stage.BLOCK, f"{node.name!r} sits in another graph than the rescale (across an If/Loop boundary)"
+            )
         if node is mul:
             continue
         for output in node.outputs:

@@ -332,7 +332,9 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
         return InsertSE(options).on_copy(model)
 
 
-def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
+def _add_blocks(
+    model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int
+) -> list[InsertedBlock]:
     names = NameScope(names_in_use(model))
     paths: dict[ir.Graph, str] = {model.graph: MAIN_GRAPH}
     weights = _weights_per_site(sites, options)
@@ -406,9 +408,13 @@ def _requantize(
     if gain != 1:
         array = constant_array(scale)
         if array is None:
-            raise SeOnnxError(f"the scale of {node_label(quantize)!r} is not a constant, so the SE block cannot be requantized")
+            raise SeOnnxError(
+                f"the scale of {node_label(quantize)!r} is not a constant, so the SE block cannot be requantized"
+            )
         tensor = ir.Tensor((array * np.asarray(gain, array.dtype)).astype(array.dtype), name=names("requantize_scale"))
-        scale = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        scale = ir.Value(
+            name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+        )
         graph.register_initializer(scale)
     copies = []
     for node, stem in ((quantize, "requantize"), (dequantize, "dequantize")):
@@ -441,7 +447,7 @@ def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.n
         block = site.conv.name
         expected_blocks.add(block)
         prefix = f"{block}."
-        block_arrays = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+        block_arrays = {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
         if not block_arrays:
             raise SeOnnxError(f"weights file has no weights for block {block!r}")
         result.append(

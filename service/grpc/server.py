@@ -67,7 +67,13 @@ def _not_offered(message: str):
 # The RPCs that take the data plane's key checks, as their HTTP routes do; the others (liveness,
 # readiness, gRPC health, reflection, the RPCs not offered) take no key.
 _SCOPED = (
-    "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer"
+    "ServerMetadata",
+    "ModelReady",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+    "ModelInfer",
+    "ModelStreamInfer",
 )
 _REPOSITORY = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
 _SHARED_MEMORY = ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister")
@@ -189,7 +195,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _answer(self, request: pb.ModelInferRequest, context, writing: asyncio.Lock) -> None:
         try:
             decode = functools.partial(decode_request, request, self._plane.shared_memory)
-            response = await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
+            response = await self._plane.infer(
+                request.model_name, request.model_version or None, decode, encode_response
+            )
             reply = pb.ModelStreamInferResponse(infer_response=response)
         except Exception as error:
             if isinstance(error, ServiceError):
@@ -197,13 +205,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 log.exception("unhandled error", extra={"method": "ModelStreamInfer"})
                 message = f"internal server error: {type(error).__name__}: {error}"
-            echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+            echo = pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
             reply = pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
         try:
             async with writing:  # one message at a time on the stream
                 await context.write(reply)
         except Exception as error:  # the stream ended under us: nobody is left to tell
-            log.info("stream reply not delivered", extra={"id": request.id, "error": f"{type(error).__name__}: {error}"})
+            log.info(
+                "stream reply not delivered", extra={"id": request.id, "error": f"{type(error).__name__}: {error}"}
+            )
 
     @_unary
     async def RepositoryIndex(self, request, context):
@@ -252,7 +264,9 @@ def _tls_credentials(config: ServerSettings) -> grpc.ServerCredentials | None:
     chain = config.ssl_certfile.read_bytes()
     key = config.ssl_keyfile.read_bytes() if config.ssl_keyfile else chain  # a PEM may hold both
     authority = config.ssl_ca_certs.read_bytes() if config.ssl_ca_certs else None
-    return grpc.ssl_server_credentials([(key, chain)], root_certificates=authority, require_client_auth=authority is not None)
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=authority, require_client_auth=authority is not None
+    )
 
 
 class GrpcServer:

@@ -92,7 +92,9 @@ class TritonCollector:
                 metric.add_sample(name, {"model": stats["name"], "version": stats["version"]}, value(stats))
             yield metric
         pending = GaugeMetricFamily(
-            "nv_inference_pending_request_count", "Instantaneous number of pending requests awaiting execution per-model", labels=_LABELS
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model",
+            labels=_LABELS,
         )
         for stats, inflight in models:
             pending.add_metric([stats["name"], stats["version"]], inflight)
@@ -103,7 +105,9 @@ class TritonCollector:
             yield GaugeMetricFamily("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", value=memory[1])
         utilization = self._cpu.since_last()
         if utilization is not None:
-            yield GaugeMetricFamily("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0] since the last scrape", value=utilization)
+            yield GaugeMetricFamily(
+                "nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0] since the last scrape", value=utilization
+            )
 
 
 def _memory() -> tuple[int, int] | None:
