@@ -269,7 +269,8 @@ def _print(results: dict, args: argparse.Namespace) -> None:
         a, b = report["models"]
         ratio = report["ratio"]
         print(
-            f"Inference cost in ONNX Runtime ({report['provider']}, batch {report['batch']}, {report['runs']} interleaved runs): "
+            f"Inference cost in ONNX Runtime ({report['provider']}, batch {report['batch']}, "
+            f"{report['runs']} interleaved runs): "
             f"{info['blocks']} SE blocks, r = 16, +{info['parameters_added']:,} parameters\n"
         )
         _table(

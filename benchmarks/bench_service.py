@@ -5,7 +5,8 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
                HTTP + shared memory and HTTP JSON vs direct ORT, interleaved in one run (goals: gRPC ≥ 0.97,
                shared memory ≥ 0.98, JSON at concurrency 4 ≥ 0.75 of direct ORT); tiny_conv p50 over
                each protocol at concurrency 1 (goals gRPC p50 ≤ 0.35 ms, JSON ≤ 0.5 ms)
-  resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (1 and 4 instances): server vs direct ORT throughput (goal ≥ 95 %)
+  resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (1 and 4 instances): server vs direct ORT
+               throughput (goal ≥ 95 %)
   tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
   batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×), and
                the most batching can gain: ONNX Runtime's items/s at batch 16 over batch 1, in process
@@ -213,8 +214,8 @@ def _json_call(url: str, model: str, x: np.ndarray, output: str):
 
     host, port = url.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=300)
-    body = orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1)}],
-                         "outputs": [{"name": output}]}, option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1)}
+    body = orjson.dumps({"inputs": [tensor], "outputs": [{"name": output}]}, option=orjson.OPT_SERIALIZE_NUMPY)
     headers = {"Content-Type": "application/json"}
 
     def call():

@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(
-            f"seed {seed}: base {row['base_top1']:.4f}  +SE trained {row['se_top1']:.4f}  base tuned {row['tuned_top1']:.4f}  "
+            f"seed {seed}: base {row['base_top1']:.4f}  +SE trained {row['se_top1']:.4f}  "
+            f"base tuned {row['tuned_top1']:.4f}  "
             f"latency ×{row['latency_ratio']:.3f}",
             file=sys.stderr,
         )
@@ -204,7 +205,8 @@ def print_summary(rows: list[dict], summary: dict) -> None:
         )
     s = summary
     print(
-        f"\nmean ± std over {len(rows)} seeds: base {100 * s['base_top1']['mean']:.2f} ± {100 * s['base_top1']['std']:.2f} %, "
+        f"\nmean ± std over {len(rows)} seeds: "
+        f"base {100 * s['base_top1']['mean']:.2f} ± {100 * s['base_top1']['std']:.2f} %, "
         f"+SE {100 * s['se_top1']['mean']:.2f} ± {100 * s['se_top1']['std']:.2f} %, "
         f"control {100 * s['tuned_top1']['mean']:.2f} ± {100 * s['tuned_top1']['std']:.2f} %; "
         f"SE − base {100 * s['se_minus_base']['mean']:+.2f} ± {100 * s['se_minus_base']['std']:.2f} pts, "

@@ -1,4 +1,5 @@
-"""The data plane that HTTP and gRPC share: models, readiness, inference with its timeout and accounting, statistics, repository.
+"""The data plane that HTTP and gRPC share: models, readiness, inference with its timeout and accounting,
+statistics, repository.
 
 Front ends only decode and encode: they hand `DataPlane.infer` a function that turns their
 request into an `InferenceRequest` against the model it found, and one that turns the
@@ -222,7 +223,8 @@ class DataPlane:
         if not expected:
             raise ServiceError(
                 403,
-                "the repository API is disabled; start the server with an API key (SE_ONNX_API_KEY, --api-key-file or --api-key) to enable it",
+                "the repository API is disabled; start the server with an API key "
+                "(SE_ONNX_API_KEY, --api-key-file or --api-key) to enable it",
             )
         if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
             raise ServiceError(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
@@ -248,7 +250,8 @@ class DataPlane:
         given = parameters or {}
         if any(key.startswith("file:") for key in given):
             raise bad_request(
-                "model files sent with the load request (file: parameters) are not supported; put the model in the repository"
+                "model files sent with the load request (file: parameters) are not supported; "
+                "put the model in the repository"
             )
         override = given.get("config")
         if override is not None and not isinstance(override, str):

@@ -210,7 +210,7 @@ def start_server(
     port = free_port()
     grpc = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
     # A file, not a pipe: the access log of a long run would fill a pipe and block the server.
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - open as long as the server runs; server_log reads it
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     environment.pop("SE_ONNX_MODEL_REPOSITORY", None)  # the test's repository or none, never the shell's
     if repo is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -82,12 +83,12 @@ def test_verify_takes_inputs_from_npz(resnet, tmp_path, capsys):
 
 
 def test_in_place_needs_the_flag(resnet, capsys):
-    before = open(resnet, "rb").read()
+    before = Path(resnet).read_bytes()
     assert main(["insert", resnet, "-o", resnet]) == 2
     assert "--in-place" in capsys.readouterr().err
-    assert open(resnet, "rb").read() == before
+    assert Path(resnet).read_bytes() == before
     assert main(["insert", resnet, "-o", resnet, "--in-place"]) == 0
-    assert open(resnet, "rb").read() != before
+    assert Path(resnet).read_bytes() != before
 
 
 def test_weights_round_trip_through_export(resnet, tmp_path):

@@ -55,7 +55,7 @@ def test_image_folders_are_resized_cropped_and_normalised(tmp_path, capsys):
     from PIL import Image
 
     colours = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}  # sorted: class 0 blue, 1 green, 2 red
-    for index, (name, colour) in enumerate(colours.items()):
+    for name, colour in colours.items():
         folder = tmp_path / "images" / name
         folder.mkdir(parents=True)
         for k in range(3):

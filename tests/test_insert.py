@@ -70,7 +70,7 @@ def test_identity_insert_keeps_outputs_on_every_sample(sample, dtype, opset, tmp
 
     assert report.blocks and report.opset == opset and report.dtype == dtype
     saved = onnx.load(after)
-    assert {o.domain: o.version for o in saved.opset_import}.get("", None) == opset
+    assert {o.domain: o.version for o in saved.opset_import}.get("") == opset
     assert _signature(model) == _signature(_ir(original))
     added = len(model.graph) - len(original.graph.node)
     assert added == sum(len(block.nodes) for block in report.blocks)
@@ -255,7 +255,7 @@ def test_new_names_never_collide_with_existing_ones(tmp_path):
     # Squat on the names the pass would pick for the first block.
     squatters = [f"{conv}/se/{stem}" for stem in ("squeeze", "fc1", "fc1_output", "fc1_weight", "scale_output")]
     last = proto.graph.output[0].name
-    for index, name in enumerate(squatters):
+    for name in squatters:
         proto.graph.node.append(helper.make_node("Identity", [last], [name], name=name))
         last = name
     proto.graph.output[0].name = last

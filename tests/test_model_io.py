@@ -54,10 +54,9 @@ def test_missing_external_data_is_a_clear_error(tmp_path):
 def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "weights.npz"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with model_io.atomic_output(target) as staging:
-            staging.write_bytes(b"half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), model_io.atomic_output(target) as staging:
+        staging.write_bytes(b"half")
+        raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.npz"]
 

@@ -50,8 +50,12 @@ def test_top_k_with_and_without_labels_over_json(repo):
     with serve(repo) as client:
         assert "classification" in client.get("/v2").json()["extensions"]
         (output,) = client.post("/v2/models/labelled/infer", json=_request(2)).json()["outputs"]
-        assert output == {"name": "scores", "datatype": "BYTES", "shape": [2, 2],
-                          "data": ["0.700000:1:dog", "0.200000:2:bird", "0.500000:0:cat", "0.400000:2:bird"]}  # fmt: skip
+        assert output == {
+            "name": "scores",
+            "datatype": "BYTES",
+            "shape": [2, 2],
+            "data": ["0.700000:1:dog", "0.200000:2:bird", "0.500000:0:cat", "0.400000:2:bird"],
+        }
         (output,) = client.post("/v2/models/plain/infer", json=_request(5)).json()["outputs"]
         assert output["shape"] == [2, 3] and output["data"][:3] == ["0.700000:1", "0.200000:2", "0.100000:0"]
 

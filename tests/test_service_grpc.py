@@ -382,9 +382,9 @@ def test_sigterm_finishes_open_stream_and_unary_calls_and_exits_0(tmp_path):
     thread.join(timeout=120)
     assert stop_server(process) == 0
     assert time.monotonic() > signalled
-    assert sorted((result.get_response().id, float(result.as_numpy("y")[0, 0])) for result, error in replies if error is None) == [
-        ("s0", 0.0), ("s1", 1.0)
-    ], replies  # fmt: skip
+    assert sorted(
+        (result.get_response().id, float(result.as_numpy("y")[0, 0])) for result, error in replies if error is None
+    ) == [("s0", 0.0), ("s1", 1.0)], replies
     assert isinstance(unary["y"], np.ndarray) and unary["y"][0, 0] == 7, unary
     stream_client.stop_stream()
     assert streamed.empty(), "the stream ended with an error"

@@ -46,22 +46,41 @@ def _code(call) -> grpc.StatusCode:
 
 ONES = np.ones((1, 4), np.float32).tobytes()
 CASES = {
-    "negative dimension": pb.ModelInferRequest(model_name="relu", inputs=[_tensor(shape=(-1, 4))], raw_input_contents=[ONES]),
-    "huge dimension": pb.ModelInferRequest(model_name="relu", inputs=[_tensor(shape=(2**62, 2**62))], raw_input_contents=[ONES]),
-    "wrong datatype": pb.ModelInferRequest(model_name="relu", inputs=[_tensor(datatype="INT8")], raw_input_contents=[ONES]),
-    "unknown datatype": pb.ModelInferRequest(model_name="relu", inputs=[_tensor(datatype="FP8")], raw_input_contents=[ONES]),
+    "negative dimension": pb.ModelInferRequest(
+        model_name="relu", inputs=[_tensor(shape=(-1, 4))], raw_input_contents=[ONES]
+    ),
+    "huge dimension": pb.ModelInferRequest(
+        model_name="relu", inputs=[_tensor(shape=(2**62, 2**62))], raw_input_contents=[ONES]
+    ),
+    "wrong datatype": pb.ModelInferRequest(
+        model_name="relu", inputs=[_tensor(datatype="INT8")], raw_input_contents=[ONES]
+    ),
+    "unknown datatype": pb.ModelInferRequest(
+        model_name="relu", inputs=[_tensor(datatype="FP8")], raw_input_contents=[ONES]
+    ),
     "short raw data": pb.ModelInferRequest(model_name="relu", inputs=[_tensor()], raw_input_contents=[ONES[:5]]),
     "no data": pb.ModelInferRequest(model_name="relu", inputs=[_tensor()]),
     "unknown model": pb.ModelInferRequest(model_name="nope", inputs=[_tensor()], raw_input_contents=[ONES]),
-    "bad version": pb.ModelInferRequest(model_name="relu", model_version="x", inputs=[_tensor()], raw_input_contents=[ONES]),
+    "bad version": pb.ModelInferRequest(
+        model_name="relu", model_version="x", inputs=[_tensor()], raw_input_contents=[ONES]
+    ),
     "unknown output": pb.ModelInferRequest(
-        model_name="relu", inputs=[_tensor()], raw_input_contents=[ONES], outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="z")]
+        model_name="relu",
+        inputs=[_tensor()],
+        raw_input_contents=[ONES],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="z")],
     ),
     "classification as a string": pb.ModelInferRequest(
-        model_name="relu", inputs=[_tensor()], raw_input_contents=[ONES],
-        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="relu", parameters={"classification": pb.InferParameter(string_param="2")})],
+        model_name="relu",
+        inputs=[_tensor()],
+        raw_input_contents=[ONES],
+        outputs=[
+            pb.ModelInferRequest.InferRequestedOutputTensor(
+                name="relu", parameters={"classification": pb.InferParameter(string_param="2")}
+            )
+        ],
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -103,8 +103,16 @@ def test_impossible_shapes_are_a_400(client, shape, message):
     assert response.status_code == 400 and message in response.json()["error"], response.text
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v2/models/relu/ready"),
-                                          ("POST", "/v2/repository/models/relu/load"), ("POST", "/v2/repository/models/relu/unload")])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v2/health/live"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/v2/models/relu/ready"),
+        ("POST", "/v2/repository/models/relu/load"),
+        ("POST", "/v2/repository/models/relu/unload"),
+    ],
+)
 def test_empty_answers_as_triton_and_as_documented(client, method, path):
     response = client.request(method, path, headers=KEY)
     assert response.status_code == 200 and response.content == b"" and "content-type" not in response.headers
@@ -187,8 +195,10 @@ def test_responses_are_compressed_when_asked(client, encoding, decode):
     assert response.headers["content-encoding"] == encoding and int(response.headers["content-length"]) == len(raw)
     assert decode(raw) == plain and len(raw) < len(plain) / 2
     # Binary outputs: the header length still counts the uncompressed JSON header, as Triton's.
-    header = {"inputs": [{"name": "x", "shape": [8, 512], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-              "parameters": {"binary_data_output": True}}  # fmt: skip
+    header = {
+        "inputs": [{"name": "x", "shape": [8, 512], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+        "parameters": {"binary_data_output": True},
+    }
     body, headers = binary_body(header, [x.tobytes()])
     with client.stream(
         "POST", "/v2/models/big/infer", content=body, headers={**headers, "Accept-Encoding": encoding}

@@ -138,23 +138,30 @@ def test_cli_writes_the_model_back_keeping_everything_but_the_se_weights(tmp_pat
     ort_outputs(str(output), feeds_for(original))
 
 
+def _interrupting_step(original_step, interrupt_at: int):
+    """`original_step`, except that its `interrupt_at`-th call raises KeyboardInterrupt (Ctrl-C)."""
+    calls = 0
+
+    def step(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == interrupt_at:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    return step
+
+
 def test_ctrl_c_keeps_the_last_completed_epoch_and_nothing_partial(tmp_path, monkeypatch):
     model_path = tmp_path / "model.onnx"
     save_model(_with_se(build_samples.tiny_conv(opset=13)), model_path)
     data = _data((1, 8, 8), 4)
     np.savez(tmp_path / "d.npz", x=data.x, y=data.y)
     steps_per_epoch = 4  # 64 samples, batches of 16
+    # Taken once: each round wraps Adam's own step, not the previous round's wrapper.
+    original_step = torch.optim.Adam.step
     for interrupt_at, kept in ((steps_per_epoch + 2, True), (2, False)):
-        calls = {"n": 0}
-        original_step = torch.optim.Adam.step
-
-        def step(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == interrupt_at:
-                raise KeyboardInterrupt
-            return original_step(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.optim.Adam, "step", step)
+        monkeypatch.setattr(torch.optim.Adam, "step", _interrupting_step(original_step, interrupt_at))
         output = tmp_path / f"out_{interrupt_at}" / "trained.onnx"
         args = [
             "train",

@@ -11,7 +11,6 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import (
     constant_array,
     is_constant,
@@ -203,9 +202,9 @@ def follow_layer(conv: ir.Node, *, activation: bool) -> LayerPath:
             activation = False
         elif op == "Transpose" and not channels_last and _to_channels_last(consumer, spatial_rank):
             channels_last = True
-        elif op == "BatchNormalization" and not channels_last and consumer.inputs[0] is value:
-            pass
-        elif op in ("Mul", "Add") and _per_channel_operand(consumer, value, weight_shape, channels_last):
+        elif (op == "BatchNormalization" and not channels_last and consumer.inputs[0] is value) or (
+            op in ("Mul", "Add") and _per_channel_operand(consumer, value, weight_shape, channels_last)
+        ):
             pass
         else:
             break

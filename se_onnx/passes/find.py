@@ -256,10 +256,7 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
         raise _Mismatch(Stage.GATE, "the gate's input is the rescaled tensor itself (an activation)")
     last = _match_layer(excitation)
     activation, activation_nodes, hidden = _match_activation(last.nodes[0].inputs[0])
-    if activation is None:
-        layers = (last,)
-    else:
-        layers = (_match_layer(hidden, stage=Stage.ACTIVATION), last)
+    layers = (last,) if activation is None else (_match_layer(hidden, stage=Stage.ACTIVATION), last)
     squeeze = _match_squeeze(layers[0].nodes[0].inputs[0], x)
     _check_widths(layers, x, squeeze.channels_last)
     spatial_rank = _spatial_rank(x, squeeze, layers, broadcast_nodes)

@@ -265,10 +265,7 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
         # A residual branch that already has its block still makes the model residual.
         has_residual = not options.nodes and any(True for _ in _residual_sites(candidates, convs, existing))
         placement = "residual" if has_residual else "conv"
-    if placement == "residual":
-        found = _residual_sites(candidates, convs, existing)
-    else:
-        found = map(_conv_site, candidates)
+    found = _residual_sites(candidates, convs, existing) if placement == "residual" else map(_conv_site, candidates)
     se_inputs = {id(block_input) for block_input, _ in existing}
     sites = []
     for site in found:

@@ -1,4 +1,5 @@
-"""System shared memory (Triton's extension): the registry of clients' POSIX shm regions, and tensors read from and written to them.
+"""System shared memory (Triton's extension): the registry of clients' POSIX shm regions, and tensors read
+from and written to them.
 
 A client creates a shm object (`shm_open`, as `tritonclient.utils.shared_memory` does), registers a
 region of it by name, key, offset and byte size, then names the region in an input's or output's

@@ -40,7 +40,8 @@ async def index(request: Request, plane: Plane) -> list[RepositoryModel]:
     **empty_ok("loaded"),
     openapi_extra=openapi_body(
         LoadRequest,
-        "optional; parameters.config: config.json text that replaces the model's own; file: parameters are refused (400)",
+        "optional; parameters.config: config.json text that replaces the model's own; "
+        "file: parameters are refused (400)",
     ),
 )
 async def load(request: Request, model_name: str, plane: Plane) -> Response:

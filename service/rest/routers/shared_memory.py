@@ -1,4 +1,5 @@
-"""Triton's shared-memory extension: register, unregister and status of system shared memory regions; CUDA shared memory refused."""
+"""Triton's shared-memory extension: register, unregister and status of system shared memory regions;
+CUDA shared memory refused."""
 
 from __future__ import annotations
 
