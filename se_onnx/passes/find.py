@@ -519,7 +519,13 @@ def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ..
     for index in (0, 1):
         hidden, other = mul.inputs[index], mul.inputs[1 - index]
         gate = _producer(other) if other is not None else None
-        if gate is None or gate.domain != "" or through_qdq(gate.inputs[0]) is not through_qdq(hidden):
+        # The op type first: a gate candidate may be a node without inputs (a Constant).
+        if (
+            gate is None
+            or gate.domain != ""
+            or gate.op_type not in ("Sigmoid", "HardSigmoid")
+            or through_qdq(gate.inputs[0]) is not through_qdq(hidden)
+        ):
             continue
         if gate.op_type == "Sigmoid":
             return Activation("SiLU"), (gate, mul), hidden
