@@ -190,6 +190,7 @@ class VersionPolicy(_Strict):
             return ordered
         if self.specific is not None:
             return [v for v in ordered if v in self.specific.versions]
+        assert self.latest is not None  # the validator sets it when no other policy is chosen
         return ordered[-self.latest.num_versions :]
 
 

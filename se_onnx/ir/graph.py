@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import TypeGuard
+from typing import TypeGuard, overload
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import (
     constant_array,
     is_constant,
@@ -112,6 +113,14 @@ def is_conv(node: ir.Node | None) -> TypeGuard[ir.Node]:
 def node_label(node: ir.Node) -> str:
     """How messages and reports name a node: its name, else its first output's."""
     return node.name or (node.outputs[0].name if node.outputs else "") or node.op_type
+
+
+def required_input(node: ir.Node, index: int = 0) -> ir.Value:
+    """Input `index` of `node`, one its operator requires (onnx-ir gives a missing input as None)."""
+    value = node.inputs[index] if index < len(node.inputs) else None
+    if value is None:
+        raise SeOnnxError(f"{node.op_type} {node_label(node)!r} lacks its required input {index}: not a valid model")
+    return value
 
 
 def producer(value: ir.Value | None, *op_types: str) -> ir.Node | None:
@@ -305,6 +314,10 @@ def silu_output(value: ir.Value) -> ir.Value | None:
 # --- Attributes ---------------------------------------------------------------------------------
 
 
+@overload
+def float_attribute(node: ir.Node, name: str, default: float) -> float: ...
+@overload
+def float_attribute(node: ir.Node, name: str, default: None) -> float | None: ...
 def float_attribute(node: ir.Node, name: str, default: float | None) -> float | None:
     """The attribute's value; a default as the float32 an explicit attribute would hold, so that
     HardSigmoid() and HardSigmoid(alpha=0.2) read the same."""

@@ -138,7 +138,7 @@ def feeds_for(session, options: BenchOptions) -> tuple[dict[str, np.ndarray], in
     """The seeded feeds and the batch they carry: the first input's first dimension."""
     first = session.get_inputs()[0] if session.get_inputs() else None
     fixed = first.shape[0] if first is not None and first.shape and isinstance(first.shape[0], int) else None
-    if fixed is not None and options.batch is not None and options.batch != fixed:
+    if first is not None and fixed is not None and options.batch is not None and options.batch != fixed:
         raise SeOnnxError(
             f"the model's input {first.name!r} has a fixed batch of {fixed}; --batch {options.batch} does not apply"
         )

@@ -145,6 +145,7 @@ def _cost_report(
     same way, so that each op's difference is taken run by run like the measured one. The profiled
     sessions are separate from the timed ones because the profiler slows every node."""
     report = benchmark(sources, options, names=names)
+    assert report.ratio is not None  # benchmark() gives one for two models
     samples_stripped, samples_se = (timing.seconds for timing in report.models)
     stripped_runs, se_runs = _profile_interleaved(sources, options, _role_classifier(se_nodes))
     report.se_cost = SeCost(

@@ -276,7 +276,6 @@ class GrpcServer:
     def __init__(self, plane: DataPlane, config: ServerSettings):
         self._plane = plane
         self._config = config
-        self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._watching: asyncio.Task | None = None
 
@@ -310,11 +309,10 @@ class GrpcServer:
         except RuntimeError as error:
             raise SeOnnxError(f"cannot listen for gRPC on {self.address}: {error}") from None
         await server.start()
-        self._server = server
-        self._watching = asyncio.get_running_loop().create_task(self._follow_plane())
+        self._watching = asyncio.get_running_loop().create_task(self._follow_plane(server))
         log.info("grpc listening", extra={"address": self.address})
 
-    async def _follow_plane(self) -> None:
+    async def _follow_plane(self, server: grpc.aio.Server) -> None:
         # A SIGTERM during start-up loading drains at once rather than after the last model loads.
         loaded = asyncio.ensure_future(self._plane.loading_done.wait())
         stopping = asyncio.ensure_future(self._plane.stopping.wait())
@@ -327,7 +325,7 @@ class GrpcServer:
         await self._health.enter_graceful_shutdown()
         # No new calls from here; calls in flight and open streams get until the request timeout.
         # (--request-timeout 0 means no limit: a day stands for it.)
-        await self._server.stop(self._config.request_timeout or 24 * 3600.0)
+        await server.stop(self._config.request_timeout or 24 * 3600.0)
         log.info("grpc stopped")
 
     async def stop(self) -> None:
