@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import json_format
@@ -162,7 +163,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         decode = functools.partial(decode_request, request, self._plane.shared_memory)
         return await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
 
-    async def ModelStreamInfer(self, request_iterator, context):
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> None:
         """Requests are answered as they finish, each reply carrying its request's id; a failed
         request is its reply's error_message and the stream goes on. When the server stops,
         no further request is read and those already read are answered."""
