@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             clock = time.process_time if args.cpu_clock else time.perf_counter
             results["in_process"] = _in_process(source, folder, args.rounds, clock)
         if "process" not in args.skip:
-            results["process"] = _as_process(source, folder, args.rounds, _children_cpu_time if args.cpu_clock else time.perf_counter)
+            results["process"] = _as_process(
+                source, folder, args.rounds, _children_cpu_time if args.cpu_clock else time.perf_counter
+            )
         if "scaling" not in args.skip:
             points = _scaling([int(n) for n in args.scaling.split(",")], folder, args.scaling_rounds)
             results["scaling"] = {"points": points, "fit": _fit(points)}
@@ -154,7 +156,9 @@ def _as_process(source: Path, folder: Path, rounds: int, clock=time.perf_counter
     return _compare(what, "python -c onnx.load+save", run(insert_cmd), run(plain_cmd), rounds, ours, theirs, clock)
 
 
-def _compare(what: str, baseline_label: str, se_onnx, baseline, rounds: int, ours: Path, theirs: Path, clock=time.perf_counter) -> Comparison:
+def _compare(
+    what: str, baseline_label: str, se_onnx, baseline, rounds: int, ours: Path, theirs: Path, clock=time.perf_counter
+) -> Comparison:
     # Rounds alternate which one goes first; the ratio reads se-onnx / baseline, round by round.
     baseline_s, se_onnx_s = time_interleaved([baseline, se_onnx], runs=rounds, warmup=1, clock=clock, rotate=True)
     return Comparison(
@@ -185,7 +189,9 @@ def _scaling(sizes: list[int], folder: Path, rounds: int) -> list[ScalingPoint]:
             totals.append(time.perf_counter() - start)
             cpu.append(time.process_time() - cpu_start)
             blocks = len(report.blocks)
-        points.append(ScalingPoint(convs, blocks, float(np.median(totals)), float(np.median(passes)), float(np.median(cpu))))
+        points.append(
+            ScalingPoint(convs, blocks, float(np.median(totals)), float(np.median(passes)), float(np.median(cpu)))
+        )
     return points
 
 
@@ -220,8 +226,13 @@ def _print(results: dict, args: argparse.Namespace) -> None:
             c: Comparison = results[key]
             rows.append(
                 (
-                    c.what, c.baseline, f"{c.se_onnx_s:.3f} s", f"{c.baseline_s:.3f} s",
-                    f"{c.ratio.median:.2f}×", f"{c.ratio.p10:.2f}–{c.ratio.p90:.2f}", f"{c.se_onnx_mb:.0f} / {c.baseline_mb:.0f}",
+                    c.what,
+                    c.baseline,
+                    f"{c.se_onnx_s:.3f} s",
+                    f"{c.baseline_s:.3f} s",
+                    f"{c.ratio.median:.2f}×",
+                    f"{c.ratio.p10:.2f}–{c.ratio.p90:.2f}",
+                    f"{c.se_onnx_mb:.0f} / {c.baseline_mb:.0f}",
                 )
             )
     if rows:
@@ -236,7 +247,17 @@ def _print(results: dict, args: argparse.Namespace) -> None:
         print(f"Scaling on conv chains (--where conv, load + insert + checked save), median of {args.scaling_rounds}\n")
         _table(
             ("convs", "blocks", "total", "pass", "CPU", "µs / conv"),
-            [(p.convs, p.blocks, f"{p.seconds:.2f} s", f"{p.pass_seconds:.2f} s", f"{p.cpu_seconds:.2f} s", f"{p.us_per_conv:.0f}") for p in points],
+            [
+                (
+                    p.convs,
+                    p.blocks,
+                    f"{p.seconds:.2f} s",
+                    f"{p.pass_seconds:.2f} s",
+                    f"{p.cpu_seconds:.2f} s",
+                    f"{p.us_per_conv:.0f}",
+                )
+                for p in points
+            ],
         )
         print(
             f"fit: {fit.intercept_s:.3f} s + {fit.slope_us_per_conv:.0f} µs × convs, R² = {fit.r_squared:.4f}; "
@@ -248,7 +269,8 @@ def _print(results: dict, args: argparse.Namespace) -> None:
         a, b = report["models"]
         ratio = report["ratio"]
         print(
-            f"Inference cost in ONNX Runtime ({report['provider']}, batch {report['batch']}, {report['runs']} interleaved runs): "
+            f"Inference cost in ONNX Runtime ({report['provider']}, batch {report['batch']}, "
+            f"{report['runs']} interleaved runs): "
             f"{info['blocks']} SE blocks, r = 16, +{info['parameters_added']:,} parameters\n"
         )
         _table(

@@ -67,13 +67,17 @@ def int8_kernels(model: ir.Model) -> dict[str, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", choices=sorted(SAMPLES), default="resnet50_sized")
-    parser.add_argument("--where", choices=("residual", "conv"), default="residual", help="SE placement (default residual)")
+    parser.add_argument(
+        "--where", choices=("residual", "conv"), default="residual", help="SE placement (default residual)"
+    )
     parser.add_argument("--runs", type=int, default=100, help="interleaved timed runs of each model (default 100)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs of each model first (default 5)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     args = parser.parse_args()
 
-    float_model = SAMPLES[args.sample](opset=17, batch=1) if args.sample == "resnet50_sized" else SAMPLES[args.sample](opset=17)
+    float_model = (
+        SAMPLES[args.sample](opset=17, batch=1) if args.sample == "resnet50_sized" else SAMPLES[args.sample](opset=17)
+    )
     options = InsertOptions(where=args.where, init="random")
     qdq = ir.from_proto(quantize_qdq(float_model))
     inserted, report = insert_se(qdq, options)
@@ -89,7 +93,11 @@ def main() -> int:
         {"model": t.form, "median_ms": round(t.median_ms, 3), "ratio": round(t.ratio, 4)} | int8_kernels(models[t.form])
         for t in timings
     ]
-    print(json.dumps({"sample": args.sample, "se_blocks": len(report.blocks), "where": args.where, "rows": rows}, indent=2))
+    print(
+        json.dumps(
+            {"sample": args.sample, "se_blocks": len(report.blocks), "where": args.where, "rows": rows}, indent=2
+        )
+    )
     return 0
 
 

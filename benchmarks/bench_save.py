@@ -29,9 +29,9 @@ import onnx_ir as ir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models import build_samples
-from se_onnx import load_model, save_model
-from se_onnx.ir import model_io
+from models import build_samples  # noqa: E402
+from se_onnx import load_model, save_model  # noqa: E402
+from se_onnx.ir import model_io  # noqa: E402
 
 SHARED_RESNET18 = REPO.parent / "shared" / "models" / "resnet18.onnx"
 

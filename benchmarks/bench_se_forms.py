@@ -74,7 +74,13 @@ def bench(label: str, model: ir.Model, args: argparse.Namespace) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", help="more ONNX models (torchvision exports, ...)")
-    parser.add_argument("--samples", nargs="*", default=list(SAMPLES), metavar="NAME", help=f"samples to build (default all: {', '.join(SAMPLES)}); none with --samples and no names")
+    parser.add_argument(
+        "--samples",
+        nargs="*",
+        default=list(SAMPLES),
+        metavar="NAME",
+        help=f"samples to build (default all: {', '.join(SAMPLES)}); none with --samples and no names",
+    )
     parser.add_argument("--opset", type=int, default=17, help="opset of the built samples (default 17)")
     parser.add_argument("--runs", type=int, default=200, help="interleaved timed runs of each form (default 200)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs of each form first (default 10)")
@@ -108,7 +114,9 @@ def main() -> int:
     print(f"\nfastest ≤ 1.00× the original on every model: {verdict}")
     kept = [row["fastest"] for row in timed if row["fastest_picks"] == "original"]
     if kept:
-        print(f"(noise floor: where the original was kept, the identical copy measured {min(kept):.3f}–{max(kept):.3f}×)")
+        print(
+            f"(noise floor: where the original was kept, the identical copy measured {min(kept):.3f}–{max(kept):.3f}×)"
+        )
     return 0
 
 

@@ -5,7 +5,8 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
                HTTP + shared memory and HTTP JSON vs direct ORT, interleaved in one run (goals: gRPC ≥ 0.97,
                shared memory ≥ 0.98, JSON at concurrency 4 ≥ 0.75 of direct ORT); tiny_conv p50 over
                each protocol at concurrency 1 (goals gRPC p50 ≤ 0.35 ms, JSON ≤ 0.5 ms)
-  resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (1 and 4 instances): server vs direct ORT throughput (goal ≥ 95 %)
+  resnet50     ResNet-50-sized, batch 1, concurrency 1 and 4 (1 and 4 instances): server vs direct ORT
+               throughput (goal ≥ 95 %)
   tiny         tiny_conv, concurrency 1: p50 / p99 latency through the server (goal p50 ≤ 1 ms)
   batching     resnet_like, concurrency 16: throughput with vs without dynamic batching (goal ≥ 2×), and
                the most batching can gain: ONNX Runtime's items/s at batch 16 over batch 1, in process
@@ -67,7 +68,9 @@ def build_repository(root: Path, max_batch_size: int) -> None:
     for name, per_instance in (("small_shared", False), ("small_separate", True)):
         (root / name / "1").mkdir(parents=True)
         onnx.save(small, root / name / "1" / "model.onnx")
-        (root / name / "config.json").write_text(json.dumps({"instance_count": 4, "session_per_instance": per_instance}))
+        (root / name / "config.json").write_text(
+            json.dumps({"instance_count": 4, "session_per_instance": per_instance})
+        )
 
 
 class Server:
@@ -211,8 +214,8 @@ def _json_call(url: str, model: str, x: np.ndarray, output: str):
 
     host, port = url.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=300)
-    body = orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1)}],
-                         "outputs": [{"name": output}]}, option=orjson.OPT_SERIALIZE_NUMPY)  # fmt: skip
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1)}
+    body = orjson.dumps({"inputs": [tensor], "outputs": [{"name": output}]}, option=orjson.OPT_SERIALIZE_NUMPY)
     headers = {"Content-Type": "application/json"}
 
     def call():
@@ -228,7 +231,7 @@ def _json_call(url: str, model: str, x: np.ndarray, output: str):
 
 def direct_caller(session, x: np.ndarray):
     name = session.get_inputs()[0].name
-    return lambda _index: (lambda: session.run(None, {name: x}))
+    return lambda _index: lambda: session.run(None, {name: x})
 
 
 def throughput(concurrency: int, requests: int, make) -> float:
@@ -259,7 +262,14 @@ def compare(rounds: int, concurrency: int, requests: int, make_a, make_b) -> dic
     """A against B with compare_all: their medians, and B/A's median ratio and range."""
     row = compare_all(rounds, concurrency, requests, {"a": make_a, "b": make_b})
     low, high = map(float, row["b_ratio_range"].split("-"))
-    return {"a_rps": row["a_rps"], "b_rps": row["b_rps"], "ratio": row["b_ratio"], "ratio_min": low, "ratio_max": high, "rounds": rounds}
+    return {
+        "a_rps": row["a_rps"],
+        "b_rps": row["b_rps"],
+        "ratio": row["b_ratio"],
+        "ratio_min": low,
+        "ratio_max": high,
+        "rounds": rounds,
+    }
 
 
 def latencies_all(rounds: int, requests: int, makers: dict) -> dict:
@@ -299,7 +309,10 @@ def protocols(server: Server, repository: Path, rounds: int, requests: int, thre
             "http_json": server_caller(server.url, model, image, "json"),
         }
         goal = "grpc_ratio >= 0.97, *_shm_ratio >= 0.98" + (", http_json_ratio >= 0.75" if concurrency == 4 else "")
-        results[f"protocols_{model}_c{concurrency}"] = {**compare_all(rounds, concurrency, requests, makers), "goal": goal}
+        results[f"protocols_{model}_c{concurrency}"] = {
+            **compare_all(rounds, concurrency, requests, makers),
+            "goal": goal,
+        }
     del session
     tiny = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
     makers = {
@@ -307,7 +320,10 @@ def protocols(server: Server, repository: Path, rounds: int, requests: int, thre
         "http_binary": server_caller(server.url, "tiny", tiny),
         "http_json": server_caller(server.url, "tiny", tiny, "json"),
     }
-    results["protocols_tiny_c1"] = {**latencies_all(rounds, max(requests * 10, 50), makers), "goal": "grpc_p50_ms <= 0.35, http_json_p50_ms <= 0.5"}
+    results["protocols_tiny_c1"] = {
+        **latencies_all(rounds, max(requests * 10, 50), makers),
+        "goal": "grpc_p50_ms <= 0.35, http_json_p50_ms <= 0.5",
+    }
     return results
 
 
@@ -317,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="requests per throughput measurement (default 60; quick 8)")
     parser.add_argument("--rounds", type=int, help="alternating rounds per comparison (default 5; quick 1)")
     parser.add_argument("--rss-requests", type=int, help="requests for the RSS check (default 10000; quick 200)")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--only", choices=("protocols",), help="run one section only")
     args = parser.parse_args(argv)
@@ -339,9 +357,18 @@ def main(argv: list[str] | None = None) -> int:
             # Concurrency 4 against one instance (requests queue, each run uses every core) and
             # against four (runs overlap, as the direct runs' four threads do on one session).
             for concurrency, model in ((1, "resnet50"), (4, "resnet50"), (4, "resnet50_x4")):
-                row = compare(rounds, concurrency, requests, direct_caller(session, image), server_caller(server.url, model, image))
+                row = compare(
+                    rounds,
+                    concurrency,
+                    requests,
+                    direct_caller(session, image),
+                    server_caller(server.url, model, image),
+                )
                 results[f"{model}_c{concurrency}"] = {
-                    "direct_rps": row.pop("a_rps"), "server_rps": row.pop("b_rps"), **row, "goal": "ratio >= 0.95",
+                    "direct_rps": row.pop("a_rps"),
+                    "server_rps": row.pop("b_rps"),
+                    **row,
+                    "goal": "ratio >= 0.95",
                 }
             del session
 
@@ -362,12 +389,33 @@ def main(argv: list[str] | None = None) -> int:
             small_session = make_session(repository / "small.onnx", "cpu", intra_op_threads=args.threads)
             one = throughput(1, requests * 40, direct_caller(small_session, small))
             sixteen = 16 * throughput(1, requests * 4, direct_caller(small_session, np.repeat(small, 16, axis=0)))
-            results["batching_ceiling"] = {"batch1_items_per_s": one, "batch16_items_per_s": sixteen, "gain": sixteen / one}
+            results["batching_ceiling"] = {
+                "batch1_items_per_s": one,
+                "batch16_items_per_s": sixteen,
+                "gain": sixteen / one,
+            }
             del small_session
-            row = compare(rounds, 16, requests * 20, server_caller(server.url, "small", small), server_caller(server.url, "small_batched", small))
-            results["batching_c16"] = {"without_rps": row.pop("a_rps"), "with_rps": row.pop("b_rps"), **row, "goal": "ratio >= 2"}
+            row = compare(
+                rounds,
+                16,
+                requests * 20,
+                server_caller(server.url, "small", small),
+                server_caller(server.url, "small_batched", small),
+            )
+            results["batching_c16"] = {
+                "without_rps": row.pop("a_rps"),
+                "with_rps": row.pop("b_rps"),
+                **row,
+                "goal": "ratio >= 2",
+            }
 
-            row = compare(rounds, 4, requests * 20, server_caller(server.url, "small_shared", small), server_caller(server.url, "small_separate", small))
+            row = compare(
+                rounds,
+                4,
+                requests * 20,
+                server_caller(server.url, "small_shared", small),
+                server_caller(server.url, "small_separate", small),
+            )
             results["instances_c4"] = {"shared_rps": row.pop("a_rps"), "per_instance_rps": row.pop("b_rps"), **row}
 
             make = server_caller(server.url, "tiny", tiny)
@@ -391,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(results: dict[str, dict], json_path: str | None) -> int:
     for name, values in results.items():
-        shown = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items())
+        shown = ", ".join(
+            f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in values.items()
+        )
         print(f"{name:14s} {shown}")
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")

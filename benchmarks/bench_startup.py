@@ -26,8 +26,9 @@ CASES = {"deferred": COMMAND, "eager": "import sympy; " + COMMAND}
 
 def _timed(code: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code.format(sample=str(SAMPLE))], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", code.format(sample=str(SAMPLE))], cwd=REPO, check=True, stdout=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 

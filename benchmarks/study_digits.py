@@ -58,7 +58,13 @@ def train_base(x: np.ndarray, y: np.ndarray, seed: int, epochs: int, path: Path)
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
 
     model = nn.Sequential(
-        *block(1, 16), *block(16, 32), nn.MaxPool2d(2), *block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)
+        *block(1, 16),
+        *block(16, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(seed)
@@ -73,8 +79,14 @@ def train_base(x: np.ndarray, y: np.ndarray, seed: int, epochs: int, path: Path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            model, (inputs[:1],), path, dynamo=False, opset_version=17,
-            input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
+            model,
+            (inputs[:1],),
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
         )
 
 
@@ -102,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     data = split_digits()
     for name, (x, y) in data.items():
         np.savez(args.out / f"{name}.npz", x=x, y=y)
-    print(f"digits: {', '.join(f'{k} {len(v[1])}' for k, v in data.items())} samples; {args.seeds} seeds", file=sys.stderr)
+    print(
+        f"digits: {', '.join(f'{k} {len(v[1])}' for k, v in data.items())} samples; {args.seeds} seeds", file=sys.stderr
+    )
     rows = []
     for seed in range(args.seeds):
         folder = args.out / f"seed{seed}"
@@ -110,8 +124,19 @@ def main(argv: list[str] | None = None) -> int:
         base, se, se_trained, tuned = (folder / f"{n}.onnx" for n in ("base", "se", "se_trained", "base_tuned"))
         train_base(*data["train"], seed, args.base_epochs, base)
         run(["insert", str(base), "-o", str(se), "--where", "conv", "--ratio", str(args.ratio)])
-        common = ["--data", str(args.out / "train.npz"), "--val", str(args.out / "val.npz"), "--epochs", str(args.epochs),
-                  "--lr", str(args.lr), "--seed", str(seed), "--no-progress"]
+        common = [
+            "--data",
+            str(args.out / "train.npz"),
+            "--val",
+            str(args.out / "val.npz"),
+            "--epochs",
+            str(args.epochs),
+            "--lr",
+            str(args.lr),
+            "--seed",
+            str(seed),
+            "--no-progress",
+        ]
         history = ["--plot", str(args.out / "history.png")] if seed == 0 else []
         trained = run(["train", str(se), "-o", str(se_trained), *common, *history])
         run(["train", str(base), "-o", str(tuned), "--train", "all", *common])  # the control
@@ -135,20 +160,27 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(
-            f"seed {seed}: base {row['base_top1']:.4f}  +SE trained {row['se_top1']:.4f}  base tuned {row['tuned_top1']:.4f}  "
+            f"seed {seed}: base {row['base_top1']:.4f}  +SE trained {row['se_top1']:.4f}  "
+            f"base tuned {row['tuned_top1']:.4f}  "
             f"latency ×{row['latency_ratio']:.3f}",
             file=sys.stderr,
         )
     summary = summarize(rows)
-    (args.out / "study.json").write_text(json.dumps({"rows": rows, "summary": summary, "settings": vars(args) | {"out": str(args.out)}}, indent=2))
+    (args.out / "study.json").write_text(
+        json.dumps({"rows": rows, "summary": summary, "settings": vars(args) | {"out": str(args.out)}}, indent=2)
+    )
     print_summary(rows, summary)
     return 0
 
 
 def summarize(rows: list[dict]) -> dict:
     def spread(values: list[float]) -> dict:
-        return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values), "max": max(values)}
+        return {
+            "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+        }
 
     return {
         "base_top1": spread([r["base_top1"] for r in rows]),
@@ -167,11 +199,14 @@ def print_summary(rows: list[dict], summary: dict) -> None:
     print("| seed | base top-1 | + SE, trained | base, tuned (control) | SE − base | latency B/A |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seed']} | {r['base_top1']:.4f} | {r['se_top1']:.4f} | {r['tuned_top1']:.4f} | "
-              f"{100 * (r['se_top1'] - r['base_top1']):+.2f} pts | {r['latency_ratio']:.3f}× |")
+        print(
+            f"| {r['seed']} | {r['base_top1']:.4f} | {r['se_top1']:.4f} | {r['tuned_top1']:.4f} | "
+            f"{100 * (r['se_top1'] - r['base_top1']):+.2f} pts | {r['latency_ratio']:.3f}× |"
+        )
     s = summary
     print(
-        f"\nmean ± std over {len(rows)} seeds: base {100 * s['base_top1']['mean']:.2f} ± {100 * s['base_top1']['std']:.2f} %, "
+        f"\nmean ± std over {len(rows)} seeds: "
+        f"base {100 * s['base_top1']['mean']:.2f} ± {100 * s['base_top1']['std']:.2f} %, "
         f"+SE {100 * s['se_top1']['mean']:.2f} ± {100 * s['se_top1']['std']:.2f} %, "
         f"control {100 * s['tuned_top1']['mean']:.2f} ± {100 * s['tuned_top1']['std']:.2f} %; "
         f"SE − base {100 * s['se_minus_base']['mean']:+.2f} ± {100 * s['se_minus_base']['std']:.2f} pts, "

@@ -41,16 +41,34 @@ class _Builder(GraphBuilder):
     def node(self, op_type: str, inputs: list[ir.Value], stem: str | None = None, **attributes) -> ir.Value:
         return self.op(op_type, inputs, stem or op_type.lower(), **attributes)
 
-    def conv(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, *, rank: int = 2, stride: int = 1,
-             group: int = 1, bias: bool = True) -> ir.Value:
+    def conv(
+        self,
+        x: ir.Value,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        *,
+        rank: int = 2,
+        stride: int = 1,
+        group: int = 1,
+        bias: bool = True,
+    ) -> ir.Value:
         name = self.names("conv")
         fan_in = cin // group * kernel**rank
         shape = (cout, cin // group) + (kernel,) * rank
         inputs = [x, self.param(f"{name}.weight", self.rng.normal(0, math.sqrt(2 / fan_in), shape))]
         if bias:
             inputs.append(self.param(f"{name}.bias", self.rng.normal(0, 0.01, cout)))
-        return self.op("Conv", inputs, "conv", name=name, kernel_shape=[kernel] * rank, strides=[stride] * rank,
-                       pads=[kernel // 2] * (2 * rank), group=group)
+        return self.op(
+            "Conv",
+            inputs,
+            "conv",
+            name=name,
+            kernel_shape=[kernel] * rank,
+            strides=[stride] * rank,
+            pads=[kernel // 2] * (2 * rank),
+            group=group,
+        )
 
     def batch_norm(self, x: ir.Value, channels: int) -> ir.Value:
         name = self.names("bn")
@@ -62,8 +80,17 @@ class _Builder(GraphBuilder):
         ]
         return self.op("BatchNormalization", [x, *params], "bn", name=name, epsilon=1e-5)
 
-    def conv_bn(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, *, fold: bool = False,
-                act: str | None = "Relu", **conv_options) -> ir.Value:
+    def conv_bn(
+        self,
+        x: ir.Value,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        *,
+        fold: bool = False,
+        act: str | None = "Relu",
+        **conv_options,
+    ) -> ir.Value:
         """Conv → BatchNorm → activation, or Conv (with bias) → activation when BN is folded."""
         y = self.conv(x, cin, cout, kernel, bias=fold, **conv_options)
         if not fold:
@@ -215,8 +242,14 @@ def save_with_external_data(model: onnx.ModelProto, path: str | Path) -> None:
     path = Path(path)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    onnx.save_model(copy, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data", size_threshold=0)
+    onnx.save_model(
+        copy,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{path.name}.data",
+        size_threshold=0,
+    )
 
 
 # The samples committed to the repository: the README's sample and the service's default models.
@@ -238,9 +271,12 @@ _VARIANTS = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent, help="where to write (default: models/)")
     parser.add_argument(
-        "--all", action="store_true",
+        "--output-dir", type=Path, default=Path(__file__).parent, help="where to write (default: models/)"
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
         help="also write every sample at opsets 13 and 18, fp32 and fp16, one with external data, "
         "and the 100 MB ResNet-50-sized model",
     )

@@ -87,16 +87,18 @@ class GraphBuilder:
     def input(self, name: str, shape: Sequence[int | str], dtype: ir.DataType | None = None) -> ir.Value:
         return ir.Value(name=name, type=ir.TensorType(dtype or self.dtype), shape=ir.Shape(shape))
 
-    def output(self, value: ir.Value, name: str, shape: Sequence[int | str],
-               dtype: ir.DataType | None = None) -> ir.Value:
+    def output(
+        self, value: ir.Value, name: str, shape: Sequence[int | str], dtype: ir.DataType | None = None
+    ) -> ir.Value:
         """`value`, renamed `name` and typed as a graph output."""
         value.name = name
         value.type = ir.TensorType(dtype or self.dtype)
         value.shape = ir.Shape(shape)
         return value
 
-    def op(self, op_type: str, inputs: Sequence[ir.Value | None], stem: str, *, name: str | None = None,
-           **attributes) -> ir.Value:
+    def op(
+        self, op_type: str, inputs: Sequence[ir.Value | None], stem: str, *, name: str | None = None, **attributes
+    ) -> ir.Value:
         """One node; `name` overrides the name drawn from `stem` (names repeated on purpose)."""
         node_name = name or self.names(stem)
         output = ir.Value(name=self.names.take(node_name + self.output_suffix))
@@ -148,8 +150,15 @@ class GraphBuilder:
         """The graph of what was recorded; a subgraph when it is a branch or body."""
         return ir.Graph(inputs, outputs, nodes=self.tape.nodes, initializers=self.initializers, name=name)
 
-    def model(self, name: str, inputs: Sequence[ir.Value], outputs: Sequence[ir.Value], *, ir_version: int = 8,
-              producer_name: str | None = None) -> onnx.ModelProto:
+    def model(
+        self,
+        name: str,
+        inputs: Sequence[ir.Value],
+        outputs: Sequence[ir.Value],
+        *,
+        ir_version: int = 8,
+        producer_name: str | None = None,
+    ) -> onnx.ModelProto:
         """The checked model: this graph at `self.opset`."""
         graph = self.graph(name, inputs, outputs)
         graph.opset_imports[""] = self.opset
@@ -158,8 +167,9 @@ class GraphBuilder:
         return proto
 
 
-def seeded_inputs(model: onnx.ModelProto, *, batch: int = 2, seed: int = 0,
-                  count: int = 1) -> list[dict[str, np.ndarray]]:
+def seeded_inputs(
+    model: onnx.ModelProto, *, batch: int = 2, seed: int = 0, count: int = 1
+) -> list[dict[str, np.ndarray]]:
     """`count` feeds of N(0, 1) values in each input's type, symbolic dims set to `batch`, from one seeded stream."""
     rng = np.random.default_rng(seed)
     feeds = []

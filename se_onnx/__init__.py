@@ -6,15 +6,25 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from se_onnx.errors import OptionError, SeOnnxError
-    from se_onnx.ir.model_io import load_model, save_model
-    from se_onnx.passes.find import FindSE, find_se
-    from se_onnx.passes.fuse import FuseSE, fuse_se
-    from se_onnx.passes.insert import InsertOptions, InsertReport, InsertSE, insert_se
-    from se_onnx.passes.strip import StripSE, strip_se
-    from se_onnx.passes.unfuse import UnfuseSE, unfuse_se
-    from se_onnx.runtime.fastest import fuse_fastest
-    from se_onnx.runtime.verify import verify
+    # For type checkers and editors only; `X as X` marks each as re-exported (`__all__` is computed).
+    from se_onnx.errors import OptionError as OptionError
+    from se_onnx.errors import SeOnnxError as SeOnnxError
+    from se_onnx.ir.model_io import load_model as load_model
+    from se_onnx.ir.model_io import save_model as save_model
+    from se_onnx.passes.find import FindSE as FindSE
+    from se_onnx.passes.find import find_se as find_se
+    from se_onnx.passes.fuse import FuseSE as FuseSE
+    from se_onnx.passes.fuse import fuse_se as fuse_se
+    from se_onnx.passes.insert import InsertOptions as InsertOptions
+    from se_onnx.passes.insert import InsertReport as InsertReport
+    from se_onnx.passes.insert import InsertSE as InsertSE
+    from se_onnx.passes.insert import insert_se as insert_se
+    from se_onnx.passes.strip import StripSE as StripSE
+    from se_onnx.passes.strip import strip_se as strip_se
+    from se_onnx.passes.unfuse import UnfuseSE as UnfuseSE
+    from se_onnx.passes.unfuse import unfuse_se as unfuse_se
+    from se_onnx.runtime.fastest import fuse_fastest as fuse_fastest
+    from se_onnx.runtime.verify import verify as verify
 
 # Each public name and the module that defines it, imported when the name is first used (PEP 562):
 # `import se_onnx` alone, and every `se-onnx` command, then loads only the modules it needs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +24,23 @@ from service.rest.schemas import COMPONENTS, ErrorResponse
 log = logging.getLogger("service.app")
 # Below this many bytes a compressed response saves less than the time spent compressing it.
 COMPRESSION_MIN_BYTES = 1024
+
+
+class _App(FastAPI):
+    """FastAPI, with the OpenAPI document amended once, when first asked for."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is not None:
+            return self.openapi_schema
+        document = super().openapi()  # kept as self.openapi_schema, so the changes below stay
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(COMPONENTS)
+        # FastAPI documents its 422 on every route with parameters; this server answers 400 instead.
+        for operation in (op for path in document["paths"].values() for op in path.values()):
+            operation.get("responses", {}).pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return document
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -59,7 +77,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 await grpc_server.stop()
             await plane.close()
 
-    app = FastAPI(
+    app = _App(
         title="se-onnx inference server",
         version=__version__,
         description="ONNX models over the Open Inference Protocol (KServe v2), as Triton serves it.",
@@ -67,25 +85,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
         responses={code: {"model": ErrorResponse} for code in (400, 404, 413, 503)},
     )
     app.state.data_plane = plane
-    routers = (health.router, inference.router, repository.router, shared_memory.router, shared_memory.cuda_router, metrics.router)
+    routers = (
+        health.router,
+        inference.router,
+        repository.router,
+        shared_memory.router,
+        shared_memory.cuda_router,
+        metrics.router,
+    )
     for router in routers:
         app.include_router(router)
     _add_error_handlers(app)
-    generate = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            document = generate()
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            schemas.update(COMPONENTS)
-            # FastAPI documents its 422 on every route with parameters; this server answers 400 instead.
-            for operation in (op for path in document["paths"].values() for op in path.values()):
-                operation.get("responses", {}).pop("422", None)
-            for unused in ("HTTPValidationError", "ValidationError"):
-                schemas.pop(unused, None)
-        return app.openapi_schema
-
-    app.openapi = openapi
     app.add_middleware(BodyLimit, limit=settings.max_request_size)
     app.add_middleware(Compression, minimum_size=COMPRESSION_MIN_BYTES)
     app.add_middleware(AccessLog)

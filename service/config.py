@@ -62,9 +62,7 @@ class ServerSettings(BaseSettings):
     intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime threads within an operator (0: its choice)"
     )
-    inter_op_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime threads across operators (0: its choice)"
-    )
+    inter_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime threads across operators (0: its choice)")
     max_request_size: int = Field(
         default=64 * 1024 * 1024,
         ge=1,
@@ -192,6 +190,7 @@ class VersionPolicy(_Strict):
             return ordered
         if self.specific is not None:
             return [v for v in ordered if v in self.specific.versions]
+        assert self.latest is not None  # the validator sets it when no other policy is chosen
         return ordered[-self.latest.num_versions :]
 
 

@@ -1,4 +1,5 @@
-"""The data plane that HTTP and gRPC share: models, readiness, inference with its timeout and accounting, statistics, repository.
+"""The data plane that HTTP and gRPC share: models, readiness, inference with its timeout and accounting,
+statistics, repository.
 
 Front ends only decode and encode: they hand `DataPlane.infer` a function that turns their
 request into an `InferenceRequest` against the model it found, and one that turns the
@@ -124,7 +125,10 @@ class DataPlane:
 
     def _triton_series(self) -> list[tuple[dict, int]]:
         """Each loaded version's statistics and requests in flight, for Triton's nv_* series."""
-        return [(model.recorder.stats.to_dict(model.name, model.version), model.inflight) for model in self.repository.loaded()]
+        return [
+            (model.recorder.stats.to_dict(model.name, model.version), model.inflight)
+            for model in self.repository.loaded()
+        ]
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -218,7 +222,9 @@ class DataPlane:
         expected = self.config.api_key
         if not expected:
             raise ServiceError(
-                403, "the repository API is disabled; start the server with an API key (SE_ONNX_API_KEY, --api-key-file or --api-key) to enable it"
+                403,
+                "the repository API is disabled; start the server with an API key "
+                "(SE_ONNX_API_KEY, --api-key-file or --api-key) to enable it",
             )
         if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
             raise ServiceError(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
@@ -243,7 +249,10 @@ class DataPlane:
         are refused: models come from the repository only."""
         given = parameters or {}
         if any(key.startswith("file:") for key in given):
-            raise bad_request("model files sent with the load request (file: parameters) are not supported; put the model in the repository")
+            raise bad_request(
+                "model files sent with the load request (file: parameters) are not supported; "
+                "put the model in the repository"
+            )
         override = given.get("config")
         if override is not None and not isinstance(override, str):
             raise bad_request("parameter 'config' must be a string holding the model's JSON config")
@@ -275,6 +284,10 @@ def _classified(model: ServedModel, request: InferenceRequest, outputs: dict[str
 def _timeout(server_seconds: float, request_microseconds: object) -> float | None:
     """The server's --request-timeout (0: none), shortened by the request's own `timeout` (µs)."""
     limits = [server_seconds] if server_seconds > 0 else []
-    if isinstance(request_microseconds, int) and not isinstance(request_microseconds, bool) and request_microseconds > 0:
+    if (
+        isinstance(request_microseconds, int)
+        and not isinstance(request_microseconds, bool)
+        and request_microseconds > 0
+    ):
         limits.append(request_microseconds / 1e6)
     return min(limits) if limits else None

@@ -34,9 +34,14 @@ class _Graph(GraphBuilder):
         fan_in = cin * kernel * kernel
         return self.const("conv_w", self.rng.normal(0, np.sqrt(2 / fan_in), (cout, cin, kernel, kernel)))
 
-    def conv(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1,
-             weight: ir.Value | None = None) -> ir.Value:
-        inputs = [x, weight or self.conv_weight(cout, cin, kernel), self.const("conv_b", self.rng.normal(0, 0.01, cout))]
+    def conv(
+        self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1, weight: ir.Value | None = None
+    ) -> ir.Value:
+        inputs = [
+            x,
+            weight or self.conv_weight(cout, cin, kernel),
+            self.const("conv_b", self.rng.normal(0, 0.01, cout)),
+        ]
         return self.op("Conv", inputs, "conv", kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=[kernel // 2] * 4)
 
 
@@ -47,8 +52,9 @@ class _Layers:
         self.g = g
         self.nhwc = layout == "nhwc"
 
-    def conv(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1,
-             weight: ir.Value | None = None) -> ir.Value:
+    def conv(
+        self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1, weight: ir.Value | None = None
+    ) -> ir.Value:
         g = self.g
         if self.nhwc:
             x = g.op("Transpose", [x], "to_nchw", perm=TO_NCHW)
@@ -63,8 +69,9 @@ class _Layers:
         shift = g.const("bn_shift", g.rng.normal(0, 0.1, shape))
         return g.op("Add", [g.op("Mul", [x, scale], "bn_mul"), shift], "bn_add")
 
-    def conv_bn(self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1,
-                relu: bool = True) -> ir.Value:
+    def conv_bn(
+        self, x: ir.Value, cin: int, cout: int, kernel: int = 3, stride: int = 1, relu: bool = True
+    ) -> ir.Value:
         h = self.batch_norm(self.conv(x, cin, cout, kernel, stride), cout)
         return self.g.op("Relu", [h], "relu") if relu else h
 
@@ -131,7 +138,11 @@ def keras_se_model(
                 h = g.op("Relu", [h], prefix + "relu")
         h = g.op(gate, [h], prefix + "gate")
         if squeeze == "reshape":
-            h = g.op("Reshape", [h, g.const(prefix + "shape", np.array([-1, 1, 1, c], np.int64), exact=True)], prefix + "reshape")
+            h = g.op(
+                "Reshape",
+                [h, g.const(prefix + "shape", np.array([-1, 1, 1, c], np.int64), exact=True)],
+                prefix + "reshape",
+            )
         elif squeeze == "unsqueeze":
             h = g.unsqueeze(h, [1, 2], prefix + "unsqueeze")
         h = g.op("Mul", [block_input, h], prefix + "scale")
@@ -139,6 +150,8 @@ def keras_se_model(
     return g.model("keras_se", [x], [g.output(y, "y", ["N", 6, 6, c])])
 
 
-def calibration_inputs(model: onnx.ModelProto, batches: int = 4, batch: int = 2, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def calibration_inputs(
+    model: onnx.ModelProto, batches: int = 4, batch: int = 2, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """Seeded N(0, 1) inputs for the model's one input, batch `batch`."""
     return seeded_inputs(model, batch=batch, seed=seed, count=batches)

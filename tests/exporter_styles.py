@@ -42,8 +42,17 @@ class _Graph(GraphBuilder):
         form = {"value_ints": dims} if self.opset >= 12 else {"value": ir.tensor(np.array(dims, np.int64))}
         return self.op("Reshape", [values, self.constant(self.names(stem + "_shape"), **form)], stem + "_reshape")
 
-    def conv(self, x: ir.Value, in_channels: int, out_channels: int, stem: str, *, kernel: int = 3,
-             paddle: bool = False, name: str | None = None) -> ir.Value:
+    def conv(
+        self,
+        x: ir.Value,
+        in_channels: int,
+        out_channels: int,
+        stem: str,
+        *,
+        kernel: int = 3,
+        paddle: bool = False,
+        name: str | None = None,
+    ) -> ir.Value:
         """A conv with its bias inside, or (paddle) in a separate Add of a reshaped constant."""
         rank = len(SPATIAL)
         weight = self.weight(stem + "_w", out_channels, in_channels, *([kernel] * rank))
@@ -163,8 +172,9 @@ def loop_model(*, opset: int = 13, dtype: str = "float32", constants: bool = Fal
         then_branch=then.graph("inner_then_branch", [], [inner_then]),
         else_branch=other.graph("inner_else_branch", [], [inner_else]),
     )
-    cond_next = body.output(body.op("Identity", [cond], "body_cond", name="body_cond"), "cond_next", [],
-                            ir.DataType.BOOL)
+    cond_next = body.output(
+        body.op("Identity", [cond], "body_cond", name="body_cond"), "cond_next", [], ir.DataType.BOOL
+    )
     carried_next = body.output_map(carried_next, "carried_next")
     body_graph = body.graph("loop_body", [iteration, cond, carried], [cond_next, carried_next])
     y = main.op("Loop", [trips, keep_going, h], "repeat", name="repeat", body=body_graph)
@@ -215,7 +225,12 @@ def in_if_branches(model: onnx.ModelProto) -> onnx.ModelProto:
         return helper.make_graph(nodes, f"{prefix.strip('/')}_branch", [], outputs, initializers)
 
     pick = helper.make_node(
-        "If", ["flag"], [value.name for value in graph.output], name="pick", then_branch=branch("then/"), else_branch=branch("else/")
+        "If",
+        ["flag"],
+        [value.name for value in graph.output],
+        name="pick",
+        then_branch=branch("then/"),
+        else_branch=branch("else/"),
     )
     flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
     nested = helper.make_graph([pick], graph.name, [*graph.input, flag], list(graph.output))

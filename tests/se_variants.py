@@ -59,8 +59,9 @@ def se_model(variant: Variant = Variant()) -> onnx.ModelProto:
     c, spatial = variant.channels, variant.spatial
     rank = len(spatial)
     x = trunk.input("x", ["N", 3, *spatial])
-    h = trunk.op("Conv", [x, trunk.weight("conv_w", c, 3, *([3] * rank)), trunk.weight("conv_b", c)], "conv",
-                 pads=[1] * 2 * rank)
+    h = trunk.op(
+        "Conv", [x, trunk.weight("conv_w", c, 3, *([3] * rank)), trunk.weight("conv_b", c)], "conv", pads=[1] * 2 * rank
+    )
     h = trunk.op("Relu", [h], "relu")
     for index in range(variant.blocks):
         h = _se_block(se, h, variant, f"se{index}/")
@@ -115,8 +116,9 @@ def _flatten(g: GraphBuilder, h: ir.Value, op: str, prefix: ir.Value, c: int, sp
     return g.op("Squeeze", [h, axes], prefix + "flatten")
 
 
-def _layer(g: GraphBuilder, h: ir.Value, v: Variant, stem: str, n_in: int, n_out: int, kernel: int,
-           rank: int) -> ir.Value:
+def _layer(
+    g: GraphBuilder, h: ir.Value, v: Variant, stem: str, n_in: int, n_out: int, kernel: int, rank: int
+) -> ir.Value:
     inside = v.bias in ("inside", "both") and v.layer != "matmul"
     separate = v.bias in ("add", "both") or (v.layer == "matmul" and v.bias != "none")
     if v.layer == "conv":
@@ -204,7 +206,9 @@ def _layernorm(g: GraphBuilder, x: ir.Value, d: int) -> ir.Value:
     variance = g.mean(g.op("Mul", [centered, centered], "ln_sq"), [-1], "ln_var")
     std = g.op("Sqrt", [g.op("Add", [variance, g.const("ln_eps", np.array(1e-5))], "ln_add")], "ln_sqrt")
     normalized = g.op("Div", [centered, std], "ln_div")
-    return g.op("Add", [g.op("Mul", [normalized, g.weight("ln_gamma", d)], "ln_scale"), g.weight("ln_beta", d)], "ln_shift")
+    return g.op(
+        "Add", [g.op("Mul", [normalized, g.weight("ln_gamma", d)], "ln_scale"), g.weight("ln_beta", d)], "ln_shift"
+    )
 
 
 def _rmsnorm(g: GraphBuilder, x: ir.Value, d: int) -> ir.Value:

@@ -99,7 +99,9 @@ def slow_model(size: int = 1024, matmuls: int = 2) -> onnx.ModelProto:
     ones = helper.make_tensor("shape", TensorProto.INT64, [2], [size, size])
     nodes = [
         helper.make_node("Constant", [], ["square"], value=ones),
-        helper.make_node("ConstantOfShape", ["square"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0 / size])),
+        helper.make_node(
+            "ConstantOfShape", ["square"], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0 / size])
+        ),
         # a0 = c · (min(x·0) + 1) = c, but depends on x so that ONNX Runtime cannot fold the chain away.
         helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
         helper.make_node("Constant", [], ["unit"], value=helper.make_tensor("u", TensorProto.FLOAT, [], [1.0])),
@@ -170,7 +172,10 @@ async def serve_async(root: Path, **options):
 
 
 def infer_json(name: str, array: np.ndarray, datatype: str = "FP32", **extra) -> dict:
-    return {"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.tolist()}], **extra}
+    return {
+        "inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.tolist()}],
+        **extra,
+    }
 
 
 def binary_body(header: dict, chunks: list[bytes]) -> tuple[bytes, dict]:
@@ -205,7 +210,7 @@ def start_server(
     port = free_port()
     grpc = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
     # A file, not a pipe: the access log of a long run would fill a pipe and block the server.
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - open as long as the server runs; server_log reads it
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     environment.pop("SE_ONNX_MODEL_REPOSITORY", None)  # the test's repository or none, never the shell's
     if repo is not None:

@@ -46,7 +46,12 @@ def models(tmp_path_factory):
     save_model(with_se, folder / "resnet_se.onnx")
     other = folder / "fixed_batch.onnx"
     onnx.save(build_samples.resnet_like(opset=13, batch=2), other)
-    return {"plain": str(plain), "se": str(folder / "resnet_se.onnx"), "other": str(other), "blocks": len(report.blocks)}
+    return {
+        "plain": str(plain),
+        "se": str(folder / "resnet_se.onnx"),
+        "other": str(other),
+        "blocks": len(report.blocks),
+    }
 
 
 class FakeClock:
@@ -92,7 +97,9 @@ def test_ratio_is_taken_pair_by_pair():
     ratio = pairwise_ratio(a, b)
     assert ratio.median == pytest.approx(1.25) and ratio.p10 == pytest.approx(1.25) and ratio.p90 == pytest.approx(1.25)
     spread = pairwise_ratio([1.0] * 10, [1.0 + i / 10 for i in range(10)])
-    assert spread.p10 == pytest.approx(1.09) and spread.median == pytest.approx(1.45) and spread.p90 == pytest.approx(1.81)
+    assert (
+        spread.p10 == pytest.approx(1.09) and spread.median == pytest.approx(1.45) and spread.p90 == pytest.approx(1.81)
+    )
     with pytest.raises(ValueError):
         pairwise_ratio([1.0], [1.0, 2.0])
 
@@ -163,8 +170,16 @@ def test_se_cost_json(models, capsys, tmp_path, monkeypatch):
     assert main(["bench", models["se"], "--se-cost", "--json", *FAST]) == 0
     cost = json.loads(capsys.readouterr().out)["se_cost"]
     assert set(cost) == {
-        "blocks", "ratio", "ms_per_batch", "profiled_runs", "profiled_ms_per_batch",
-        "accounted_ms", "tolerance_ms", "adds_up", "within_noise", "ops",
+        "blocks",
+        "ratio",
+        "ms_per_batch",
+        "profiled_runs",
+        "profiled_ms_per_batch",
+        "accounted_ms",
+        "tolerance_ms",
+        "adds_up",
+        "within_noise",
+        "ops",
     }
     difference_keys = {"median", "p10", "p90", "ci_low", "ci_high", "within_noise"}
     assert set(cost["ms_per_batch"]) == set(cost["profiled_ms_per_batch"]) == difference_keys
@@ -181,7 +196,15 @@ def _trace(kernels: list[tuple[str, str, float]], between_us: list[float]) -> li
     for between in between_us:
         start = clock
         for node, op_type, duration in kernels:
-            events.append({"cat": "Node", "name": f"{node}_kernel_time", "ts": clock, "dur": duration, "args": {"op_name": op_type}})
+            events.append(
+                {
+                    "cat": "Node",
+                    "name": f"{node}_kernel_time",
+                    "ts": clock,
+                    "dur": duration,
+                    "args": {"op_name": op_type},
+                }
+            )
             clock += duration
         clock += between
         events.append({"cat": "Session", "name": "model_run", "ts": start, "dur": clock - start})
@@ -208,8 +231,14 @@ def test_breakdown_adds_up_to_the_measured_difference(capsys):
     # The timed runs (no profiler) measured the blocks' 0.3 ms with a little noise either way.
     measured = Difference.of([0.3 + noise for noise in (-0.02, 0.01, 0.0, 0.015, -0.01, 0.005, -0.005, 0.02)])
     profiled = Difference.of([sum(b.values()) - sum(a.values()) for a, b in zip(stripped_runs, se_runs)])
-    cost = SeCost(blocks=1, ratio=Spread(1.35, 1.3, 1.4), ms_per_batch=measured, profiled_runs=len(se_runs),
-                  profiled_ms_per_batch=profiled, ops=ops)
+    cost = SeCost(
+        blocks=1,
+        ratio=Spread(1.35, 1.3, 1.4),
+        ms_per_batch=measured,
+        profiled_runs=len(se_runs),
+        profiled_ms_per_batch=profiled,
+        ops=ops,
+    )
     assert cost.accounted_ms == pytest.approx(0.3 + by_key[BETWEEN_ROLE, ""].diff_ms)
     tolerance = (measured.ci_high - measured.ci_low) / 2 + (profiled.ci_high - profiled.ci_low) / 2
     assert cost.tolerance_ms == pytest.approx(tolerance)
@@ -240,7 +269,9 @@ def test_a_model_against_itself_is_within_noise(models, tmp_path, monkeypatch, c
 
 def test_a_breakdown_the_profiler_swamps_says_so(capsys):
     def difference(median: float, half_width: float) -> Difference:
-        return Difference(median, median - 2 * half_width, median + 2 * half_width, median - half_width, median + half_width)
+        return Difference(
+            median, median - 2 * half_width, median + 2 * half_width, median - half_width, median + half_width
+        )
 
     cost = SeCost(
         blocks=2,
@@ -248,7 +279,10 @@ def test_a_breakdown_the_profiler_swamps_says_so(capsys):
         ms_per_batch=difference(0.03, 0.01),
         profiled_runs=50,
         profiled_ms_per_batch=difference(0.25, 0.02),
-        ops=[OpTime(BETWEEN_ROLE, "", 0.1, 0.03, difference(0.07, 0.01)), OpTime(SE_ROLE, "Mul", 0.18, 0.0, difference(0.18, 0.01))],
+        ops=[
+            OpTime(BETWEEN_ROLE, "", 0.1, 0.03, difference(0.07, 0.01)),
+            OpTime(SE_ROLE, "Mul", 0.18, 0.0, difference(0.18, 0.01)),
+        ],
     )
     assert cost.accounted_ms == pytest.approx(0.25) and cost.tolerance_ms == pytest.approx(0.03)
     assert not cost.adds_up and not cost.within_noise
@@ -269,16 +303,26 @@ def _kernel(ts: int, op: str, dur: int, node: str | None = None) -> dict:
 def test_times_per_run_skip_warmup_attribute_roles_and_add_up_to_each_run():
     role = _role_classifier(frozenset({"blk/fc1", "blk/scale"}))
     events = [
-        _kernel(1, "Conv", 9000), _run(0, 10000),  # warm-up; ONNX Runtime lists a run after its kernels
-        _run(20000, 3000), _kernel(20001, "Conv", 1000), _kernel(20002, "Mul", 500, "blk/scale"),
-        _kernel(20003, "FusedGemm", 250, "fused blk/fc1"), _kernel(20004, "ReorderOutput", 100),
+        _kernel(1, "Conv", 9000),
+        _run(0, 10000),  # warm-up; ONNX Runtime lists a run after its kernels
+        _run(20000, 3000),
+        _kernel(20001, "Conv", 1000),
+        _kernel(20002, "Mul", 500, "blk/scale"),
+        _kernel(20003, "FusedGemm", 250, "fused blk/fc1"),
+        _kernel(20004, "ReorderOutput", 100),
         {"cat": "Node", "name": "n20005_fence_before", "ts": 20005, "dur": 7000, "args": {"op_name": "Mul"}},
-        _kernel(30001, "Conv", 2000), _run(30000, 2500),
+        _kernel(30001, "Conv", 2000),
+        _run(30000, 2500),
     ]
     runs = _times_per_run(events, skip_runs=1, role_of=role)
     assert runs == [
-        {(MODEL_ROLE, "Conv"): 1.0, (SE_ROLE, "Mul"): 0.5, (SE_ROLE, "FusedGemm"): 0.25, (LAYOUT_ROLE, "ReorderOutput"): 0.1,
-         (BETWEEN_ROLE, ""): pytest.approx(1.15)},
+        {
+            (MODEL_ROLE, "Conv"): 1.0,
+            (SE_ROLE, "Mul"): 0.5,
+            (SE_ROLE, "FusedGemm"): 0.25,
+            (LAYOUT_ROLE, "ReorderOutput"): 0.1,
+            (BETWEEN_ROLE, ""): pytest.approx(1.15),
+        },
         {(MODEL_ROLE, "Conv"): 2.0, (BETWEEN_ROLE, ""): pytest.approx(0.5)},
     ]
     assert [sum(run.values()) for run in runs] == [pytest.approx(3.0), pytest.approx(2.5)]

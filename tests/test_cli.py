@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -82,12 +83,12 @@ def test_verify_takes_inputs_from_npz(resnet, tmp_path, capsys):
 
 
 def test_in_place_needs_the_flag(resnet, capsys):
-    before = open(resnet, "rb").read()
+    before = Path(resnet).read_bytes()
     assert main(["insert", resnet, "-o", resnet]) == 2
     assert "--in-place" in capsys.readouterr().err
-    assert open(resnet, "rb").read() == before
+    assert Path(resnet).read_bytes() == before
     assert main(["insert", resnet, "-o", resnet, "--in-place"]) == 0
-    assert open(resnet, "rb").read() != before
+    assert Path(resnet).read_bytes() != before
 
 
 def test_weights_round_trip_through_export(resnet, tmp_path):
@@ -104,7 +105,11 @@ def test_weights_round_trip_through_export(resnet, tmp_path):
     ("make_input", "extra", "message"),
     [
         (lambda p: p.write_bytes(b"this is not a model"), [], "not a valid ONNX model"),
-        (lambda p: p.write_bytes(build_samples.resnet_like(opset=13).SerializeToString()[:2000]), [], "not a valid ONNX model"),
+        (
+            lambda p: p.write_bytes(build_samples.resnet_like(opset=13).SerializeToString()[:2000]),
+            [],
+            "not a valid ONNX model",
+        ),
         (lambda p: None, [], "no such file"),
         (lambda p: onnx.save(_relu_model(), p), [], "no Conv node"),
         (lambda p: onnx.save(_conv_integer_model(), p), [], "quantized"),
@@ -177,8 +182,20 @@ def test_commands_reach_into_if_branches(tmp_path, capsys):
     stripped = tmp_path / "stripped.onnx"
     assert main(["strip", model, "-o", str(stripped)]) == 0
     inserted = tmp_path / "inserted.onnx"
-    argv = ["insert", str(stripped), "-o", str(inserted), "--nodes", "pick.then_branch/conv", "--weights", str(weights), "--json"]
+    argv = [
+        "insert",
+        str(stripped),
+        "-o",
+        str(inserted),
+        "--nodes",
+        "pick.then_branch/conv",
+        "--weights",
+        str(weights),
+        "--json",
+    ]
     capsys.readouterr()
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    assert [(block["name"], block["graph"]) for block in report["blocks"]] == [("pick.then_branch/conv", "main/pick.then_branch")]
+    assert [(block["name"], block["graph"]) for block in report["blocks"]] == [
+        ("pick.then_branch/conv", "main/pick.then_branch")
+    ]

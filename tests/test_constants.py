@@ -55,7 +55,10 @@ CASES = {
         WEIGHT.reshape(1, 2, 3, 1),
     ),
     "squeeze_every_unit_dim": (
-        [_constant("w", value=numpy_helper.from_array(WEIGHT.reshape(1, 2, 1, 3))), helper.make_node("Squeeze", ["w"], ["y"])],
+        [
+            _constant("w", value=numpy_helper.from_array(WEIGHT.reshape(1, 2, 1, 3))),
+            helper.make_node("Squeeze", ["w"], ["y"]),
+        ],
         WEIGHT,
     ),
     "cast": ([WEIGHT_NODE, helper.make_node("Cast", ["w"], ["y"], to=TensorProto.FLOAT16)], WEIGHT.astype(np.float16)),
@@ -90,7 +93,9 @@ def test_unsqueeze_axes_as_attribute_before_opset_13():
 
 
 def test_initializer():
-    value = _value([helper.make_node("Identity", ["w"], ["y"])], "y", initializers=[numpy_helper.from_array(WEIGHT, "w")])
+    value = _value(
+        [helper.make_node("Identity", ["w"], ["y"])], "y", initializers=[numpy_helper.from_array(WEIGHT, "w")]
+    )
     np.testing.assert_array_equal(constant_array(value), WEIGHT)
 
 
@@ -100,7 +105,11 @@ def test_initializer():
         [helper.make_node("Identity", ["x"], ["y"])],  # a graph input
         [WEIGHT_NODE, helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["w", "s"], ["y"])],
         [WEIGHT_NODE, helper.make_node("Add", ["w", "w"], ["y"])],  # computed, even from constants
-        [WEIGHT_NODE, _constant("shape", value_ints=[5]), helper.make_node("Reshape", ["w", "shape"], ["y"])],  # malformed
+        [
+            WEIGHT_NODE,
+            _constant("shape", value_ints=[5]),
+            helper.make_node("Reshape", ["w", "shape"], ["y"]),
+        ],  # malformed
     ],
     ids=["graph_input", "runtime_shape", "add", "bad_reshape"],
 )
@@ -137,7 +146,9 @@ def test_constant_source_follows_shape_ops_to_the_constant_they_reshape():
     np.testing.assert_array_equal(constant_array(value), (WEIGHT * 2).reshape(3, 2))
     cast = _value([WEIGHT_NODE, helper.make_node("Cast", ["w"], ["c"], to=TensorProto.FLOAT16)], "c")
     assert constant_source(cast) is None  # a Cast changes the elements: not a trainable source
-    initializer = _value([helper.make_node("Identity", ["init"], ["i"])], "i", initializers=[numpy_helper.from_array(WEIGHT, "init")])
+    initializer = _value(
+        [helper.make_node("Identity", ["init"], ["i"])], "i", initializers=[numpy_helper.from_array(WEIGHT, "init")]
+    )
     source = constant_source(initializer)
     assert source.name == "init" and source.is_initializer()
     set_constant(source, WEIGHT + 1)

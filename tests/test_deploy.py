@@ -234,8 +234,7 @@ def build_context(root: Path) -> list[str]:
         subfolders[:] = [
             d
             for d in subfolders
-            if not _dockerignore_excludes(prefix + d, patterns)
-            or any(p.startswith(prefix + d + "/") for p in let_back)
+            if not _dockerignore_excludes(prefix + d, patterns) or any(p.startswith(prefix + d + "/") for p in let_back)
         ]
         files += [prefix + name for name in names if not _dockerignore_excludes(prefix + name, patterns)]
     return sorted(files)
@@ -655,9 +654,7 @@ def test_image_serves_answers_inference_and_stops_cleanly_on_sigterm(image, dock
     program, checker = image.which(command[0]), image.which(check[0])
     assert program and checker, f"{command[0]} or {check[0]} is not on the image's PATH"
     with (tmp_path / "server.log").open("w+") as log:
-        server = subprocess.Popen(
-            [program, *command[1:]], cwd=image.cwd, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        server = subprocess.Popen([program, *command[1:]], cwd=image.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
             while _get(f"{base}/v2/health/ready") != 200:
@@ -679,7 +676,9 @@ def test_image_serves_answers_inference_and_stops_cleanly_on_sigterm(image, dock
             np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
             import tritonclient.grpc as triton_grpc
 
-            assert triton_grpc.InferenceServerClient(f"127.0.0.1:{env['SE_ONNX_GRPC_PORT']}").is_model_ready("tiny_conv")
+            assert triton_grpc.InferenceServerClient(f"127.0.0.1:{env['SE_ONNX_GRPC_PORT']}").is_model_ready(
+                "tiny_conv"
+            )
 
             server.send_signal(signal.SIGTERM)
             assert server.wait(timeout=30) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+from onnx import helper, numpy_helper
 
 from se_onnx import find_se
 from se_onnx.passes.find import detect
@@ -30,7 +31,9 @@ def test_every_form_is_found_with_exactly_its_nodes(variant: Variant):
             assert (block.squeeze_channels, block.activation, len(block.layers)) == (None, None, 1)
         else:
             assert block.squeeze_channels == variant.squeeze_channels
-            expected = {"silu_decomposed": "SiLU", "silu": "SiLU", "hardswish_decomposed": "HardSwish"}.get(variant.activation)
+            expected = {"silu_decomposed": "SiLU", "silu": "SiLU", "hardswish_decomposed": "HardSwish"}.get(
+                variant.activation
+            )
             assert block.activation.op_type.lower() == (expected or variant.activation).lower()
 
 
@@ -114,6 +117,22 @@ def test_a_block_whose_excitation_is_read_elsewhere_is_a_near_miss():
     detection = detect(model)
     assert detection.blocks == []
     assert any("also used outside" in miss.reason for miss in detection.near_misses)
+
+
+def test_a_scale_by_a_constant_node_between_the_layers_is_a_near_miss():
+    """Mul(h, Constant()) where the activation goes: the Constant node, read as a gate candidate,
+    has no inputs."""
+    proto = se_model(Variant())
+    activation = next(node for node in proto.graph.node if node.name.startswith("se0/act"))
+    constant = helper.make_node(
+        "Constant", [], ["half"], name="half", value=numpy_helper.from_array(np.array(0.5, np.float32))
+    )
+    activation.op_type, activation.input[:] = "Mul", [activation.input[0], "half"]
+    proto.graph.node.insert(0, constant)
+    detection = detect(ir.from_proto(proto))
+    assert detection.blocks == []
+    (miss,) = detection.near_misses
+    assert "not h·Sigmoid(h)" in miss.reason
 
 
 def test_silu_feature_map_is_not_reported_even_as_a_near_miss():

@@ -129,9 +129,7 @@ def output_matches(expected: list[str], actual: str) -> bool:
 
 def run_console(block: Block, folder: Path, env: dict[str, str]) -> None:
     for command, expected in commands(block):
-        done = subprocess.run(
-            ["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True, timeout=120
-        )
+        done = subprocess.run(["bash", "-c", command], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
         output = done.stdout + done.stderr
         assert done.returncode == 0, f"{block}: `{command}` exited {done.returncode}:\n{output}"
         if expected and block.mark != "exit-status":
@@ -258,7 +256,11 @@ def test_python_blocks_compile(page: Path) -> None:
 
 def test_readme_setup_is_what_ci_runs() -> None:
     """The README's set-up block holds the two commands of .ci/run, verbatim."""
-    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line.startswith(("python3 ", ".venv/bin/python "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line.startswith(("python3 ", ".venv/bin/python "))
+    ]
     setup = next(b for b in blocks(ROOT / "README.md") if b.language == "sh" and "python3 -m venv" in b.text)
     assert ci == setup.text.splitlines()[: len(ci)]
 
@@ -292,7 +294,9 @@ def test_cli_reference_covers_every_option() -> None:
         section = text.split(f"## `se-onnx {name}`\n")[1].split("\n## ")[0]
         for action in sub._actions:
             for option in () if isinstance(action, argparse._HelpAction) else action.option_strings:
-                assert re.search(rf"[`,] ?{re.escape(option)}\b", section), f"se-onnx {name} {option} is not in the reference"
+                assert re.search(rf"[`,] ?{re.escape(option)}\b", section), (
+                    f"se-onnx {name} {option} is not in the reference"
+                )
 
 
 def test_settings_references() -> None:
@@ -300,7 +304,6 @@ def test_settings_references() -> None:
     assert "`max_batch_size`" in reference.model_config_reference()
     page = reference.server_settings_reference()
     assert "| `port` | `SE_ONNX_PORT` | `int` | `8000` |" in page and "`SE_ONNX_GRPC_PORT`" in page
-
 
 
 def test_readme_links_exist() -> None:

@@ -55,7 +55,7 @@ def test_image_folders_are_resized_cropped_and_normalised(tmp_path, capsys):
     from PIL import Image
 
     colours = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}  # sorted: class 0 blue, 1 green, 2 red
-    for index, (name, colour) in enumerate(colours.items()):
+    for name, colour in colours.items():
         folder = tmp_path / "images" / name
         folder.mkdir(parents=True)
         for k in range(3):
@@ -128,7 +128,9 @@ def test_a_model_without_class_scores_is_refused(tmp_path, capsys):
     onnx.save(build_samples.tiny_conv(opset=13), tmp_path / "ok.onnx")
     proto = build_samples.tiny_conv(opset=13)
     del proto.graph.node[-2:]  # keep the conv's feature map as the output
-    proto.graph.output[0].CopyFrom(helper.make_tensor_value_info(proto.graph.node[-1].output[0], TensorProto.FLOAT, ["N", 4, 8, 8]))
+    proto.graph.output[0].CopyFrom(
+        helper.make_tensor_value_info(proto.graph.node[-1].output[0], TensorProto.FLOAT, ["N", 4, 8, 8])
+    )
     onnx.save(proto, tmp_path / "features.onnx")
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 1, 8, 8), np.float32), y=np.array([0, 1]))
     assert main(["evaluate", str(tmp_path / "features.onnx"), "--data", str(tmp_path / "d.npz")]) == 2
@@ -176,7 +178,16 @@ def test_compare_refuses_a_model_of_another_signature(tmp_path, capsys, model_b,
     onnx.save(_mean_classifier(5), tmp_path / "a.onnx")
     onnx.save(model_b(), tmp_path / "b.onnx")
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 5, 4, 4), np.float32), y=np.array([0, 1, 2, 3]))
-    args = ["evaluate", str(tmp_path / "a.onnx"), "--compare", str(tmp_path / "b.onnx"), "--data", str(tmp_path / "d.npz"), "--runs", "2"]
+    args = [
+        "evaluate",
+        str(tmp_path / "a.onnx"),
+        "--compare",
+        str(tmp_path / "b.onnx"),
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--runs",
+        "2",
+    ]
     assert main(args) == 2
     error = capsys.readouterr().err
     assert re.search(message, error) and "Traceback" not in error, error
@@ -187,7 +198,11 @@ def test_plot_refuses_a_file_not_named_png(tmp_path, capsys, command):
     onnx.save(_mean_classifier(5), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 5, 4, 4), np.float32), y=np.array([0, 1, 2, 3]))
     data = ["--data", str(tmp_path / "d.npz"), "--plot", str(tmp_path / "x.txt")]
-    args = ["--compare", str(tmp_path / "m.onnx"), "--runs", "2"] if command == "evaluate" else ["-o", str(tmp_path / "o.onnx")]
+    args = (
+        ["--compare", str(tmp_path / "m.onnx"), "--runs", "2"]
+        if command == "evaluate"
+        else ["-o", str(tmp_path / "o.onnx")]
+    )
     assert main([command, str(tmp_path / "m.onnx"), *args, *data]) == 2
     assert "--plot writes a PNG" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]

@@ -150,12 +150,17 @@ def test_a_conv_output_read_twice_puts_the_block_right_after_the_conv():
     original = tf_resnet()
     conv = next(n for n in original.graph.node if n.op_type == "Conv")
     # A second reader of the conv's output: its layer cannot be followed into the NHWC island.
-    original.graph.output.append(onnx.helper.make_tensor_value_info(conv.output[0], onnx.TensorProto.FLOAT, ["N", 8, 8, 8]))
+    original.graph.output.append(
+        onnx.helper.make_tensor_value_info(conv.output[0], onnx.TensorProto.FLOAT, ["N", 8, 8, 8])
+    )
     model, report = insert_se(ir.from_proto(original), InsertOptions(where="conv", nodes=(conv.name,)))
     (block,) = report.blocks
     assert block.through == () and block.layout == "NCHW" and block.position.startswith("right after the Conv")
     feeds = calibration_inputs(original, batches=1)[0]
-    for a, b in zip(make_session(original.SerializeToString()).run(None, feeds), make_session(_proto(model).SerializeToString()).run(None, feeds)):
+    for a, b in zip(
+        make_session(original.SerializeToString()).run(None, feeds),
+        make_session(_proto(model).SerializeToString()).run(None, feeds),
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -322,7 +327,9 @@ def test_integer_convs_stay_refused(qdq_resnet, op_type):
 
 
 @pytest.mark.parametrize(
-    "options", [{"extra_options": {"DedicatedQDQPair": True}}, {"per_channel": True}], ids=["dedicated_pairs", "per_channel"]
+    "options",
+    [{"extra_options": {"DedicatedQDQPair": True}}, {"per_channel": True}],
+    ids=["dedicated_pairs", "per_channel"],
 )
 def test_quantizer_options_keep_the_blocks_visible(quantized_se, options):
     float_model, _ = quantized_se

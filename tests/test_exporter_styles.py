@@ -54,7 +54,9 @@ def _all_nodes(graph: onnx.GraphProto):
 def _without_rescales(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model with each SE rescale Mul passing its feature map through: what stripping computes."""
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    rescales = {block.rescale.name for block in find_se(ir.from_proto(onnx.ModelProto.FromString(proto.SerializeToString())))}
+    rescales = {
+        block.rescale.name for block in find_se(ir.from_proto(onnx.ModelProto.FromString(proto.SerializeToString())))
+    }
     assert rescales
     for node in _all_nodes(proto.graph):
         if node.name in rescales:
@@ -104,11 +106,22 @@ def test_paddle_blocks_are_found_with_their_bias_adds(case):
     assert len(detection.blocks) == 2 and detection.near_misses == []
     for index, block in enumerate(detection.blocks):
         assert {node.name for node in block.nodes} == {
-            node.name for node in proto.graph.node if node.name.startswith(f"block{index}/se/") and node.op_type != "Constant"
+            node.name
+            for node in proto.graph.node
+            if node.name.startswith(f"block{index}/se/")
+            and node.op_type != "Constant"
             and not node.name.endswith("_reshape")
         }
-        assert (block.gate.op_type, block.gate.alpha, block.gate.beta) == ("HardSigmoid", pytest.approx(0.2), pytest.approx(0.5))
-        assert (block.channels, block.squeeze_channels, block.graph) == (styles.CHANNELS, styles.SQUEEZE_CHANNELS, "main")
+        assert (block.gate.op_type, block.gate.alpha, block.gate.beta) == (
+            "HardSigmoid",
+            pytest.approx(0.2),
+            pytest.approx(0.5),
+        )
+        assert (block.channels, block.squeeze_channels, block.graph) == (
+            styles.CHANNELS,
+            styles.SQUEEZE_CHANNELS,
+            "main",
+        )
 
 
 def test_paddle_inspect_lists_convs_with_shapes_and_blocks():
@@ -176,7 +189,9 @@ def test_paddle_fuse_and_unfuse_keep_outputs_and_the_users_constants(case, form)
 def test_paddle_export_weights_reads_the_constants_and_round_trips_through_insert():
     proto = styles.paddle_model()
     arrays = export_se_weights(ir.from_proto(proto))
-    assert sorted(arrays) == sorted(f"conv{i}.{key}" for i in range(2) for key in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
+    assert sorted(arrays) == sorted(
+        f"conv{i}.{key}" for i in range(2) for key in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    )
     (block,) = [b for b in find_se(ir.from_proto(proto)) if b.input.name == "relu0_out"]
     np.testing.assert_array_equal(arrays["conv0.fc1.weight"], block.weights().fc1_weight)
     assert arrays["conv0.fc2.weight"].shape == (styles.CHANNELS, styles.SQUEEZE_CHANNELS)
@@ -319,8 +334,12 @@ def test_a_block_whose_output_is_the_branch_output(dtype):
     proto = styles.in_if_branches(se_model(Variant(se_is_output=True, dtype=dtype, opset=18)))
     stripped, _ = strip_se(ir.from_proto(proto))
     _assert_same_outputs(_without_rescales(proto), stripped)
-    branch_outputs = {output.name for node in _checked(stripped).graph.node for attribute in node.attribute
-                      for output in attribute.g.output}
+    branch_outputs = {
+        output.name
+        for node in _checked(stripped).graph.node
+        for attribute in node.attribute
+        for output in attribute.g.output
+    }
     assert branch_outputs == {"then/y", "else/y"}
     fused, _ = fuse_se(ir.from_proto(proto), "canonical")
     _assert_same_outputs(proto, fused, rtol=1e-3)

@@ -95,7 +95,9 @@ def test_function_form_is_one_node_per_block_and_unfuses_back(variant: Variant, 
     _check_common(original, fused, variant)
     calls = [n for n in fused.graph.node if n.domain == SE_DOMAIN]
     assert len(calls) == variant.blocks and {n.op_type for n in calls} == {FUNCTION_NAME}
-    assert {(f.domain, f.name, f.overload) for f in fused.functions} == {(SE_DOMAIN, FUNCTION_NAME, c.overload) for c in calls}
+    assert {(f.domain, f.name, f.overload) for f in fused.functions} == {
+        (SE_DOMAIN, FUNCTION_NAME, c.overload) for c in calls
+    }
     assert {o.domain: o.version for o in fused.opset_import}[SE_DOMAIN] == 1
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in calls[0].attribute}
     assert attributes["channels"] == variant.channels
@@ -123,7 +125,11 @@ def test_a_function_call_sets_hard_sigmoid_alpha_per_block(tmp_path):
     _assert_same_outputs(proto, fused, "float32")
 
 
-SMALL = [Variant(), Variant(layer="gemm", squeeze="reducemean", gate="hardsigmoid_torch", blocks=2), Variant(dtype="float16")]
+SMALL = [
+    Variant(),
+    Variant(layer="gemm", squeeze="reducemean", gate="hardsigmoid_torch", blocks=2),
+    Variant(dtype="float16"),
+]
 
 
 @pytest.mark.parametrize("variant", SMALL, ids=lambda v: v.id)
@@ -198,7 +204,9 @@ def test_fuse_says_why_a_model_without_se_blocks_is_left_and_refuses_an_unknown_
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "se_onnx", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "se_onnx", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_fuse_and_unfuse(tmp_path):

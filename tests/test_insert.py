@@ -70,7 +70,7 @@ def test_identity_insert_keeps_outputs_on_every_sample(sample, dtype, opset, tmp
 
     assert report.blocks and report.opset == opset and report.dtype == dtype
     saved = onnx.load(after)
-    assert {o.domain: o.version for o in saved.opset_import}.get("", None) == opset
+    assert {o.domain: o.version for o in saved.opset_import}.get("") == opset
     assert _signature(model) == _signature(_ir(original))
     added = len(model.graph) - len(original.graph.node)
     assert added == sum(len(block.nodes) for block in report.blocks)
@@ -93,7 +93,9 @@ def test_nodes_follow_the_opset_signature(opset):
 def test_se_block_computes_senet_math(tmp_path):
     original = build_samples.vgg_like(opset=18)
     before = _save(original, tmp_path / "before.onnx")
-    model, report = insert_se(_ir(original), InsertOptions(where="conv", nodes=(report_first_conv(original),), init="random", seed=3))
+    model, report = insert_se(
+        _ir(original), InsertOptions(where="conv", nodes=(report_first_conv(original),), init="random", seed=3)
+    )
     after = _save(model, tmp_path / "after.onnx")
     block = report.blocks[0]
     weights = {
@@ -104,7 +106,9 @@ def test_se_block_computes_senet_math(tmp_path):
     probe = onnx.load(after)
     names = {n.name: n for n in probe.graph.node}
     se_output = names[block.nodes[-1]].output[0]
-    probe.graph.output.extend([helper.make_empty_tensor_value_info(block.after), helper.make_empty_tensor_value_info(se_output)])
+    probe.graph.output.extend(
+        [helper.make_empty_tensor_value_info(block.after), helper.make_empty_tensor_value_info(se_output)]
+    )
     session = make_session(probe.SerializeToString())
     feeds = random_inputs(session, batch=2, seed=0)
     x, y = session.run([block.after, se_output], feeds)
@@ -251,7 +255,7 @@ def test_new_names_never_collide_with_existing_ones(tmp_path):
     # Squat on the names the pass would pick for the first block.
     squatters = [f"{conv}/se/{stem}" for stem in ("squeeze", "fc1", "fc1_output", "fc1_weight", "scale_output")]
     last = proto.graph.output[0].name
-    for index, name in enumerate(squatters):
+    for name in squatters:
         proto.graph.node.append(helper.make_node("Identity", [last], [name], name=name))
         last = name
     proto.graph.output[0].name = last
@@ -293,7 +297,10 @@ def test_convs_inside_subgraphs_get_blocks_named_by_their_graph():
         [inner_weight],
     )
     other = helper.make_graph(
-        [helper.make_node("Identity", ["y"], ["z2"], name="pass")], "other", [], [helper.make_tensor_value_info("z2", TensorProto.FLOAT, ["N", 3, 4, 4])]
+        [helper.make_node("Identity", ["y"], ["z2"], name="pass")],
+        "other",
+        [],
+        [helper.make_tensor_value_info("z2", TensorProto.FLOAT, ["N", 3, 4, 4])],
     )
     outer_weight = numpy_helper.from_array(np.ones((3, 3, 3, 3), np.float32), "outer_w")
     graph = helper.make_graph(
@@ -302,7 +309,10 @@ def test_convs_inside_subgraphs_get_blocks_named_by_their_graph():
             helper.make_node("If", ["flag"], ["out"], name="if", then_branch=branch, else_branch=other),
         ],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 4, 4])],
         [outer_weight],
     )
@@ -367,6 +377,8 @@ def test_trained_weights_are_used_and_shape_checked():
     conv_layout = dict(arrays, **{"conv.fc1.weight": weights.fc1_weight[:, :, None, None]})
     insert_se(_ir(proto), InsertOptions(where="conv", weights=conv_layout))
     with pytest.raises(SeOnnxError, match=r"fc2.weight has shape \(3, 2\), expected \(4, 2\)"):
-        insert_se(_ir(proto), InsertOptions(where="conv", weights=dict(arrays, **{"conv.fc2.weight": np.zeros((3, 2))})))
+        insert_se(
+            _ir(proto), InsertOptions(where="conv", weights=dict(arrays, **{"conv.fc2.weight": np.zeros((3, 2))}))
+        )
     with pytest.raises(SeOnnxError, match="no weights for block 'conv'"):
         insert_se(_ir(proto), InsertOptions(where="conv", weights={"other.fc1.weight": np.zeros((2, 4))}))

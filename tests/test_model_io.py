@@ -54,10 +54,9 @@ def test_missing_external_data_is_a_clear_error(tmp_path):
 def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "weights.npz"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with model_io.atomic_output(target) as staging:
-            staging.write_bytes(b"half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), model_io.atomic_output(target) as staging:
+        staging.write_bytes(b"half")
+        raise RuntimeError("interrupted")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.npz"]
 
@@ -68,7 +67,9 @@ def test_bfloat16_blocks_get_bfloat16_weights():
     built = build_se_block(x, weights, spatial_rank=2, opset=13, dtype=ir.DataType.BFLOAT16, names=NameScope(set()))
     float_initializers = [v for v in built.initializers if v.const_value.dtype.is_floating_point()]
     assert {v.const_value.dtype for v in float_initializers} == {ir.DataType.BFLOAT16}
-    graph = ir.Graph([x], [built.output], nodes=built.nodes, initializers=built.initializers, opset_imports={"": 13}, name="g")
+    graph = ir.Graph(
+        [x], [built.output], nodes=built.nodes, initializers=built.initializers, opset_imports={"": 13}, name="g"
+    )
     onnx.checker.check_model(ir.to_proto(ir.Model(graph, ir_version=9)), full_check=True)
 
 
@@ -95,5 +96,9 @@ def test_written_models_get_the_umask_permissions(tmp_path):
         (tmp_path / "plain.bin").write_bytes(b"")
     finally:
         os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.bin").stat().st_mode) == 0o644
+    assert (
+        stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode)
+        == stat.S_IMODE((tmp_path / "plain.bin").stat().st_mode)
+        == 0o644
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "plain.bin"]

@@ -72,7 +72,9 @@ def test_a_chain_of_our_passes_and_onnx_irs_round_trips_the_model():
     assert result.modified and result.model is model  # every pass is in place
     assert se_onnx.find_se(result.model) == []
     feeds = styles.feeds(proto)
-    np.testing.assert_allclose(ort_outputs(ir.to_proto(result.model), feeds)[0], ort_outputs(proto, feeds)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ort_outputs(ir.to_proto(result.model), feeds)[0], ort_outputs(proto, feeds)[0], rtol=1e-5, atol=1e-6
+    )
 
     # PassManager returns a plain PassResult; each pass's own result carries its report.
     model = ir.from_proto(proto)

@@ -78,4 +78,6 @@ def test_committed_samples_match_the_builder(name):
 
 def test_main_writes_the_samples(tmp_path):
     build_samples.main(["--output-dir", str(tmp_path)])
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{name}.onnx" for name in build_samples.COMMITTED)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        f"{name}.onnx" for name in build_samples.COMMITTED
+    )

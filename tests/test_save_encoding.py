@@ -59,7 +59,10 @@ def test_every_kind_of_initializer_round_trips(tmp_path):
         ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096]), helper.make_tensor_value_info("w", TensorProto.STRING, [2])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096]),
+            helper.make_tensor_value_info("w", TensorProto.STRING, [2]),
+        ],
         [numpy_helper.from_array(big, "raw"), float_data, strings, shape, documented],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -135,6 +138,9 @@ def test_hand_built_bytes_are_protobuf_s_own_field_by_field(build, dtype, monkey
     assert _wire(hand_built, onnx.ModelProto.DESCRIPTOR) == _wire(serialized, onnx.ModelProto.DESCRIPTOR)
 
 
-@pytest.mark.parametrize("field, length, encoded", [(7, 0, b"\x3a\x00"), (5, 127, b"\x2a\x7f"), (9, 300, b"\x4a\xac\x02"), (7, 2**31, b"\x3a\x80\x80\x80\x80\x08")])
+@pytest.mark.parametrize(
+    "field, length, encoded",
+    [(7, 0, b"\x3a\x00"), (5, 127, b"\x2a\x7f"), (9, 300, b"\x4a\xac\x02"), (7, 2**31, b"\x3a\x80\x80\x80\x80\x08")],
+)
 def test_field_keys_are_protobuf_varints(field, length, encoded):
     assert model_io._key(field, length) == encoded

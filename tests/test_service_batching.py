@@ -35,7 +35,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(tmp_path):
         async with serve_async(root) as (app, client):
             inputs = [np.full((1 + i % 3, 4), i + 1, np.float32) * [1, -1, 2, -2] for i in range(24)]
             responses = await asyncio.gather(
-                *(client.post("/v2/models/batched/infer", json=infer_json("x", x, id=str(i))) for i, x in enumerate(inputs))
+                *(
+                    client.post("/v2/models/batched/infer", json=infer_json("x", x, id=str(i)))
+                    for i, x in enumerate(inputs)
+                )
             )
             for i, (x, response) in enumerate(zip(inputs, responses)):
                 assert response.status_code == 200, response.text
@@ -56,13 +59,19 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(tmp_path):
 
 
 def test_full_queue_is_503_and_oversized_batch_400(tmp_path):
-    config = {"max_batch_size": 4, "instance_count": 1, "dynamic_batching": {"max_queue_delay_us": 0, "max_queue_size": 2}}
+    config = {
+        "max_batch_size": 4,
+        "instance_count": 1,
+        "dynamic_batching": {"max_queue_delay_us": 0, "max_queue_size": 2},
+    }
     root = write_repo(tmp_path / "repo", {"slow": (slow_model(1024, 8), config, [1])})
 
     async def scenario():
         async with serve_async(root) as (app, client):
             xs = [np.full((4, 1), i, np.float32) for i in range(8)]
-            responses = await asyncio.gather(*(client.post("/v2/models/slow/infer", json=infer_json("x", x)) for x in xs))
+            responses = await asyncio.gather(
+                *(client.post("/v2/models/slow/infer", json=infer_json("x", x)) for x in xs)
+            )
             statuses = [r.status_code for r in responses]
             assert 503 in statuses and 200 in statuses, statuses
             for x, response in zip(xs, responses):
@@ -91,8 +100,13 @@ def test_metrics_count_successes_failures_and_durations(tmp_path):
     root = write_repo(tmp_path / "repo", {"relu": relu_neg_model()})
     with serve(root) as client:
         for _ in range(3):
-            assert client.post("/v2/models/relu/infer", json=infer_json("x", np.ones((2, 4), np.float32))).status_code == 200
-        assert client.post("/v2/models/relu/infer", json=infer_json("x", np.ones((2, 5), np.float32))).status_code == 400
+            assert (
+                client.post("/v2/models/relu/infer", json=infer_json("x", np.ones((2, 4), np.float32))).status_code
+                == 200
+            )
+        assert (
+            client.post("/v2/models/relu/infer", json=infer_json("x", np.ones((2, 5), np.float32))).status_code == 400
+        )
         response = client.get("/metrics")
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         text = response.text
@@ -100,7 +114,9 @@ def test_metrics_count_successes_failures_and_durations(tmp_path):
         assert _metric(text, "se_onnx_inference_request_success_total", **labels) == 3
         assert _metric(text, "se_onnx_inference_request_failure_total", **labels) == 1
         assert _metric(text, "se_onnx_inference_request_duration_seconds_count", **labels) == 3
-        assert _metric(text, "se_onnx_inference_compute_duration_seconds_count", **labels) == 3  # warm-up runs are not counted
+        assert (
+            _metric(text, "se_onnx_inference_compute_duration_seconds_count", **labels) == 3
+        )  # warm-up runs are not counted
         assert _metric(text, "se_onnx_inference_batch_size_sum", **labels) == 6  # 3 × 2 rows
         assert _metric(text, "se_onnx_inference_request_duration_seconds_sum", **labels) > 0
         # The same counts in Triton's statistics extension.
@@ -125,7 +141,9 @@ def test_session_per_instance_serves_concurrent_requests(tmp_path):
             metadata = (await client.get("/v2/models/relu")).json()["parameters"]
             assert metadata["instance_count"] == 3 and metadata["session_per_instance"] is True
             inputs = [np.full((2, 4), i - 10, np.float32) for i in range(20)]
-            responses = await asyncio.gather(*(client.post("/v2/models/relu/infer", json=infer_json("x", x)) for x in inputs))
+            responses = await asyncio.gather(
+                *(client.post("/v2/models/relu/infer", json=infer_json("x", x)) for x in inputs)
+            )
             for x, response in zip(inputs, responses):
                 relu = next(o for o in response.json()["outputs"] if o["name"] == "relu")
                 assert relu["data"] == np.maximum(x, 0).reshape(-1).tolist()
@@ -163,13 +181,22 @@ def test_a_request_that_fails_its_batch_does_not_fail_the_others(tmp_path):
         async with serve_async(root) as (app, client):
             indices = [0, 7, 1, 2]
             responses = await asyncio.gather(
-                *(client.post("/v2/models/gather/infer", json=infer_json("x", np.array([[i]]), "INT64")) for i in indices)
+                *(
+                    client.post("/v2/models/gather/infer", json=infer_json("x", np.array([[i]]), "INT64"))
+                    for i in indices
+                )
             )
             assert [r.status_code for r in responses] == [200, 400, 200, 200], [r.text for r in responses]
-            assert [r.json()["outputs"][0]["data"] for r in responses if r.status_code == 200] == [[10.0], [20.0], [30.0]]
+            assert [r.json()["outputs"][0]["data"] for r in responses if r.status_code == 200] == [
+                [10.0],
+                [20.0],
+                [30.0],
+            ]
             assert "idx=7" in responses[1].json()["error"]
             # The failed batch of four is not counted as run; the three good requests then ran alone.
-            runs = _metric((await client.get("/metrics")).text, "se_onnx_inference_batch_size_count", model="gather", version="1")
+            runs = _metric(
+                (await client.get("/metrics")).text, "se_onnx_inference_batch_size_count", model="gather", version="1"
+            )
             assert runs == 3
 
     asyncio.run(scenario())

@@ -32,7 +32,9 @@ def _scores_model():
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = write_repo(tmp_path_factory.mktemp("repo"), {"labelled": (_scores_model(), None, [1]), "plain": _scores_model()})
+    root = write_repo(
+        tmp_path_factory.mktemp("repo"), {"labelled": (_scores_model(), None, [1]), "plain": _scores_model()}
+    )
     (root / "labelled" / "labels.txt").write_text("cat\ndog\nbird\n")
     return root
 
@@ -48,8 +50,12 @@ def test_top_k_with_and_without_labels_over_json(repo):
     with serve(repo) as client:
         assert "classification" in client.get("/v2").json()["extensions"]
         (output,) = client.post("/v2/models/labelled/infer", json=_request(2)).json()["outputs"]
-        assert output == {"name": "scores", "datatype": "BYTES", "shape": [2, 2],
-                          "data": ["0.700000:1:dog", "0.200000:2:bird", "0.500000:0:cat", "0.400000:2:bird"]}  # fmt: skip
+        assert output == {
+            "name": "scores",
+            "datatype": "BYTES",
+            "shape": [2, 2],
+            "data": ["0.700000:1:dog", "0.200000:2:bird", "0.500000:0:cat", "0.400000:2:bird"],
+        }
         (output,) = client.post("/v2/models/plain/infer", json=_request(5)).json()["outputs"]
         assert output["shape"] == [2, 3] and output["data"][:3] == ["0.700000:1", "0.200000:2", "0.100000:0"]
 
@@ -81,6 +87,9 @@ def test_over_grpc(repo):
         x = triton_grpc.InferInput("x", [2, 3], "FP32")
         x.set_data_from_numpy(SCORES)
         result = client.infer("labelled", [x], outputs=[triton_grpc.InferRequestedOutput("scores", class_count=2)])
-        assert result.as_numpy("scores").tolist() == [[b"0.700000:1:dog", b"0.200000:2:bird"], [b"0.500000:0:cat", b"0.400000:2:bird"]]
+        assert result.as_numpy("scores").tolist() == [
+            [b"0.700000:1:dog", b"0.200000:2:bird"],
+            [b"0.500000:0:cat", b"0.400000:2:bird"],
+        ]
     finally:
         assert stop_server(process) == 0

@@ -39,13 +39,16 @@ def test_a_queued_request_of_a_gone_client_is_dropped_and_counted(tmp_path):
     host, port = url.split(":")
     try:
         body = json.dumps(infer_json("x", np.ones((1, 1), np.float32))).encode()
-        first = threading.Thread(target=lambda: httpx.post(f"http://{url}/v2/models/slow/infer", content=body, timeout=120))
+        first = threading.Thread(
+            target=lambda: httpx.post(f"http://{url}/v2/models/slow/infer", content=body, timeout=120)
+        )
         first.start()
         _wait_pending(url, 1)  # the first request is running
         with socket.create_connection((host, int(port))) as gone:
             gone.sendall(
                 b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
             )
             _wait_pending(url, 2)  # queued behind the first; then the client leaves
         first.join()

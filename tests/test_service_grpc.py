@@ -113,8 +113,20 @@ def test_infer_raw_contents(server):
 def test_infer_typed_contents(server):
     """KServe's clients may send typed `contents` instead of raw bytes; replies are raw either way."""
     url, _, _ = server
-    values = {"INT64": [1, -2, 3], "BOOL": [True, False, True], "BYTES": [b"x", b"", b"yz"], "UINT8": [1, 2, 255], "FP64": [0.5, -1, 2]}
-    fields = {"INT64": "int64_contents", "BOOL": "bool_contents", "BYTES": "bytes_contents", "UINT8": "uint_contents", "FP64": "fp64_contents"}
+    values = {
+        "INT64": [1, -2, 3],
+        "BOOL": [True, False, True],
+        "BYTES": [b"x", b"", b"yz"],
+        "UINT8": [1, 2, 255],
+        "FP64": [0.5, -1, 2],
+    }
+    fields = {
+        "INT64": "int64_contents",
+        "BOOL": "bool_contents",
+        "BYTES": "bytes_contents",
+        "UINT8": "uint_contents",
+        "FP64": "fp64_contents",
+    }
 
     def tensor(datatype: str, **contents) -> pb.ModelInferRequest.InferInputTensor:
         return pb.ModelInferRequest.InferInputTensor(
@@ -147,7 +159,10 @@ def test_infer_typed_contents(server):
         assert "one per input" in refused(mixed)
         short = pb.ModelInferRequest(model_name="typed", inputs=[tensor("INT64", int64_contents=[1, 2])])
         assert "2 elements, expected 3" in refused(short)
-        empty = pb.ModelInferRequest(model_name="typed", inputs=[pb.ModelInferRequest.InferInputTensor(name="in_INT64", datatype="INT64", shape=[1, 3])])
+        empty = pb.ModelInferRequest(
+            model_name="typed",
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="in_INT64", datatype="INT64", shape=[1, 3])],
+        )
         assert "neither contents nor raw_input_contents" in refused(empty)
         fp16 = pb.ModelInferRequest(model_name="types", inputs=[tensor("FP16", fp32_contents=[1, 2, 3])])
         assert "raw_input_contents only" in refused(fp16)
@@ -159,20 +174,34 @@ def test_status_codes(server):
     ones = np.ones((1, 5), np.float32)
     assert _status(lambda: client.infer("relu", [_input("x", ones)])) == "StatusCode.INVALID_ARGUMENT"
     assert _status(lambda: client.infer("relu", [_input("y", ones[:, :4])])) == "StatusCode.INVALID_ARGUMENT"
-    assert _status(lambda: client.infer("relu", [_input("x", ones[:, :4].astype(np.float64), "FP64")])) == "StatusCode.INVALID_ARGUMENT"
+    assert (
+        _status(lambda: client.infer("relu", [_input("x", ones[:, :4].astype(np.float64), "FP64")]))
+        == "StatusCode.INVALID_ARGUMENT"
+    )
     outputs = [triton.InferRequestedOutput("nope")]
-    assert _status(lambda: client.infer("relu", [_input("x", ones[:, :4])], outputs=outputs)) == "StatusCode.INVALID_ARGUMENT"
+    assert (
+        _status(lambda: client.infer("relu", [_input("x", ones[:, :4])], outputs=outputs))
+        == "StatusCode.INVALID_ARGUMENT"
+    )
     assert _status(lambda: client.infer("missing", [_input("x", ones)])) == "StatusCode.NOT_FOUND"
-    assert _status(lambda: client.infer("relu", [_input("x", ones[:, :4])], model_version="9")) == "StatusCode.NOT_FOUND"
+    assert (
+        _status(lambda: client.infer("relu", [_input("x", ones[:, :4])], model_version="9")) == "StatusCode.NOT_FOUND"
+    )
     big = np.ones((65536, 4), np.float32)  # 1 MiB, past the 1,000,000-byte limit
     assert _status(lambda: client.infer("relu", [_input("x", big)])) == "StatusCode.RESOURCE_EXHAUSTED"
-    for call in (client.get_cuda_shared_memory_status, lambda: client.get_trace_settings(), lambda: client.update_log_settings({"log_info": True})):
+    for call in (
+        client.get_cuda_shared_memory_status,
+        lambda: client.get_trace_settings(),
+        lambda: client.update_log_settings({"log_info": True}),
+    ):
         with pytest.raises(InferenceServerException) as error:
             call()
         assert error.value.status() == "StatusCode.UNIMPLEMENTED" and "not" in error.value.message()
     with grpc.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        request = pb.ModelInferRequest(model_name="relu", inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 4])])
+        request = pb.ModelInferRequest(
+            model_name="relu", inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 4])]
+        )
         request.raw_input_contents.append(b"\0" * 15)  # not 16 bytes
         with pytest.raises(grpc.RpcError) as error:
             stub.ModelInfer(request)
@@ -223,7 +252,9 @@ def test_repository_needs_the_key(server):
     assert client.is_model_ready("extra")
     client.unload_model("extra", headers=bearer)
     assert not client.is_model_ready("extra")
-    assert _status(lambda: client.infer("extra", [_input("x", np.ones((1, 4), np.float32))])) == "StatusCode.UNAVAILABLE"
+    assert (
+        _status(lambda: client.infer("extra", [_input("x", np.ones((1, 4), np.float32))])) == "StatusCode.UNAVAILABLE"
+    )
     client.load_model("extra", config='{"max_batch_size": 8, "dynamic_batching": {}}', headers=bearer)
     assert client.get_model_config("extra").config.max_batch_size == 8
     assert _status(lambda: client.load_model("nothing", headers=bearer)) == "StatusCode.NOT_FOUND"
@@ -305,13 +336,18 @@ def test_health_service_and_reflection(server):
     with grpc.insecure_channel(url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", SERVICE):
-            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service=service)).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         with pytest.raises(grpc.RpcError) as error:
             health.Check(health_pb2.HealthCheckRequest(service="other"))
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
         database = ProtoReflectionDescriptorDatabase(channel)
         assert {SERVICE, "grpc.health.v1.Health"} <= set(database.get_services())
-        methods = {method.name for method in descriptor_pool.DescriptorPool(database).FindServiceByName(SERVICE).methods}
+        methods = {
+            method.name for method in descriptor_pool.DescriptorPool(database).FindServiceByName(SERVICE).methods
+        }
         assert {"ModelInfer", "ModelStreamInfer", "RepositoryModelLoad"} <= methods
 
 
@@ -329,7 +365,11 @@ def test_sigterm_finishes_open_stream_and_unary_calls_and_exits_0(tmp_path):
 
     def call() -> None:
         try:
-            unary["y"] = triton.InferenceServerClient(url).infer("slow", [_input("x", np.full((1, 1), 7, np.float32))]).as_numpy("y")
+            unary["y"] = (
+                triton.InferenceServerClient(url)
+                .infer("slow", [_input("x", np.full((1, 1), 7, np.float32))])
+                .as_numpy("y")
+            )
         except Exception as error:  # reported by the assertion below
             unary["y"] = error
 
@@ -342,9 +382,9 @@ def test_sigterm_finishes_open_stream_and_unary_calls_and_exits_0(tmp_path):
     thread.join(timeout=120)
     assert stop_server(process) == 0
     assert time.monotonic() > signalled
-    assert sorted((result.get_response().id, float(result.as_numpy("y")[0, 0])) for result, error in replies if error is None) == [
-        ("s0", 0.0), ("s1", 1.0)
-    ], replies  # fmt: skip
+    assert sorted(
+        (result.get_response().id, float(result.as_numpy("y")[0, 0])) for result, error in replies if error is None
+    ) == [("s0", 0.0), ("s1", 1.0)], replies
     assert isinstance(unary["y"], np.ndarray) and unary["y"][0, 0] == 7, unary
     stream_client.stop_stream()
     assert streamed.empty(), "the stream ended with an error"
@@ -357,7 +397,9 @@ def test_a_taken_grpc_port_stops_the_server_at_start_up(server, tmp_path):
     url, _, repo = server
     command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
                "--grpc-port", url.rsplit(":", 1)[1], "--model-repository", str(repo)]  # fmt: skip
-    failed = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    failed = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120
+    )
     assert failed.returncode == 2 and "cannot listen for gRPC on 127.0.0.1:" in failed.stderr
     assert failed.stderr.strip().count("\n") == 0 and "Traceback" not in failed.stderr, failed.stderr
 
@@ -400,7 +442,9 @@ def test_sigterm_during_start_up_loading_exits_before_the_models_load(tmp_path):
     repo = write_repo(tmp_path / "repo", {f"slow{i}": slow for i in range(60)})
     command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(port := free_port()),
                "--grpc-port", str(free_port()), "--model-repository", str(repo)]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

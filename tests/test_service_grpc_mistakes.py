@@ -46,22 +46,41 @@ def _code(call) -> grpc.StatusCode:
 
 ONES = np.ones((1, 4), np.float32).tobytes()
 CASES = {
-    "negative dimension": pb.ModelInferRequest(model_name="relu", inputs=[_tensor(shape=(-1, 4))], raw_input_contents=[ONES]),
-    "huge dimension": pb.ModelInferRequest(model_name="relu", inputs=[_tensor(shape=(2**62, 2**62))], raw_input_contents=[ONES]),
-    "wrong datatype": pb.ModelInferRequest(model_name="relu", inputs=[_tensor(datatype="INT8")], raw_input_contents=[ONES]),
-    "unknown datatype": pb.ModelInferRequest(model_name="relu", inputs=[_tensor(datatype="FP8")], raw_input_contents=[ONES]),
+    "negative dimension": pb.ModelInferRequest(
+        model_name="relu", inputs=[_tensor(shape=(-1, 4))], raw_input_contents=[ONES]
+    ),
+    "huge dimension": pb.ModelInferRequest(
+        model_name="relu", inputs=[_tensor(shape=(2**62, 2**62))], raw_input_contents=[ONES]
+    ),
+    "wrong datatype": pb.ModelInferRequest(
+        model_name="relu", inputs=[_tensor(datatype="INT8")], raw_input_contents=[ONES]
+    ),
+    "unknown datatype": pb.ModelInferRequest(
+        model_name="relu", inputs=[_tensor(datatype="FP8")], raw_input_contents=[ONES]
+    ),
     "short raw data": pb.ModelInferRequest(model_name="relu", inputs=[_tensor()], raw_input_contents=[ONES[:5]]),
     "no data": pb.ModelInferRequest(model_name="relu", inputs=[_tensor()]),
     "unknown model": pb.ModelInferRequest(model_name="nope", inputs=[_tensor()], raw_input_contents=[ONES]),
-    "bad version": pb.ModelInferRequest(model_name="relu", model_version="x", inputs=[_tensor()], raw_input_contents=[ONES]),
+    "bad version": pb.ModelInferRequest(
+        model_name="relu", model_version="x", inputs=[_tensor()], raw_input_contents=[ONES]
+    ),
     "unknown output": pb.ModelInferRequest(
-        model_name="relu", inputs=[_tensor()], raw_input_contents=[ONES], outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="z")]
+        model_name="relu",
+        inputs=[_tensor()],
+        raw_input_contents=[ONES],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="z")],
     ),
     "classification as a string": pb.ModelInferRequest(
-        model_name="relu", inputs=[_tensor()], raw_input_contents=[ONES],
-        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="relu", parameters={"classification": pb.InferParameter(string_param="2")})],
+        model_name="relu",
+        inputs=[_tensor()],
+        raw_input_contents=[ONES],
+        outputs=[
+            pb.ModelInferRequest.InferRequestedOutputTensor(
+                name="relu", parameters={"classification": pb.InferParameter(string_param="2")}
+            )
+        ],
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -71,11 +90,17 @@ def test_hand_picked_mistakes(stub, case):
 
 def test_repository_mistakes(stub):
     key = (("x-api-key", "k"),)
-    assert _code(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="relu"))) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        _code(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="relu")))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
     deep = pb.ModelRepositoryParameter(string_param="[" * 10_000 + "]" * 10_000)
     request = pb.RepositoryModelLoadRequest(model_name="relu", parameters={"config": deep})
     assert _code(lambda: stub.RepositoryModelLoad(request, metadata=key)) == grpc.StatusCode.INVALID_ARGUMENT
-    assert _code(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="../relu"), metadata=key)) == grpc.StatusCode.NOT_FOUND
+    assert (
+        _code(lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="../relu"), metadata=key))
+        == grpc.StatusCode.NOT_FOUND
+    )
 
 
 _PARAMETER = st.one_of(
@@ -117,7 +142,9 @@ def test_generated_requests_are_never_internal(stub, request):
 
 
 def test_a_shape_the_kernel_refuses_is_invalid_argument(stub):
-    request = pb.ModelInferRequest(model_name="reshape", inputs=[_tensor(shape=(3, 4))], raw_input_contents=[np.ones((3, 4), np.float32).tobytes()])
+    request = pb.ModelInferRequest(
+        model_name="reshape", inputs=[_tensor(shape=(3, 4))], raw_input_contents=[np.ones((3, 4), np.float32).tobytes()]
+    )
     with pytest.raises(grpc.RpcError) as error:
         stub.ModelInfer(request)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

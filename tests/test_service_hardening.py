@@ -73,7 +73,11 @@ def test_deep_nesting_is_a_400(client, path, body):
         ("/v2/repository/index", {"ready": "true"}, "ready: Input should be a valid boolean"),
         ("/v2/repository/index", [1], "Input should be a valid dictionary"),
         ("/v2/repository/models/relu/load", {"parameters": {"config": 3}}, "must be a string"),
-        ("/v2/repository/models/relu/load", {"parameters": {"config": '{"warmup": true}'}}, "warmup: Input should be a valid integer"),
+        (
+            "/v2/repository/models/relu/load",
+            {"parameters": {"config": '{"warmup": true}'}},
+            "warmup: Input should be a valid integer",
+        ),
         ("/v2/repository/models/relu/load", {"parameters": {"config": '{"session_per_instance": 0}'}}, "valid boolean"),
         ("/v2/repository/models/relu/load", {"parameters": {"config": '{"max_batch_size": 1e400}'}}, "max_batch_size"),
         ("/v2/repository/models/relu/load", {"parameters": []}, "parameters: Input should be a valid dictionary"),
@@ -99,8 +103,16 @@ def test_impossible_shapes_are_a_400(client, shape, message):
     assert response.status_code == 400 and message in response.json()["error"], response.text
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/v2/models/relu/ready"),
-                                          ("POST", "/v2/repository/models/relu/load"), ("POST", "/v2/repository/models/relu/unload")])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v2/health/live"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/v2/models/relu/ready"),
+        ("POST", "/v2/repository/models/relu/load"),
+        ("POST", "/v2/repository/models/relu/unload"),
+    ],
+)
 def test_empty_answers_as_triton_and_as_documented(client, method, path):
     response = client.request(method, path, headers=KEY)
     assert response.status_code == 200 and response.content == b"" and "content-type" not in response.headers
@@ -140,10 +152,14 @@ def test_broken_and_malicious_models_are_clean_errors_and_the_others_keep_servin
             assert refused.status_code == 503 and error.startswith(f"model {name!r} is not ready: ")
             assert str(tmp_path) not in error and "ONNXRuntimeError" not in error and ".cc" not in error
             assert client.post("/v2/models/relu/infer", json=ones).json()["outputs"][0]["data"] == [1.0] * 4
-        assert client.post("/v2/models/escape_symlink/infer", json=ones).json()["error"].endswith(
-            "its external data escapes the model's folder"
+        assert (
+            client.post("/v2/models/escape_symlink/infer", json=ones)
+            .json()["error"]
+            .endswith("its external data escapes the model's folder")
         )
-        assert client.post("/v2/models/random_bytes/infer", json=ones).json()["error"].endswith("not a valid ONNX model")
+        assert (
+            client.post("/v2/models/random_bytes/infer", json=ones).json()["error"].endswith("not a valid ONNX model")
+        )
         # Warm-up is best effort: the model loads, and each request that fails says so in JSON.
         assert client.post("/v2/repository/models/warmup_fails/load", headers=KEY).status_code == 200
         failed = client.post("/v2/models/warmup_fails/infer", json=ones)
@@ -159,7 +175,9 @@ def test_api_key_scope_all_guards_everything_but_health(repo):
         for method, path in [("GET", "/v2"), ("GET", "/v2/models/relu"), ("POST", "/v2/models/relu/infer"),
                              ("GET", "/v2/models/stats"), ("GET", "/metrics")]:  # fmt: skip
             assert client.request(method, path, json=body).status_code == 401, path
-            assert client.request(method, path, json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+            assert (
+                client.request(method, path, json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+            )
         assert client.get("/v2/health/ready").status_code == 200 and client.get("/v2/health/live").status_code == 200
     with serve(repo, api_key="s3cret") as client:  # the default scope: the repository API only
         assert client.post("/v2/models/relu/infer", json=body).status_code == 200
@@ -170,15 +188,21 @@ def test_responses_are_compressed_when_asked(client, encoding, decode):
     x = np.arange(8 * 512, dtype=np.float32).reshape(8, 512)
     plain = client.post("/v2/models/big/infer", json=infer_json("x", x)).content
     # The test client decompresses by itself; read the raw stream to see what was sent.
-    with client.stream("POST", "/v2/models/big/infer", json=infer_json("x", x), headers={"Accept-Encoding": encoding}) as response:
+    with client.stream(
+        "POST", "/v2/models/big/infer", json=infer_json("x", x), headers={"Accept-Encoding": encoding}
+    ) as response:
         raw = b"".join(response.iter_raw())
     assert response.headers["content-encoding"] == encoding and int(response.headers["content-length"]) == len(raw)
     assert decode(raw) == plain and len(raw) < len(plain) / 2
     # Binary outputs: the header length still counts the uncompressed JSON header, as Triton's.
-    header = {"inputs": [{"name": "x", "shape": [8, 512], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-              "parameters": {"binary_data_output": True}}  # fmt: skip
+    header = {
+        "inputs": [{"name": "x", "shape": [8, 512], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+        "parameters": {"binary_data_output": True},
+    }
     body, headers = binary_body(header, [x.tobytes()])
-    with client.stream("POST", "/v2/models/big/infer", content=body, headers={**headers, "Accept-Encoding": encoding}) as response:
+    with client.stream(
+        "POST", "/v2/models/big/infer", content=body, headers={**headers, "Accept-Encoding": encoding}
+    ) as response:
         raw = b"".join(response.iter_raw())
     assert response.headers["content-encoding"] == encoding
 
@@ -194,7 +218,9 @@ def test_responses_are_compressed_when_asked(client, encoding, decode):
 @pytest.mark.parametrize("accept", ["gzip;q=0", "br", "identity"])
 def test_no_compression_unless_accepted(client, accept):
     x = np.ones((8, 512), np.float32)
-    with client.stream("POST", "/v2/models/big/infer", json=infer_json("x", x), headers={"Accept-Encoding": accept}) as response:
+    with client.stream(
+        "POST", "/v2/models/big/infer", json=infer_json("x", x), headers={"Accept-Encoding": accept}
+    ) as response:
         raw = b"".join(response.iter_raw())
     assert "content-encoding" not in response.headers and json.loads(raw)["outputs"]
 

@@ -47,8 +47,13 @@ def test_triton_series_follow_the_statistics(tmp_path):
     root = write_repo(tmp_path, {"relu": relu_neg_model()})
     with serve(root) as client:
         for rows in (1, 2, 3):
-            assert client.post("/v2/models/relu/infer", json=infer_json("x", np.ones((rows, 4), np.float32))).status_code == 200
-        assert client.post("/v2/models/relu/infer", json=infer_json("x", np.ones((1, 5), np.float32))).status_code == 400
+            assert (
+                client.post("/v2/models/relu/infer", json=infer_json("x", np.ones((rows, 4), np.float32))).status_code
+                == 200
+            )
+        assert (
+            client.post("/v2/models/relu/infer", json=infer_json("x", np.ones((1, 5), np.float32))).status_code == 400
+        )
         text = client.get("/metrics").text
         (stats,) = client.get("/v2/models/relu/stats").json()["model_stats"]
     labels = {"model": "relu", "version": "1"}
@@ -56,10 +61,17 @@ def test_triton_series_follow_the_statistics(tmp_path):
     assert _value(text, "nv_inference_request_failure", **labels) == 1
     assert _value(text, "nv_inference_count", **labels) == 6 == stats["inference_count"]
     assert _value(text, "nv_inference_exec_count", **labels) == 3 == stats["execution_count"]
-    assert _value(text, "nv_inference_request_duration_us", **labels) == stats["inference_stats"]["success"]["ns"] / 1000
+    assert (
+        _value(text, "nv_inference_request_duration_us", **labels) == stats["inference_stats"]["success"]["ns"] / 1000
+    )
     assert _value(text, "nv_inference_compute_infer_duration_us", **labels) > 0
     assert _value(text, "nv_inference_pending_request_count", **labels) == 0
-    for name in ("process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total", "nv_cpu_memory_used_bytes"):
+    for name in (
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+        "nv_cpu_memory_used_bytes",
+    ):
         assert _value(text, name) > 0
 
 
@@ -72,7 +84,9 @@ def test_the_grafana_dashboard_queries_what_a_real_server_exposes(tmp_path):
     assert {"nv_inference_request_success", "nv_inference_queue_duration_us", "process_open_fds"} <= wanted
     process, url = start_server(write_repo(tmp_path, {"relu": relu_neg_model()}))
     try:
-        httpx.post(f"http://{url}/v2/models/relu/infer", json=infer_json("x", np.ones((1, 4), np.float32))).raise_for_status()
+        httpx.post(
+            f"http://{url}/v2/models/relu/infer", json=infer_json("x", np.ones((1, 4), np.float32))
+        ).raise_for_status()
         exposed = _samples(httpx.get(f"http://{url}/metrics").text)
     finally:
         assert stop_server(process) == 0

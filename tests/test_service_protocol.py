@@ -139,7 +139,9 @@ def test_every_datatype_json(client, datatype):
     # The identity model takes every datatype at once; the other inputs get a row of their own.
     for other in DATATYPES:
         if other != datatype:
-            body["inputs"].append({"name": f"in_{other}", "shape": [2, 3], "datatype": other, "data": _sample(other).tolist()})
+            body["inputs"].append(
+                {"name": f"in_{other}", "shape": [2, 3], "datatype": other, "data": _sample(other).tolist()}
+            )
     response = client.post("/v2/models/identity/infer", json=body)
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
@@ -153,7 +155,14 @@ def test_every_datatype_binary_in_and_out(client):
     inputs, chunks = [], []
     for datatype, array in arrays.items():
         raw = _serialize_bytes(array) if datatype == "BYTES" else array.tobytes()
-        inputs.append({"name": f"in_{datatype}", "shape": [2, 3], "datatype": datatype, "parameters": {"binary_data_size": len(raw)}})
+        inputs.append(
+            {
+                "name": f"in_{datatype}",
+                "shape": [2, 3],
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        )
         chunks.append(raw)
     body, headers = binary_body({"inputs": inputs, "parameters": {"binary_data_output": True}}, chunks)
     response = client.post("/v2/models/identity/infer", content=body, headers=headers)
@@ -178,7 +187,10 @@ def test_per_output_binary_flag_mixes_json_and_binary(client):
     body, headers = binary_body(
         {
             "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}],
-            "outputs": [{"name": "relu", "parameters": {"binary_data": True}}, {"name": "neg", "parameters": {"binary_data": False}}],
+            "outputs": [
+                {"name": "relu", "parameters": {"binary_data": True}},
+                {"name": "neg", "parameters": {"binary_data": False}},
+            ],
         },
         [x.tobytes()],
     )
@@ -197,7 +209,9 @@ def test_json_only_response_has_no_header_length(client):
 
 def test_raw_single_input_request(client):
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
-    response = client.post("/v2/models/single/infer", content=x.tobytes(), headers={"Inference-Header-Content-Length": "0"})
+    response = client.post(
+        "/v2/models/single/infer", content=x.tobytes(), headers={"Inference-Header-Content-Length": "0"}
+    )
     assert response.status_code == 200, response.text
     header, tail = split_binary(response)
     (output,) = header["outputs"]
@@ -218,7 +232,10 @@ def _header_only(inputs) -> str:
 @pytest.mark.parametrize(
     "body, fragment",
     [
-        (_header_only([{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]), "unknown input 'nope'"),
+        (
+            _header_only([{"name": "nope", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]),
+            "unknown input 'nope'",
+        ),
         (_header_only([]), "missing input 'x'"),
         (_header_only([{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [0] * 5}]), "shape [1, 5]"),
         (_header_only([{"name": "x", "shape": [4], "datatype": "FP32", "data": [0] * 4}]), "shape [4]"),
@@ -230,7 +247,15 @@ def _header_only(inputs) -> str:
         ('{"inputs": [', "malformed JSON"),
         ("[1, 2]", "invalid inference request"),
         ('{"inputs": [{"name": "x"}]}', "invalid inference request"),
-        (json.dumps({**json.loads(_header_only([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}])), "outputs": [{"name": "zzz"}]}), "unknown output 'zzz'"),
+        (
+            json.dumps(
+                {
+                    **json.loads(_header_only([{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}])),
+                    "outputs": [{"name": "zzz"}],
+                }
+            ),
+            "unknown output 'zzz'",
+        ),
     ],
 )
 def test_client_mistakes_are_400(client, body, fragment):
@@ -274,10 +299,15 @@ def test_json_data_of_the_wrong_kind_is_400(client, datatype, data, fragment):
 def test_json_64_bit_integers_past_int64_are_exact(client):
     """numpy reads [1, 2**63] as floats; UINT64 takes it exactly."""
     data = [1, 2**63, 2**64 - 1]
-    body = {"inputs": [{"name": "in_UINT64", "shape": [1, 3], "datatype": "UINT64", "data": data}], "outputs": [{"name": "out_UINT64"}]}
+    body = {
+        "inputs": [{"name": "in_UINT64", "shape": [1, 3], "datatype": "UINT64", "data": data}],
+        "outputs": [{"name": "out_UINT64"}],
+    }
     for other in DATATYPES:
         if other != "UINT64":
-            body["inputs"].append({"name": f"in_{other}", "shape": [1, 3], "datatype": other, "data": _sample(other, 1).tolist()})
+            body["inputs"].append(
+                {"name": f"in_{other}", "shape": [1, 3], "datatype": other, "data": _sample(other, 1).tolist()}
+            )
     response = client.post("/v2/models/identity/infer", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == data
@@ -310,7 +340,9 @@ def test_json_output_of_special_floats_is_null(client):
 
 
 def test_fixed_batch_dimension_is_enforced(client):
-    _error(client.post("/v2/models/fixed/infer", json=infer_json("x", np.ones((3, 4), np.float32))), 400, "shape [3, 4]")
+    _error(
+        client.post("/v2/models/fixed/infer", json=infer_json("x", np.ones((3, 4), np.float32))), 400, "shape [3, 4]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -319,7 +351,11 @@ def test_fixed_batch_dimension_is_enforced(client):
 )
 def test_bad_header_length_is_400(client, header_length, fragment):
     body = json.dumps(infer_json("x", np.ones((1, 4), np.float32)))
-    _error(client.post("/v2/models/relu/infer", content=body, headers={"Inference-Header-Content-Length": header_length}), 400, fragment)
+    _error(
+        client.post("/v2/models/relu/infer", content=body, headers={"Inference-Header-Content-Length": header_length}),
+        400,
+        fragment,
+    )
 
 
 def test_binary_size_mismatches_are_400(client):
@@ -331,8 +367,16 @@ def test_binary_size_mismatches_are_400(client):
     _error(client.post("/v2/models/relu/infer", content=body, headers=headers), 400, "runs past the end")
     body, headers = binary_body({"inputs": [entry]}, [b"\0" * 20])
     _error(client.post("/v2/models/relu/infer", content=body, headers=headers), 400, "belong to no input")
-    _error(client.post("/v2/models/single/infer", content=b"\0" * 6, headers={"Inference-Header-Content-Length": "0"}), 400, "whole number")
-    _error(client.post("/v2/models/identity/infer", content=b"\0" * 16, headers={"Inference-Header-Content-Length": "0"}), 400, "one input")
+    _error(
+        client.post("/v2/models/single/infer", content=b"\0" * 6, headers={"Inference-Header-Content-Length": "0"}),
+        400,
+        "whole number",
+    )
+    _error(
+        client.post("/v2/models/identity/infer", content=b"\0" * 16, headers={"Inference-Header-Content-Length": "0"}),
+        400,
+        "one input",
+    )
 
 
 def test_unknown_model_version_and_route_are_404(client):
@@ -362,10 +406,20 @@ def test_compressed_bodies(client):
     body = json.dumps(infer_json("x", np.ones((1, 4), np.float32))).encode()
     response = client.post("/v2/models/relu/infer", content=gzip.compress(body), headers={"Content-Encoding": "gzip"})
     assert response.status_code == 200, response.text
-    _error(client.post("/v2/models/relu/infer", content=body, headers={"Content-Encoding": "gzip"}), 400, "not valid gzip")
-    _error(client.post("/v2/models/relu/infer", content=body, headers={"Content-Encoding": "br"}), 400, "unsupported Content-Encoding")
+    _error(
+        client.post("/v2/models/relu/infer", content=body, headers={"Content-Encoding": "gzip"}), 400, "not valid gzip"
+    )
+    _error(
+        client.post("/v2/models/relu/infer", content=body, headers={"Content-Encoding": "br"}),
+        400,
+        "unsupported Content-Encoding",
+    )
     bomb = zlib.compress(b" " * 100_000)  # small on the wire, past the 4096-byte limit inflated
-    _error(client.post("/v2/models/relu/infer", content=bomb, headers={"Content-Encoding": "deflate"}), 413, "inflates past")
+    _error(
+        client.post("/v2/models/relu/infer", content=bomb, headers={"Content-Encoding": "deflate"}),
+        413,
+        "inflates past",
+    )
 
 
 def test_access_log_line_per_request_at_info_only(client, caplog):
@@ -381,7 +435,12 @@ def test_access_log_line_per_request_at_info_only(client, caplog):
 
 @pytest.mark.parametrize(
     "array",
-    [np.zeros((0, 3), np.float16), np.ones((2, 3), bool)[:, ::2], np.array(3.0), np.arange(6, dtype=np.int32).reshape(2, 3).T],
+    [
+        np.zeros((0, 3), np.float16),
+        np.ones((2, 3), bool)[:, ::2],
+        np.array(3.0),
+        np.arange(6, dtype=np.int32).reshape(2, 3).T,
+    ],
 )
 def test_tensor_bytes_are_the_elements_in_c_order(array):
     """One helper gives every front end (HTTP binary, gRPC raw, shared memory) an output's bytes."""

@@ -94,7 +94,12 @@ def test_load_unload_reload_with_config(repo):
     with serve(repo, api_key="s3cret") as client:
         assert client.post("/v2/repository/models/plain/unload", headers=KEY).status_code == 200
         assert client.get("/v2/models/plain/ready").status_code == 503
-        assert _index(client)[("plain", "1")] == {"name": "plain", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}
+        assert _index(client)[("plain", "1")] == {
+            "name": "plain",
+            "version": "1",
+            "state": "UNAVAILABLE",
+            "reason": "unloaded",
+        }
         assert client.post("/v2/repository/models/plain/load", headers=KEY).status_code == 200
         assert client.get("/v2/models/plain/ready").status_code == 200
         # A model added to the directory after start-up, loaded with a config given in the request.
@@ -117,13 +122,17 @@ def test_load_unload_reload_with_config(repo):
         assert _index(client)[("late", "1")]["state"] == "READY"
         assert client.post("/v2/repository/models/late/load", headers=KEY, content=b"[1]").status_code == 400
         no_batch = json.dumps({"dynamic_batching": {}})
-        response = client.post("/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": no_batch}})
+        response = client.post(
+            "/v2/repository/models/late/load", headers=KEY, json={"parameters": {"config": no_batch}}
+        )
         assert response.status_code == 400 and "dynamic_batching needs max_batch_size > 0" in response.json()["error"]
         # A reload that fails keeps the loaded version serving.
         (repo / "plain.onnx").write_bytes(b"corrupted")
         failed = client.post("/v2/repository/models/plain/load", headers=KEY)
         assert failed.status_code == 400 and "keep serving" in failed.json()["error"]
-        assert client.post("/v2/models/plain/infer", json=infer_json("x", np.ones((1, 4), np.float32))).status_code == 200
+        assert (
+            client.post("/v2/models/plain/infer", json=infer_json("x", np.ones((1, 4), np.float32))).status_code == 200
+        )
         assert _index(client)[("plain", "1")]["state"] == "READY"
 
 
@@ -161,8 +170,14 @@ def test_load_and_unload_during_traffic(tmp_path):
                 rng = np.random.default_rng(seed)
                 while not stop.is_set():
                     x = rng.standard_normal((2, 4)).astype(np.float32)
-                    response = await client.post("/v2/models/busy/infer", json=infer_json("x", x, outputs=[{"name": "neg"}]))
-                    got = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(2, 4) if response.status_code == 200 else None
+                    response = await client.post(
+                        "/v2/models/busy/infer", json=infer_json("x", x, outputs=[{"name": "neg"}])
+                    )
+                    got = (
+                        np.array(response.json()["outputs"][0]["data"], np.float32).reshape(2, 4)
+                        if response.status_code == 200
+                        else None
+                    )
                     results.append((response.status_code, got is not None and np.array_equal(got, -x)))
 
             workers = [asyncio.create_task(traffic(seed)) for seed in range(4)]
@@ -181,7 +196,11 @@ def test_load_and_unload_during_traffic(tmp_path):
 def test_load_refuses_model_files_and_a_config_that_is_no_string(repo):
     """Models come from the repository: `file:` parameters are a 400, as over gRPC, not ignored."""
     with serve(repo, api_key="s3cret") as client:
-        sent = client.post("/v2/repository/models/plain/load", json={"parameters": {"file:1/model.onnx": "b25ueA=="}}, headers=KEY)
+        sent = client.post(
+            "/v2/repository/models/plain/load", json={"parameters": {"file:1/model.onnx": "b25ueA=="}}, headers=KEY
+        )
         assert sent.status_code == 400 and "not supported" in sent.json()["error"], sent.text
-        typed = client.post("/v2/repository/models/plain/load", json={"parameters": {"config": {"max_batch_size": 8}}}, headers=KEY)
+        typed = client.post(
+            "/v2/repository/models/plain/load", json={"parameters": {"config": {"max_batch_size": 8}}}, headers=KEY
+        )
         assert typed.status_code == 400 and "must be a string" in typed.json()["error"], typed.text

@@ -62,7 +62,10 @@ def test_tritonclient_infer(server, binary):
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     tensor = triton.InferInput("x", [3, 4], "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary)
-    outputs = [triton.InferRequestedOutput("relu", binary_data=binary), triton.InferRequestedOutput("neg", binary_data=binary)]
+    outputs = [
+        triton.InferRequestedOutput("relu", binary_data=binary),
+        triton.InferRequestedOutput("neg", binary_data=binary),
+    ]
     result = client.infer("relu", [tensor], outputs=outputs, request_id="abc")
     assert result.get_response()["id"] == "abc"
     np.testing.assert_array_equal(result.as_numpy("relu"), np.maximum(x, 0))
@@ -109,14 +112,18 @@ def test_tritonclient_system_shared_memory(server):
         with pytest.raises(InferenceServerException, match="API key"):
             client.register_system_shared_memory("io", key, 2 * x.nbytes)
         client.register_system_shared_memory("io", key, 2 * x.nbytes, headers=auth)
-        assert client.get_system_shared_memory_status(headers=auth) == [{"name": "io", "key": key, "offset": 0, "byte_size": 2 * x.nbytes}]
+        assert client.get_system_shared_memory_status(headers=auth) == [
+            {"name": "io", "key": key, "offset": 0, "byte_size": 2 * x.nbytes}
+        ]
         tensor = triton.InferInput("x", [3, 4], "FP32")
         tensor.set_shared_memory("io", x.nbytes)
         relu = triton.InferRequestedOutput("relu", binary_data=True)
         relu.set_shared_memory("io", x.nbytes, offset=x.nbytes)
         result = client.infer("relu", [tensor], outputs=[relu, triton.InferRequestedOutput("neg")])
         assert "data" not in result.get_output("relu") and result.get_output("relu")["shape"] == [3, 4]
-        np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [3, 4], offset=x.nbytes), np.maximum(x, 0))
+        np.testing.assert_array_equal(
+            shm.get_contents_as_numpy(handle, np.float32, [3, 4], offset=x.nbytes), np.maximum(x, 0)
+        )
         np.testing.assert_array_equal(result.as_numpy("neg"), -x)
         with pytest.raises(InferenceServerException, match="CUDA shared memory is not supported"):
             client.get_cuda_shared_memory_status()
@@ -192,9 +199,9 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
         thread.join(timeout=120)
     assert stop_server(process) == 0
     assert len(finished) == 3 and max(finished.values()) > signalled, "no request was in flight at SIGTERM"
-    assert {i: float(np.asarray(r).reshape(-1)[0]) if isinstance(r, np.ndarray) else repr(r) for i, r in results.items()} == {
-        0: 0.0, 1: 1.0, 2: 2.0
-    }
+    assert {
+        i: float(np.asarray(r).reshape(-1)[0]) if isinstance(r, np.ndarray) else repr(r) for i, r in results.items()
+    } == {0: 0.0, 1: 1.0, 2: 2.0}
     # After the signal the port no longer takes connections.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1).close()

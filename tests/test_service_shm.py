@@ -72,7 +72,11 @@ def _no_leftover_regions(request):
 
 
 def _register(client, name: str, key: str, byte_size: int, offset: int = 0, **kwargs):
-    return client.post(f"/v2/systemsharedmemory/region/{name}/register", json={"key": key, "offset": offset, "byte_size": byte_size}, **kwargs)
+    return client.post(
+        f"/v2/systemsharedmemory/region/{name}/register",
+        json={"key": key, "offset": offset, "byte_size": byte_size},
+        **kwargs,
+    )
 
 
 def _shm_params(region: str, byte_size: int, offset: int = 0) -> dict:
@@ -109,8 +113,12 @@ def test_register_mistakes_are_400(client, regions, tmp_path):
     _error(_register(client, "large", key, 60, offset=8), 400, "runs past the end")
     for bad in ("../etc/passwd", "/a/b", "/..", ""):
         _error(_register(client, "bad", bad, 8), 400, "not a POSIX shm name")
-    _error(client.post("/v2/systemsharedmemory/region/x/register", json={"key": key, "byte_size": -1}), 400, "byte_size")
-    _error(client.post("/v2/systemsharedmemory/region/x/register", json={"key": key, "byte_size": "8"}), 400, "byte_size")
+    _error(
+        client.post("/v2/systemsharedmemory/region/x/register", json={"key": key, "byte_size": -1}), 400, "byte_size"
+    )
+    _error(
+        client.post("/v2/systemsharedmemory/region/x/register", json={"key": key, "byte_size": "8"}), 400, "byte_size"
+    )
     _error(client.post("/v2/systemsharedmemory/region/x/register", content=b"{"), 400, "")
     # A link planted in /dev/shm does not lead the server to other files.
     target = tmp_path / "secret"
@@ -137,7 +145,9 @@ def test_inputs_and_outputs_in_shared_memory(client, regions):
     relu, neg = response.json()["outputs"]
     assert relu == {"name": "relu", "datatype": "FP32", "shape": [2, 4]}  # no data: it is in the region
     assert neg["data"] == (-x).reshape(-1).tolist()
-    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, 4], offset=x.nbytes), np.maximum(x, 0))
+    np.testing.assert_array_equal(
+        shm.get_contents_as_numpy(handle, np.float32, [2, 4], offset=x.nbytes), np.maximum(x, 0)
+    )
 
 
 def test_bytes_in_and_out_of_shared_memory(client, regions):
@@ -226,13 +236,21 @@ def test_api_key_guards_registration_when_set(repo, regions):
         _error(_register(client, "r", key, 8), 401, "API key")
         _error(client.get("/v2/systemsharedmemory/status"), 401, "API key")
         assert _register(client, "r", key, 8, headers={"X-API-Key": "k3y"}).status_code == 200
-        assert client.get("/v2/systemsharedmemory/status", headers={"Authorization": "Bearer k3y"}).json()[0]["name"] == "r"
+        assert (
+            client.get("/v2/systemsharedmemory/status", headers={"Authorization": "Bearer k3y"}).json()[0]["name"]
+            == "r"
+        )
 
 
 def test_cuda_shared_memory_is_not_supported(client):
     extensions = client.get("/v2").json()["extensions"]
     assert "system_shared_memory" in extensions and "cuda_shared_memory" not in extensions
-    for method, path in (("GET", "status"), ("GET", "region/r/status"), ("POST", "region/r/register"), ("POST", "unregister")):
+    for method, path in (
+        ("GET", "status"),
+        ("GET", "region/r/status"),
+        ("POST", "region/r/register"),
+        ("POST", "unregister"),
+    ):
         _error(client.request(method, f"/v2/cudasharedmemory/{path}"), 501, "CUDA shared memory is not supported")
 
 
@@ -269,7 +287,9 @@ def test_tritonclient_grpc_system_shared_memory(repo, regions):
         relu.set_shared_memory("io", x.nbytes, offset=x.nbytes)
         result = client.infer("relu", [tensor], outputs=[relu, grpcclient.InferRequestedOutput("neg")])
         np.testing.assert_array_equal(result.as_numpy("neg"), -x)
-        np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [2, 4], offset=x.nbytes), np.maximum(x, 0))
+        np.testing.assert_array_equal(
+            shm.get_contents_as_numpy(handle, np.float32, [2, 4], offset=x.nbytes), np.maximum(x, 0)
+        )
         # One input from the region, the other in raw_input_contents: the raw entries are the inline inputs'.
         pair = [grpcclient.InferInput("in_FP32", [1, 3], "FP32"), grpcclient.InferInput("in_INT64", [1, 3], "INT64")]
         pair[0].set_shared_memory("io", 12)

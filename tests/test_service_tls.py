@@ -50,12 +50,18 @@ def test_https_with_the_servers_certificate(pki, repo):
 
 
 def test_client_certificates_required_with_a_ca(pki, repo):
-    tls = ["--ssl-certfile", str(pki / "server.pem"), "--ssl-keyfile", str(pki / "server.key"), "--ssl-ca-certs", str(pki / "ca.pem")]
+    tls = [
+        "--ssl-certfile",
+        str(pki / "server.pem"),
+        "--ssl-keyfile",
+        str(pki / "server.key"),
+        "--ssl-ca-certs",
+        str(pki / "ca.pem"),
+    ]
     process, url = start_server(repo, *tls, scheme="https", verify=_context(pki, client_cert=True))
     try:
-        with pytest.raises(httpx.HTTPError):
-            with httpx.Client(verify=_context(pki)) as client:
-                client.get(f"https://{url}/v2/health/ready").raise_for_status()
+        with pytest.raises(httpx.HTTPError), httpx.Client(verify=_context(pki)) as client:
+            client.get(f"https://{url}/v2/health/ready").raise_for_status()
         with httpx.Client(verify=_context(pki, client_cert=True)) as client:
             assert client.get(f"https://{url}/v2/health/ready").status_code == 200
     finally:
@@ -71,10 +77,18 @@ def test_grpc_over_tls_and_the_key_scope(pki, repo):
 
     grpc_port = free_port()
     tls = ["--ssl-certfile", str(pki / "server.pem"), "--ssl-keyfile", str(pki / "server.key")]
-    process, _ = start_server(repo, *tls, grpc_port=grpc_port, env={"SE_ONNX_API_KEY": "k", "SE_ONNX_API_KEY_SCOPE": "all"},
-                              scheme="https", verify=_context(pki))  # fmt: skip
+    process, _ = start_server(
+        repo,
+        *tls,
+        grpc_port=grpc_port,
+        env={"SE_ONNX_API_KEY": "k", "SE_ONNX_API_KEY_SCOPE": "all"},
+        scheme="https",
+        verify=_context(pki),
+    )
     try:
-        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=str(pki / "ca.pem"))
+        client = triton_grpc.InferenceServerClient(
+            f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=str(pki / "ca.pem")
+        )
         assert client.is_server_ready()  # health needs no key
         x = triton_grpc.InferInput("x", [1, 4], "FP32")
         x.set_data_from_numpy(np.ones((1, 4), np.float32))

@@ -35,8 +35,12 @@ def test_strip_equals_the_model_built_without_se(variant: Variant, tmp_path):
     without_se = se_model(dataclasses.replace(variant, blocks=0))
 
     assert len(report.blocks) == variant.blocks and find_se(model) == []
-    assert [n.op_type for n in stripped.graph.node if n.op_type != "Identity"] == [n.op_type for n in without_se.graph.node]
-    assert {t.name for t in stripped.graph.initializer} == {t.name for t in original.graph.initializer if not t.name.startswith("se")}
+    assert [n.op_type for n in stripped.graph.node if n.op_type != "Identity"] == [
+        n.op_type for n in without_se.graph.node
+    ]
+    assert {t.name for t in stripped.graph.initializer} == {
+        t.name for t in original.graph.initializer if not t.name.startswith("se")
+    }
     assert report.nodes_removed == len(original.graph.node) - len(stripped.graph.node)
     assert [v.name for v in stripped.graph.output] == ["y"] and [v.name for v in stripped.graph.input] == ["x"]
     feeds = feeds_for(original)
@@ -52,7 +56,9 @@ def test_strip_leaves_a_model_without_se_blocks_and_says_why():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "se_onnx", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "se_onnx", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_strip_prints_what_it_removed(tmp_path):

@@ -105,8 +105,25 @@ def test_cli_writes_the_model_back_keeping_everything_but_the_se_weights(tmp_pat
     x = _data((3, 32, 32), 10, samples=48)
     np.savez(tmp_path / "train.npz", x=x.x, y=x.y)
     output, plot = tmp_path / "out" / "trained.onnx", tmp_path / "history.png"
-    code = main(["train", str(source), "-o", str(output), "--data", str(tmp_path / "train.npz"), "--val",
-                 str(tmp_path / "train.npz"), "--epochs", "1", "--lr", "0.05", "--no-progress", "--plot", str(plot)])
+    code = main(
+        [
+            "train",
+            str(source),
+            "-o",
+            str(output),
+            "--data",
+            str(tmp_path / "train.npz"),
+            "--val",
+            str(tmp_path / "train.npz"),
+            "--epochs",
+            "1",
+            "--lr",
+            "0.05",
+            "--no-progress",
+            "--plot",
+            str(plot),
+        ]
+    )
     assert code == 0 and plot.stat().st_size > 1000
     onnx.checker.check_model(str(output), full_check=True)
     assert (output.parent / "trained.onnx.data").is_file()  # external data stays external
@@ -121,31 +138,53 @@ def test_cli_writes_the_model_back_keeping_everything_but_the_se_weights(tmp_pat
     ort_outputs(str(output), feeds_for(original))
 
 
+def _interrupting_step(original_step, interrupt_at: int):
+    """`original_step`, except that its `interrupt_at`-th call raises KeyboardInterrupt (Ctrl-C)."""
+    calls = 0
+
+    def step(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == interrupt_at:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    return step
+
+
 def test_ctrl_c_keeps_the_last_completed_epoch_and_nothing_partial(tmp_path, monkeypatch):
     model_path = tmp_path / "model.onnx"
     save_model(_with_se(build_samples.tiny_conv(opset=13)), model_path)
     data = _data((1, 8, 8), 4)
     np.savez(tmp_path / "d.npz", x=data.x, y=data.y)
     steps_per_epoch = 4  # 64 samples, batches of 16
+    # Taken once: each round wraps Adam's own step, not the previous round's wrapper.
+    original_step = torch.optim.Adam.step
     for interrupt_at, kept in ((steps_per_epoch + 2, True), (2, False)):
-        calls = {"n": 0}
-        original_step = torch.optim.Adam.step
-
-        def step(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == interrupt_at:
-                raise KeyboardInterrupt
-            return original_step(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.optim.Adam, "step", step)
+        monkeypatch.setattr(torch.optim.Adam, "step", _interrupting_step(original_step, interrupt_at))
         output = tmp_path / f"out_{interrupt_at}" / "trained.onnx"
-        args = ["train", str(model_path), "-o", str(output), "--data", str(tmp_path / "d.npz"), "--epochs", "3",
-                "--batch-size", "16", "--no-progress"]
+        args = [
+            "train",
+            str(model_path),
+            "-o",
+            str(output),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--no-progress",
+        ]
         assert main(args) == 130
         assert output.is_file() == kept
         if kept:
             onnx.checker.check_model(str(output), full_check=True)
-        leftovers = [name for name in os.listdir(output.parent) if name.startswith(".se-onnx-")] if output.parent.exists() else []
+        leftovers = (
+            [name for name in os.listdir(output.parent) if name.startswith(".se-onnx-")]
+            if output.parent.exists()
+            else []
+        )
         assert not leftovers
 
 
@@ -178,7 +217,11 @@ def _unsupported_op_model() -> onnx.ModelProto:
         (_feature_map_model, ((1, 8, 8), 4), "not class scores"),
         (lambda: ir.to_proto(_with_se(_unsupported_op_model())), ((1, 8, 8), 4), "Erf \\(e.g. node 'my_erf'\\)"),
         (lambda: build_samples.tiny_conv(opset=13), ((1, 8, 8), 4), "no SE block"),
-        (lambda: ir.to_proto(_with_se(build_samples.tiny_conv(opset=13))), ((1, 6, 6), 4), "x is \\[64, 1, 6, 6\\], the model takes \\[N, 1, 8, 8\\]"),
+        (
+            lambda: ir.to_proto(_with_se(build_samples.tiny_conv(opset=13))),
+            ((1, 6, 6), 4),
+            "x is \\[64, 1, 6, 6\\], the model takes \\[N, 1, 8, 8\\]",
+        ),
         (lambda: ir.to_proto(_with_se(build_samples.tiny_conv(opset=13))), ((1, 8, 8), 7), "labels run from 0 to 6"),
     ],
 )
@@ -204,10 +247,12 @@ def _as_classifier(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The feature-map model with GlobalAveragePool → Flatten after it, so it outputs class scores."""
     graph = proto.graph
     channels = graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    graph.node.extend([
-        helper.make_node("GlobalAveragePool", [graph.output[0].name], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["scores"]),
-    ])
+    graph.node.extend(
+        [
+            helper.make_node("GlobalAveragePool", [graph.output[0].name], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["scores"]),
+        ]
+    )
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", channels]))
     onnx.checker.check_model(proto, full_check=True)
@@ -227,7 +272,24 @@ def test_constant_node_weights_train_and_are_written_back_into_their_nodes(tmp_p
     onnx.save(proto, path)
     sample = _data((3, *exporter_styles.SPATIAL), exporter_styles.CHANNELS, samples=32)
     np.savez(tmp_path / "d.npz", x=sample.x, y=sample.y)
-    assert main(["train", str(path), "-o", str(output), "--data", str(tmp_path / "d.npz"), "--epochs", "2", "--lr", "0.05", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "-o",
+                str(output),
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--epochs",
+                "2",
+                "--lr",
+                "0.05",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     trained = onnx.load(output)
     onnx.checker.check_model(trained, full_check=True)
     before, after = _constant_nodes(proto), _constant_nodes(trained)

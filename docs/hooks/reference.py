@@ -146,7 +146,15 @@ def _type_name(annotation: object) -> str:
     return name or re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(annotation)).replace("NoneType", "None")
 
 
-_BOUNDS = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤", "min_length": "length ≥", "max_length": "length ≤", "pattern": "matches"}
+_BOUNDS = {
+    "gt": ">",
+    "ge": "≥",
+    "lt": "<",
+    "le": "≤",
+    "min_length": "length ≥",
+    "max_length": "length ≤",
+    "pattern": "matches",
+}
 
 
 def _constraints(metadata: list) -> list[str]:

@@ -20,6 +20,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+from typing import TYPE_CHECKING
 
 # sympy itself, and the onnx-ir module that reads sympy's functions when it is imported.
 _DEFERRED = ("sympy", "onnx_ir._symbolic_shapes")
@@ -31,12 +32,17 @@ class _DeferredModule(types.ModuleType):
     which is set here, so `import x` finds this one without loading it (unlike
     importlib.util.LazyLoader's modules, which load on any attribute, `__spec__` included)."""
 
+    if TYPE_CHECKING:  # set by __init__; declared for the checker only, so the class gains no __annotations__
+        __spec__: importlib.machinery.ModuleSpec
+
     def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
         super().__init__(spec.name)
         self.__spec__ = spec
 
     def __getattr__(self, name: str) -> object:
         spec = self.__spec__
+        if spec.loader is None:  # defer_unused_imports defers only modules that have one
+            raise ImportError(f"no loader for {spec.name}", name=spec.name)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         try:

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     arrays = export_se_weights(load_model(args.model))
     output = Path(args.output)
     with atomic_output(output) as staging, open(staging, "wb") as file:
-        np.savez(file, **arrays)
+        # allow_pickle given (its default), so that no array's name can be taken for it.
+        np.savez(file, allow_pickle=True, **arrays)
     blocks = sorted({key.rsplit(".", 2)[0] for key in arrays})
     print_table(("block", "C", "squeeze"), [(b, *arrays[f"{b}.fc1.weight"].shape[::-1]) for b in blocks])
     print(f"\nweights of {count(len(blocks), 'SE block')} written to {output}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from se_onnx.cli._common import (
     add_rewrite_arguments,
@@ -14,8 +15,11 @@ from se_onnx.cli._common import (
     refuse_nothing_to_do,
 )
 from se_onnx.ir.model_io import load_model, save_model
-from se_onnx.passes.fuse import FORMS, fuse_se
+from se_onnx.passes.fuse import FORMS, FuseReport, fuse_se
 from se_onnx.runtime.sessions import PROVIDERS
+
+if TYPE_CHECKING:
+    from se_onnx.runtime.fastest import FastestReport  # imports ONNX Runtime
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "unless another form is clearly faster). Outputs are unchanged up to float rounding.",
     )
     add_rewrite_arguments(parser, "where to write the fused model")
-    parser.add_argument("--form", choices=(*FORMS, "fastest"), default="canonical", help="the form to write (default canonical)")
+    parser.add_argument(
+        "--form", choices=(*FORMS, "fastest"), default="canonical", help="the form to write (default canonical)"
+    )
     timing = parser.add_argument_group("--form fastest: how candidate forms are timed")
     timing.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu)")
     timing.add_argument("--runs", type=int, default=50, help="timed runs of each form, interleaved (default 50)")
@@ -43,12 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, args.in_place)
     model = load_model(args.model)
+    timed: FastestReport | None = None
+    report: FuseReport
     if args.form == "fastest":
         from se_onnx.runtime.fastest import (
             fuse_fastest,  # imports ONNX Runtime: only when timing
         )
 
-        model, report = fuse_fastest(model, provider=args.provider, runs=args.runs, warmup=args.warmup, batch=args.batch)
+        model, timed = fuse_fastest(model, provider=args.provider, runs=args.runs, warmup=args.warmup, batch=args.batch)
+        report = timed
     else:
         model, report = fuse_se(model, args.form)
     refuse_nothing_to_do(report)
@@ -57,10 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return 0
     print_blocks(report.blocks)
-    if args.form == "fastest":
+    if timed is not None:
         print()
-        rows = [(t.form, f"{t.median_ms:.3f}", f"{t.ratio:.3f}") for t in report.timings]
-        print_table(("form", f"ms ({report.provider})", "× original"), rows)
+        rows = [(t.form, f"{t.median_ms:.3f}", f"{t.ratio:.3f}") for t in timed.timings]
+        print_table(("form", f"ms ({timed.provider})", "× original"), rows)
     print(f"\n{count(len(report.blocks), 'SE block')}, {report.written} form written to {args.output}")
     return 0
-

@@ -7,7 +7,7 @@ import asyncio
 import signal
 import socket
 import ssl
-from typing import Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
@@ -40,13 +40,16 @@ def option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _argument(name: str, field: FieldInfo) -> dict:
+def _argument(name: str, field: FieldInfo) -> dict[str, Any]:
     """add_argument's keywords for a settings field. Only options given reach the namespace
     (default SUPPRESS): the settings read the environment and hold the defaults. Values stay
     strings, and choices are shown but left to the settings to check, so a bad value gets the
     same one-line message from an option as from its variable or from the Python API."""
     default = "" if field.default is None else f" (default {field.default})"
-    keywords = {"default": argparse.SUPPRESS, "help": f"{field.description}{default} [env {env_name(name)}]"}
+    keywords: dict[str, Any] = {
+        "default": argparse.SUPPRESS,
+        "help": f"{field.description}{default} [env {env_name(name)}]",
+    }
     if field.annotation is bool:
         keywords["action"] = argparse.BooleanOptionalAction
     elif get_origin(field.annotation) is Literal:
@@ -83,7 +86,9 @@ def _check_free(host: str, port: int, what: str) -> None:
     """A one-line start-up error for a port another process holds, before the server starts:
     found later, inside the server's start-up, it would come out as a traceback."""
     try:
-        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: a port in TIME_WAIT is free
             probe.bind(address)
@@ -124,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             log_config=log_config,
             log_level=settings.log_level,
             access_log=False,  # the app writes its own JSON access log
-            timeout_graceful_shutdown=settings.request_timeout or None,
+            # uvicorn annotates whole seconds but hands the value to asyncio.timeout, which takes a float.
+            timeout_graceful_shutdown=settings.request_timeout or None,  # type: ignore[arg-type]
             ssl_certfile=settings.ssl_certfile,
             ssl_keyfile=settings.ssl_keyfile,
             ssl_ca_certs=settings.ssl_ca_certs,

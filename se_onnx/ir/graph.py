@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import TypeGuard
+from typing import TypeGuard, overload
 
 import numpy as np
 import onnx_ir as ir
@@ -25,8 +25,22 @@ MAIN_GRAPH = "main"
 # Elementwise activations that a conv layer's output may pass through before an SE block.
 ACTIVATIONS = frozenset(
     {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Clip", "HardSwish", "HardSigmoid",
-        "Sigmoid", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu",
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Clip",
+        "HardSwish",
+        "HardSigmoid",
+        "Sigmoid",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "Gelu",
+        "Mish",
+        "ThresholdedRelu",
     }
 )
 # How many nodes (a Transpose, BatchNorm or its Mul and Add, Q/DQ pairs) a conv layer spans at most.
@@ -99,6 +113,14 @@ def is_conv(node: ir.Node | None) -> TypeGuard[ir.Node]:
 def node_label(node: ir.Node) -> str:
     """How messages and reports name a node: its name, else its first output's."""
     return node.name or (node.outputs[0].name if node.outputs else "") or node.op_type
+
+
+def required_input(node: ir.Node, index: int = 0) -> ir.Value:
+    """Input `index` of `node`, one its operator requires (onnx-ir gives a missing input as None)."""
+    value = node.inputs[index] if index < len(node.inputs) else None
+    if value is None:
+        raise SeOnnxError(f"{node.op_type} {node_label(node)!r} lacks its required input {index}: not a valid model")
+    return value
 
 
 def producer(value: ir.Value | None, *op_types: str) -> ir.Node | None:
@@ -176,7 +198,10 @@ def follow_layer(conv: ir.Node, *, activation: bool) -> LayerPath:
         if consumer is None or consumer.inputs[0] is None:
             break
         op = consumer.op_type
-        if is_quantize_op(consumer, "QuantizeLinear") and (dequantize := sole_consumer(consumer.outputs[0])) is not None:
+        if (
+            is_quantize_op(consumer, "QuantizeLinear")
+            and (dequantize := sole_consumer(consumer.outputs[0])) is not None
+        ):
             if not is_quantize_op(dequantize, "DequantizeLinear"):
                 break
             value, quantized = dequantize.outputs[0], (consumer, dequantize)
@@ -186,9 +211,9 @@ def follow_layer(conv: ir.Node, *, activation: bool) -> LayerPath:
             activation = False
         elif op == "Transpose" and not channels_last and _to_channels_last(consumer, spatial_rank):
             channels_last = True
-        elif op == "BatchNormalization" and not channels_last and consumer.inputs[0] is value:
-            pass
-        elif op in ("Mul", "Add") and _per_channel_operand(consumer, value, weight_shape, channels_last):
+        elif (op == "BatchNormalization" and not channels_last and consumer.inputs[0] is value) or (
+            op in ("Mul", "Add") and _per_channel_operand(consumer, value, weight_shape, channels_last)
+        ):
             pass
         else:
             break
@@ -289,6 +314,10 @@ def silu_output(value: ir.Value) -> ir.Value | None:
 # --- Attributes ---------------------------------------------------------------------------------
 
 
+@overload
+def float_attribute(node: ir.Node, name: str, default: float) -> float: ...
+@overload
+def float_attribute(node: ir.Node, name: str, default: None) -> float | None: ...
 def float_attribute(node: ir.Node, name: str, default: float | None) -> float | None:
     """The attribute's value; a default as the float32 an explicit attribute would hold, so that
     HardSigmoid() and HardSigmoid(alpha=0.2) read the same."""

@@ -42,10 +42,10 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if model.ir_version < 3 or (len(model.graph) == 0 and not model.graph.outputs):
         raise SeOnnxError(f"{path}: not a valid ONNX model (no graph; is the file truncated?)")
     folder = path.resolve().parent
-    for value in model.graph.initializers.values():
+    for name, value in model.graph.initializers.items():
         tensor = value.const_value
         if isinstance(tensor, ir.ExternalTensor):
-            _check_external_data(path, folder, value.name, tensor)
+            _check_external_data(path, folder, name, tensor)
     return model
 
 
@@ -88,10 +88,7 @@ def _read_model(path: Path) -> ir.Model:
 
 def uses_external_data(model: ir.Model) -> bool:
     """Whether any of the model's initializers are stored in an external data file."""
-    return any(
-        isinstance(value.const_value, ir.ExternalTensor)
-        for value in model.graph.initializers.values()
-    )
+    return any(isinstance(value.const_value, ir.ExternalTensor) for value in model.graph.initializers.values())
 
 
 def save_model(
@@ -161,12 +158,18 @@ def _encode(model: ir.Model) -> list[bytes | memoryview]:
     tests/test_save_encoding.py compares these bytes, field by field, with protobuf's own.
     """
     diverted: dict[str, ir.TensorProtocol] = {}
-    for value in model.graph.initializers.values():
+    for name, value in model.graph.initializers.items():
         tensor = value.const_value
-        if tensor is not None and tensor.nbytes >= _APPEND_MIN_BYTES and _plain_raw(tensor):
-            diverted[value.name] = tensor
+        # The stand-in takes (and freezes) an ir.Shape, which every onnx-ir tensor has.
+        if (
+            tensor is not None
+            and tensor.nbytes >= _APPEND_MIN_BYTES
+            and isinstance(tensor.shape, ir.Shape)
+            and _plain_raw(tensor)
+        ):
+            diverted[name] = tensor
             value.const_value = ir.ExternalTensor(
-                "", None, None, dtype=tensor.dtype, shape=tensor.shape, name=value.name, doc_string=tensor.doc_string
+                "", None, None, dtype=tensor.dtype, shape=tensor.shape, name=name, doc_string=tensor.doc_string
             )
     try:
         with collector_paused():
@@ -266,11 +269,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _weights_bytes(model: ir.Model) -> int:
-    return sum(
-        value.const_value.nbytes
-        for value in model.graph.initializers.values()
-        if value.const_value is not None
-    )
+    return sum(value.const_value.nbytes for value in model.graph.initializers.values() if value.const_value is not None)
 
 
 def _one_line(error: BaseException) -> str:

@@ -140,13 +140,11 @@ class SEWeights:
         shaped = {}
         for key, shape in expected.items():
             array = np.asarray(arrays[key])
-            trailing_ones = array.ndim > len(shape) and all(d == 1 for d in array.shape[len(shape):])
+            trailing_ones = array.ndim > len(shape) and all(d == 1 for d in array.shape[len(shape) :])
             if trailing_ones:
                 array = array.reshape(array.shape[: len(shape)])
             if array.shape != shape:
-                raise SeOnnxError(
-                    f"{where}: {key} has shape {tuple(np.shape(arrays[key]))}, expected {shape}"
-                )
+                raise SeOnnxError(f"{where}: {key} has shape {tuple(np.shape(arrays[key]))}, expected {shape}")
             shaped[key] = array
         gain = np.asarray(arrays.get(cls.GAIN_KEY, 1.0))
         if gain.size != 1:
@@ -173,7 +171,14 @@ class SEWeights:
 
     @classmethod
     def _constant_gate(
-        cls, channels: int, squeeze_channels: int, rng: np.random.Generator, bias: float, gain: float, *, hidden_bias: float = 0.0
+        cls,
+        channels: int,
+        squeeze_channels: int,
+        rng: np.random.Generator,
+        bias: float,
+        gain: float,
+        *,
+        hidden_bias: float = 0.0,
     ) -> SEWeights:
         fc1 = _pytorch_linear_init(squeeze_channels, channels, rng)
         return cls(

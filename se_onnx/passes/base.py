@@ -8,8 +8,9 @@ that onnx-ir's `PassManager` can run it to convergence; the CLI turns that into 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import onnx_ir as ir
 
@@ -54,7 +55,8 @@ class SEPass(ir.passes.InPlacePass, Generic[ReportT]):
 
     def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> SEResult[ReportT]:
         try:
-            return super().__call__(model_or_result)
+            # PassBase returns what call() returned: an SEResult, as declared below.
+            return cast("SEResult[ReportT]", super().__call__(model_or_result))
         except ir.passes.PreconditionError as error:
             # PassBase wraps whatever requires() raises in a PreconditionError; an SeOnnxError
             # (a user's mistake) must stay one, or the CLI would print a traceback.
@@ -63,8 +65,12 @@ class SEPass(ir.passes.InPlacePass, Generic[ReportT]):
                 raise Refused(str(cause)) from cause
             raise
 
+    @abc.abstractmethod
+    def call(self, model: ir.Model) -> SEResult[ReportT]: ...
+
     def on_copy(self, model: ir.Model) -> tuple[ir.Model, ReportT]:
         """A copy of `model` rewritten by this pass, and the report; `model` is not modified
         (onnx-ir's `functionalize`)."""
-        result = ir.passes.functionalize(self)(model)
+        # functionalize runs this pass on a clone, so its result is this pass's SEResult.
+        result = cast("SEResult[ReportT]", ir.passes.functionalize(self)(model))
         return result.model, result.report

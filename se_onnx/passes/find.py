@@ -33,6 +33,7 @@ from se_onnx.ir.graph import (
     int_attribute,
     ints_attribute,
     node_label,
+    required_input,
 )
 from se_onnx.ir.qdq import clips_at_zero, qdq_pairs_between, through_qdq
 from se_onnx.ir.se_block import Activation, Gate, LayerWeights, SEWeights
@@ -255,12 +256,9 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
         # x·gate(x) is an activation (SiLU, HardSwish) on the feature map, not an SE block.
         raise _Mismatch(Stage.GATE, "the gate's input is the rescaled tensor itself (an activation)")
     last = _match_layer(excitation)
-    activation, activation_nodes, hidden = _match_activation(last.nodes[0].inputs[0])
-    if activation is None:
-        layers = (last,)
-    else:
-        layers = (_match_layer(hidden, stage=Stage.ACTIVATION), last)
-    squeeze = _match_squeeze(layers[0].nodes[0].inputs[0], x)
+    activation, activation_nodes, hidden = _match_activation(required_input(last.nodes[0]))
+    layers = (last,) if activation is None else (_match_layer(hidden, stage=Stage.ACTIVATION), last)
+    squeeze = _match_squeeze(required_input(layers[0].nodes[0]), x)
     _check_widths(layers, x, squeeze.channels_last)
     spatial_rank = _spatial_rank(x, squeeze, layers, broadcast_nodes)
     if squeeze.channels_last:
@@ -311,7 +309,7 @@ def _strip_gate_broadcast(value: ir.Value) -> tuple[tuple[ir.Node, ...], ir.Valu
     producer = _producer(value)
     while producer is not None and producer.op_type in _GATE_BROADCAST_OPS and producer.domain == "":
         nodes.insert(0, producer)
-        value = producer.inputs[0]
+        value = required_input(producer)
         producer = _producer(value)
     return tuple(nodes), value
 
@@ -328,8 +326,9 @@ def _match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
     """
     node = _producer(value)
     if node is not None and node.op_type == "Mul" and node.domain == "":
-        gated, gain = _split_constant_operand(node)
-        if gain is not None and gain.size == 1 and gated is not None and _producer(gated) is not None:
+        split = _split_constant_operand(node)
+        if split is not None and split[1].size == 1 and _producer(split[0]) is not None:
+            gated, gain = split
             try:
                 gate, nodes, excitation = _match_gate(gated)
             except _Mismatch:
@@ -340,20 +339,21 @@ def _match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
     if node is None or node.domain != "":
         raise _Mismatch(Stage.RESCALE, "neither Mul operand comes from a Sigmoid or hard-sigmoid gate")
     if node.op_type == "Sigmoid":
-        return Gate("Sigmoid"), (node,), node.inputs[0]
+        return Gate("Sigmoid"), (node,), required_input(node)
     if node.op_type == "HardSigmoid":
         alpha = float_attribute(node, "alpha", 0.2)
         beta = float_attribute(node, "beta", 0.5)
-        return Gate("HardSigmoid", alpha, beta), (node,), node.inputs[0]
+        return Gate("HardSigmoid", alpha, beta), (node,), required_input(node)
     if node.op_type in ("Div", "Mul"):
         return _match_written_out_hard_sigmoid(node)
     raise _Mismatch(Stage.RESCALE, f"neither Mul operand comes from a gate (found {node.op_type})")
 
 
 def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
-    clip_output, factor = _split_constant_operand(scale)
-    if factor is None or factor.size != 1:
+    split = _split_constant_operand(scale)
+    if split is None or split[1].size != 1:
         raise _Mismatch(Stage.RESCALE, f"{scale.op_type} gate candidate has no scalar constant")
+    clip_output, factor = split
     scale_by = 1.0 / float(factor.item()) if scale.op_type == "Div" else float(factor.item())
     clip = _producer(clip_output)
     if clip is None or clip.op_type != "Clip":
@@ -366,9 +366,10 @@ def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node
     shift = _producer(clip.inputs[0]) if clip.inputs[0] is not None else None
     if shift is None or shift.op_type != "Add":
         raise _Mismatch(Stage.GATE, "hard-sigmoid Clip does not follow an Add of its offset")
-    excitation, offset = _split_constant_operand(shift)
-    if offset is None or offset.size != 1:
+    split = _split_constant_operand(shift)
+    if split is None or split[1].size != 1:
         raise _Mismatch(Stage.GATE, "hard-sigmoid Add has no scalar constant offset")
+    excitation, offset = split
     # Rounded to float32, the precision a HardSigmoid attribute holds, so a fused model reports the same gate.
     alpha, beta = (float(np.float32(v)) for v in (1.0 / high, float(offset.item()) / high))
     gate = Gate("HardSigmoid", alpha=alpha, beta=beta)
@@ -399,8 +400,9 @@ def _match_layer(value: ir.Value, stage: Stage = Stage.EXCITATION) -> Excitation
     bias_add = None
     extra_bias = None
     if node is not None and node.op_type == "Add" and node.domain == "":
-        operand, extra_bias = _split_constant_operand(node)
-        if extra_bias is not None:
+        split = _split_constant_operand(node)
+        if split is not None:
+            operand, extra_bias = split
             bias_add, node = node, _producer(operand)
     if node is None or node.op_type not in _LAYER_OPS or node.domain != "":
         found = "a graph input" if node is None else node.op_type
@@ -500,14 +502,14 @@ def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node
     if node is None or node.domain != "":
         raise _Mismatch(Stage.ACTIVATION, "the excitation layer's input is not computed in the graph")
     if node.op_type in ("Relu", "HardSwish"):
-        return Activation(node.op_type), (node,), node.inputs[0]
+        return Activation(node.op_type), (node,), required_input(node)
     if node.op_type == "LeakyRelu":
-        return Activation("LeakyRelu", alpha=float_attribute(node, "alpha", 0.01)), (node,), node.inputs[0]
+        return Activation("LeakyRelu", alpha=float_attribute(node, "alpha", 0.01)), (node,), required_input(node)
     if node.op_type == "PRelu":
         slope = constant_array(node.inputs[1])
         if slope is None:
             raise _Mismatch(Stage.ACTIVATION, f"PRelu {node.name!r} has a slope that is not constant")
-        return Activation("PRelu", slope=_prelu_slope(slope)), (node,), node.inputs[0]
+        return Activation("PRelu", slope=_prelu_slope(slope)), (node,), required_input(node)
     if node.op_type == "Mul":
         return _match_written_out_silu(node)
     if node.op_type in (*_LAYER_OPS, "Add") and clips_at_zero(value):
@@ -522,7 +524,14 @@ def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ..
     for index in (0, 1):
         hidden, other = mul.inputs[index], mul.inputs[1 - index]
         gate = _producer(other) if other is not None else None
-        if gate is None or gate.domain != "" or through_qdq(gate.inputs[0]) is not through_qdq(hidden):
+        # The op type first: a gate candidate may be a node without inputs (a Constant).
+        if (
+            hidden is None
+            or gate is None
+            or gate.domain != ""
+            or gate.op_type not in ("Sigmoid", "HardSigmoid")
+            or through_qdq(required_input(gate)) is not through_qdq(hidden)
+        ):
             continue
         if gate.op_type == "Sigmoid":
             return Activation("SiLU"), (gate, mul), hidden
@@ -554,11 +563,13 @@ def _match_squeeze(value: ir.Value, x: ir.Value) -> Squeeze:
     node = _producer(value)
     while node is not None and node.op_type in _SQUEEZE_FLATTEN_OPS and node.domain == "":
         nodes.insert(0, node)
-        node = _producer(node.inputs[0])
+        node = _producer(required_input(node))
     if node is None or node.op_type not in ("GlobalAveragePool", "ReduceMean") or node.domain != "":
         found = "a graph input" if node is None else node.op_type
-        raise _Mismatch(Stage.SQUEEZE, f"the first excitation layer does not read a global spatial mean (found {found})")
-    if not _same_rounding(node.inputs[0], x):
+        raise _Mismatch(
+            Stage.SQUEEZE, f"the first excitation layer does not read a global spatial mean (found {found})"
+        )
+    if not _same_rounding(required_input(node), x):
         raise _Mismatch(Stage.SQUEEZE, "the squeezed tensor is not the one the Mul rescales")
     spatial_rank, channels_last = None, False
     if node.op_type == "ReduceMean":
@@ -603,8 +614,10 @@ def _reduce_mean_spatial_axes(node: ir.Node, x: ir.Value) -> tuple[int | None, b
         return None, False
     spatial = sorted(axes)
     first = spatial[0]
-    if first not in (1, 2) or spatial != list(range(first, first + len(spatial))) or (
-        rank is not None and len(spatial) != rank - 2
+    if (
+        first not in (1, 2)
+        or spatial != list(range(first, first + len(spatial)))
+        or (rank is not None and len(spatial) != rank - 2)
     ):
         raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages axes {axes}, not the spatial ones")
     return len(spatial), first == 1
@@ -647,7 +660,9 @@ def _check_channels_last_broadcast(
             axes = None if array is None else [int(a) for a in array.reshape(-1)]
         if axes == unit_axes:
             return
-    raise _Mismatch(Stage.BLOCK, f"the gate is not reshaped to N×{'1×' * spatial_rank}C for the channels-last feature map")
+    raise _Mismatch(
+        Stage.BLOCK, f"the gate is not reshaped to N×{'1×' * spatial_rank}C for the channels-last feature map"
+    )
 
 
 def _spatial_rank(
@@ -694,7 +709,9 @@ def _check_private(nodes: tuple[ir.Node, ...], mul: ir.Node) -> None:
     members = set(nodes)
     for node in nodes:
         if node.graph is not mul.graph:
-            raise _Mismatch(Stage.BLOCK, f"{node.name!r} sits in another graph than the rescale (across an If/Loop boundary)")
+            raise _Mismatch(
+                Stage.BLOCK, f"{node.name!r} sits in another graph than the rescale (across an If/Loop boundary)"
+            )
         if node is mul:
             continue
         for output in node.outputs:
@@ -720,15 +737,19 @@ def _producer(value: ir.Value) -> ir.Node | None:
     return through_qdq(value).producer()
 
 
-def _split_constant_operand(node: ir.Node) -> tuple[ir.Value, np.ndarray | None]:
-    """(variable operand, constant operand) of a binary node, constant on either side."""
-    if len(node.inputs) != 2 or node.inputs[0] is None or node.inputs[1] is None:
-        return node.inputs[0], None
-    for index in (1, 0):
-        array = constant_array(node.inputs[index])
+def _split_constant_operand(node: ir.Node) -> tuple[ir.Value, np.ndarray] | None:
+    """(variable operand, constant operand) of a binary node, constant on either side; None when
+    neither operand is a constant."""
+    if len(node.inputs) != 2:
+        return None
+    first, second = node.inputs
+    if first is None or second is None:
+        return None
+    for operand, constant in ((first, second), (second, first)):
+        array = constant_array(constant)
         if array is not None:
-            return node.inputs[1 - index], array
-    return node.inputs[0], None
+            return operand, array
+    return None
 
 
 def _static_rank(value: ir.Value) -> int | None:

@@ -145,11 +145,13 @@ def _rewrite(model: ir.Model, blocks: list[SEBlock], build: _Builder) -> int:
         built = build(block, x, opset, scope)
         if _same_computation(block, x, built):
             continue
-        _add(block.rescale.graph, built)
+        graph = block.rescale.graph
+        assert graph is not None  # the detector found the block in one of the model's graphs
+        _add(graph, built)
         _keep_output_type(built.output, block.output)
         redirect(block.output, built.output, names)
         replaced[block.output] = built.output
-        block.rescale.graph.remove(block.nodes, safe=True)
+        graph.remove(block.nodes, safe=True)
     if replaced:
         remove_unused(model)  # the old blocks' weights
         model.graph.sort()
@@ -267,9 +269,10 @@ def _to_functions(model: ir.Model, blocks: list[SEBlock]) -> int:
             functions[overload] = _function(body, overload, opset)
         weights = []
         for value, array in zip(body.inputs[1:], body.arguments):
+            assert value.name is not None  # the builder names every body input
             tensor = ir.tensor(array, dtype=block.dtype, name=names(value.name))
             weight = ir.Value(
-                name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(block.dtype), const_value=tensor
+                name=tensor.name, shape=ir.Shape(array.shape), type=ir.TensorType(block.dtype), const_value=tensor
             )
             weights.append(weight)
         node = ir.Node(
@@ -324,8 +327,10 @@ def _call_attributes(block: SEBlock) -> list[ir.Attr]:
         ir.AttrString("activation", block.activation.op_type if block.activation else "none"),
         ir.AttrString("gate", block.gate.op_type),
     ]
-    if block.gate.op_type == "HardSigmoid":
-        attributes += [ir.AttrFloat32(GATE_ALPHA, block.gate.alpha), ir.AttrFloat32(GATE_BETA, block.gate.beta)]
+    gate = block.gate
+    if gate.op_type == "HardSigmoid":
+        assert gate.alpha is not None and gate.beta is not None  # the detector reads both for every HardSigmoid
+        attributes += [ir.AttrFloat32(GATE_ALPHA, gate.alpha), ir.AttrFloat32(GATE_BETA, gate.beta)]
     if block.activation is not None and block.activation.alpha is not None:
         attributes.append(ir.AttrFloat32(ACTIVATION_ALPHA, block.activation.alpha))
     return attributes

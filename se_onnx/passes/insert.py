@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -41,6 +41,7 @@ from se_onnx.ir.graph import (
     is_conv,
     node_label,
     owning_graph,
+    required_input,
     scoped_name,
 )
 from se_onnx.ir.naming import NameScope, names_in_use
@@ -107,7 +108,7 @@ class InsertedBlock:
 
     name: str  # the conv it follows (scoped by its graph when in a subgraph); the key of its weights
     placement: str  # residual or conv
-    after: str  # the feature map it rescales
+    after: str | None  # the feature map it rescales (None only for an unnamed value of an in-memory model)
     channels: int
     squeeze_channels: int
     spatial_rank: int
@@ -249,26 +250,24 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
     candidates: list[ConvInfo] = []
     for node, path in convs:
         info = ConvInfo.of(node, path)
+        reason: str | None
         if id(node) in se_nodes:
             reason = "an excitation layer of an SE block"
         elif info is None:
             reason = "weight shape is not known statically"
         else:
             reason = _exclusion(info, options)
-        if reason:
-            skipped.append(SkippedConv(scoped_name(node_label(node), path), reason))
-        else:
-            candidates.append(info)
+            if not reason:
+                candidates.append(info)
+                continue
+        skipped.append(SkippedConv(scoped_name(node_label(node), path), reason))
 
     placement = options.where
     if placement == "auto":
         # A residual branch that already has its block still makes the model residual.
         has_residual = not options.nodes and any(True for _ in _residual_sites(candidates, convs, existing))
         placement = "residual" if has_residual else "conv"
-    if placement == "residual":
-        found = _residual_sites(candidates, convs, existing)
-    else:
-        found = map(_conv_site, candidates)
+    found = _residual_sites(candidates, convs, existing) if placement == "residual" else map(_conv_site, candidates)
     se_inputs = {id(block_input) for block_input, _ in existing}
     sites = []
     for site in found:
@@ -332,7 +331,9 @@ def insert_se(model: ir.Model, options: InsertOptions = InsertOptions()) -> tupl
         return InsertSE(options).on_copy(model)
 
 
-def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int) -> list[InsertedBlock]:
+def _add_blocks(
+    model: ir.Model, sites: Sequence[InsertionSite], options: InsertOptions, opset: int
+) -> list[InsertedBlock]:
     names = NameScope(names_in_use(model))
     paths: dict[ir.Graph, str] = {model.graph: MAIN_GRAPH}
     weights = _weights_per_site(sites, options)
@@ -380,7 +381,7 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
                 channels=site_weights.channels,
                 squeeze_channels=site_weights.squeeze_channels,
                 spatial_rank=site.conv.spatial_rank,
-                nodes=tuple(node.name for node in nodes),
+                nodes=tuple(node_label(node) for node in nodes),  # named by the builder
                 layout="NHWC" if site.path.channels_last else "NCHW",
                 through=site.path.through,
                 requantized=site.path.quantized is not None,
@@ -406,9 +407,13 @@ def _requantize(
     if gain != 1:
         array = constant_array(scale)
         if array is None:
-            raise SeOnnxError(f"the scale of {node_label(quantize)!r} is not a constant, so the SE block cannot be requantized")
+            raise SeOnnxError(
+                f"the scale of {node_label(quantize)!r} is not a constant, so the SE block cannot be requantized"
+            )
         tensor = ir.Tensor((array * np.asarray(gain, array.dtype)).astype(array.dtype), name=names("requantize_scale"))
-        scale = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        scale = ir.Value(
+            name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+        )
         graph.register_initializer(scale)
     copies = []
     for node, stem in ((quantize, "requantize"), (dequantize, "dequantize")):
@@ -441,7 +446,7 @@ def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.n
         block = site.conv.name
         expected_blocks.add(block)
         prefix = f"{block}."
-        block_arrays = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+        block_arrays = {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
         if not block_arrays:
             raise SeOnnxError(f"weights file has no weights for block {block!r}")
         result.append(
@@ -479,7 +484,9 @@ def _conv_site(info: ConvInfo) -> InsertionSite:
 
 
 def _residual_sites(
-    candidates: Sequence[ConvInfo], convs: Sequence[tuple[ir.Node, str]], existing: Sequence[tuple[ir.Value, ir.Value]]
+    candidates: Sequence[ConvInfo],
+    convs: Sequence[tuple[ir.Node, str]],
+    existing: Sequence[tuple[ir.Value | None, ir.Value]],
 ) -> Iterator[InsertionSite]:
     """One site per residual Add: the branch operand, when it ends in one of the candidate convs.
 
@@ -496,7 +503,7 @@ def _residual_sites(
         if info is not None:
             path = follow_layer(node, activation=False)
             paths[id(path.end)] = (info, path)
-    readers = [path.end.consumers() for _, path in paths.values()]
+    readers: list[Iterable[ir.Node]] = [path.end.consumers() for _, path in paths.values()]
     after_se: dict[int, tuple[ConvInfo, LayerPath]] = {}
     for block_input, block_output in existing:
         if id(block_input) in paths:
@@ -514,7 +521,7 @@ def _residual_sites(
         branch = _residual_branch(add, layer_of)
         if branch is not None and id(branch[1].node) in candidate_ids:
             index, info, path = branch
-            yield InsertionSite(info, "residual", add.inputs[index], ((add, index),), path)
+            yield InsertionSite(info, "residual", required_input(add, index), ((add, index),), path)
 
 
 def _residual_branch(
@@ -526,18 +533,22 @@ def _residual_branch(
     projection conv of it. Either way the shortcut's source is an ancestor of the branch conv's
     input, which rules out Adds of unrelated feature maps (FPN merges, bias Adds).
     """
-    if len(add.inputs) != 2 or any(v is None or is_constant(v) for v in add.inputs):
+    if len(add.inputs) != 2:
         return None
-    shapes = [v.shape for v in add.inputs]
-    if shapes[0] is not None and shapes[1] is not None and len(shapes[0]) != len(shapes[1]):
+    first, second = add.inputs
+    if first is None or second is None or is_constant(first) or is_constant(second):
         return None
-    layers = [layer_of(value) for value in add.inputs]
+    if first.shape is not None and second.shape is not None and len(first.shape) != len(second.shape):
+        return None
+    operands = (first, second)
+    layers = [layer_of(value) for value in operands]
     for branch, shortcut in ((0, 1), (1, 0)):
-        if layers[branch] is None:
+        branch_layer, shortcut_layer = layers[branch], layers[shortcut]
+        if branch_layer is None:
             continue
-        info, path = layers[branch]
-        source = through_qdq(add.inputs[shortcut]) if layers[shortcut] is None else _layer_input(layers[shortcut][0])
-        if _layer_input(info) is not source and _is_ancestor(source, info.node.inputs[0]):
+        info, path = branch_layer
+        source = through_qdq(operands[shortcut]) if shortcut_layer is None else _layer_input(shortcut_layer[0])
+        if _layer_input(info) is not source and _is_ancestor(source, required_input(info.node)):
             return branch, info, path
     return None
 
@@ -553,10 +564,10 @@ def _readers_past_qdq(value: ir.Value) -> Iterator[ir.Node]:
 
 def _layer_input(info: ConvInfo) -> ir.Value:
     """The feature map a conv reads, before the Transpose to channels-first and Q/DQ pairs."""
-    value = through_qdq(info.node.inputs[0])
+    value = through_qdq(required_input(info.node))
     producer = value.producer()
     if producer is not None and producer.op_type == "Transpose":
-        value = through_qdq(producer.inputs[0])
+        value = through_qdq(required_input(producer))
     return value
 
 

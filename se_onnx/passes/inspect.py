@@ -21,7 +21,7 @@ from se_onnx.passes.insert import (
 
 @dataclasses.dataclass(frozen=True)
 class TensorSignature:
-    name: str
+    name: str | None  # None only for an unnamed value of an in-memory model
     dtype: str | None
     shape: list[int | str | None] | None
 
@@ -36,7 +36,7 @@ class TensorSignature:
 
 @dataclasses.dataclass(frozen=True)
 class ConvLayer:
-    name: str
+    name: str | None  # None only for an unnamed value of an in-memory model
     in_channels: int | None
     out_channels: int | None
     kernel: list[int] | None

@@ -85,7 +85,12 @@ class BenchOptions:
             raise SeOnnxError(f"--threads must be 0 or more, not {self.threads}")
 
 
-def benchmark(models: Sequence[str | os.PathLike | bytes], options: BenchOptions = BenchOptions(), *, names: Sequence[str] | None = None) -> BenchReport:
+def benchmark(
+    models: Sequence[str | os.PathLike | bytes],
+    options: BenchOptions = BenchOptions(),
+    *,
+    names: Sequence[str] | None = None,
+) -> BenchReport:
     """Time one or two models (files or serialized bytes); two run interleaved on the same inputs."""
     options.validate()
     if not 1 <= len(models) <= 2:
@@ -100,7 +105,12 @@ def benchmark(models: Sequence[str | os.PathLike | bytes], options: BenchOptions
     feeds, batch = feeds_for(sessions[0], options)
     tasks = [runner_for(session, feeds, name) for session, name in zip(sessions, names)]
     seconds = time_interleaved(
-        tasks, runs=options.runs, warmup=options.warmup, progress=options.progress, label=" vs ".join(names), rotate=True
+        tasks,
+        runs=options.runs,
+        warmup=options.warmup,
+        progress=options.progress,
+        label=" vs ".join(names),
+        rotate=True,
     )
     timings = [
         ModelTiming(name, Latency.of(series), batch / statistics.median(series), series)
@@ -128,8 +138,10 @@ def feeds_for(session, options: BenchOptions) -> tuple[dict[str, np.ndarray], in
     """The seeded feeds and the batch they carry: the first input's first dimension."""
     first = session.get_inputs()[0] if session.get_inputs() else None
     fixed = first.shape[0] if first is not None and first.shape and isinstance(first.shape[0], int) else None
-    if fixed is not None and options.batch is not None and options.batch != fixed:
-        raise SeOnnxError(f"the model's input {first.name!r} has a fixed batch of {fixed}; --batch {options.batch} does not apply")
+    if first is not None and fixed is not None and options.batch is not None and options.batch != fixed:
+        raise SeOnnxError(
+            f"the model's input {first.name!r} has a fixed batch of {fixed}; --batch {options.batch} does not apply"
+        )
     feeds = random_inputs(session, batch=options.batch or 1, seed=options.seed)
     batch = feeds[first.name].shape[0] if first is not None and feeds[first.name].ndim else 1
     return feeds, int(batch)
@@ -143,7 +155,9 @@ def _check_same_inputs(session_a, session_b, names: Sequence[str]) -> None:
         return [(name, dtype, [d if isinstance(d, int) else None for d in shape]) for name, dtype, shape in inputs]
 
     if comparable(inputs_a) != comparable(inputs_b):
-        raise SeOnnxError(f"{names[0]} and {names[1]} take different inputs: {_describe(inputs_a)} vs {_describe(inputs_b)}")
+        raise SeOnnxError(
+            f"{names[0]} and {names[1]} take different inputs: {_describe(inputs_a)} vs {_describe(inputs_b)}"
+        )
 
 
 def _describe(inputs: Sequence[tuple[str, str, list]]) -> str:
@@ -158,4 +172,3 @@ def runner_for(session, feeds: dict[str, np.ndarray], name: str) -> Callable[[],
             raise SeOnnxError(f"{name}: ONNX Runtime could not run it: {' '.join(str(error).split())}") from None
 
     return run
-

@@ -130,15 +130,22 @@ def se_cost(model: str | os.PathLike, options: BenchOptions = BenchOptions()) ->
     label = label_of(model)
     se_nodes = frozenset(name for block in strip_report.blocks for name in block["nodes"])
     return _cost_report(
-        [model_bytes(stripped), model_bytes(with_se)], [f"{label} without SE", label], options, se_nodes, len(strip_report.blocks)
+        [model_bytes(stripped), model_bytes(with_se)],
+        [f"{label} without SE", label],
+        options,
+        se_nodes,
+        len(strip_report.blocks),
     )
 
 
-def _cost_report(sources: Sequence[bytes], names: Sequence[str], options: BenchOptions, se_nodes: frozenset[str], blocks: int) -> BenchReport:
+def _cost_report(
+    sources: Sequence[bytes], names: Sequence[str], options: BenchOptions, se_nodes: frozenset[str], blocks: int
+) -> BenchReport:
     """Time sources[1] against sources[0], then profile both as many runs again, interleaved the
     same way, so that each op's difference is taken run by run like the measured one. The profiled
     sessions are separate from the timed ones because the profiler slows every node."""
     report = benchmark(sources, options, names=names)
+    assert report.ratio is not None  # benchmark() gives one for two models
     samples_stripped, samples_se = (timing.seconds for timing in report.models)
     stripped_runs, se_runs = _profile_interleaved(sources, options, _role_classifier(se_nodes))
     report.se_cost = SeCost(
@@ -146,7 +153,9 @@ def _cost_report(sources: Sequence[bytes], names: Sequence[str], options: BenchO
         ratio=report.ratio,
         ms_per_batch=Difference.of([(b - a) * 1e3 for a, b in zip(samples_stripped, samples_se)]),
         profiled_runs=len(se_runs),
-        profiled_ms_per_batch=Difference.of([sum(b.values()) - sum(a.values()) for a, b in zip(stripped_runs, se_runs)]),
+        profiled_ms_per_batch=Difference.of(
+            [sum(b.values()) - sum(a.values()) for a, b in zip(stripped_runs, se_runs)]
+        ),
         ops=op_differences(stripped_runs, se_runs),
     )
     return report
@@ -165,7 +174,13 @@ def op_differences(
         base = [run.get((role, op_type), 0.0) for run in baseline_runs]
         cand = [run.get((role, op_type), 0.0) for run in candidate_runs]
         ops.append(
-            OpTime(role, op_type, statistics.median(cand), statistics.median(base), Difference.of([c - b for b, c in zip(base, cand)]))
+            OpTime(
+                role,
+                op_type,
+                statistics.median(cand),
+                statistics.median(base),
+                Difference.of([c - b for b, c in zip(base, cand)]),
+            )
         )
     return sorted(ops, key=lambda op: (-op.diff_ms, op.role, op.op_type))
 
@@ -190,7 +205,12 @@ def _profile_interleaved(
     sessions = [session_for(model, "model", options, profile=True, spinning=False) for model in models]
     feeds, _ = feeds_for(sessions[0], options)
     try:
-        time_interleaved([runner_for(session, feeds, "model") for session in sessions], runs=options.runs, warmup=options.warmup, rotate=True)
+        time_interleaved(
+            [runner_for(session, feeds, "model") for session in sessions],
+            runs=options.runs,
+            warmup=options.warmup,
+            rotate=True,
+        )
     finally:
         # ONNX Runtime writes a trace when profiling ends; it goes even when a run failed.
         traces = [Path(session.end_profiling()) for session in sessions]
@@ -222,4 +242,3 @@ def _times_per_run(
     for run_times, (_, duration) in zip(times, runs):
         run_times[(BETWEEN_ROLE, "")] = duration / 1e3 - sum(run_times.values())
     return times[skip_runs:]
-

@@ -81,4 +81,3 @@ def median_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
     lowest = max(int(np.floor((array.size - z * np.sqrt(array.size)) / 2)), 0)
     return float(array[lowest]), float(array[array.size - 1 - lowest])
-

@@ -64,4 +64,3 @@ def _progress_bar(total: int, label: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=label, unit="run", file=sys.stderr, leave=False)
-

@@ -1,1 +1,2 @@
-"""The gRPC front end: Triton's GRPCInferenceService on grpc.aio. Decodes and encodes only; the data plane does the rest."""
+"""The gRPC front end: Triton's GRPCInferenceService on grpc.aio. Decodes and encodes only; the data plane
+does the rest."""

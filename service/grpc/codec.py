@@ -39,10 +39,16 @@ _CONTENTS = {
 
 def parameters(entries) -> Parameters:
     """A protobuf map of InferParameter (or ModelRepositoryParameter) as plain Python values."""
-    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in entries.items() if value.WhichOneof("parameter_choice")}
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice"))
+        for key, value in entries.items()
+        if value.WhichOneof("parameter_choice")
+    }
 
 
-def decode_request(request: pb.ModelInferRequest, shared_memory: SharedMemoryRegistry, model: ServedModel) -> InferenceRequest:
+def decode_request(
+    request: pb.ModelInferRequest, shared_memory: SharedMemoryRegistry, model: ServedModel
+) -> InferenceRequest:
     """The request's inputs as arrays, checked against `model` (400 on any mistake). Raw
     contents become arrays over the message's bytes without a per-element step; inputs whose
     parameters name a shared memory region are read from `shared_memory` and take no raw entry."""
@@ -50,7 +56,9 @@ def decode_request(request: pb.ModelInferRequest, shared_memory: SharedMemoryReg
     raw = request.raw_input_contents
     inline = sum(where is None for where in regions)
     if raw and len(raw) != inline:
-        raise bad_request(f"{len(raw)} raw_input_contents for {inline} inputs not in shared memory; give one per input or none")
+        raise bad_request(
+            f"{len(raw)} raw_input_contents for {inline} inputs not in shared memory; give one per input or none"
+        )
     arrays: dict[str, np.ndarray] = {}
     next_raw = iter(raw)
     for tensor, where in zip(request.inputs, regions):

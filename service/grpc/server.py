@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import json_format
@@ -67,7 +68,13 @@ def _not_offered(message: str):
 # The RPCs that take the data plane's key checks, as their HTTP routes do; the others (liveness,
 # readiness, gRPC health, reflection, the RPCs not offered) take no key.
 _SCOPED = (
-    "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer", "ModelStreamInfer"
+    "ServerMetadata",
+    "ModelReady",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+    "ModelInfer",
+    "ModelStreamInfer",
 )
 _REPOSITORY = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
 _SHARED_MEMORY = ("SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister")
@@ -156,7 +163,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         decode = functools.partial(decode_request, request, self._plane.shared_memory)
         return await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
 
-    async def ModelStreamInfer(self, request_iterator, context):
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> None:
         """Requests are answered as they finish, each reply carrying its request's id; a failed
         request is its reply's error_message and the stream goes on. When the server stops,
         no further request is read and those already read are answered."""
@@ -189,7 +198,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _answer(self, request: pb.ModelInferRequest, context, writing: asyncio.Lock) -> None:
         try:
             decode = functools.partial(decode_request, request, self._plane.shared_memory)
-            response = await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
+            response = await self._plane.infer(
+                request.model_name, request.model_version or None, decode, encode_response
+            )
             reply = pb.ModelStreamInferResponse(infer_response=response)
         except Exception as error:
             if isinstance(error, ServiceError):
@@ -197,13 +208,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else:
                 log.exception("unhandled error", extra={"method": "ModelStreamInfer"})
                 message = f"internal server error: {type(error).__name__}: {error}"
-            echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+            echo = pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
             reply = pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
         try:
             async with writing:  # one message at a time on the stream
                 await context.write(reply)
         except Exception as error:  # the stream ended under us: nobody is left to tell
-            log.info("stream reply not delivered", extra={"id": request.id, "error": f"{type(error).__name__}: {error}"})
+            log.info(
+                "stream reply not delivered", extra={"id": request.id, "error": f"{type(error).__name__}: {error}"}
+            )
 
     @_unary
     async def RepositoryIndex(self, request, context):
@@ -252,7 +267,9 @@ def _tls_credentials(config: ServerSettings) -> grpc.ServerCredentials | None:
     chain = config.ssl_certfile.read_bytes()
     key = config.ssl_keyfile.read_bytes() if config.ssl_keyfile else chain  # a PEM may hold both
     authority = config.ssl_ca_certs.read_bytes() if config.ssl_ca_certs else None
-    return grpc.ssl_server_credentials([(key, chain)], root_certificates=authority, require_client_auth=authority is not None)
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=authority, require_client_auth=authority is not None
+    )
 
 
 class GrpcServer:
@@ -262,7 +279,6 @@ class GrpcServer:
     def __init__(self, plane: DataPlane, config: ServerSettings):
         self._plane = plane
         self._config = config
-        self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._watching: asyncio.Task | None = None
 
@@ -296,11 +312,10 @@ class GrpcServer:
         except RuntimeError as error:
             raise SeOnnxError(f"cannot listen for gRPC on {self.address}: {error}") from None
         await server.start()
-        self._server = server
-        self._watching = asyncio.get_running_loop().create_task(self._follow_plane())
+        self._watching = asyncio.get_running_loop().create_task(self._follow_plane(server))
         log.info("grpc listening", extra={"address": self.address})
 
-    async def _follow_plane(self) -> None:
+    async def _follow_plane(self, server: grpc.aio.Server) -> None:
         # A SIGTERM during start-up loading drains at once rather than after the last model loads.
         loaded = asyncio.ensure_future(self._plane.loading_done.wait())
         stopping = asyncio.ensure_future(self._plane.stopping.wait())
@@ -313,7 +328,7 @@ class GrpcServer:
         await self._health.enter_graceful_shutdown()
         # No new calls from here; calls in flight and open streams get until the request timeout.
         # (--request-timeout 0 means no limit: a day stands for it.)
-        await self._server.stop(self._config.request_timeout or 24 * 3600.0)
+        await server.stop(self._config.request_timeout or 24 * 3600.0)
         log.info("grpc stopped")
 
     async def stop(self) -> None:

@@ -25,6 +25,7 @@ from service.runtime.tensors import (
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
+
 def parse_request(
     body: bytes, header_length: str | None, inputs: Mapping[str, TensorSpec], shared_memory: SharedMemoryRegistry
 ) -> tuple[InferRequest, dict[str, np.ndarray]]:
@@ -113,7 +114,9 @@ def _decode_inputs(
                 raise bad_request(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise bad_request(f"input {tensor.name!r}: binary_data_size {size} runs past the end of the body")
-            arrays[tensor.name] = array_from_bytes(tensor.name, tensor.datatype, tensor.shape, binary[offset : offset + size])
+            arrays[tensor.name] = array_from_bytes(
+                tensor.name, tensor.datatype, tensor.shape, binary[offset : offset + size]
+            )
             offset += size
         else:
             arrays[tensor.name] = _from_json(tensor)
@@ -171,7 +174,9 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
         return _json_integers(tensor, dtype)
     wanted = "b" if dtype.kind == "b" else "iu" if dtype.kind in "iu" else "iuf"
     if kind not in wanted:
-        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds {_FOUND.get(kind, _FOUND['O'])}")
+        raise bad_request(
+            f"input {tensor.name!r}: data is not {tensor.datatype}: it holds {_FOUND.get(kind, _FOUND['O'])}"
+        )
     # Booleans become 0 and 1, so only data holding those values needs the element-wise look.
     if kind != "b" and ((array == 0) | (array == 1)).any() and _has_bool(tensor.data):
         raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds booleans")
@@ -184,13 +189,17 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
             converted = array.astype(dtype)
         if not np.isfinite(converted).all():  # JSON has no infinities: only an overflow makes one
             largest = float(np.finfo(dtype).max)
-            raise bad_request(f"input {tensor.name!r}: a value is out of range for {tensor.datatype} (largest magnitude {largest:g})")
+            raise bad_request(
+                f"input {tensor.name!r}: a value is out of range for {tensor.datatype} (largest magnitude {largest:g})"
+            )
         return converted
     return array.astype(dtype, copy=False)
 
 
 def _outside(tensor: RequestInput, limits: np.iinfo) -> Exception:
-    return bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: values outside [{limits.min}, {limits.max}]")
+    return bad_request(
+        f"input {tensor.name!r}: data is not {tensor.datatype}: values outside [{limits.min}, {limits.max}]"
+    )
 
 
 def _json_integers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
@@ -243,7 +252,9 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":
-            entry["data"] = [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+            entry["data"] = [
+                item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.reshape(-1)
+            ]
         else:
             # Serialised by orjson straight from the buffer (NaN and infinities become null).
             entry["data"] = np.ascontiguousarray(array).reshape(-1)

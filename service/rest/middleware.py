@@ -9,6 +9,8 @@ import logging
 import time
 import zlib
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from service.errors import ServiceError
 
 access_log = logging.getLogger("service.access")
@@ -18,11 +20,11 @@ class BodyLimit:
     """413 past `limit` bytes: at once when Content-Length says so, else as soon as the body
     streamed so far passes it (the endpoint's body read raises, the error handler answers)."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
@@ -52,7 +54,11 @@ class BodyLimit:
 
 async def _error(send, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -60,10 +66,10 @@ async def _error(send, status: int, message: str) -> None:
 class AccessLog:
     """One JSON line per request: method, path, status, response bytes, duration, client."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Below --log-level info nothing is logged, so the response need not be watched either.
         if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
             return await self.app(scope, receive, send)
@@ -124,11 +130,11 @@ class Compression:
     Inference-Header-Content-Length keep describing the uncompressed body, as Triton does.
     (Starlette's GZipMiddleware offers gzip only.)"""
 
-    def __init__(self, app, minimum_size: int):
+    def __init__(self, app: ASGIApp, minimum_size: int) -> None:
         self.app = app
         self.minimum_size = minimum_size
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         encoding = accepted_encoding(dict(scope["headers"]).get(b"accept-encoding", b"").decode("latin-1"))

@@ -148,11 +148,15 @@ class DynamicBatcher:
                 return
             bad = [name for name, array in outputs.items() if array.ndim == 0 or array.shape[0] != rows]
             if bad:
-                raise ServiceError(500, f"output {bad[0]!r} does not keep the batch dimension; turn dynamic batching off")
+                raise ServiceError(
+                    500, f"output {bad[0]!r} does not keep the batch dimension; turn dynamic batching off"
+                )
             offset = 0
             for item in batch:
                 if not item.future.done():
-                    item.future.set_result({name: array[offset : offset + item.rows] for name, array in outputs.items()})
+                    item.future.set_result(
+                        {name: array[offset : offset + item.rows] for name, array in outputs.items()}
+                    )
                 offset += item.rows
         except Exception as error:
             for item in batch:

@@ -25,7 +25,9 @@ def read_labels(model_file: Path) -> list[str]:
             try:
                 return candidate.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as error:
-                raise SeOnnxError(f"{candidate}: cannot read the labels ({getattr(error, 'strerror', None) or error})") from None
+                raise SeOnnxError(
+                    f"{candidate}: cannot read the labels ({getattr(error, 'strerror', None) or error})"
+                ) from None
     return []
 
 

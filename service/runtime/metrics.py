@@ -64,16 +64,44 @@ class Metrics:
 # extension serves, so that dashboards and alerts written for Triton work unchanged. Triton
 # exposes them without prometheus_client's `_total` suffix, so they are written as untyped.
 _TRITON_SERIES = (
-    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes", lambda s: s["inference_stats"]["success"]["count"]),
-    ("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", lambda s: s["inference_stats"]["fail"]["count"]),
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s["inference_stats"]["success"]["count"],
+    ),
+    (
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes",
+        lambda s: s["inference_stats"]["fail"]["count"],
+    ),
     ("nv_inference_count", "Number of inferences performed (a batch of n counts n)", lambda s: s["inference_count"]),
     ("nv_inference_exec_count", "Number of model executions performed", lambda s: s["execution_count"]),
-    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds", lambda s: s["inference_stats"]["success"]["ns"] / 1000),
-    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds", lambda s: s["inference_stats"]["queue"]["ns"] / 1000),
-    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds", lambda s: s["inference_stats"]["compute_input"]["ns"] / 1000),
-    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds", lambda s: s["inference_stats"]["compute_infer"]["ns"] / 1000),
-    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds", lambda s: s["inference_stats"]["compute_output"]["ns"] / 1000),
-)  # fmt: skip
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds",
+        lambda s: s["inference_stats"]["success"]["ns"] / 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s["inference_stats"]["queue"]["ns"] / 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds",
+        lambda s: s["inference_stats"]["compute_input"]["ns"] / 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s["inference_stats"]["compute_infer"]["ns"] / 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds",
+        lambda s: s["inference_stats"]["compute_output"]["ns"] / 1000,
+    ),
+)
 
 
 class TritonCollector:
@@ -92,7 +120,9 @@ class TritonCollector:
                 metric.add_sample(name, {"model": stats["name"], "version": stats["version"]}, value(stats))
             yield metric
         pending = GaugeMetricFamily(
-            "nv_inference_pending_request_count", "Instantaneous number of pending requests awaiting execution per-model", labels=_LABELS
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model",
+            labels=_LABELS,
         )
         for stats, inflight in models:
             pending.add_metric([stats["name"], stats["version"]], inflight)
@@ -103,7 +133,9 @@ class TritonCollector:
             yield GaugeMetricFamily("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", value=memory[1])
         utilization = self._cpu.since_last()
         if utilization is not None:
-            yield GaugeMetricFamily("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0] since the last scrape", value=utilization)
+            yield GaugeMetricFamily(
+                "nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0] since the last scrape", value=utilization
+            )
 
 
 def _memory() -> tuple[int, int] | None:

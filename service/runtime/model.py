@@ -55,7 +55,9 @@ class ServedModel:
     `session_per_instance` gives each thread its own session (benchmarks/bench_service.py
     compares the two)."""
 
-    def __init__(self, name: str, version: str, path: Path, config: ModelConfig, server: ServerSettings, recorder: ModelRecorder):
+    def __init__(
+        self, name: str, version: str, path: Path, config: ModelConfig, server: ServerSettings, recorder: ModelRecorder
+    ):
         self.name, self.version, self.path, self.config = name, version, path, config
         self.labels = read_labels(path)  # for the classification extension
         requested = config.provider or server.provider
@@ -87,7 +89,9 @@ class ServedModel:
         self.outputs = _specs(self.session.get_outputs(), name, "output")
         self.recorder = recorder
         if config.max_batch_size:
-            unbatched = [s.name for s in (*self.inputs.values(), *self.outputs.values()) if not s.shape or s.shape[0] != -1]
+            unbatched = [
+                s.name for s in (*self.inputs.values(), *self.outputs.values()) if not s.shape or s.shape[0] != -1
+            ]
             if unbatched:
                 raise SeOnnxError(
                     f"{name}: max_batch_size needs a dynamic first dimension on every input and output; "
@@ -211,7 +215,9 @@ class ServedModel:
         if self.config.max_batch_size:
             rows = next(iter(feeds.values())).shape[0]
             if rows > self.config.max_batch_size:
-                raise bad_request(f"batch of {rows} rows is larger than the model's max_batch_size {self.config.max_batch_size}")
+                raise bad_request(
+                    f"batch of {rows} rows is larger than the model's max_batch_size {self.config.max_batch_size}"
+                )
         return asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds, names, time.perf_counter())
 
     def __enter__(self) -> ServedModel:

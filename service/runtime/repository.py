@@ -123,7 +123,9 @@ class ModelRepository:
             except SeOnnxError as error:
                 log.error("model not loaded", extra={"model": name, "reason": str(error)})
                 if name in self._served:
-                    raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {error}") from None
+                    raise ServiceError(
+                        400, f"failed to reload {name!r}, the loaded versions keep serving: {error}"
+                    ) from None
                 self._states[name] = {"": VersionState(UNAVAILABLE, str(error))}
                 raise ServiceError(400, f"failed to load {name!r}: {error}") from None
             states = {version: VersionState(LOADING) for version in paths}
@@ -152,7 +154,9 @@ class ModelRepository:
             if not loaded and previous:
                 # A reload that loads nothing keeps the running versions serving, as Triton does.
                 self._states[name] = {version: VersionState(READY) for version in previous}
-                raise ServiceError(400, f"failed to reload {name!r}, the loaded versions keep serving: {'; '.join(failed)}")
+                raise ServiceError(
+                    400, f"failed to reload {name!r}, the loaded versions keep serving: {'; '.join(failed)}"
+                )
             self._served.pop(name, None)
             if loaded:
                 self._served[name] = loaded
@@ -185,7 +189,9 @@ class ModelRepository:
             summary = f": {state.summary}" if state.summary else ""
             raise ServiceError(503, f"model {name!r} version {version} is not ready ({state.state}{summary})")
         if version is None and known:
-            summaries = "; ".join(dict.fromkeys(state.summary for state in self._states[name].values() if state.summary))
+            summaries = "; ".join(
+                dict.fromkeys(state.summary for state in self._states[name].values() if state.summary)
+            )
             raise ServiceError(503, f"model {name!r} is not ready{': ' + summaries if summaries else ''}")
         if version is not None and (versions or known):
             raise ServiceError(404, f"unknown version {version} of model {name!r}")

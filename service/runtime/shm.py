@@ -1,4 +1,5 @@
-"""System shared memory (Triton's extension): the registry of clients' POSIX shm regions, and tensors read from and written to them.
+"""System shared memory (Triton's extension): the registry of clients' POSIX shm regions, and tensors read
+from and written to them.
 
 A client creates a shm object (`shm_open`, as `tritonclient.utils.shared_memory` does), registers a
 region of it by name, key, offset and byte size, then names the region in an input's or output's
@@ -121,7 +122,9 @@ class SharedMemoryRegistry:
         """Forget region `name` (every region when None); unknown names are no error, as in Triton.
         A region still in use is closed when its last request is done with it."""
         with self._lock:
-            regions = list(self._regions.values()) if name is None else [self._regions[name]] if name in self._regions else []
+            regions = (
+                list(self._regions.values()) if name is None else [self._regions[name]] if name in self._regions else []
+            )
             for region in regions:
                 del self._regions[region.name]
                 region.unregistered = True
@@ -192,4 +195,6 @@ class SharedMemoryRegistry:
         """400 when the object behind `region` is now too small for `size` bytes at `where`."""
         end = region.offset + where.offset + size
         if os.fstat(region.fd).st_size < end:
-            raise bad_request(f"{what}: shared memory region {where.region!r} is smaller than registered (key {region.key!r})")
+            raise bad_request(
+                f"{what}: shared memory region {where.region!r} is smaller than registered (key {region.key!r})"
+            )

@@ -56,10 +56,18 @@ class ModelStats:
                 "inference_stats": {
                     **{key: _duration(*total) for key, total in self._totals.items()},
                     # Inputs and outputs are handed to ONNX Runtime without a separate copy step.
-                    "compute_input": zero, "compute_output": zero, "cache_hit": zero, "cache_miss": zero,
+                    "compute_input": zero,
+                    "compute_output": zero,
+                    "cache_hit": zero,
+                    "cache_miss": zero,
                 },  # fmt: skip
                 "batch_stats": [
-                    {"batch_size": size, "compute_input": zero, "compute_infer": _duration(*total), "compute_output": zero}
+                    {
+                        "batch_size": size,
+                        "compute_input": zero,
+                        "compute_infer": _duration(*total),
+                        "compute_output": zero,
+                    }
                     for size, total in sorted(self._batches.items())
                 ],
             }

@@ -37,10 +37,12 @@ async def require_scoped_key(plane: Plane, key: Annotated[str | None, Depends(ap
 
 
 async def json_body(request: Request, schema: type[T]) -> T:
-    """The body as `schema` (its defaults when empty), whatever its Content-Type: tritonclient sends none; 400 otherwise."""
+    """The body as `schema` (its defaults when empty), whatever its Content-Type: tritonclient sends none;
+    400 otherwise."""
     raw = await request.body()
     try:
-        # An empty body is an empty object (optional bodies; required fields still say so); whitespace alone is not JSON.
+        # An empty body is an empty object (optional bodies; required fields still say so); whitespace alone
+        # is not JSON.
         return schema.model_validate(orjson.loads(raw) if raw else {})
     except orjson.JSONDecodeError as error:  # not JSON, not UTF-8, or nested past orjson's depth limit
         raise bad_request(f"invalid request body: {error}") from None

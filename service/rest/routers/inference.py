@@ -61,7 +61,12 @@ async def model_config(request: Request, plane: Plane, model_name: str, version:
     return plane.model_config(model_name, version)
 
 
-@_add("GET", "/stats", response_model=StatisticsResponse, summary="Inference statistics of the model's versions (Triton's statistics extension)")
+@_add(
+    "GET",
+    "/stats",
+    response_model=StatisticsResponse,
+    summary="Inference statistics of the model's versions (Triton's statistics extension)",
+)
 async def model_stats(request: Request, plane: Plane, model_name: str, version: str | None) -> dict:
     return {"model_stats": plane.statistics(model_name, version)}
 
@@ -77,8 +82,12 @@ async def model_ready(request: Request, plane: Plane, model_name: str, version: 
     "/infer",
     summary="Run the model",
     response_model=InferResponse,
-    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                     "description": f"JSON, or with binary outputs a JSON header of {HEADER_LENGTH} bytes and then the tensors"}},
+    responses={
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": f"JSON, or with binary outputs a JSON header of {HEADER_LENGTH} bytes and then the tensors",
+        }
+    },
     openapi_extra=openapi_body(
         InferRequest,
         f"JSON, or a JSON header of {HEADER_LENGTH} bytes followed by binary tensors "

@@ -38,7 +38,11 @@ async def index(request: Request, plane: Plane) -> list[RepositoryModel]:
     "/models/{model_name}/load",
     summary="Load or reload a model",
     **empty_ok("loaded"),
-    openapi_extra=openapi_body(LoadRequest, "optional; parameters.config: config.json text that replaces the model's own; file: parameters are refused (400)"),
+    openapi_extra=openapi_body(
+        LoadRequest,
+        "optional; parameters.config: config.json text that replaces the model's own; "
+        "file: parameters are refused (400)",
+    ),
 )
 async def load(request: Request, model_name: str, plane: Plane) -> Response:
     body = await json_body(request, LoadRequest)

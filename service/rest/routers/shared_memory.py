@@ -1,4 +1,5 @@
-"""Triton's shared-memory extension: register, unregister and status of system shared memory regions; CUDA shared memory refused."""
+"""Triton's shared-memory extension: register, unregister and status of system shared memory regions;
+CUDA shared memory refused."""
 
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ async def status(region_name: str, plane: Plane) -> list[dict]:
 @router.post(
     "/region/{region_name}/register",
     summary="Register a region of a POSIX shm object (its shm_open key)",
-    openapi_extra=openapi_body(SharedMemoryRegisterRequest, "the object's key, and the region's offset and size within it"),
+    openapi_extra=openapi_body(
+        SharedMemoryRegisterRequest, "the object's key, and the region's offset and size within it"
+    ),
 )
 async def register(region_name: str, request: Request, plane: Plane) -> dict:
     body = await json_body(request, SharedMemoryRegisterRequest)
