@@ -87,9 +87,9 @@ def test_compare_reports_accuracy_latency_parameters_and_flops(tmp_path, capsys)
     assert main([*args, "--json", "--plot", str(plot)]) == 0
     result = json.loads(capsys.readouterr().out)
     difference = result["difference"]
-    # Identity init: the same predictions; the cost is the blocks' weights (and each gate's gain).
+    # Identity init: the same predictions; the cost is the blocks' weights (a gate's fixed gain is no parameter).
     assert difference["top1"] == 0 and difference["top5"] == 0
-    assert difference["parameters"] == report.parameters_added + len(report.blocks)
+    assert difference["parameters"] == report.parameters_added
     assert difference["flops"] > 0 and difference["latency_ratio"] > 0
     assert plot.stat().st_size > 1000
     assert main(args) == 0
@@ -204,7 +204,7 @@ def _colour_folders(root, names: list[str], images: int = 3):
 
 
 def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
-    from se_onnx.runtime.sessions import datasets
+    from se_onnx.runtime import datasets
 
     root = _colour_folders(tmp_path / "images", ["a", "b", "c"])
     decoded = []
@@ -221,7 +221,7 @@ def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
 
 
 def test_validation_folders_are_labelled_by_the_training_classes(tmp_path):
-    from se_onnx.runtime.sessions import datasets
+    from se_onnx.runtime import datasets
 
     signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
     train = datasets.load_dataset(_colour_folders(tmp_path / "train", ["a", "b", "c"]), signature)

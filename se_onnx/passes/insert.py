@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from se_onnx.errors import SeOnnxError
-from se_onnx.ir.constants import constant_array, is_constant, static_shape, value_dtype
+from se_onnx.ir.constants import constant_array, count_parameters, is_constant, static_shape, value_dtype
 from se_onnx.ir.gc_pause import collector_paused
 from se_onnx.ir.graph import (
     MAIN_GRAPH,
@@ -97,6 +97,7 @@ class InsertedBlock:
     channels: int
     squeeze_channels: int
     spatial_rank: int
+    parameters: int  # its layers' weights and biases (`se_onnx.ir.constants.count_parameters`)
     nodes: tuple[str, ...]
     graph: str = MAIN_GRAPH  # the path of the graph it sits in
     layout: str = "NCHW"  # NHWC: built channels-last, in a Transposed island
@@ -141,7 +142,7 @@ class InsertReport:
 
     @property
     def parameters_added(self) -> int:
-        return sum(2 * b.channels * b.squeeze_channels + b.channels + b.squeeze_channels for b in self.blocks)
+        return sum(block.parameters for block in self.blocks)
 
     def to_dict(self) -> dict:
         return {
@@ -348,6 +349,7 @@ def _add_blocks(model: ir.Model, sites: Sequence[InsertionSite], options: Insert
                 channels=site_weights.channels,
                 squeeze_channels=site_weights.squeeze_channels,
                 spatial_rank=site.conv.spatial_rank,
+                parameters=count_parameters(nodes),
                 nodes=tuple(node.name for node in nodes),
                 layout="NHWC" if site.path.channels_last else "NCHW",
                 through=site.path.through,
