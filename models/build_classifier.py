@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from make_dataset import CLASSES, SIZE, make_shapes  # beside this script
 from onnx import TensorProto, helper, numpy_helper
-
-from make_dataset import CLASSES, SIZE, make_shapes
 
 CHANNELS = (8, 16, 32)
 STRIDES = (1, 2, 2)

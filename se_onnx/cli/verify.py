@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compare two models' outputs in ONNX Runtime",
         description="Run models A and B on the same inputs (seeded random, or --inputs) and print the "
         "largest absolute and relative difference of each output. Exits 1 when an element differs "
-        "by more than atol + rtol·|A|.",
+        "by more than atol + rtol·|A|. Relative error counts only where |A| ≥ atol/rtol: an output "
+        "nearer zero has no meaningful one (max rel -) and is judged by atol alone.",
     )
     parser.add_argument("model_a", metavar="A", help="reference model")
     parser.add_argument("model_b", metavar="B", help="model to check against A")
