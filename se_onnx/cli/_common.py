@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -38,9 +39,28 @@ def refuse_nothing_to_do(report: Report) -> None:
 
 
 def check_png_path(path: str | None) -> None:
-    """Refuse a --plot file not named *.png before any work: the figure is always a PNG."""
+    """Refuse a --plot file not named *.png, or matplotlib missing, before any work: the figure is
+    always a PNG, and it is drawn last."""
     if path and not path.lower().endswith(".png"):
         raise SeOnnxError(f"--plot writes a PNG; name the file *.png, not {path!r}")
+    if path:
+        require("matplotlib", "plot", "--plot")
+
+
+# The distributions of optional modules whose import name differs.
+_DISTRIBUTIONS = {"PIL": "Pillow", "torch": "PyTorch"}
+
+
+def require(module: str, extra: str, purpose: str) -> None:
+    """Refuse before any work when an optional dependency is not installed, naming the extra that
+    brings it: an hour of training should not end in an ImportError at the plotting step."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module without a spec
+        found = False
+    if not found:
+        name = _DISTRIBUTIONS.get(module, module)
+        raise SeOnnxError(f"{purpose} needs {name}, which is not installed: pip install 'se-onnx[{extra}]'")
 
 
 def print_json(document: object) -> None:

@@ -41,12 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_png_path(args.plot)
     # Imported here: every se-onnx command builds this parser, and only bench needs the timing code.
     from se_onnx.runtime.bench import BenchOptions, benchmark
     from se_onnx.runtime.plots import plot_report
     from se_onnx.runtime.profile import se_cost
 
-    check_png_path(args.plot)
     options = BenchOptions(
         provider=args.provider,
         batch=args.batch,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from se_onnx.cli._common import check_png_path, print_json, print_table
-from se_onnx.cli.train import add_data_arguments, image_options
+from se_onnx.cli.train import add_data_arguments, check_image_support, image_options
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.model_io import load_model
 from se_onnx.runtime.datasets import ClassifierSignature, load_dataset
@@ -36,13 +36,15 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and not args.compare:
         raise SeOnnxError("--plot draws a comparison; pass --compare MODEL2")
     check_png_path(args.plot)
+    check_image_support(args.data)
+    images = image_options(args)
     from se_onnx.runtime.evaluate import (  # only when evaluating
         compare_models,
         evaluate_model,
     )
     from se_onnx.runtime.plots import plot_comparison
     signature = ClassifierSignature.of(load_model(args.model))
-    data = load_dataset(args.data, signature, image_options(args))
+    data = load_dataset(args.data, signature, images)
     settings = dict(provider=args.provider, batch_size=args.batch_size, latency_runs=args.runs)
     if not args.compare:
         evaluation = evaluate_model(args.model, data, **settings)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from se_onnx.cli._common import (
     add_rewrite_arguments,
     check_output_path,
     check_png_path,
     print_json,
+    require,
 )
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.model_io import load_model, save_model
@@ -62,17 +64,41 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     images = parser.add_argument_group("images (folders only): resize, centre-crop, scale to [0, 1], normalise")
     images.add_argument("--resize", type=int, help="shorter side before the crop (default crop / 0.875)")
     images.add_argument("--crop", type=int, help="centre-crop side (default the model's input size)")
-    images.add_argument("--mean", type=float, nargs="+", default=IMAGENET_MEAN, help="per-channel mean (default ImageNet's)")
-    images.add_argument("--std", type=float, nargs="+", default=IMAGENET_STD, help="per-channel std (default ImageNet's)")
+    for flag, default in (("--mean", IMAGENET_MEAN), ("--std", IMAGENET_STD)):
+        shown = " ".join(map(str, default))
+        images.add_argument(flag, type=float, nargs="+", help=f"per-channel {flag[2:]} (default ImageNet's: {shown})")
+
+
+def check_image_support(*paths: str | None) -> None:
+    """Image folders are decoded with Pillow: refuse a folder before any work when it is missing."""
+    if any(path is not None and Path(path).is_dir() for path in paths):
+        require("PIL", "train", "reading image folders")
 
 
 def image_options(args: argparse.Namespace) -> ImageOptions:
-    return ImageOptions(resize=args.resize, crop=args.crop, mean=tuple(args.mean), std=tuple(args.std))
+    """The image options, refused when no data is an image folder: an .npz's x goes into the model as
+    it is, and an option that would be ignored should not look as if it were applied."""
+    given = [flag for flag in ("--resize", "--crop", "--mean", "--std") if getattr(args, flag[2:]) is not None]
+    folders = [path for path in (args.data, getattr(args, "val", None)) if path is not None and Path(path).is_dir()]
+    if given and not folders:
+        raise SeOnnxError(
+            f"{', '.join(given)} apply to image folders only; an .npz's x goes into the model as it is "
+            "(normalise it when writing the file)"
+        )
+    return ImageOptions(
+        resize=args.resize,
+        crop=args.crop,
+        mean=tuple(args.mean) if args.mean is not None else IMAGENET_MEAN,
+        std=tuple(args.std) if args.std is not None else IMAGENET_STD,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.model, args.output, args.in_place)
     check_png_path(args.plot)
+    require("torch", "train", "se-onnx train")
+    check_image_support(args.data, args.val)
+    images = image_options(args)
     try:
         from se_onnx.training.loop import TrainOptions, plot_history, train_model
     except ImportError as error:
@@ -83,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     options.validate()
     model = load_model(args.model)
     signature = ClassifierSignature.of(model)
-    train_data = load_dataset(args.data, signature, image_options(args))
-    val_data = load_dataset(args.val, signature, image_options(args), classes=train_data.classes) if args.val else None
+    train_data = load_dataset(args.data, signature, images)
+    val_data = load_dataset(args.val, signature, images, classes=train_data.classes) if args.val else None
     table = sys.stderr if args.json else sys.stdout
     written: list[int] = []
 

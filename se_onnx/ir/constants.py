@@ -10,6 +10,7 @@ Constant nodes stay where the user put them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TypeGuard
 
 import numpy as np
@@ -17,6 +18,12 @@ import onnx_ir as ir
 
 # The ops whose output is a constant when their data input is: they only move or retype elements.
 _LOOK_THROUGH = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Flatten"})
+# The inputs that hold a layer's weights and biases, by op type: the model's parameters, which
+# `se-onnx train --train all` trains and `insert` and `evaluate` count. Every other constant is fixed
+# and no parameter: BatchNorm statistics, an SE gate's gain, axes and shapes.
+WEIGHT_INPUTS: Mapping[str, tuple[int, ...]] = {
+    "Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "BatchNormalization": (1, 2), "PRelu": (1,)
+}
 # QuantizeLinear/DequantizeLinear come in the default domain, or in ONNX Runtime's for 16-bit types.
 _QUANTIZE_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
@@ -189,3 +196,22 @@ def set_constant(source: ir.Value, array: np.ndarray) -> None:
     else:
         raise ValueError(f"cannot write a {name!r} Constant")
     node.attributes[name] = new
+
+
+def weight_constants(
+    nodes: Iterable[ir.Node], inputs: Mapping[str, tuple[int, ...]] = WEIGHT_INPUTS
+) -> list[ir.Value]:
+    """The float constants (see `constant_source`) that feed `nodes`' weight `inputs` (input
+    indices by op type), each once, in the order of the nodes."""
+    found: dict[str, ir.Value] = {}
+    for node in nodes:
+        for index in inputs.get(node.op_type, ()):
+            source = constant_source(node.inputs[index] if index < len(node.inputs) else None)
+            if source is not None and source.name not in found and constant_tensor(source).dtype.is_floating_point():
+                found[source.name] = source
+    return list(found.values())
+
+
+def count_parameters(nodes: Iterable[ir.Node]) -> int:
+    """The number of parameters of `nodes`: the elements of their layers' float weights and biases."""
+    return sum(constant_tensor(value).size for value in weight_constants(nodes))

@@ -26,6 +26,7 @@ import onnx_ir as ir
 from se_onnx.errors import OptionError, SeOnnxError
 from se_onnx.ir.constants import (
     constant_array,
+    count_parameters,
     is_constant,
     is_quantize_op,
     static_shape,
@@ -112,6 +113,7 @@ class InsertedBlock:
     channels: int
     squeeze_channels: int
     spatial_rank: int
+    parameters: int  # its layers' weights and biases (`se_onnx.ir.constants.count_parameters`)
     nodes: tuple[str, ...]
     graph: str = MAIN_GRAPH  # the path of the graph it sits in
     layout: str = "NCHW"  # NHWC: built channels-last, in a Transposed island
@@ -158,7 +160,7 @@ class InsertReport(Report):
 
     @property
     def parameters_added(self) -> int:
-        return sum(2 * b.channels * b.squeeze_channels + b.channels + b.squeeze_channels for b in self.blocks)
+        return sum(block.parameters for block in self.blocks)
 
     def to_dict(self) -> dict:
         return {
@@ -381,6 +383,7 @@ def _add_blocks(
                 channels=site_weights.channels,
                 squeeze_channels=site_weights.squeeze_channels,
                 spatial_rank=site.conv.spatial_rank,
+                parameters=count_parameters(nodes),
                 nodes=tuple(node_label(node) for node in nodes),  # named by the builder
                 layout="NHWC" if site.path.channels_last else "NCHW",
                 through=site.path.through,

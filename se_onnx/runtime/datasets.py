@@ -183,7 +183,7 @@ def _image_folder(root: Path, signature: ClassifierSignature, options: ImageOpti
         size = (crop, crop)
         if any(isinstance(d, int) and d != crop for d in (height, width)):
             raise SeOnnxError(f"--crop {crop} does not fit the model's {height} × {width} input")
-    mean, std = _per_channel(options.mean, channels, "--mean"), _per_channel(options.std, channels, "--std")
+    mean, std = _normalisation(options, channels)
     names = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     if not names:
         raise SeOnnxError(f"{root}: no class subfolders (expected ROOT/CLASS/IMAGE files)")
@@ -228,9 +228,20 @@ def _image(file: Path, rgb: bool, resize: int, size: tuple[int, int]) -> np.ndar
     return array.transpose(2, 0, 1) if rgb else array[None]
 
 
-def _per_channel(values: Sequence[float], channels: int, option: str) -> tuple[float, ...]:
-    if len(values) == channels:
-        return tuple(values)
-    if channels == 1 and tuple(values) in (IMAGENET_MEAN, IMAGENET_STD):
-        raise SeOnnxError(f"the model takes greyscale images; pass {option} with one value")
-    raise SeOnnxError(f"{option} has {len(values)} values, the model takes {channels} channels")
+def _normalisation(options: ImageOptions, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """--mean and --std, checked together: what is wrong with both is said at once, not run by run."""
+    problems = []
+    for option, values in (("--mean", options.mean), ("--std", options.std)):
+        if len(values) != channels:
+            problems.append(f"{option} has {len(values)} values")
+    if any(value <= 0 for value in options.std):
+        problems.append("--std must be positive")
+    if not problems:
+        return tuple(options.mean), tuple(options.std)
+    defaults = tuple(options.mean) == IMAGENET_MEAN or tuple(options.std) == IMAGENET_STD
+    why = " (the defaults are ImageNet's, for RGB)" if channels == 1 and defaults else ""
+    example = " ".join(["0.5"] * channels)
+    raise SeOnnxError(
+        f"the model takes {channels} channel{'s' if channels > 1 else ''}{why}: {'; '.join(problems)}; "
+        f"pass one value per channel to both, e.g. --mean {example} --std {example}"
+    )

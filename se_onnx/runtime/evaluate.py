@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from se_onnx.errors import SeOnnxError
+from se_onnx.ir.constants import count_parameters
 from se_onnx.runtime.datasets import Dataset
 from se_onnx.runtime.sessions import make_session
 from se_onnx.runtime.stats import pairwise_ratio
@@ -33,7 +35,7 @@ class Evaluation:
     loss: float  # mean cross-entropy of the softmax of the outputs
     latency_ms: float  # median of single-sample runs
     latency_p90_ms: float
-    parameters: int  # elements of the float initializers
+    parameters: int  # elements of the layers' float weights and biases (see `count_cost`)
     flops: int  # per sample; see `count_cost`
     provider: str
 
@@ -77,11 +79,7 @@ def count_cost(model_path: str | os.PathLike, sample_shape: Sequence[int]) -> tu
     proto = onnx.load(os.fspath(model_path), load_external_data=False)
     graph = proto.graph
     initializer_names = {tensor.name for tensor in graph.initializer}
-    parameters = sum(
-        int(np.prod(tensor.dims, dtype=np.int64))
-        for tensor in graph.initializer
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
-    )
+    parameters = count_parameters(ir.traversal.RecursiveGraphIterator(ir.from_proto(proto).graph))
     image = next(value for value in graph.input if value.name not in initializer_names)
     dims = image.type.tensor_type.shape.dim
     del dims[:]

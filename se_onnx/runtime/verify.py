@@ -19,11 +19,19 @@ class OutputDifference:
     name: str
     shape: tuple[int, ...]
     max_abs: float
-    max_rel: float  # |b - a| / |a|, over elements where a ≠ 0
+    # |b - a| / |a| over the elements where the relative tolerance dominates (|a| ≥ atol / rtol, or
+    # a ≠ 0 when rtol is 0); None when there is none: |b - a| / |a| of an output near zero says
+    # nothing (1e-9 against 3.7e-7 is 373), and such an output is judged by atol alone.
+    max_rel: float | None
     within_tolerance: bool
 
+    @property
+    def judged_by(self) -> str:
+        """"atol" for an output near zero, where relative error is not meaningful; else "atol + rtol"."""
+        return "atol" if self.max_rel is None else "atol + rtol"
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"shape": list(self.shape)}
+        return dataclasses.asdict(self) | {"shape": list(self.shape), "judged_by": self.judged_by}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,32 +63,62 @@ def verify(
     provider: str = "cpu",
     batch: int = 1,
     seed: int = 0,
+    dims: Mapping[str, int] | None = None,
 ) -> Verification:
     """Run both models on the same inputs (given, or seeded random) and compare every output.
 
     An element passes when |b - a| ≤ atol + rtol·|a| (numpy.isclose with A as the reference).
-    Outputs are matched by name; the models must take the same inputs.
+    Outputs are matched by name; the models must take the same inputs. Random inputs give a
+    symbolic dim the size `dims` names for it, else `batch` on the first axis and 1 elsewhere.
     """
+    import onnxruntime as ort
+
     session_a = make_session(model_a, provider)
     session_b = make_session(model_b, provider)
     _check_same_signature(session_a, session_b)
-    feeds = dict(inputs) if inputs is not None else random_inputs(session_a, batch=batch, seed=seed)
+    dims = dict(dims or {})
+    named = {dim for meta in session_a.get_inputs() for dim in meta.shape if isinstance(dim, str)}
+    if set(dims) - named:
+        unknown, known = ", ".join(sorted(set(dims) - named)), ", ".join(sorted(named)) or "none"
+        raise SeOnnxError(f"--dim {unknown}: no input has a dim of that name (named dims: {known})")
+    feeds = dict(inputs) if inputs is not None else random_inputs(session_a, batch=batch, seed=seed, dims=dims)
     expected_inputs = {meta.name for meta in session_a.get_inputs()}
     if set(feeds) != expected_inputs:
         raise SeOnnxError(
             f"inputs given for {sorted(feeds)}, but the models take {sorted(expected_inputs)}"
         )
     names = [meta.name for meta in session_a.get_outputs()]
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the failure is reported below, in one line, not in ORT's log too
     try:
-        outputs_a = session_a.run(names, feeds)
-        outputs_b = session_b.run(names, feeds)
+        outputs_a = session_a.run(names, feeds, quiet)
+        outputs_b = session_b.run(names, feeds, quiet)
     except Exception as error:  # ORT reports bad feeds (shape, dtype) as its own exception types
-        raise SeOnnxError(f"ONNX Runtime could not run the models: {' '.join(str(error).split())}") from None
+        message = " ".join(str(error).split())
+        guessed = [] if inputs is not None else _guessed_dims(session_a, dims)
+        if guessed:
+            name, axis, dim = guessed[0]
+            fix = f"--dim {dim}=SIZE" if dim else "--inputs FILE.npz (the dim has no name)"
+            raise SeOnnxError(
+                f"input {name!r} has a dynamic dim {dim or '?'} (axis {axis}), which the random inputs set to 1, "
+                f"and ONNX Runtime could not run the models with it; give it a size: {fix} ({message})"
+            ) from None
+        raise SeOnnxError(f"ONNX Runtime could not run the models: {message}") from None
     differences = [
         _difference(name, np.asarray(a), np.asarray(b), rtol, atol)
         for name, a, b in zip(names, outputs_a, outputs_b)
     ]
     return Verification(differences, rtol, atol)
+
+
+def _guessed_dims(session, dims: Mapping[str, int]) -> list[tuple[str, int, str | None]]:
+    """(input, axis, dim name) of every symbolic dim past the batch axis that no size was given for."""
+    return [
+        (meta.name, axis, dim if isinstance(dim, str) else None)
+        for meta in session.get_inputs()
+        for axis, dim in enumerate(meta.shape)
+        if axis > 0 and not (isinstance(dim, int) and dim >= 0) and dim not in dims
+    ]
 
 
 def _check_same_signature(session_a, session_b) -> None:
@@ -102,8 +140,8 @@ def _difference(name: str, a: np.ndarray, b: np.ndarray, rtol: float, atol: floa
         return OutputDifference(name, a.shape, 0.0 if equal else float("inf"), 0.0 if equal else float("inf"), equal)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     error = np.abs(b64 - a64)
-    nonzero = a64 != 0
+    relative = (a64 != 0) & (np.abs(a64) >= atol / rtol if rtol > 0 else True)
     max_abs = float(error.max()) if error.size else 0.0
-    max_rel = float((error[nonzero] / np.abs(a64[nonzero])).max()) if nonzero.any() else 0.0
+    max_rel = float((error[relative] / np.abs(a64[relative])).max()) if relative.any() else None
     within = bool(np.all(np.isclose(b64, a64, rtol=rtol, atol=atol, equal_nan=True)))
     return OutputDifference(name, a.shape, max_abs, max_rel, within)

@@ -17,7 +17,7 @@ import onnx_ir as ir
 import torch
 
 from se_onnx.errors import SeOnnxError
-from se_onnx.ir.constants import constant_source, constant_tensor, set_constant
+from se_onnx.ir.constants import WEIGHT_INPUTS, constant_tensor, set_constant, weight_constants
 from se_onnx.ir.graph import MAIN_GRAPH, node_label
 from se_onnx.passes.export_weights import block_key
 from se_onnx.passes.find import SEBlock, find_se
@@ -26,9 +26,6 @@ from se_onnx.runtime.plots import pyplot, save_figure
 from se_onnx.training.graph_module import OnnxModule
 
 TRAIN_SCOPES = ("se", "all")
-# Inputs that hold a layer's weights and biases, by op type; everything else constant stays fixed
-# (BatchNorm statistics, a gate's gain, shape constants).
-_WEIGHT_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "BatchNormalization": (1, 2), "PRelu": (1,)}
 # A sigmoid gate whose mean σ' over a batch is below this cannot be moved by gradient descent.
 SATURATED_SLOPE = 1e-4
 
@@ -103,13 +100,8 @@ def trainable_initializers(model: ir.Model, scope: str) -> tuple[list[str], list
         indices = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "Add": (0, 1)}
     else:
         nodes = list(model.graph)
-        indices = _WEIGHT_INPUTS
-    names: list[str] = []
-    for node in nodes:
-        for index in indices.get(node.op_type, ()):
-            source = constant_source(node.inputs[index] if index < len(node.inputs) else None)
-            if source is not None and source.name not in names and constant_tensor(source).dtype.is_floating_point():
-                names.append(source.name)
+        indices = WEIGHT_INPUTS
+    names = [value.name for value in weight_constants(nodes, indices)]
     if not names:
         raise SeOnnxError(
             f"--train {scope} finds no float weight to train in the model's main graph "
@@ -147,7 +139,7 @@ def train_model(
     interrupted.
     """
     options.validate()
-    ClassifierSignature.of(model)  # refuses a model that does not output class scores
+    signature = ClassifierSignature.of(model)  # refuses a model that does not output class scores
     _refuse_non_float32(model)
     names, blocks = trainable_initializers(model, options.train)
     module = OnnxModule(model)
@@ -173,7 +165,10 @@ def train_model(
         rng = np.random.default_rng(options.seed)
         trained = model.clone()
 
-        def run(data: Dataset, *, train: bool, order: np.ndarray | None, label: str) -> tuple[float, float]:
+        def run(
+            data: Dataset, *, train: bool, order: np.ndarray | None, label: str, predicted: np.ndarray | None = None
+        ) -> tuple[float, float]:
+            """Loss and accuracy over `data`; `predicted`, when given, counts each class's predictions."""
             total_loss, correct, seen = 0.0, 0, 0
             batches = data.batches(options.batch_size, order)
             bar = _progress_bar(math.ceil(len(data) / options.batch_size), label, options.progress)
@@ -188,6 +183,8 @@ def train_model(
                     optimizer.step()
                 total_loss += float(loss.detach())
                 correct += int((logits.argmax(1) == targets).sum())
+                if predicted is not None:
+                    predicted += np.bincount(logits.argmax(1).numpy(), minlength=len(predicted))
                 seen += len(y)
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
                 bar.update()
@@ -200,9 +197,13 @@ def train_model(
 
         try:
             started = time.perf_counter()
-            report.baseline = evaluate(0, started, *run(train_data, train=False, order=None, label="epoch 0 (before)"))
+            predicted = np.zeros(signature.classes, np.int64)
+            before = run(train_data, train=False, order=None, label="epoch 0 (before)", predicted=predicted)
+            report.baseline = evaluate(0, started, *before)
             if on_epoch is not None:
                 on_epoch(trained, report.baseline)
+            if options.train == "se":
+                _warn_if_untrained(report.baseline.train_accuracy, predicted)
             for epoch in range(1, options.epochs + 1):
                 started = time.perf_counter()
                 order = rng.permutation(len(train_data))
@@ -216,6 +217,22 @@ def train_model(
             # `trained` still holds the last completed epoch: it is written back only between epochs.
             report.interrupted = True
     return trained, report
+
+
+def _warn_if_untrained(accuracy: float, predicted: np.ndarray) -> None:
+    """Training only the SE blocks rescales features the model already has: a model at chance, or
+    one that gives every sample the same class (an untrained one), stays there, and its accuracy
+    would sit at the same value every epoch without a word why."""
+    chance = 1 / len(predicted)
+    top = int(predicted.argmax())
+    share = predicted[top] / max(int(predicted.sum()), 1)
+    if accuracy <= chance or share == 1:
+        warnings.warn(
+            f"before training the model scores {accuracy:.4f} on the training data (chance {chance:.4f}) and "
+            f"predicts class {top} for {share:.0%} of it: it looks untrained, and training its SE blocks alone "
+            "cannot teach it the classes; pass --train all, or start from a trained model",
+            stacklevel=3,
+        )
 
 
 def _gate_index(block: SEBlock) -> int:
