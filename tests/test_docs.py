@@ -11,7 +11,7 @@ What is checked, page by page (README.md and every docs/**/*.md):
 - ```python blocks are run with this interpreter and must exit 0.
 - A page that runs `se-onnx train` is skipped where PyTorch is not installed.
 - A page's blocks run in order, in one fresh folder holding a copy of models/ (the bundled
-  samples), so a block may use what an earlier block of the same page wrote, never what another
+  samples and the scripts that make data), so a block may use what an earlier block of the same page wrote, never what another
   page wrote.
 - Every `se-onnx …` command line in any console, sh or bash block, run or not, must be accepted
   by the command's parser (a renamed or removed option fails here), and every Python block, run
@@ -169,15 +169,16 @@ def run_python(block: Block, folder: Path, env: dict[str, str]) -> None:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A folder with the bundled samples in models/, and an environment with `se-onnx` on the
-    PATH running this checkout."""
+    """A folder with a copy of models/ (the samples and the scripts that make data), and an
+    environment with `se-onnx` and `python` on the PATH running this checkout."""
     work = tmp_path / "work"
-    shutil.copytree(ROOT / "models", work / "models", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(ROOT / "models", work / "models", ignore=shutil.ignore_patterns("__pycache__"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    shim = bin_dir / "se-onnx"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m se_onnx "$@"\n')
-    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    for name, command in (("se-onnx", f'"{sys.executable}" -m se_onnx'), ("python", f'"{sys.executable}"')):
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     env = {key: value for key, value in os.environ.items() if not key.startswith("SE_ONNX_")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
