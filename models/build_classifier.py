@@ -69,8 +69,13 @@ def to_onnx(network: torch.nn.Sequential) -> onnx.ModelProto:
         inputs = [value, weight(f"{name}.weight", conv.weight), weight(f"{name}.bias", conv.bias)]
         nodes.append(
             helper.make_node(
-                "Conv", inputs, [f"{name}_output"], name=name, kernel_shape=[3, 3],
-                strides=list(conv.stride), pads=[1, 1, 1, 1],
+                "Conv",
+                inputs,
+                [f"{name}_output"],
+                name=name,
+                kernel_shape=[3, 3],
+                strides=list(conv.stride),
+                pads=[1, 1, 1, 1],
             )
         )
         nodes.append(helper.make_node("Relu", [f"{name}_output"], [f"relu_{index}_output"], name=f"relu_{index}"))
@@ -80,12 +85,16 @@ def to_onnx(network: torch.nn.Sequential) -> onnx.ModelProto:
         helper.make_node("GlobalAveragePool", [value], ["pool_output"], name="pool"),
         helper.make_node("Flatten", ["pool_output"], ["flatten_output"], name="flatten", axis=1),
         helper.make_node(
-            "Gemm", ["flatten_output", weight("fc.weight", linear.weight), weight("fc.bias", linear.bias)],
-            ["output"], name="fc", transB=1,
+            "Gemm",
+            ["flatten_output", weight("fc.weight", linear.weight), weight("fc.bias", linear.bias)],
+            ["output"],
+            name="fc",
+            transB=1,
         ),
     ]
     graph = helper.make_graph(
-        nodes, "classifier_tiny",
+        nodes,
+        "classifier_tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", len(CLASSES)])],
         initializers,

@@ -77,7 +77,11 @@ def test_a_closed_pipe_ends_the_command_quietly():
     try:
         process = subprocess.run(
             [sys.executable, "-m", "se_onnx", "inspect", "--json", str(ROOT / "models" / "mobilenet_se_tiny.onnx")],
-            stdout=write, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=120,
             check=False,
         )
     finally:

@@ -11,8 +11,8 @@ What is checked, page by page (README.md and every docs/**/*.md):
 - ```python blocks are run with this interpreter and must exit 0.
 - A page that runs `se-onnx train` is skipped where PyTorch is not installed.
 - A page's blocks run in order, in one fresh folder holding a copy of models/ (the bundled
-  samples and the scripts that make data), so a block may use what an earlier block of the same page wrote, never what another
-  page wrote.
+  samples and the scripts that make data), so a block may use what an earlier block of the same
+  page wrote, never what another page wrote.
 - Every `se-onnx …` command line in any console, sh or bash block, run or not, must be accepted
   by the command's parser (a renamed or removed option fails here), and every Python block, run
   or not, must compile and use no name it does not define or import.

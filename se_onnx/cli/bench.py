@@ -28,13 +28,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model_a", metavar="A", help="ONNX model")
     parser.add_argument("model_b", metavar="B", nargs="?", help="second model, timed against A on the same inputs")
-    parser.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu; never falls back)")
-    parser.add_argument("--batch", type=int, default=None, help="size of symbolic batch dims (default: the model's, else 1)")
+    parser.add_argument(
+        "--provider", choices=PROVIDERS, default="cpu", help="execution provider (default cpu; never falls back)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="size of symbolic batch dims (default: the model's, else 1)"
+    )
     parser.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per model first (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0: its choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    parser.add_argument("--se-cost", action="store_true", help="time A against A without its SE blocks, with a breakdown by role and op type")
+    parser.add_argument(
+        "--se-cost",
+        action="store_true",
+        help="time A against A without its SE blocks, with a breakdown by role and op type",
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="also write a comparison chart")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
@@ -75,9 +83,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_report(report: BenchReport) -> None:
     threads = report.threads or "auto"
-    print(f"{report.provider}, batch {report.batch}, {report.runs} runs after {report.warmup} warm-up, {threads} threads\n")
+    print(
+        f"{report.provider}, batch {report.batch}, {report.runs} runs after {report.warmup} warm-up, "
+        f"{threads} threads\n"
+    )
     rows = [
-        (m.name, f"{m.latency_ms.median:.3f}", f"{m.latency_ms.p90:.3f}", f"{m.latency_ms.mean:.3f}", f"{m.latency_ms.min:.3f}", f"{m.throughput:.1f}")
+        (
+            m.name,
+            f"{m.latency_ms.median:.3f}",
+            f"{m.latency_ms.p90:.3f}",
+            f"{m.latency_ms.mean:.3f}",
+            f"{m.latency_ms.min:.3f}",
+            f"{m.throughput:.1f}",
+        )
         for m in report.models
     ]
     print_table(("model", "median ms", "p90 ms", "mean ms", "min ms", "items/s"), rows)
@@ -91,20 +109,31 @@ def _print_report(report: BenchReport) -> None:
 def _print_se_cost(cost: SeCost) -> None:
     ms = cost.ms_per_batch
     print(
-        f"\n{cost.blocks} SE blocks cost ×{cost.ratio.median:.3f} (p10 {cost.ratio.p10:.3f}, p90 {cost.ratio.p90:.3f}), "
-        f"{ms.median:+.3f} ms per batch (95 % interval {ms.ci_low:+.3f} to {ms.ci_high:+.3f}; single runs p10 {ms.p10:+.3f}, p90 {ms.p90:+.3f})"
+        f"\n{cost.blocks} SE blocks cost ×{cost.ratio.median:.3f} "
+        f"(p10 {cost.ratio.p10:.3f}, p90 {cost.ratio.p90:.3f}), "
+        f"{ms.median:+.3f} ms per batch (95 % interval {ms.ci_low:+.3f} to {ms.ci_high:+.3f}; "
+        f"single runs p10 {ms.p10:+.3f}, p90 {ms.p90:+.3f})"
     )
     if cost.within_noise:
         print("within noise: the runs cannot tell the SE model from its stripped copy, and neither can the breakdown")
     print(
-        f"\ntime by role and op type, ms per batch (ONNX Runtime profiler, {cost.profiled_runs} runs per model, interleaved; "
+        f"\ntime by role and op type, ms per batch (ONNX Runtime profiler, {cost.profiled_runs} runs per model, "
+        "interleaved; "
         "medians, the difference run by run; ~ marks a difference within noise):"
     )
     print_table(
         ("role", "op type", "SE model", "stripped", "difference", "p10", "p90", "noise"),
         [
-            (op.role, op.op_type or "-", f"{op.se_ms:.3f}", f"{op.stripped_ms:.3f}", f"{op.diff_ms:+.3f}",
-             f"{op.diff.p10:+.3f}", f"{op.diff.p90:+.3f}", "~" if op.diff.within_noise else "")
+            (
+                op.role,
+                op.op_type or "-",
+                f"{op.se_ms:.3f}",
+                f"{op.stripped_ms:.3f}",
+                f"{op.diff_ms:+.3f}",
+                f"{op.diff.p10:+.3f}",
+                f"{op.diff.p90:+.3f}",
+                "~" if op.diff.within_noise else "",
+            )
             for op in cost.ops
         ],
     )
@@ -115,7 +144,8 @@ def _print_se_cost(cost: SeCost) -> None:
         else f"does not add up: more than ±{cost.tolerance_ms:.3f} ms off"
     )
     print(
-        f"\nthe differences sum to {cost.accounted_ms:+.3f} ms against the measured {ms.median:+.3f} ms, so the breakdown "
+        f"\nthe differences sum to {cost.accounted_ms:+.3f} ms against the measured {ms.median:+.3f} ms, "
+        "so the breakdown "
         f"{verdict} (the two medians' 95 % intervals); the profiled runs differ by {profiled:+.3f} ms"
     )
     if not cost.adds_up and profiled - ms.median > cost.tolerance_ms:

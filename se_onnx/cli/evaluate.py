@@ -23,8 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="the ONNX classifier")
     add_data_arguments(parser)
-    parser.add_argument("--compare", metavar="MODEL2", help="a second model to report side by side (B), the first being A")
-    parser.add_argument("--provider", choices=tuple(PROVIDERS), default="cpu", help="ONNX Runtime provider (default cpu)")
+    parser.add_argument(
+        "--compare", metavar="MODEL2", help="a second model to report side by side (B), the first being A"
+    )
+    parser.add_argument(
+        "--provider", choices=tuple(PROVIDERS), default="cpu", help="ONNX Runtime provider (default cpu)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="samples per run when scoring (default 64)")
     parser.add_argument("--runs", type=int, default=100, help="timed single-sample runs per model (default 100)")
     parser.add_argument("--plot", metavar="FILE.png", help="with --compare: write the side-by-side figure as a PNG")
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         evaluate_model,
     )
     from se_onnx.runtime.plots import plot_comparison
+
     signature = ClassifierSignature.of(load_model(args.model))
     data = load_dataset(args.data, signature, images)
     settings = dict(provider=args.provider, batch_size=args.batch_size, latency_runs=args.runs)
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\nB − A: top-1 {100 * difference['top1']:+.2f} points, top-5 {100 * difference['top5']:+.2f} points, "
         f"{difference['parameters']:+,} parameters, {difference['flops']:+,} FLOPs; latency B/A "
-        f"{comparison.latency_ratio:.3f} (p10–p90 {comparison.latency_ratio_p10:.3f}–{comparison.latency_ratio_p90:.3f}, "
+        f"{comparison.latency_ratio:.3f} "
+        f"(p10–p90 {comparison.latency_ratio_p10:.3f}–{comparison.latency_ratio_p90:.3f}, "
         f"run by run, interleaved)"
     )
     return 0
@@ -82,7 +88,10 @@ def _check_same_signature(a: ClassifierSignature, b: ClassifierSignature, path_a
             "compare two models of the same input"
         )
     if a.classes != b.classes:
-        raise SeOnnxError(f"--compare: {path_b} scores {b.classes} classes, {path_a} {a.classes}; compare two models of the same classes")
+        raise SeOnnxError(
+            f"--compare: {path_b} scores {b.classes} classes, {path_a} {a.classes}; "
+            "compare two models of the same classes"
+        )
 
 
 def _shown(shape) -> str:

@@ -105,4 +105,3 @@ def run(args: argparse.Namespace) -> int:
     if report.skipped:
         print(f"{count(len(report.skipped), 'conv')} skipped (--json lists them with reasons)", file=sys.stderr)
     return 0
-

@@ -33,25 +33,40 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_summary(path: str, summary: ModelSummary) -> None:
     opsets = ", ".join(f"{domain or 'ai.onnx'} {version}" for domain, version in summary.opsets.items())
-    print(f"{path}: IR version {summary.ir_version}, opsets {opsets}" + (f", from {summary.producer}" if summary.producer else ""))
+    print(
+        f"{path}: IR version {summary.ir_version}, opsets {opsets}"
+        + (f", from {summary.producer}" if summary.producer else "")
+    )
     for label, values in (("input", summary.inputs), ("output", summary.outputs)):
         for value in values:
             print(f"  {label:6}  {value.name}  {value.dtype}  {_shape(value)}")
     print(f"\nConv layers: {len(summary.convs)}")
     if summary.convs:
         rows = [
-            (c.name, c.in_channels, c.out_channels, "×".join(map(str, c.kernel or ["?"])), c.group, "depthwise" if c.depthwise else "")
+            (
+                c.name,
+                c.in_channels,
+                c.out_channels,
+                "×".join(map(str, c.kernel or ["?"])),
+                c.group,
+                "depthwise" if c.depthwise else "",
+            )
             for c in summary.convs
         ]
         print_table(("name", "in", "out", "kernel", "group", ""), rows)
     residual, conv = summary.insertion_sites["residual"], summary.insertion_sites["conv"]
-    print(f"\nSE can go: {count(len(residual), 'residual branch', 'residual branches')} (--where residual), {count(len(conv), 'conv')} (--where conv)")
+    print(
+        f"\nSE can go: {count(len(residual), 'residual branch', 'residual branches')} (--where residual), "
+        f"{count(len(conv), 'conv')} (--where conv)"
+    )
     print(f"\nSE blocks: {len(summary.se_blocks)}")
     if summary.se_blocks:
         print_blocks([block.to_dict() for block in summary.se_blocks])
     if summary.se_near_misses:
         print(f"\nSE near-misses: {len(summary.se_near_misses)}")
-        print_table(("Mul", "failed at", "reason"), [(m.node, m.stage.name.lower(), m.reason) for m in summary.se_near_misses])
+        print_table(
+            ("Mul", "failed at", "reason"), [(m.node, m.stage.name.lower(), m.reason) for m in summary.se_near_misses]
+        )
 
 
 def _shape(value: TensorSignature) -> str:

@@ -39,9 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_rewrite_arguments(parser, "where to write the trained model (after every epoch)")
     add_data_arguments(parser)
-    parser.add_argument("--val", metavar="DIR|FILE.npz", help="validation data, same layout as --data; class folders are labelled by --data's class list")
+    parser.add_argument(
+        "--val",
+        metavar="DIR|FILE.npz",
+        help="validation data, same layout as --data; class folders are labelled by --data's class list",
+    )
     training = parser.add_argument_group("training")
-    training.add_argument("--train", choices=("se", "all"), default="se", help="se (default): only the SE blocks; all: every layer")
+    training.add_argument(
+        "--train", choices=("se", "all"), default="se", help="se (default): only the SE blocks; all: every layer"
+    )
     training.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
     training.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 0.001)")
     training.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
@@ -104,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise SeOnnxError(f"se-onnx train needs PyTorch: pip install 'se-onnx[train]' ({error})") from None
     options = TrainOptions(
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, train=args.train, progress=not args.no_progress
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        train=args.train,
+        progress=not args.no_progress,
     )
     options.validate()
     model = load_model(args.model)
@@ -134,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
         return 0
     print(
-        f"\nepoch 0 is the model as it came; trained {report.trained_parameters:,} parameters in {len(report.trained_initializers)} constants "
+        f"\nepoch 0 is the model as it came; trained {report.trained_parameters:,} parameters "
+        f"in {len(report.trained_initializers)} constants "
         f"({report.scope}, {report.blocks} SE blocks); written to {args.output}"
     )
     return 0

@@ -85,4 +85,3 @@ def _dims(options: list[str]) -> dict[str, int]:
             raise SeOnnxError(f"--dim takes NAME=SIZE with a positive size, e.g. --dim seq=128, not {option!r}")
         dims[name] = int(size)
     return dims
-

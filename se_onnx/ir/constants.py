@@ -22,7 +22,11 @@ _LOOK_THROUGH = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast"
 # `se-onnx train --train all` trains and `insert` and `evaluate` count. Every other constant is fixed
 # and no parameter: BatchNorm statistics, an SE gate's gain, axes and shapes.
 WEIGHT_INPUTS: Mapping[str, tuple[int, ...]] = {
-    "Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "BatchNormalization": (1, 2), "PRelu": (1,)
+    "Conv": (1, 2),
+    "Gemm": (1, 2),
+    "MatMul": (1,),
+    "BatchNormalization": (1, 2),
+    "PRelu": (1,),
 }
 # QuantizeLinear/DequantizeLinear come in the default domain, or in ONNX Runtime's for 16-bit types.
 _QUANTIZE_DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -198,9 +202,7 @@ def set_constant(source: ir.Value, array: np.ndarray) -> None:
     node.attributes[name] = new
 
 
-def weight_constants(
-    nodes: Iterable[ir.Node], inputs: Mapping[str, tuple[int, ...]] = WEIGHT_INPUTS
-) -> list[ir.Value]:
+def weight_constants(nodes: Iterable[ir.Node], inputs: Mapping[str, tuple[int, ...]] = WEIGHT_INPUTS) -> list[ir.Value]:
     """The float constants (see `constant_source`) that feed `nodes`' weight `inputs` (input
     indices by op type), each once, in the order of the nodes."""
     found: dict[str, ir.Value] = {}

@@ -59,8 +59,18 @@ class ImageFolderDataset(Dataset):
     """An image folder's files and labels, each batch decoded when it is read: memory holds one
     batch, not the folder (an ImageNet-size folder would take tens of GB as float32)."""
 
-    def __init__(self, files: list[Path], y: np.ndarray, classes: list[str], *, rgb: bool, resize: int,
-                 size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        files: list[Path],
+        y: np.ndarray,
+        classes: list[str],
+        *,
+        rgb: bool,
+        resize: int,
+        size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         self.files, self.y, self.classes = files, y, classes
         self._rgb, self._resize, self._size = rgb, resize, size
         self._mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
@@ -93,7 +103,9 @@ class ClassifierSignature:
         graph = model.graph
         inputs = [value for value in graph.inputs if value.name not in graph.initializers]
         if len(inputs) != 1:
-            raise SeOnnxError(f"the model has {len(inputs)} inputs; train and evaluate take a classifier with one image input")
+            raise SeOnnxError(
+                f"the model has {len(inputs)} inputs; train and evaluate take a classifier with one image input"
+            )
         value = inputs[0]
         if value.dtype != ir.DataType.FLOAT or value.shape is None or len(value.shape) < 3:
             raise SeOnnxError(
@@ -108,7 +120,9 @@ class ClassifierSignature:
                 f"output {output.name!r} is {output.dtype.name if output.dtype else '?'} {_dims(shape)}, "
                 "not class scores (N × classes with at least 2 classes); train and evaluate take a classifier"
             )
-        input_shape = tuple(d if isinstance(d, int) else (d.value if d is not None else None) for d in list(value.shape)[1:])
+        input_shape = tuple(
+            d if isinstance(d, int) else (d.value if d is not None else None) for d in list(value.shape)[1:]
+        )
         return cls(value.name, input_shape, output.name, classes)
 
     @property
@@ -124,7 +138,11 @@ def _dims(shape: ir.Shape | None) -> str:
 
 
 def load_dataset(
-    path: str | Path, signature: ClassifierSignature, options: ImageOptions = ImageOptions(), *, classes: list[str] | None = None
+    path: str | Path,
+    signature: ClassifierSignature,
+    options: ImageOptions = ImageOptions(),
+    *,
+    classes: list[str] | None = None,
 ) -> Dataset:
     """An .npz file with `x` (N × the model's input dims) and `y` (N labels), or an image folder with
     one subfolder of images per class (class i is the i-th name in sorted order, or the index of its
@@ -168,7 +186,9 @@ def _npz(path: Path, signature: ClassifierSignature) -> Dataset:
     return Dataset(np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64))
 
 
-def _image_folder(root: Path, signature: ClassifierSignature, options: ImageOptions, known: list[str] | None) -> Dataset:
+def _image_folder(
+    root: Path, signature: ClassifierSignature, options: ImageOptions, known: list[str] | None
+) -> Dataset:
     if len(signature.input_shape) != 3:
         raise SeOnnxError(f"{root}: an image folder needs a model with an N × C × H × W input")
     channels, height, width = signature.input_shape
@@ -190,7 +210,9 @@ def _image_folder(root: Path, signature: ClassifierSignature, options: ImageOpti
     classes = names if known is None else known
     unknown = [name for name in names if name not in classes]
     if unknown:
-        raise SeOnnxError(f"{root}: class folders {', '.join(map(repr, unknown))} are not among the training data's classes")
+        raise SeOnnxError(
+            f"{root}: class folders {', '.join(map(repr, unknown))} are not among the training data's classes"
+        )
     if len(classes) > signature.classes:
         raise SeOnnxError(f"{root}: {len(classes)} class folders, but the model scores {signature.classes} classes")
     files = [
@@ -219,7 +241,9 @@ def _image(file: Path, rgb: bool, resize: int, size: tuple[int, int]) -> np.ndar
         with Image.open(file) as image:
             image = image.convert("RGB" if rgb else "L")
             scale = resize / min(image.size)
-            image = image.resize((max(size[1], round(image.width * scale)), max(size[0], round(image.height * scale))), Image.BILINEAR)
+            image = image.resize(
+                (max(size[1], round(image.width * scale)), max(size[0], round(image.height * scale))), Image.BILINEAR
+            )
             left, top = (image.width - size[1]) // 2, (image.height - size[0]) // 2
             image = image.crop((left, top, left + size[1], top + size[0]))
             array = np.asarray(image, np.float32) / 255.0

@@ -7,7 +7,6 @@ import dataclasses
 import os
 import statistics
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -146,7 +145,9 @@ def _evaluate(paths, data: Dataset, provider: str, batch_size: int, latency_runs
     evaluations_scores = [_scores(session, data, batch_size, path) for session, path in zip(sessions, paths)]
     sample = data.read(np.arange(1))
     tasks = [_runner(session, sample) for session in sessions]
-    seconds = time_interleaved(tasks, runs=latency_runs, warmup=min(10, latency_runs), rotate=True, progress=True, label="latency")
+    seconds = time_interleaved(
+        tasks, runs=latency_runs, warmup=min(10, latency_runs), rotate=True, progress=True, label="latency"
+    )
     evaluations = []
     for path, scores, series in zip(paths, evaluations_scores, seconds):
         top1, top5, loss = _accuracy(scores, data.y)
@@ -154,7 +155,16 @@ def _evaluate(paths, data: Dataset, provider: str, batch_size: int, latency_runs
         ms = np.asarray(series) * 1e3
         evaluations.append(
             Evaluation(
-                os.fspath(path), len(data), top1, top5, loss, float(statistics.median(ms)), float(np.percentile(ms, 90)), parameters, flops, provider
+                os.fspath(path),
+                len(data),
+                top1,
+                top5,
+                loss,
+                float(statistics.median(ms)),
+                float(np.percentile(ms, 90)),
+                parameters,
+                flops,
+                provider,
             )
         )
     if with_ratio:

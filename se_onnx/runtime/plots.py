@@ -33,7 +33,14 @@ def plot_report(report: BenchReport, path: str | os.PathLike) -> None:
     latency.set_ylabel("latency per batch (ms)")
     latency.set_title("latency per run (box p25–p75, whiskers p5–p95)")
     for index, model in enumerate(report.models, start=1):
-        latency.annotate(f"median {model.latency_ms.median:.3g} ms", (index, model.latency_ms.median), xytext=(12, 0), textcoords="offset points", va="center", fontsize=8)
+        latency.annotate(
+            f"median {model.latency_ms.median:.3g} ms",
+            (index, model.latency_ms.median),
+            xytext=(12, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
 
     if report.ratio is not None:
         ratio_axis = axes.pop(0)
@@ -48,7 +55,9 @@ def plot_report(report: BenchReport, path: str | os.PathLike) -> None:
         ratio_axis.set_ylim(min(low, 1.0) - margin, max(high, 1.0) + margin)
         ratio_axis.set_xlabel("run")
         ratio_axis.set_ylabel("B / A")
-        ratio_axis.set_title(f"latency ratio B/A\nA = {_shorten(names[0], 40)}, B = {_shorten(names[1], 40)}", fontsize=9)
+        ratio_axis.set_title(
+            f"latency ratio B/A\nA = {_shorten(names[0], 40)}, B = {_shorten(names[1], 40)}", fontsize=9
+        )
         ratio_axis.legend(fontsize=8)
 
     if report.se_cost is not None:
@@ -67,19 +76,18 @@ def plot_report(report: BenchReport, path: str | os.PathLike) -> None:
         ops_axis.set_xlabel("ms per batch, SE model − stripped (profiler; bars: 95 % interval)")
         cost = report.se_cost
         ops_axis.set_title(
-            f"cost of {cost.blocks} SE blocks by role and op type\nsum {cost.accounted_ms:+.3g} ms, measured {cost.ms_per_batch.median:+.3g} ms",
+            f"cost of {cost.blocks} SE blocks by role and op type\n"
+            f"sum {cost.accounted_ms:+.3g} ms, measured {cost.ms_per_batch.median:+.3g} ms",
             fontsize=9,
         )
 
-    figure.suptitle(
-        f"{' vs '.join(names)} — {report.provider}, batch {report.batch}, {report.runs} runs", fontsize=10
-    )
+    figure.suptitle(f"{' vs '.join(names)} — {report.provider}, batch {report.batch}, {report.runs} runs", fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)
 
 
 def _shorten(text: str, width: int = 28) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def plot_comparison(comparison: Comparison, path: str | os.PathLike) -> None:
@@ -110,7 +118,8 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike) -> None:
             axis.legend(fontsize=8, loc="lower right")
     figure.suptitle(
         f"{names[1]} vs {names[0]}: Δtop-1 {100 * (comparison.b.top1 - comparison.a.top1):+.2f} points, "
-        f"latency ×{comparison.latency_ratio:.3f} (p10–p90 {comparison.latency_ratio_p10:.3f}–{comparison.latency_ratio_p90:.3f}), "
+        f"latency ×{comparison.latency_ratio:.3f} "
+        f"(p10–p90 {comparison.latency_ratio_p10:.3f}–{comparison.latency_ratio_p90:.3f}), "
         f"{comparison.a.samples} samples, {comparison.a.provider}",
         fontsize=10,
     )

@@ -27,7 +27,7 @@ class OutputDifference:
 
     @property
     def judged_by(self) -> str:
-        """"atol" for an output near zero, where relative error is not meaningful; else "atol + rtol"."""
+        """ "atol" for an output near zero, where relative error is not meaningful; else "atol + rtol"."""
         return "atol" if self.max_rel is None else "atol + rtol"
 
     def to_dict(self) -> dict:
@@ -84,9 +84,7 @@ def verify(
     feeds = dict(inputs) if inputs is not None else random_inputs(session_a, batch=batch, seed=seed, dims=dims)
     expected_inputs = {meta.name for meta in session_a.get_inputs()}
     if set(feeds) != expected_inputs:
-        raise SeOnnxError(
-            f"inputs given for {sorted(feeds)}, but the models take {sorted(expected_inputs)}"
-        )
+        raise SeOnnxError(f"inputs given for {sorted(feeds)}, but the models take {sorted(expected_inputs)}")
     names = [meta.name for meta in session_a.get_outputs()]
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # the failure is reported below, in one line, not in ORT's log too
@@ -105,8 +103,7 @@ def verify(
             ) from None
         raise SeOnnxError(f"ONNX Runtime could not run the models: {message}") from None
     differences = [
-        _difference(name, np.asarray(a), np.asarray(b), rtol, atol)
-        for name, a, b in zip(names, outputs_a, outputs_b)
+        _difference(name, np.asarray(a), np.asarray(b), rtol, atol) for name, a, b in zip(names, outputs_a, outputs_b)
     ]
     return Verification(differences, rtol, atol)
 

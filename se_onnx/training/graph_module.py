@@ -58,7 +58,9 @@ def _axes(inputs: list, attributes: Mapping[str, Any], index: int = 1) -> list[i
     return None
 
 
-def _same_pads(x: Tensor, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], upper: bool) -> list[int]:
+def _same_pads(
+    x: Tensor, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], upper: bool
+) -> list[int]:
     begins, ends = [], []
     for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations):
         total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -259,8 +261,12 @@ OPS: dict[str, _Op] = {
     "Clip": _clip,
     "MaxPool": _pool("max"),
     "AveragePool": _pool("average"),
-    "GlobalAveragePool": lambda inputs, attributes, opset: inputs[0].mean(dim=tuple(range(2, inputs[0].dim())), keepdim=True),
-    "GlobalMaxPool": lambda inputs, attributes, opset: inputs[0].amax(dim=tuple(range(2, inputs[0].dim())), keepdim=True),
+    "GlobalAveragePool": lambda inputs, attributes, opset: inputs[0].mean(
+        dim=tuple(range(2, inputs[0].dim())), keepdim=True
+    ),
+    "GlobalMaxPool": lambda inputs, attributes, opset: inputs[0].amax(
+        dim=tuple(range(2, inputs[0].dim())), keepdim=True
+    ),
     "ReduceMean": _reduce_mean,
     "Flatten": _flatten,
     "Reshape": _reshape,
@@ -269,7 +275,9 @@ OPS: dict[str, _Op] = {
     "Transpose": lambda inputs, attributes, opset: inputs[0].permute(
         *_ints(attributes.get("perm", list(reversed(range(inputs[0].dim())))))
     ),
-    "Concat": lambda inputs, attributes, opset: torch.cat([x for x in inputs if x is not None], dim=int(attributes["axis"])),
+    "Concat": lambda inputs, attributes, opset: torch.cat(
+        [x for x in inputs if x is not None], dim=int(attributes["axis"])
+    ),
     "Softmax": _softmax(log=False),
     "LogSoftmax": _softmax(log=True),
     "Identity": _elementwise(lambda x: x),
@@ -320,7 +328,12 @@ class OnnxModule(torch.nn.Module):
                 continue
             attributes = {name: _attribute_value(attr) for name, attr in node.attributes.items()}
             self._steps.append(
-                (node.op_type, [v.name if v is not None else None for v in node.inputs], [v.name for v in node.outputs], attributes)
+                (
+                    node.op_type,
+                    [v.name if v is not None else None for v in node.inputs],
+                    [v.name for v in node.outputs],
+                    attributes,
+                )
             )
         self.input_names = [value.name for value in graph.inputs if value.name not in graph.initializers]
         self.output_names = [value.name for value in graph.outputs]

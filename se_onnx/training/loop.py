@@ -147,7 +147,11 @@ def train_model(
     producer = output.producer()
     # A softmax at the end is undone so the loss sees logits, whose gradients do not vanish.
     logits_name = producer.inputs[0].name if producer is not None and producer.op_type == "Softmax" else output.name
-    gate_inputs = {block_key(block): block.nodes[_gate_index(block)].inputs[0].name for block in blocks if block.gate.op_type == "Sigmoid"}
+    gate_inputs = {
+        block_key(block): block.nodes[_gate_index(block)].inputs[0].name
+        for block in blocks
+        if block.gate.op_type == "Sigmoid"
+    }
     parameters = [module.parameters_by_name[name] for name in names]
     report = TrainReport(options.train, names, sum(p.numel() for p in parameters), len(blocks), [], _empty_epoch())
 
@@ -207,7 +211,9 @@ def train_model(
             for epoch in range(1, options.epochs + 1):
                 started = time.perf_counter()
                 order = rng.permutation(len(train_data))
-                train_loss, train_accuracy = run(train_data, train=True, order=order, label=f"epoch {epoch}/{options.epochs}")
+                train_loss, train_accuracy = run(
+                    train_data, train=True, order=order, label=f"epoch {epoch}/{options.epochs}"
+                )
                 result = evaluate(epoch, started, train_loss, train_accuracy)
                 _write_back(trained, module, names)
                 report.epochs.append(result)
