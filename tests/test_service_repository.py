@@ -204,3 +204,45 @@ def test_load_refuses_model_files_and_a_config_that_is_no_string(repo):
             "/v2/repository/models/plain/load", json={"parameters": {"config": {"max_batch_size": 8}}}, headers=KEY
         )
         assert typed.status_code == 400 and "must be a string" in typed.json()["error"], typed.text
+
+
+def test_odd_folders_and_names_fail_their_model_only(tmp_path):
+    """Versions are ASCII decimal numbers: "¹" passes str.isdigit() but is none. A bad version
+    folder, a name no response can carry, an unreadable folder: that model is UNAVAILABLE with the
+    reason, its load is a 400, and the others load and serve."""
+    root = write_repo(
+        tmp_path / "repo",
+        {"plain": relu_neg_model(), "good": (relu_neg_model(), {"version_policy": {"all": {}}}, [1, 2])},
+    )
+    model = (root / "plain.onnx").read_bytes()
+    for folder in ("superscript/¹", "mixed/1", "mixed/٣", "duplicate/1", "duplicate/01", "huge/99999999999999999999"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "model.onnx").write_bytes(model)
+    (root / "good" / "notes").mkdir()  # a folder that is no version is ignored, as in Triton
+    (root / "control\x01char.onnx").write_bytes(model)
+    with open(bytes(root) + b"/bytes\xff.onnx", "wb") as file:  # not UTF-8
+        file.write(model)
+    with serve(root, api_key="s3cret") as client:
+        index = _index(client)
+        assert index[("plain", "1")]["state"] == "READY"
+        assert [v for (n, v) in index if n == "good"] == ["1", "2"]
+        for name, fragment in [
+            ("superscript", "version folder '¹' is not a version"),
+            ("mixed", "version folder '٣' is not a version"),
+            ("duplicate", "are the same version"),
+            ("huge", "is not a version"),
+            ("control\\x01char", "control characters"),
+            ("bytes\\udcff", "control characters"),
+        ]:
+            row = index[(name, "")]
+            assert row["state"] == "UNAVAILABLE" and fragment in row["reason"], row
+            response = client.post(f"/v2/repository/models/{name}/load", headers=KEY)
+            assert response.status_code == 400 and fragment in response.json()["error"], response.text
+        assert client.get("/v2/models/superscript/ready").status_code == 503
+        error = client.get("/v2/models/superscript").json()["error"]
+        assert error == "model 'superscript' is not ready: its version folders are invalid"
+        assert client.get("/v2/models/good/versions/¹/ready").status_code == 404
+        assert client.post("/v2/repository/models/nothing/load", headers=KEY).status_code == 404
+        assert client.get("/v2/health/ready").status_code == 200
+        response = client.post("/v2/models/good/infer", json=infer_json("x", np.ones((1, 4), np.float32)))
+        assert response.status_code == 200, response.text
