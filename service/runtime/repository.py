@@ -167,6 +167,7 @@ class ModelRepository:
                 raise ServiceError(404, f"no model {name!r} in the repository {self.root}")
             try:
                 config, paths = self._versions(source, config_override)
+                config.check_server(self._config, str(source))
             except SeOnnxError as error:
                 log.error("model not loaded", extra={"model": name, "reason": str(error)})
                 if name in self._served:
