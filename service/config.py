@@ -98,6 +98,12 @@ class ServerSettings(BaseSettings):
         default=None,
         description="PEM bundle of CAs; clients must then present a certificate signed by one (mutual TLS)",
     )
+    model_load_timeout: float = Field(
+        default=600.0,
+        ge=0,
+        description="seconds a model version may take to load and warm up; a longer load fails, frees what it "
+        "made and leaves the version UNAVAILABLE (0: no limit)",
+    )
 
     @field_validator("model_repository")
     @classmethod

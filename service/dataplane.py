@@ -113,6 +113,7 @@ class DataPlane:
         """Report not ready at once, so load balancers stop sending, and let streams wind down."""
         self.ready = False
         self.stopping.set()
+        self.repository.stop_loads()  # a model warming up must not hold the shutdown up
 
     async def close(self) -> None:
         self.stop_accepting()

@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
 from se_onnx.errors import SeOnnxError
 from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerSettings
 from service.errors import ServiceError
-from service.runtime.model import ServedModel
+from service.runtime.model import LoadCancelled, ServedModel
 from service.runtime.recorder import Recorder
 
 log = logging.getLogger("service.repository")
@@ -50,6 +51,8 @@ def _looks_like_version(name: str) -> bool:
 # What clients are told about a model that failed to load, by a phrase of the full reason; the
 # full reason (paths, ONNX Runtime's words) goes only to the log and the authenticated index.
 _FAILURE_CLASSES = (
+    ("--model-load-timeout", "it took longer to load than the server allows"),
+    ("was stopped", "its load was stopped"),
     ("version folder", "its version folders are invalid"),
     ("the model name", "its name is invalid"),
     ("invalid model config", "its config is invalid"),
@@ -96,6 +99,9 @@ class ModelRepository:
         # name → version → its state; version "" holds a model-level failure (bad config).
         self._states: dict[str, dict[str, VersionState]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # name → the flag of the version loading now; an unload or `close` sets it to stop the load.
+        self._loading: dict[str, threading.Event] = {}
+        self._stopping = False  # set by `stop_loads`: later loads stop at their first step too
 
     def discover(self) -> dict[str, Path]:
         """Model name → its directory (Triton layout) or .onnx file, as the disk has them now. A name
@@ -183,9 +189,10 @@ class ModelRepository:
                 try:
                     if not path.is_file():
                         raise SeOnnxError(f"{path}: no such model file")
-                    model = await asyncio.to_thread(
-                        ServedModel, name, version, path, config, self._config, self._recorder.for_model(name, version)
-                    )
+                    model = await self._build(name, version, path, config)
+                except LoadCancelled as error:
+                    states[version] = VersionState(UNAVAILABLE, str(error))
+                    break  # an unload or the shutdown is waiting: load no further version
                 except SeOnnxError as error:
                     log.error("model not loaded", extra={"model": name, "version": version, "reason": str(error)})
                     states[version] = VersionState(UNAVAILABLE, str(error))
@@ -197,6 +204,9 @@ class ModelRepository:
                 model.start()
                 loaded[version] = model
                 states[version] = VersionState(READY)
+            for version, state in states.items():
+                if state.state == LOADING:  # after a stopped load, the versions not reached
+                    states[version] = VersionState(UNAVAILABLE, "not loaded")
             failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
             previous = self._served.get(name, {})
             if not loaded and previous:
@@ -212,8 +222,31 @@ class ModelRepository:
             if failed:
                 raise ServiceError(400, f"failed to load {name!r}: {'; '.join(failed)}")
 
+    async def _build(self, name: str, version: str, path: Path, config: ModelConfig) -> ServedModel:
+        """The model version, built in a thread within --model-load-timeout; past it the build is
+        told to stop (it frees what it made at its next step) and this raises SeOnnxError."""
+        cancelled = threading.Event()
+        if self._stopping:
+            cancelled.set()
+        self._loading[name] = cancelled
+        recorder = self._recorder.for_model(name, version)
+        build = asyncio.to_thread(ServedModel, name, version, path, config, self._config, recorder, cancelled)
+        budget = self._config.model_load_timeout or None
+        try:
+            return await asyncio.wait_for(build, budget)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise SeOnnxError(
+                f"{path}: loading took longer than the server's --model-load-timeout ({budget:g} s)"
+            ) from None
+        finally:
+            cancelled.set()  # a no-op once built; otherwise the thread stops at its next step
+            self._loading.pop(name, None)
+
     async def unload(self, name: str) -> None:
-        """Stop routing requests to `name`, let those in flight finish, then free it."""
+        """Stop routing requests to `name`, let those in flight finish, then free it; a load under
+        way is stopped at its next step instead of being waited for."""
+        if name in self._loading:
+            self._loading[name].set()
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name not in self._served and name not in self._states and name not in self.discover():
                 raise ServiceError(404, f"unknown model {name!r}")
@@ -260,7 +293,14 @@ class ModelRepository:
                     rows.append({"name": name, "version": version, "state": state, "reason": reason})
         return rows
 
+    def stop_loads(self) -> None:
+        """Tell every load under way, and any later one, to stop at its next step (the server is stopping)."""
+        self._stopping = True
+        for cancelled in self._loading.values():
+            cancelled.set()
+
     async def close(self) -> None:
+        self.stop_loads()
         served, self._served = self._served, {}
         await asyncio.gather(*(model.close() for versions in served.values() for model in versions.values()))
 
