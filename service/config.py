@@ -98,6 +98,12 @@ class ServerSettings(BaseSettings):
         default=None,
         description="PEM bundle of CAs; clients must then present a certificate signed by one (mutual TLS)",
     )
+    model_load_timeout: float = Field(
+        default=600.0,
+        ge=0,
+        description="seconds a model version may take to load and warm up; a longer load fails, frees what it "
+        "made and leaves the version UNAVAILABLE (0: no limit)",
+    )
 
     @field_validator("model_repository")
     @classmethod
@@ -147,6 +153,22 @@ class ServerSettings(BaseSettings):
         return self
 
 
+# The ranges of the Triton ModelConfig protobuf fields that config.json fields map to
+# (tritonclient.grpc.model_config_pb2): a value past them cannot be answered by gRPC ModelConfig.
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+INT64_MAX = 2**63 - 1
+# Tighter bounds where the protobuf's range exceeds what a server can honour: every batch row,
+# queued request, instance thread and warm-up run costs memory or time before a request is served.
+MAX_BATCH_SIZE = 65536
+MAX_QUEUE_SIZE = 65536
+MAX_INSTANCES = 256
+MAX_WARMUP_RUNS = 1000
+# The longest a request may wait for others to join its batch (60 s); `check_server` also holds it
+# to the server's --request-timeout, past which every batched request would time out first.
+MAX_QUEUE_DELAY_US = 60_000_000
+
+
 class _Strict(BaseModel):
     # Strict types: `"session_per_instance": 0` or `"warmup": "1"` is a mistake to report, not to coerce.
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -155,25 +177,65 @@ class _Strict(BaseModel):
 class DynamicBatching(_Strict):
     """Triton's dynamic_batching block: how long a request may wait for others to join its batch."""
 
-    max_queue_delay_us: int = Field(default=500, ge=0)
-    max_queue_size: int = Field(default=256, ge=1)
-    preferred_batch_size: list[int] = Field(default_factory=list)
+    max_queue_delay_us: int = Field(
+        default=500,
+        ge=0,
+        le=MAX_QUEUE_DELAY_US,
+        description="microseconds a request may wait for others to join its batch (Triton's "
+        f"max_queue_delay_microseconds); 0 to {MAX_QUEUE_DELAY_US} and at most the server's --request-timeout",
+    )
+    max_queue_size: int = Field(
+        default=256,
+        ge=1,
+        le=MAX_QUEUE_SIZE,
+        description=f"requests that may wait for a batch; more get 503 (1 to {MAX_QUEUE_SIZE}; Triton's "
+        "default_queue_policy.max_queue_size)",
+    )
+    preferred_batch_size: list[int] = Field(
+        default_factory=list,
+        description="batch sizes to send as soon as they are reached, without waiting out the delay: unique, "
+        "each 1 to max_batch_size",
+    )
+
+    @field_validator("preferred_batch_size")
+    @classmethod
+    def _positive_and_unique(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError(f"preferred batch sizes must be positive, got {sizes}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"preferred batch sizes must be unique, got {sizes}")
+        return sizes
 
 
 class _Latest(_Strict):
-    num_versions: int = Field(default=1, ge=1)
+    num_versions: int = Field(
+        default=1, ge=1, le=UINT32_MAX, description=f"how many of the newest versions to serve (1 to {UINT32_MAX})"
+    )
+
+
+class _All(_Strict):
+    """Serve every version; the block takes no fields."""
 
 
 class _Specific(_Strict):
-    versions: list[int]
+    versions: list[int] = Field(
+        min_length=1, description=f"the versions to serve, each 0 to {INT64_MAX} (a version folder's number)"
+    )
+
+    @field_validator("versions")
+    @classmethod
+    def _version_numbers(cls, versions: list[int]) -> list[int]:
+        if any(not 0 <= version <= INT64_MAX for version in versions):
+            raise ValueError(f"versions are numbers from 0 to {INT64_MAX}, got {versions}")
+        return versions
 
 
 class VersionPolicy(_Strict):
     """Exactly one of Triton's three policies; the default serves the newest version only."""
 
-    latest: _Latest | None = None
-    all: dict | None = None
-    specific: _Specific | None = None
+    latest: _Latest | None = Field(default=None, description="serve the newest num_versions versions")
+    all: _All | None = Field(default=None, description="serve every version ({})")
+    specific: _Specific | None = Field(default=None, description="serve the versions listed")
 
     @model_validator(mode="after")
     def _one_policy(self) -> VersionPolicy:
@@ -195,25 +257,72 @@ class VersionPolicy(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A model's config.json; every field is optional and the server's options fill the rest."""
+    """A model's config.json; every field is optional and the server's options fill the rest. Each
+    field stays within the range of the Triton ModelConfig protobuf field it maps to, and within the
+    bounds above; readers of other formats (config.pbtxt) validate through this model too."""
 
-    max_batch_size: int = Field(default=0, ge=0)
-    dynamic_batching: DynamicBatching | None = None
-    provider: Provider | None = None
-    device_id: int | None = Field(default=None, ge=0)
-    gpu_mem_limit: int | None = Field(default=None, ge=1)
-    instance_count: int | None = Field(default=None, ge=1)
-    # One ONNX Runtime session per instance instead of one shared by all (more memory).
-    session_per_instance: bool = False
-    # Number of runs on seeded inputs before the model reports ready (0 turns warm-up off).
-    warmup: int = Field(default=1, ge=0)
-    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    max_batch_size: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_BATCH_SIZE,
+        description=f"largest batch (first dimension) a request or a dynamic batch may have, 0 to {MAX_BATCH_SIZE}; "
+        "0: the model takes no batch dimension",
+    )
+    dynamic_batching: DynamicBatching | None = Field(
+        default=None, description="batch requests together on the server (needs max_batch_size > 0)"
+    )
+    provider: Provider | None = Field(
+        default=None, description="execution provider of this model (default: the server's --provider)"
+    )
+    device_id: int | None = Field(
+        default=None, ge=0, le=INT32_MAX, description=f"GPU device id, 0 to {INT32_MAX} (default: the server's)"
+    )
+    gpu_mem_limit: int | None = Field(
+        default=None, ge=1, le=INT64_MAX, description="bytes of GPU memory the CUDA provider may take for its arena"
+    )
+    instance_count: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_INSTANCES,
+        description=f"inference threads of this model, 1 to {MAX_INSTANCES} (default: --workers-per-model)",
+    )
+    session_per_instance: bool = Field(
+        default=False,
+        description="one ONNX Runtime session per instance instead of one shared by all (more memory)",
+    )
+    warmup: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_WARMUP_RUNS,
+        description=f"runs on seeded inputs before the model reports ready, 0 to {MAX_WARMUP_RUNS} (0: no warm-up)",
+    )
+    version_policy: VersionPolicy = Field(
+        default_factory=VersionPolicy,
+        description="which versions to serve: latest (the default, newest one), all, or specific",
+    )
 
     @model_validator(mode="after")
     def _batching_needs_a_batch_size(self) -> ModelConfig:
-        if self.dynamic_batching is not None and not self.max_batch_size:
-            raise ValueError("dynamic_batching needs max_batch_size > 0")
+        if self.dynamic_batching is not None:
+            if not self.max_batch_size:
+                raise ValueError("dynamic_batching needs max_batch_size > 0")
+            too_large = [size for size in self.dynamic_batching.preferred_batch_size if size > self.max_batch_size]
+            if too_large:
+                raise ValueError(
+                    f"dynamic_batching.preferred_batch_size {too_large[0]} is larger than max_batch_size "
+                    f"{self.max_batch_size}"
+                )
         return self
+
+    def check_server(self, server: ServerSettings, source: str) -> None:
+        """SeOnnxError unless the config fits the server's settings, which config.json cannot see."""
+        batching = self.dynamic_batching
+        limit_us = server.request_timeout * 1e6
+        if batching is not None and server.request_timeout > 0 and batching.max_queue_delay_us > limit_us:
+            raise SeOnnxError(
+                f"{source}: invalid model config: dynamic_batching.max_queue_delay_us {batching.max_queue_delay_us} "
+                f"is longer than the server's --request-timeout ({server.request_timeout:g} s)"
+            )
 
     @classmethod
     def parse(cls, text: str | bytes, source: str) -> ModelConfig:

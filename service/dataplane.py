@@ -82,7 +82,7 @@ class DataPlane:
         self.recorder = Recorder()
         self.repository = ModelRepository(config, self.recorder)
         self.recorder.registry.register(TritonCollector(self._triton_series))
-        self.shared_memory = SharedMemoryRegistry()
+        self.shared_memory = SharedMemoryRegistry(config.max_request_size)
         self.ready = False
         # Set when start-up loading has ended, whether or not it worked (`ready` says which).
         self.loading_done = asyncio.Event()
@@ -113,6 +113,7 @@ class DataPlane:
         """Report not ready at once, so load balancers stop sending, and let streams wind down."""
         self.ready = False
         self.stopping.set()
+        self.repository.stop_loads()  # a model warming up must not hold the shutdown up
 
     async def close(self) -> None:
         self.stop_accepting()

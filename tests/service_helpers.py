@@ -201,11 +201,13 @@ def start_server(
     grpc_port: int | None = 0,
     scheme: str = "http",
     cwd: Path = ROOT,
+    wait: str = "ready",
     **client_options,
 ) -> tuple[subprocess.Popen, str]:
     """`python -m se_onnx serve` on loopback, ready; (process, HTTP host:port). gRPC is off
     unless `grpc_port` is given (None: as the environment says), so that servers started in
-    parallel do not race for 8001. Without `repo` the server picks its own, in `cwd`.
+    parallel do not race for 8001. Without `repo` the server picks its own, in `cwd`. `wait`:
+    the health check to wait for ("live" while models are still loading).
     `client_options` go to the httpx client that polls readiness (TLS: `verify`)."""
     port = free_port()
     grpc = [] if grpc_port is None else ["--grpc-port", str(grpc_port)]
@@ -230,7 +232,7 @@ def start_server(
     with httpx.Client(**client_options) as client:
         while True:
             try:
-                if client.get(f"{scheme}://{url}/v2/health/ready").status_code == 200:
+                if client.get(f"{scheme}://{url}/v2/health/{wait}").status_code == 200:
                     return process, url
             except httpx.HTTPError:  # not listening yet
                 pass

@@ -99,6 +99,7 @@ ENVIRONMENT = {
     "ssl_certfile": ("{cert}", "{cert}"),
     "ssl_keyfile": ("{cert}", "{cert}"),
     "ssl_ca_certs": ("{cert}", "{cert}"),
+    "model_load_timeout": ("30", 30.0),
 }
 # What some settings need beside them to be valid.
 NEEDS = {"api_key_scope": {"SE_ONNX_API_KEY": "k"}, "ssl_keyfile": {"SE_ONNX_SSL_CERTFILE": "{cert}"},

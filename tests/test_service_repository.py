@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +16,10 @@ from service_helpers import (
     relu_neg_model,
     serve,
     serve_async,
+    server_log,
     slow_model,
+    start_server,
+    stop_server,
     write_repo,
 )
 
@@ -204,3 +209,108 @@ def test_load_refuses_model_files_and_a_config_that_is_no_string(repo):
             "/v2/repository/models/plain/load", json={"parameters": {"config": {"max_batch_size": 8}}}, headers=KEY
         )
         assert typed.status_code == 400 and "must be a string" in typed.json()["error"], typed.text
+
+
+def test_odd_folders_and_names_fail_their_model_only(tmp_path):
+    """Versions are ASCII decimal numbers: "¹" passes str.isdigit() but is none. A bad version
+    folder, a name no response can carry, an unreadable folder: that model is UNAVAILABLE with the
+    reason, its load is a 400, and the others load and serve."""
+    root = write_repo(
+        tmp_path / "repo",
+        {"plain": relu_neg_model(), "good": (relu_neg_model(), {"version_policy": {"all": {}}}, [1, 2])},
+    )
+    model = (root / "plain.onnx").read_bytes()
+    for folder in ("superscript/¹", "mixed/1", "mixed/٣", "duplicate/1", "duplicate/01", "huge/99999999999999999999"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "model.onnx").write_bytes(model)
+    (root / "good" / "notes").mkdir()  # a folder that is no version is ignored, as in Triton
+    (root / "control\x01char.onnx").write_bytes(model)
+    with open(bytes(root) + b"/bytes\xff.onnx", "wb") as file:  # not UTF-8
+        file.write(model)
+    with serve(root, api_key="s3cret") as client:
+        index = _index(client)
+        assert index[("plain", "1")]["state"] == "READY"
+        assert [v for (n, v) in index if n == "good"] == ["1", "2"]
+        for name, fragment in [
+            ("superscript", "version folder '¹' is not a version"),
+            ("mixed", "version folder '٣' is not a version"),
+            ("duplicate", "are the same version"),
+            ("huge", "is not a version"),
+            ("control\\x01char", "control characters"),
+            ("bytes\\udcff", "control characters"),
+        ]:
+            row = index[(name, "")]
+            assert row["state"] == "UNAVAILABLE" and fragment in row["reason"], row
+            response = client.post(f"/v2/repository/models/{name}/load", headers=KEY)
+            assert response.status_code == 400 and fragment in response.json()["error"], response.text
+        assert client.get("/v2/models/superscript/ready").status_code == 503
+        error = client.get("/v2/models/superscript").json()["error"]
+        assert error == "model 'superscript' is not ready: its version folders are invalid"
+        assert client.get("/v2/models/good/versions/¹/ready").status_code == 404
+        assert client.post("/v2/repository/models/nothing/load", headers=KEY).status_code == 404
+        assert client.get("/v2/health/ready").status_code == 200
+        response = client.post("/v2/models/good/infer", json=infer_json("x", np.ones((1, 4), np.float32)))
+        assert response.status_code == 200, response.text
+
+
+def _until(condition, timeout: float = 30.0, what: str = "the condition"):
+    """Poll `condition` until it is truthy (and return it), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def test_a_load_past_its_budget_fails_and_stops_its_warm_up(tmp_path, caplog):
+    root = write_repo(
+        tmp_path / "repo",
+        {"plain": relu_neg_model(), "slow": (slow_model(size=1024, matmuls=2), {"warmup": 1000}, [1])},
+    )
+    caplog.set_level(logging.INFO, logger="service.model")
+    with serve(root, api_key="s3cret", model_load_timeout=0.5) as client:
+        index = _index(client)
+        assert index[("plain", "1")]["state"] == "READY"
+        slow = index[("slow", "1")]
+        assert slow["state"] == "UNAVAILABLE" and "--model-load-timeout (0.5 s)" in slow["reason"], slow
+        error = client.get("/v2/models/slow").json()["error"]
+        assert error == "model 'slow' is not ready: it took longer to load than the server allows"
+        # The warm-up thread notices the flag between two runs and frees its session.
+        _until(lambda: any(r.getMessage() == "load stopped" for r in caplog.records), what="the load to stop")
+        response = client.post("/v2/repository/models/slow/load", headers=KEY)
+        assert response.status_code == 400 and "--model-load-timeout" in response.json()["error"], response.text
+
+
+@pytest.mark.slow
+def test_unload_and_sigterm_are_not_held_up_by_a_loading_model(tmp_path):
+    """A warm-up of 1000 slow runs (a minute or more): unload stops it at once, and so does SIGTERM,
+    even with a load request still waiting for it."""
+    import threading
+
+    import httpx
+
+    root = write_repo(tmp_path / "repo", {"slow": (slow_model(size=1024, matmuls=2), {"warmup": 1000}, [1])})
+    process, url = start_server(root, env={"SE_ONNX_API_KEY": "s3cret"}, wait="live")
+    try:
+        with httpx.Client(base_url=f"http://{url}", headers=KEY, timeout=60) as client:
+
+            def state() -> str:
+                rows = client.post("/v2/repository/index").json()
+                return next((row["state"] for row in rows if row["name"] == "slow"), "")
+
+            _until(lambda: state() == "LOADING", what="the load to start")
+            started = time.monotonic()
+            assert client.post("/v2/repository/models/slow/unload").status_code == 200
+            assert time.monotonic() - started < 10
+            assert state() == "UNAVAILABLE"
+            _until(lambda: client.get("/v2/health/ready").status_code == 200, what="start-up to end")
+
+            # A load request waiting on a long warm-up does not hold SIGTERM up.
+            threading.Thread(target=lambda: client.post("/v2/repository/models/slow/load"), daemon=True).start()
+            _until(lambda: state() == "LOADING", what="the load to start again")
+            started = time.monotonic()
+            assert stop_server(process) == 0
+            assert time.monotonic() - started < 10, server_log(process)[-2000:]
+    finally:
+        stop_server(process)

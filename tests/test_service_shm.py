@@ -17,6 +17,7 @@ from service_helpers import (
     relu_neg_model,
     serve,
     serve_async,
+    server_log,
     slow_model,
     start_server,
     stop_server,
@@ -308,3 +309,56 @@ def test_tritonclient_grpc_system_shared_memory(repo, regions):
         assert error.value.status() == "StatusCode.UNIMPLEMENTED"
     finally:
         assert stop_server(process) == 0
+
+
+def test_huge_or_negative_sizes_and_offsets_are_400_before_any_allocation(repo, regions):
+    """Sizes and offsets no region can hold are refused before a buffer is made, over HTTP (JSON
+    numbers) and gRPC (uint64_param and int64_param alike): 400 / INVALID_ARGUMENT, one line, and
+    no traceback in the server's log."""
+    import grpc
+    import httpx
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    _, key = regions(64)
+    grpc_port = free_port()
+    process, url = start_server(repo, grpc_port=grpc_port)
+    try:
+        with httpx.Client(base_url=f"http://{url}") as client:
+            assert _register(client, "r", key, 64).status_code == 200
+            cases = [
+                ([2, 4], _shm_params("r", 2**62)),  # the shape does not take 2**62 bytes
+                ([2**59, 4], _shm_params("r", 2**62)),  # it does, but the region does not hold them
+                ([2, 4], _shm_params("r", 32, offset=2**63 - 1)),
+                ([2, 4], _shm_params("r", 32, offset=-1)),
+                ([2, 4], _shm_params("r", -32)),
+            ]
+            for shape, parameters in cases:
+                body = {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "parameters": parameters}]}
+                response = client.post("/v2/models/relu/infer", json=body)
+                assert response.status_code == 400, response.text
+                assert "\n" not in response.json()["error"]
+            text = {"inputs": [{"name": "in_BYTES", "shape": [1, 3], "datatype": "BYTES",
+                                "parameters": _shm_params("r", 2**62)}]}  # fmt: skip
+            _error(client.post("/v2/models/text/infer", json=text), 400, "larger than the server's limit")
+
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        huge = 2**64 - 1
+        for shape, size, offset, kind in [
+            ([2, 4], huge, 0, "uint64_param"),
+            ([2**59, 4], 2**62, 0, "uint64_param"),
+            ([2, 4], 32, huge, "uint64_param"),
+            ([2, 4], 32, -1, "int64_param"),
+            ([2, 4], -32, 0, "int64_param"),
+        ]:
+            tensor = service_pb2.ModelInferRequest().InferInputTensor(name="x", datatype="FP32", shape=shape)
+            tensor.parameters["shared_memory_region"].string_param = "r"
+            setattr(tensor.parameters["shared_memory_byte_size"], kind, size)
+            setattr(tensor.parameters["shared_memory_offset"], kind, offset)
+            with pytest.raises(grpc.RpcError) as error:
+                stub.ModelInfer(service_pb2.ModelInferRequest(model_name="relu", inputs=[tensor]))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+            assert "\n" not in error.value.details()
+    finally:
+        assert stop_server(process) == 0
+    log = server_log(process)
+    assert "Traceback" not in log and "MemoryError" not in log, log[-2000:]

@@ -67,7 +67,7 @@ def decode_request(
         if where is not None:
             if tensor.HasField("contents"):
                 raise bad_request(f"input {name!r}: data in shared memory takes no contents")
-            arrays[name] = array_from_bytes(name, datatype, shape, shared_memory.read(where, f"input {name!r}"))
+            arrays[name] = shared_memory.read_input(where, name, datatype, shape)
         elif raw:
             arrays[name] = array_from_bytes(name, datatype, shape, next(next_raw))
         elif tensor.HasField("contents"):

@@ -107,8 +107,7 @@ def _decode_inputs(
         if where is not None:
             if size is not None or tensor.data is not None:
                 raise bad_request(f"{what}: data in shared memory takes neither data nor binary_data_size")
-            chunk = shared_memory.read(where, what)
-            arrays[tensor.name] = array_from_bytes(tensor.name, tensor.datatype, tensor.shape, chunk)
+            arrays[tensor.name] = shared_memory.read_input(where, tensor.name, tensor.datatype, tensor.shape)
         elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad_request(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")

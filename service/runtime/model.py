@@ -6,6 +6,7 @@ import asyncio
 import logging
 import queue
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,10 @@ def ort_message(error: Exception) -> str:
     return _PATH.sub(r"\1", message)
 
 
+class LoadCancelled(SeOnnxError):
+    """A load stopped between two steps because an unload, the server's shutdown or its time budget asked."""
+
+
 def _specs(metas, name: str, kind: str) -> dict[str, TensorSpec]:
     specs = {}
     for meta in metas:
@@ -56,8 +61,17 @@ class ServedModel:
     compares the two)."""
 
     def __init__(
-        self, name: str, version: str, path: Path, config: ModelConfig, server: ServerSettings, recorder: ModelRecorder
+        self,
+        name: str,
+        version: str,
+        path: Path,
+        config: ModelConfig,
+        server: ServerSettings,
+        recorder: ModelRecorder,
+        cancelled: threading.Event | None = None,
     ):
+        # Checked between sessions and warm-up runs, so that a load nobody waits for any more ends soon.
+        self._cancelled = cancelled or threading.Event()
         self.name, self.version, self.path, self.config = name, version, path, config
         self.labels = read_labels(path)  # for the classification extension
         requested = config.provider or server.provider
@@ -66,17 +80,19 @@ class ServedModel:
         if requested not in ("auto", provider):
             log.warning("provider fell back", extra={"model": name, "requested": requested, "provider": provider})
         self.instances = config.instance_count or server.workers_per_model
-        sessions = [
-            make_session(
-                path,
-                provider,
-                intra_op_threads=server.intra_op_threads,
-                inter_op_threads=server.inter_op_threads,
-                device_id=device_id,
-                gpu_mem_limit=config.gpu_mem_limit,
+        sessions = []
+        for _ in range(self.instances if config.session_per_instance else 1):
+            self._check_cancelled()
+            sessions.append(
+                make_session(
+                    path,
+                    provider,
+                    intra_op_threads=server.intra_op_threads,
+                    inter_op_threads=server.inter_op_threads,
+                    device_id=device_id,
+                    gpu_mem_limit=config.gpu_mem_limit,
+                )
             )
-            for _ in range(self.instances if config.session_per_instance else 1)
-        ]
         self.session = sessions[0]
         # With a session per instance, each run borrows one; there are as many as threads, so it never waits.
         self._pool: queue.SimpleQueue | None = None
@@ -110,8 +126,14 @@ class ServedModel:
                    "instances": self.instances, "dynamic_batching": config.dynamic_batching is not None},
         )  # fmt: skip
 
+    def _check_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            log.info("load stopped", extra={"model": self.name, "version": self.version})
+            raise LoadCancelled(f"{self.name}: the load of version {self.version} was stopped")
+
     def _warm_up(self, session, runs: int) -> None:
         for _ in range(runs):
+            self._check_cancelled()
             try:
                 session.run(None, random_inputs(session, batch=1))
             except Exception as error:  # seeded inputs may be invalid for the model; warm-up is best effort

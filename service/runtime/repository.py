@@ -3,29 +3,58 @@
 Layouts (both may be mixed in one directory):
   DIR/<model>/<version>/model.onnx   Triton's layout; DIR/<model>/config.json is optional
   DIR/<model>.onnx                   a single version "1" with the default config
-Other files (scripts, READMEs, data) are ignored.
+Other files (scripts, READMEs, data) are ignored; so are entries whose names start with "." or "_".
+
+Scanning is per model: a folder that cannot be read, a version folder that is no ASCII decimal
+number, or a name the protocol cannot carry makes that model UNAVAILABLE with the reason (in the
+index, on its readiness and on a load request), never the server or the other models.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
 from se_onnx.errors import SeOnnxError
 from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerSettings
 from service.errors import ServiceError
-from service.runtime.model import ServedModel
+from service.runtime.model import LoadCancelled, ServedModel
 from service.runtime.recorder import Recorder
 
 log = logging.getLogger("service.repository")
 
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 
+# Triton's versions are int64: ASCII digits only ("¹" and "١" pass str.isdigit() but are no version).
+_VERSION = re.compile(r"[0-9]+")
+_MAX_VERSION = 2**63 - 1
+# Names travel in URLs, JSON and logs: no control characters, and valid UTF-8 (os.fsdecode
+# turns other bytes into lone surrogates, which no response can encode).
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def is_version(name: str) -> bool:
+    """Whether `name` is a version as the repository and the protocol spell them: ASCII decimal digits."""
+    return _VERSION.fullmatch(name) is not None
+
+
+def _looks_like_version(name: str) -> bool:
+    """A folder meant as a version, ASCII or not ("¹", "٣"): the model reports it instead of ignoring it."""
+    return name.isdigit()
+
+
 # What clients are told about a model that failed to load, by a phrase of the full reason; the
 # full reason (paths, ONNX Runtime's words) goes only to the log and the authenticated index.
 _FAILURE_CLASSES = (
+    ("--model-load-timeout", "it took longer to load than the server allows"),
+    ("was stopped", "its load was stopped"),
+    ("version folder", "its version folders are invalid"),
+    ("the model name", "its name is invalid"),
     ("invalid model config", "its config is invalid"),
     ("cannot read model config", "its config.json cannot be read"),
     ("version policy selects none", "its version policy selects no version"),
@@ -70,23 +99,35 @@ class ModelRepository:
         # name → version → its state; version "" holds a model-level failure (bad config).
         self._states: dict[str, dict[str, VersionState]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # name → the flag of the version loading now; an unload or `close` sets it to stop the load.
+        self._loading: dict[str, threading.Event] = {}
+        self._stopping = False  # set by `stop_loads`: later loads stop at their first step too
 
     def discover(self) -> dict[str, Path]:
-        """Model name → its directory (Triton layout) or .onnx file, as the disk has them now."""
+        """Model name → its directory (Triton layout) or .onnx file, as the disk has them now. A name
+        the protocol cannot carry is listed escaped (`load` then refuses it with the reason)."""
         if not self.root.is_dir():
             return {}
         found: dict[str, Path] = {}
         for entry in sorted(self.root.iterdir()):
             if entry.name.startswith((".", "_")):
                 continue
-            if entry.is_dir() and any(child.is_dir() and child.name.isdigit() for child in entry.iterdir()):
-                found[entry.name] = entry
+            name = _shown_name(entry.name)
+            if entry.is_dir() and _is_model_folder(entry):
+                found[name] = entry
             elif entry.is_file() and entry.suffix == ".onnx":
-                found.setdefault(entry.stem, entry)  # a directory of the same name wins
+                found.setdefault(_shown_name(entry.stem), entry)  # a directory of the same name wins
         return found
 
     @staticmethod
     def _versions(source: Path, override: str | None) -> tuple[ModelConfig, dict[str, Path]]:
+        """The model's config and its selected versions' files; SeOnnxError with the reason for a
+        bad name, config, version folder or unreadable folder."""
+        stem = source.stem if source.is_file() else source.name
+        if _BAD_NAME.search(stem):
+            raise SeOnnxError(
+                f"{_shown_name(stem)}: the model name holds control characters or bytes that are not UTF-8; rename it"
+            )
         if override is not None:
             config = ModelConfig.parse(override, f"{source.name}: load request config")
         elif source.is_dir():
@@ -95,22 +136,34 @@ class ModelRepository:
             config = ModelConfig()
         if source.is_file():
             return config, {"1": source}
-        numbers = [int(child.name) for child in source.iterdir() if child.is_dir() and child.name.isdigit()]
-        chosen = config.version_policy.select(numbers)
+        try:
+            folders = {child.name: child for child in source.iterdir() if child.is_dir()}
+        except OSError as error:
+            raise SeOnnxError(f"{source}: directory cannot be read ({error.strerror})") from None
+        numbers: dict[int, Path] = {}
+        for folder_name, folder in sorted(folders.items()):
+            if not _looks_like_version(folder_name):
+                continue  # other folders (data, notes) are no versions, as in Triton
+            if not is_version(folder_name) or int(folder_name) > _MAX_VERSION:
+                raise SeOnnxError(
+                    f"{source}: version folder {_shown_name(folder_name)!r} is not a version "
+                    f"(an ASCII decimal number up to {_MAX_VERSION})"
+                )
+            if int(folder_name) in numbers:
+                raise SeOnnxError(
+                    f"{source}: version folders {numbers[int(folder_name)].name!r} and {folder_name!r} "
+                    "are the same version"
+                )
+            numbers[int(folder_name)] = folder
+        chosen = config.version_policy.select(list(numbers))
         if not chosen:
             raise SeOnnxError(f"{source}: the version policy selects none of versions {sorted(numbers)}")
-        return config, {str(number): source / str(number) / "model.onnx" for number in chosen}
+        return config, {str(number): numbers[number] / "model.onnx" for number in chosen}
 
     async def load_all(self) -> None:
         for name in self.discover():
-            try:
+            with contextlib.suppress(ServiceError):  # logged by `load`; the other models still load
                 await self.load(name)
-            except ServiceError:
-                pass  # logged by `load`
-            except OSError as error:  # the model's directory is unreadable; the others still load
-                reason = f"{error.filename}: directory cannot be read ({error.strerror})"
-                self._states[name] = {"": VersionState(UNAVAILABLE, reason)}
-                log.error("model not loaded", extra={"model": name, "reason": reason})
 
     async def load(self, name: str, config_override: str | None = None) -> None:
         """(Re)load every selected version of `name`; the old versions finish their requests first."""
@@ -120,6 +173,7 @@ class ModelRepository:
                 raise ServiceError(404, f"no model {name!r} in the repository {self.root}")
             try:
                 config, paths = self._versions(source, config_override)
+                config.check_server(self._config, str(source))
             except SeOnnxError as error:
                 log.error("model not loaded", extra={"model": name, "reason": str(error)})
                 if name in self._served:
@@ -135,9 +189,10 @@ class ModelRepository:
                 try:
                     if not path.is_file():
                         raise SeOnnxError(f"{path}: no such model file")
-                    model = await asyncio.to_thread(
-                        ServedModel, name, version, path, config, self._config, self._recorder.for_model(name, version)
-                    )
+                    model = await self._build(name, version, path, config)
+                except LoadCancelled as error:
+                    states[version] = VersionState(UNAVAILABLE, str(error))
+                    break  # an unload or the shutdown is waiting: load no further version
                 except SeOnnxError as error:
                     log.error("model not loaded", extra={"model": name, "version": version, "reason": str(error)})
                     states[version] = VersionState(UNAVAILABLE, str(error))
@@ -149,6 +204,9 @@ class ModelRepository:
                 model.start()
                 loaded[version] = model
                 states[version] = VersionState(READY)
+            for version, state in states.items():
+                if state.state == LOADING:  # after a stopped load, the versions not reached
+                    states[version] = VersionState(UNAVAILABLE, "not loaded")
             failed = [reason for state, reason in states.values() if state == UNAVAILABLE]
             previous = self._served.get(name, {})
             if not loaded and previous:
@@ -164,8 +222,31 @@ class ModelRepository:
             if failed:
                 raise ServiceError(400, f"failed to load {name!r}: {'; '.join(failed)}")
 
+    async def _build(self, name: str, version: str, path: Path, config: ModelConfig) -> ServedModel:
+        """The model version, built in a thread within --model-load-timeout; past it the build is
+        told to stop (it frees what it made at its next step) and this raises SeOnnxError."""
+        cancelled = threading.Event()
+        if self._stopping:
+            cancelled.set()
+        self._loading[name] = cancelled
+        recorder = self._recorder.for_model(name, version)
+        build = asyncio.to_thread(ServedModel, name, version, path, config, self._config, recorder, cancelled)
+        budget = self._config.model_load_timeout or None
+        try:
+            return await asyncio.wait_for(build, budget)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise SeOnnxError(
+                f"{path}: loading took longer than the server's --model-load-timeout ({budget:g} s)"
+            ) from None
+        finally:
+            cancelled.set()  # a no-op once built; otherwise the thread stops at its next step
+            self._loading.pop(name, None)
+
     async def unload(self, name: str) -> None:
-        """Stop routing requests to `name`, let those in flight finish, then free it."""
+        """Stop routing requests to `name`, let those in flight finish, then free it; a load under
+        way is stopped at its next step instead of being waited for."""
+        if name in self._loading:
+            self._loading[name].set()
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name not in self._served and name not in self._states and name not in self.discover():
                 raise ServiceError(404, f"unknown model {name!r}")
@@ -180,7 +261,7 @@ class ModelRepository:
         """The ready model version (the newest when `version` is None): 404 unknown, 503 not ready."""
         versions = self._served.get(name)
         known = name in self._states
-        if version is not None and not version.isdigit():
+        if version is not None and not is_version(version):
             raise ServiceError(404, f"unknown version {version!r} of model {name!r}")
         if versions and (version is None or version in versions):
             return versions[version or max(versions, key=int)]
@@ -212,6 +293,29 @@ class ModelRepository:
                     rows.append({"name": name, "version": version, "state": state, "reason": reason})
         return rows
 
+    def stop_loads(self) -> None:
+        """Tell every load under way, and any later one, to stop at its next step (the server is stopping)."""
+        self._stopping = True
+        for cancelled in self._loading.values():
+            cancelled.set()
+
     async def close(self) -> None:
+        self.stop_loads()
         served, self._served = self._served, {}
         await asyncio.gather(*(model.close() for versions in served.values() for model in versions.values()))
+
+
+def _shown_name(name: str) -> str:
+    """`name` as responses and logs can carry it: undecodable bytes and control characters escaped."""
+    if not _BAD_NAME.search(name):
+        return name
+    return "".join(ascii(char)[1:-1] if _BAD_NAME.match(char) else char for char in name)
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds a version folder; an unreadable folder counts, so that its model
+    reports the error instead of vanishing."""
+    try:
+        return any(_looks_like_version(child.name) and child.is_dir() for child in folder.iterdir())
+    except OSError:
+        return True

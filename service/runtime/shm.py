@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import bad_request
+from service.runtime.tensors import array_from_bytes, fixed_byte_size
 
 # Where Linux keeps POSIX shm objects: shm_open(key) opens SHM_ROOT / key.
 SHM_ROOT = Path("/dev/shm")
@@ -80,11 +81,13 @@ class _Region:
 
 class SharedMemoryRegistry:
     """The registered regions by name. Thread-safe; every read and write checks its bounds
-    against the region and the object's current size."""
+    against the region and the object's current size. An input read from a region may be at most
+    `max_input_size` bytes, as large as a request body may be."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_input_size: int | None = None) -> None:
         self._regions: dict[str, _Region] = {}
         self._lock = threading.Lock()
+        self._max_input_size = max_input_size
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         """Open shm object `key` and register `byte_size` bytes of it from `offset` as `name`;
@@ -145,18 +148,31 @@ class SharedMemoryRegistry:
         with self._using(where, what):
             pass
 
-    def read(self, where: RegionSlice, what: str) -> np.ndarray:
-        """A copy of the bytes at `where`, as uint8."""
-        data = np.empty(where.byte_size, np.uint8)
+    def read_input(self, where: RegionSlice, name: str, datatype: str, shape: list[int]) -> np.ndarray:
+        """Input `name`'s array (a copy) from `where`; 400 before any buffer is made unless the region
+        is registered, holds `where`, and `where.byte_size` is what the datatype and shape take."""
+        what = f"input {name!r}"
+        expected = fixed_byte_size(datatype, shape)
+        if expected is not None and where.byte_size != expected:
+            raise bad_request(
+                f"{what}: {where.byte_size} bytes of data, expected {expected} for shape {list(shape)} of {datatype} "
+                f"({BYTE_SIZE})"
+            )
+        if self._max_input_size is not None and where.byte_size > self._max_input_size:
+            raise bad_request(
+                f"{what}: {BYTE_SIZE} {where.byte_size} is larger than the server's limit of "
+                f"{self._max_input_size} bytes (--max-request-size)"
+            )
         with self._using(where, what) as region:
-            self._transfer(region, where, what, data.size)
+            self._transfer(region, where, what, where.byte_size)
+            data = np.empty(where.byte_size, np.uint8)  # only now: the size is known to lie within the region
             done = 0
             while done < data.size:
                 count = os.preadv(region.fd, [data.data[done:]], region.offset + where.offset + done)
                 if count == 0:  # the object shrank between the size check and the read
                     raise bad_request(f"{what}: shared memory region {where.region!r} shrank while it was read")
                 done += count
-        return data
+        return array_from_bytes(name, datatype, shape, data)
 
     def write(self, where: RegionSlice, data: memoryview, what: str) -> None:
         """Write `data` at `where` (400 when it is larger than `where.byte_size`)."""

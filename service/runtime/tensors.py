@@ -94,6 +94,13 @@ def check_complete(inputs: Mapping[str, TensorSpec], given: Mapping[str, object]
         raise bad_request(f"missing input {', '.join(map(repr, missing))}")
 
 
+def fixed_byte_size(datatype: str, shape: Sequence[int]) -> int | None:
+    """The bytes a tensor of `datatype` and `shape` takes; None for BYTES, whose elements vary in length."""
+    if datatype == "BYTES":
+        return None
+    return math.prod(shape) * np.dtype(DATATYPES[datatype]).itemsize
+
+
 def array_from_bytes(name: str, datatype: str, shape: Sequence[int], chunk) -> np.ndarray:
     """An input's array over `chunk` (bytes or a memoryview, not copied): raw little-endian
     elements, or Triton's length-prefixed layout for BYTES."""
@@ -101,13 +108,12 @@ def array_from_bytes(name: str, datatype: str, shape: Sequence[int], chunk) -> n
     if datatype == "BYTES":
         array = deserialize_bytes(memoryview(chunk), name)
     else:
-        dtype = np.dtype(DATATYPES[datatype])
-        if len(chunk) != count * dtype.itemsize:
+        expected = fixed_byte_size(datatype, shape)
+        if len(chunk) != expected:
             raise bad_request(
-                f"input {name!r}: {len(chunk)} bytes of data, expected {count * dtype.itemsize} "
-                f"for shape {list(shape)} of {datatype}"
+                f"input {name!r}: {len(chunk)} bytes of data, expected {expected} for shape {list(shape)} of {datatype}"
             )
-        array = np.frombuffer(chunk, dtype)
+        array = np.frombuffer(chunk, DATATYPES[datatype])
     if array.size != count:
         raise bad_request(f"input {name!r}: {array.size} elements, expected {count} for shape {list(shape)}")
     return array.reshape(shape)
