@@ -92,7 +92,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], file=N
 
 def print_blocks(blocks: list[dict]) -> None:
     """The table of SE blocks that fuse, strip and inspect print (from `SEBlock.to_dict()`)."""
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for block in blocks:
         gate = block["gate"]
         gate_text = gate["op_type"]
@@ -112,7 +112,7 @@ def print_blocks(blocks: list[dict]) -> None:
                 block["graph"],
             )
         )
-    headers = ("C", "squeeze", "activation", "gate", "ops", "nodes", "output", "graph")
+    headers: tuple[str, ...] = ("C", "squeeze", "activation", "gate", "ops", "nodes", "output", "graph")
     if all(block["graph"] == "main" for block in blocks):  # the usual case: no column of "main"
         headers, rows = headers[:-1], [row[:-1] for row in rows]
     print_table(headers, rows)

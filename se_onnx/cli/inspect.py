@@ -47,7 +47,7 @@ def _print_summary(path: str, summary: ModelSummary) -> None:
                 c.name,
                 c.in_channels,
                 c.out_channels,
-                "×".join(map(str, c.kernel or ["?"])),
+                "×".join(map(str, c.kernel)) if c.kernel else "?",
                 c.group,
                 "depthwise" if c.depthwise else "",
             )

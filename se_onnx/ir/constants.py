@@ -205,15 +205,16 @@ def set_constant(source: ir.Value, array: np.ndarray) -> None:
 def weight_constants(nodes: Iterable[ir.Node], inputs: Mapping[str, tuple[int, ...]] = WEIGHT_INPUTS) -> list[ir.Value]:
     """The float constants (see `constant_source`) that feed `nodes`' weight `inputs` (input
     indices by op type), each once, in the order of the nodes."""
-    found: dict[str, ir.Value] = {}
+    found: dict[ir.Value, None] = {}  # ordered, each constant once
     for node in nodes:
         for index in inputs.get(node.op_type, ()):
             source = constant_source(node.inputs[index] if index < len(node.inputs) else None)
-            if source is not None and source.name not in found and constant_tensor(source).dtype.is_floating_point():
-                found[source.name] = source
-    return list(found.values())
+            tensor = constant_tensor(source)
+            if source is not None and tensor is not None and tensor.dtype.is_floating_point():
+                found[source] = None
+    return list(found)
 
 
 def count_parameters(nodes: Iterable[ir.Node]) -> int:
     """The number of parameters of `nodes`: the elements of their layers' float weights and biases."""
-    return sum(constant_tensor(value).size for value in weight_constants(nodes))
+    return sum(tensor.size for value in weight_constants(nodes) if (tensor := constant_tensor(value)) is not None)

@@ -123,6 +123,16 @@ def required_input(node: ir.Node, index: int = 0) -> ir.Value:
     return value
 
 
+def value_name(value: ir.Value) -> str:
+    """The name of `value`: graph inputs, outputs, constants and node outputs of a model read from
+    a file all have one (onnx-ir gives a missing name as None)."""
+    if value.name is None:
+        producer = value.producer()
+        where = f" of {producer.op_type} {node_label(producer)!r}" if producer is not None else ""
+        raise SeOnnxError(f"a value{where} has no name: not a valid model")
+    return value.name
+
+
 def producer(value: ir.Value | None, *op_types: str) -> ir.Node | None:
     """The node that computes `value` when it is one of the default-domain `op_types` (any node
     when none are given), else None."""

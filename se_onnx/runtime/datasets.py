@@ -123,7 +123,7 @@ class ClassifierSignature:
         input_shape = tuple(
             d if isinstance(d, int) else (d.value if d is not None else None) for d in list(value.shape)[1:]
         )
-        return cls(value.name, input_shape, output.name, classes)
+        return cls(value.name or "", input_shape, output.name or "", classes)
 
     @property
     def channels(self) -> int | None:
@@ -241,9 +241,8 @@ def _image(file: Path, rgb: bool, resize: int, size: tuple[int, int]) -> np.ndar
         with Image.open(file) as image:
             image = image.convert("RGB" if rgb else "L")
             scale = resize / min(image.size)
-            image = image.resize(
-                (max(size[1], round(image.width * scale)), max(size[0], round(image.height * scale))), Image.BILINEAR
-            )
+            width, height = max(size[1], round(image.width * scale)), max(size[0], round(image.height * scale))
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
             left, top = (image.width - size[1]) // 2, (image.height - size[0]) // 2
             image = image.crop((left, top, left + size[1], top + size[0]))
             array = np.asarray(image, np.float32) / 255.0

@@ -96,7 +96,7 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike) -> None:
 
     models = (comparison.a, comparison.b)
     names = [Path(model.model).name for model in models]
-    panels = (
+    panels: tuple[tuple[str, list[tuple[float, ...]], tuple[str, ...] | None], ...] = (
         ("top-1 / top-5 accuracy", [(m.top1, m.top5) for m in models], ("top-1", "top-5")),
         ("latency per sample (ms, median)", [(m.latency_ms,) for m in models], None),
         ("parameters", [(m.parameters,) for m in models], None),

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import constant_array
+from se_onnx.ir.graph import node_label, value_name
 
 Tensor = torch.Tensor
-_Op = Callable[[list, Mapping[str, Any], int], object]
+_Op = Callable[[list, Mapping[str, Any], int], Tensor]
 
 _TORCH_DTYPES = {
     ir.DataType.FLOAT: torch.float32,
@@ -115,16 +116,16 @@ def _pool(kind: str) -> _Op:
         rank = len(kernel)
         if kind == "max":
             x, padding = _padded(x, pads, value=-math.inf)
-            function = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1]
-            return function(x, kernel, strides, padding, dilations, ceil_mode)
+            max_pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1]
+            return max_pool(x, kernel, strides, padding, dilations, ceil_mode)
         count_include_pad = bool(attributes.get("count_include_pad", 0))
         if pads[:rank] != pads[rank:] or any(p * 2 > k for p, k in zip(pads, kernel)):
             x, padding = _padded(x, pads)
             count_include_pad = True
         else:
             padding = pads[:rank]
-        function = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1]
-        return function(x, kernel, strides, padding, ceil_mode, count_include_pad)
+        avg_pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1]
+        return avg_pool(x, kernel, strides, padding, ceil_mode, count_include_pad)
 
     return pool
 
@@ -173,6 +174,8 @@ def _flatten(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
 
 def _unsqueeze(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, axes = inputs[0], _axes(inputs, attributes)
+    if axes is None:
+        raise SeOnnxError("an Unsqueeze node has no axes: not a valid model")
     rank = x.dim() + len(axes)  # negative axes count from the end of the output
     for axis in sorted(a % rank for a in axes):
         x = x.unsqueeze(axis)
@@ -303,7 +306,7 @@ class OnnxModule(torch.nn.Module):
         for node in graph:
             if node.domain not in ("", "ai.onnx") or (node.op_type not in OPS and node.op_type != "Constant"):
                 op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-                unsupported.setdefault(op, node.name or node.outputs[0].name)
+                unsupported.setdefault(op, node_label(node))
         if unsupported:
             raise SeOnnxError(
                 "se-onnx train cannot run these ops in PyTorch: "
@@ -319,9 +322,9 @@ class OnnxModule(torch.nn.Module):
             if tensor.is_floating_point():
                 parameter = torch.nn.Parameter(tensor, requires_grad=False)
                 self._parameters_list.append(parameter)
-                self.parameters_by_name[value.name] = parameter
+                self.parameters_by_name[value_name(value)] = parameter
             else:
-                self._constants[value.name] = tensor
+                self._constants[value_name(value)] = tensor
         self._steps: list[tuple[str, list[str | None], list[str], dict[str, object]]] = []
         for node in graph:
             if node.op_type == "Constant":
@@ -330,13 +333,13 @@ class OnnxModule(torch.nn.Module):
             self._steps.append(
                 (
                     node.op_type,
-                    [v.name if v is not None else None for v in node.inputs],
-                    [v.name for v in node.outputs],
+                    [value_name(v) if v is not None else None for v in node.inputs],
+                    [value_name(v) for v in node.outputs],
                     attributes,
                 )
             )
-        self.input_names = [value.name for value in graph.inputs if value.name not in graph.initializers]
-        self.output_names = [value.name for value in graph.outputs]
+        self.input_names = [value_name(value) for value in graph.inputs if value.name not in graph.initializers]
+        self.output_names = [value_name(value) for value in graph.outputs]
 
     def forward(self, *inputs: Tensor, extra: Sequence[str] = ()) -> list[Tensor]:
         """The graph's outputs, then the values named in `extra` (any value the graph computes)."""

@@ -10,7 +10,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -18,7 +18,7 @@ import torch
 
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import WEIGHT_INPUTS, constant_tensor, set_constant, weight_constants
-from se_onnx.ir.graph import MAIN_GRAPH, node_label
+from se_onnx.ir.graph import MAIN_GRAPH, node_label, required_input, value_name
 from se_onnx.passes.export_weights import block_key
 from se_onnx.passes.find import SEBlock, find_se
 from se_onnx.runtime.datasets import ClassifierSignature, Dataset
@@ -97,11 +97,11 @@ def trainable_initializers(model: ir.Model, scope: str) -> tuple[list[str], list
             raise SeOnnxError("the model has no SE block to train; insert some first, or pass --train all")
         _refuse_blocks_in_subgraphs(model, blocks)
         nodes = [node for block in blocks for layer in block.layers for node in layer.nodes]
-        indices = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "Add": (0, 1)}
+        indices: Mapping[str, tuple[int, ...]] = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "Add": (0, 1)}
     else:
         nodes = list(model.graph)
         indices = WEIGHT_INPUTS
-    names = [value.name for value in weight_constants(nodes, indices)]
+    names = [value_name(value) for value in weight_constants(nodes, indices)]
     if not names:
         raise SeOnnxError(
             f"--train {scope} finds no float weight to train in the model's main graph "
@@ -146,9 +146,10 @@ def train_model(
     output = model.graph.outputs[0]
     producer = output.producer()
     # A softmax at the end is undone so the loss sees logits, whose gradients do not vanish.
-    logits_name = producer.inputs[0].name if producer is not None and producer.op_type == "Softmax" else output.name
+    logits = required_input(producer) if producer is not None and producer.op_type == "Softmax" else output
+    logits_name = value_name(logits)
     gate_inputs = {
-        block_key(block): block.nodes[_gate_index(block)].inputs[0].name
+        block_key(block): value_name(required_input(block.nodes[_gate_index(block)]))
         for block in blocks
         if block.gate.op_type == "Sigmoid"
     }
