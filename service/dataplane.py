@@ -21,7 +21,8 @@ import numpy as np
 
 from service import SERVER_NAME, __version__
 from service.config import ServerSettings
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError, bad_request, quoted
+from service.runtime.budget import ByteBudget
 from service.runtime.classification import classify, requested_classes
 from service.runtime.metrics import TritonCollector
 from service.runtime.model import ServedModel
@@ -83,6 +84,8 @@ class DataPlane:
         self.repository = ModelRepository(config, self.recorder)
         self.recorder.registry.register(TritonCollector(self._triton_series))
         self.shared_memory = SharedMemoryRegistry()
+        # Bytes of requests held by both front ends together (--max-inflight-bytes).
+        self.request_bytes = ByteBudget(config.max_inflight_bytes)
         self.ready = False
         # Set when start-up loading has ended, whether or not it worked (`ready` says which).
         self.loading_done = asyncio.Event()
@@ -267,7 +270,7 @@ def _requested_outputs(model: ServedModel, request: InferenceRequest) -> list[st
         return list(model.outputs)
     for output, parameters in request.outputs.items():
         if output not in model.outputs:
-            raise bad_request(f"unknown output {output!r}; the model gives {', '.join(model.outputs)}")
+            raise bad_request(f"unknown output {quoted(output)}; the model gives {', '.join(model.outputs)}")
         requested_classes(output, parameters)
     return list(request.outputs)
 
