@@ -156,6 +156,7 @@ LONG = "m" * 20_000
 # by a short prefix, so the status keeps its code instead of overflowing the client's trailers.
 QUOTING = {
     "long model name": (pb.ModelInferRequest(model_name=LONG), grpc.StatusCode.NOT_FOUND, "mmm"),
+    "long name outside ASCII": (pb.ModelInferRequest(model_name="模" * 20_000), grpc.StatusCode.NOT_FOUND, "模模"),
     "long input name": (
         pb.ModelInferRequest(model_name="relu", inputs=[_tensor(name=LONG)], raw_input_contents=[ONES]),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -175,7 +176,7 @@ def test_long_client_text_is_quoted_short(stub, case):
     with pytest.raises(grpc.RpcError) as error:
         stub.ModelInfer(request)
     assert error.value.code() == code, error.value.details()[:200]
-    assert quoted in error.value.details() and len(error.value.details()) <= 1024
+    assert quoted in error.value.details() and len(error.value.details().encode()) <= 1024
 
 
 def test_contents_and_raw_input_contents_together_are_refused(stub):

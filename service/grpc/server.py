@@ -39,7 +39,7 @@ _CODES = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-# Longest status message sent: grpc-message travels in the trailers, and a client refuses trailers
+# Longest status message sent, in bytes: grpc-message travels in the trailers, and a client refuses trailers
 # past its metadata limit (8 KiB by default), which would turn any code into RESOURCE_EXHAUSTED.
 _MESSAGE_LIMIT = 1024
 
@@ -54,7 +54,12 @@ def _status(error: ServiceError) -> tuple[grpc.StatusCode, str]:
 
 
 def _clipped(message: str) -> str:
-    return message if len(message) <= _MESSAGE_LIMIT else message[: _MESSAGE_LIMIT - 1] + "…"
+    """`message` cut to _MESSAGE_LIMIT bytes of UTF-8 (grpc-message percent-encodes each byte
+    outside ASCII into three characters, so bytes are what count)."""
+    encoded = message.encode()
+    if len(encoded) <= _MESSAGE_LIMIT:
+        return message
+    return encoded[: _MESSAGE_LIMIT - 3].decode(errors="ignore") + "…"
 
 
 def _unary(method):
