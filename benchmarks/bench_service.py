@@ -12,11 +12,15 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
                the most batching can gain: ONNX Runtime's items/s at batch 16 over batch 1, in process
   rss          server RSS before and after many requests on tiny_conv (goal < 5 % growth)
   instances    resnet_like, 4 instances, concurrency 4: one shared session vs a session per instance
+  budgets      resnet_like, 4 instances, concurrency 4: gRPC and HTTP binary throughput of a server with
+               the resource budgets at their defaults vs one with them effectively off, interleaved
+               (goal: ratio ≥ 0.98, i.e. nothing measurable); `--only budgets` runs it alone
 
     python benchmarks/bench_service.py                # full run (minutes; run on a quiet machine)
     python benchmarks/bench_service.py --quick        # smoke run with tiny settings
     python benchmarks/bench_service.py --json out.json
     python benchmarks/bench_service.py --only protocols
+    python benchmarks/bench_service.py --only budgets --quick
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def build_repository(root: Path, max_batch_size: int) -> None:
 
 
 class Server:
-    def __init__(self, repository: Path, threads: int):
+    def __init__(self, repository: Path, threads: int, options: tuple[str, ...] = ()):
         import tritonclient.http as triton
 
         self.port = _free_port()
@@ -83,7 +87,7 @@ class Server:
         command = [sys.executable, "-m", "se_onnx", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--grpc-port", self.grpc_url.rsplit(":", 1)[1],
                    "--model-repository", str(repository), "--provider", "cpu", "--log-level", "warning",
-                   "--intra-op-threads", str(threads)]  # fmt: skip
+                   "--intra-op-threads", str(threads), *options]  # fmt: skip
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         client = triton.InferenceServerClient(self.url)
         deadline = time.monotonic() + 300
@@ -327,6 +331,44 @@ def protocols(server: Server, repository: Path, rounds: int, requests: int, thre
     return results
 
 
+# Every budget so high that no request meets it: the same code runs, with nothing to enforce.
+BUDGETS_OFF = (
+    *("--max-inflight-bytes", str(2**62), "--grpc-stream-inflight", "65536"),
+    *("--grpc-max-concurrent-streams", str(2**31 - 1), "--grpc-max-concurrent-rpcs", str(2**31 - 1)),
+    *("--http-header-timeout", "3600", "--http-body-timeout", "3600", "--http-min-upload-rate", "1"),
+)
+
+
+def budgets(root: Path, rounds: int, requests: int, threads: int) -> dict[str, dict]:
+    """A small model (so that per-request costs show) at concurrency 4, over gRPC and HTTP binary,
+    on two servers at once: budgets at their defaults and effectively off, in rotating rounds."""
+    (root / "small" / "1").mkdir(parents=True)
+    onnx.save(build_samples.resnet_like(), root / "small" / "1" / "model.onnx")
+    (root / "small" / "config.json").write_text(json.dumps({"instance_count": 4}))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    default, off = Server(root, threads), Server(root, threads, BUDGETS_OFF)
+    try:
+        results = {}
+        for name, caller, address in (("grpc", grpc_caller, "grpc_url"), ("http_binary", server_caller, "url")):
+            row = compare(
+                rounds,
+                4,
+                requests * 20,
+                caller(getattr(off, address), "small", x),
+                caller(getattr(default, address), "small", x),
+            )
+            results[f"budgets_{name}_c4"] = {
+                "off_rps": row.pop("a_rps"),
+                "default_rps": row.pop("b_rps"),
+                **row,
+                "goal": "ratio >= 0.98",
+            }
+        return results
+    finally:
+        default.stop()
+        off.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few requests")
@@ -337,13 +379,15 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--only", choices=("protocols",), help="run one section only")
+    parser.add_argument("--only", choices=("protocols", "budgets"), help="run one section only")
     args = parser.parse_args(argv)
     requests = args.requests or (8 if args.quick else 60)
     rounds = args.rounds or (1 if args.quick else 5)
     rss_requests = args.rss_requests or (200 if args.quick else 10_000)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.only == "budgets":
+            return _report(budgets(Path(tmp), rounds, requests, args.threads), args.json)
         repository = Path(tmp)
         build_repository(repository, max_batch_size=16)
         server = Server(repository, args.threads)

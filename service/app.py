@@ -9,8 +9,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from se_onnx.runtime.sessions import resolve_provider
 from service import __version__
@@ -96,7 +97,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     for router in routers:
         app.include_router(router)
     _add_error_handlers(app)
-    app.add_middleware(BodyLimit, limit=settings.max_request_size)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_request_size,
+        budget=plane.request_bytes,
+        timeout=settings.http_body_timeout,
+        min_rate=settings.http_min_upload_rate,
+    )
     app.add_middleware(Compression, minimum_size=COMPRESSION_MIN_BYTES)
     app.add_middleware(AccessLog)
     return app
@@ -123,6 +130,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         response = _error(error.status_code, str(error.detail))
         response.headers.update(error.headers or {})
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+        # The client left while sending its body: its mistake, not the server's, and no traceback.
+        client = request.client
+        log.info(
+            "client gone",
+            extra={"path": request.url.path, "client": f"{client.host}:{client.port}" if client else None},
+        )
+        return Response(status_code=499)  # nobody reads it; the access log shows what happened
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

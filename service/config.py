@@ -74,6 +74,48 @@ class ServerSettings(BaseSettings):
     workers_per_model: int = Field(
         default=1, ge=1, description="instances (inference threads) per model without its own instance_count"
     )
+    # What a client can make the server hold; docs/serve/limits.md says how to size each.
+    max_inflight_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="bytes of requests held at once, HTTP bodies and gRPC messages together; a request past it "
+        "gets 503 (gRPC RESOURCE_EXHAUSTED). At least --max-request-size",
+    )
+    grpc_stream_inflight: int = Field(
+        default=32,
+        ge=1,
+        le=65536,
+        description="requests in flight on one ModelStreamInfer stream; at this many the server reads no further "
+        "request from that stream until one is answered",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        default=100, ge=1, le=2**31 - 1, description="HTTP/2 streams (calls) one gRPC connection may have open at once"
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=1000,
+        ge=1,
+        le=2**31 - 1,
+        description="gRPC calls in progress at once, all connections together; a call past it ends RESOURCE_EXHAUSTED",
+    )
+    http_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="seconds a client may take to send a request's headers (from the connection or the request's "
+        "first byte); then the connection is closed",
+    )
+    http_body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="seconds a client may take to send a request body, one more for every --http-min-upload-rate "
+        "bytes received; then 408 and the connection is closed",
+    )
+    http_min_upload_rate: int = Field(
+        default=256 * 1024,
+        ge=1,
+        description="bytes per second of a request body that earn it one more second (see --http-body-timeout)",
+    )
     log_level: Literal[LOG_LEVELS] = Field(default="info", description="log level")  # type: ignore[valid-type]
     api_key: str | None = Field(
         default=None,
@@ -148,6 +190,11 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"--grpc-port and --port are both {self.port}; give gRPC a port of its own")
         if self.api_key_scope == "all" and not self.api_key:
             raise ValueError("--api-key-scope all needs an API key (SE_ONNX_API_KEY, --api-key-file or --api-key)")
+        if self.max_inflight_bytes < self.max_request_size:
+            raise ValueError(
+                f"--max-inflight-bytes ({self.max_inflight_bytes}) is below --max-request-size "
+                f"({self.max_request_size}); a request of the largest size could never be served"
+            )
         if (self.ssl_keyfile or self.ssl_ca_certs) and not self.ssl_certfile:
             raise ValueError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
         return self

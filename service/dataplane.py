@@ -21,7 +21,8 @@ import numpy as np
 
 from service import SERVER_NAME, __version__
 from service.config import ServerSettings
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError, bad_request, quoted
+from service.runtime.budget import ByteBudget
 from service.runtime.classification import classify, requested_classes
 from service.runtime.metrics import TritonCollector
 from service.runtime.model import ServedModel
@@ -83,6 +84,8 @@ class DataPlane:
         self.repository = ModelRepository(config, self.recorder)
         self.recorder.registry.register(TritonCollector(self._triton_series))
         self.shared_memory = SharedMemoryRegistry(config.max_request_size)
+        # Bytes of requests held by both front ends together (--max-inflight-bytes).
+        self.request_bytes = ByteBudget(config.max_inflight_bytes)
         self.ready = False
         # Set when start-up loading has ended, whether or not it worked (`ready` says which).
         self.loading_done = asyncio.Event()
@@ -191,7 +194,7 @@ class DataPlane:
                 outputs = _classified(model, request, {name: computed[name] for name in names})
                 for name, where in regions.items():
                     array = outputs[name]
-                    self.shared_memory.write(where, tensor_bytes(array), f"output {name!r}")
+                    self.shared_memory.write(where, tensor_bytes(array), f"output {quoted(name)}")
             response = encode(InferenceResult(model, request, outputs, regions))
         except asyncio.CancelledError:
             # The client went away (its front end cancelled the call): a request still queued
@@ -210,9 +213,9 @@ class DataPlane:
         """The outputs to write to shared memory and where, checked before the model runs."""
         regions = {}
         for name, parameters in (request.outputs or {}).items():
-            where = region_slice(parameters, f"output {name!r}")
+            where = region_slice(parameters, f"output {quoted(name)}")
             if where is not None:
-                self.shared_memory.check(where, f"output {name!r}")
+                self.shared_memory.check(where, f"output {quoted(name)}")
                 regions[name] = where
         return regions
 
@@ -268,7 +271,7 @@ def _requested_outputs(model: ServedModel, request: InferenceRequest) -> list[st
         return list(model.outputs)
     for output, parameters in request.outputs.items():
         if output not in model.outputs:
-            raise bad_request(f"unknown output {output!r}; the model gives {', '.join(model.outputs)}")
+            raise bad_request(f"unknown output {quoted(output)}; the model gives {', '.join(model.outputs)}")
         requested_classes(output, parameters)
     return list(request.outputs)
 

@@ -15,6 +15,20 @@ class ServiceError(Exception):
         self.message = message
 
 
+# How much of a name, key or shape a client sent an error message quotes: enough to recognise it,
+# never so much that the message outgrows what a client or gRPC's metadata accepts.
+QUOTE_LIMIT = 64
+
+
+def quoted(value: object) -> str:
+    """`value` as an error message quotes it: a string in repr form, anything else (a shape) as
+    str, cut to its first QUOTE_LIMIT characters with the full length said."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    if len(text) <= QUOTE_LIMIT:
+        return text
+    return f"{text[:QUOTE_LIMIT]}… ({len(text)} characters)"
+
+
 def bad_request(message: str) -> ServiceError:
     return ServiceError(400, message)
 

@@ -149,3 +149,41 @@ def test_a_shape_the_kernel_refuses_is_invalid_argument(stub):
         stub.ModelInfer(request)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "requested shape:{2,2}" in error.value.details() and "onnxruntime_src" not in error.value.details()
+
+
+LONG = "m" * 20_000
+# (request, the code, what the message quotes): a 20 KB name or a 10,000-dimension shape is quoted
+# by a short prefix, so the status keeps its code instead of overflowing the client's trailers.
+QUOTING = {
+    "long model name": (pb.ModelInferRequest(model_name=LONG), grpc.StatusCode.NOT_FOUND, "mmm"),
+    "long name outside ASCII": (pb.ModelInferRequest(model_name="模" * 20_000), grpc.StatusCode.NOT_FOUND, "模模"),
+    "long input name": (
+        pb.ModelInferRequest(model_name="relu", inputs=[_tensor(name=LONG)], raw_input_contents=[ONES]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "(20002 characters)",
+    ),
+    "many dimensions": (
+        pb.ModelInferRequest(model_name="relu", inputs=[_tensor(shape=[1] * 10_000)], raw_input_contents=[ONES]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "(30000 characters)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", QUOTING)
+def test_long_client_text_is_quoted_short(stub, case):
+    request, code, quoted = QUOTING[case]
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(request)
+    assert error.value.code() == code, error.value.details()[:200]
+    assert quoted in error.value.details() and len(error.value.details().encode()) <= 1024
+
+
+def test_contents_and_raw_input_contents_together_are_refused(stub):
+    tensor = _tensor()
+    tensor.contents.fp32_contents.extend([1.0, 2.0, 3.0, 4.0])
+    request = pb.ModelInferRequest(model_name="relu", inputs=[tensor], raw_input_contents=[ONES])
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "contents" in error.value.details() and "raw_input_contents" in error.value.details()

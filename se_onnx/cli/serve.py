@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.logs import configure_logging
+    from service.rest.connection import header_timeout_protocol
 
     settings = settings_from(args)
     # Both ports before anything starts: a taken one found inside uvicorn's or gRPC's start-up
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             log_config=log_config,
             log_level=settings.log_level,
             access_log=False,  # the app writes its own JSON access log
+            http=header_timeout_protocol(settings.http_header_timeout),
             # uvicorn annotates whole seconds but hands the value to asyncio.timeout, which takes a float.
             timeout_graceful_shutdown=settings.request_timeout or None,  # type: ignore[arg-type]
             ssl_certfile=settings.ssl_certfile,

@@ -8,7 +8,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from service.dataplane import InferenceRequest, InferenceResult, Parameters
-from service.errors import bad_request
+from service.errors import bad_request, quoted
 from service.runtime.model import ServedModel
 from service.runtime.shm import SharedMemoryRegistry, region_slice
 from service.runtime.tensors import (
@@ -52,13 +52,20 @@ def decode_request(
     """The request's inputs as arrays, checked against `model` (400 on any mistake). Raw
     contents become arrays over the message's bytes without a per-element step; inputs whose
     parameters name a shared memory region are read from `shared_memory` and take no raw entry."""
-    regions = [region_slice(parameters(tensor.parameters), f"input {tensor.name!r}") for tensor in request.inputs]
+    regions = [region_slice(parameters(tensor.parameters), f"input {quoted(tensor.name)}") for tensor in request.inputs]
     raw = request.raw_input_contents
     inline = sum(where is None for where in regions)
     if raw and len(raw) != inline:
         raise bad_request(
             f"{len(raw)} raw_input_contents for {inline} inputs not in shared memory; give one per input or none"
         )
+    if raw:
+        both = next((tensor.name for tensor in request.inputs if tensor.HasField("contents")), None)
+        if both is not None:
+            raise bad_request(
+                f"input {quoted(both)} has contents while the request has raw_input_contents; "
+                "give every input's data one way"
+            )
     arrays: dict[str, np.ndarray] = {}
     next_raw = iter(raw)
     for tensor, where in zip(request.inputs, regions):
@@ -66,14 +73,14 @@ def decode_request(
         check_input(model.inputs, arrays, name, datatype, shape)
         if where is not None:
             if tensor.HasField("contents"):
-                raise bad_request(f"input {name!r}: data in shared memory takes no contents")
+                raise bad_request(f"input {quoted(name)}: data in shared memory takes no contents")
             arrays[name] = shared_memory.read_input(where, name, datatype, shape)
         elif raw:
             arrays[name] = array_from_bytes(name, datatype, shape, next(next_raw))
         elif tensor.HasField("contents"):
             arrays[name] = _from_contents(name, datatype, shape, tensor.contents)
         else:
-            raise bad_request(f"input {name!r} has neither contents nor raw_input_contents")
+            raise bad_request(f"input {quoted(name)} has neither contents nor raw_input_contents")
     check_complete(model.inputs, arrays)
     outputs = {output.name: parameters(output.parameters) for output in request.outputs} or None
     return InferenceRequest(arrays, outputs, request.id or None, parameters(request.parameters))
@@ -82,18 +89,18 @@ def decode_request(
 def _from_contents(name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents) -> np.ndarray:
     field = _CONTENTS.get(datatype)
     if field is None:
-        raise bad_request(f"input {name!r}: {datatype} travels in raw_input_contents only")
+        raise bad_request(f"input {quoted(name)}: {datatype} travels in raw_input_contents only")
     values = getattr(contents, field)
     count = math.prod(shape)
     if len(values) != count:
-        raise bad_request(f"input {name!r}: {len(values)} elements, expected {count} for shape {shape}")
+        raise bad_request(f"input {quoted(name)}: {len(values)} elements, expected {count} for shape {quoted(shape)}")
     if datatype == "BYTES":
         array = np.array([value.decode("utf-8", "surrogateescape") for value in values], dtype=object)
     else:
         try:  # numbers out of a narrow type's range (300 as UINT8) raise
             array = np.array(values, dtype=DATATYPES[datatype])
         except OverflowError as error:
-            raise bad_request(f"input {name!r}: data is not {datatype}: {error}") from None
+            raise bad_request(f"input {quoted(name)}: data is not {datatype}: {error}") from None
     return array.reshape(shape)
 
 

@@ -22,8 +22,9 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from se_onnx.errors import SeOnnxError
 from service.config import ServerSettings
 from service.dataplane import DataPlane, api_key_from
-from service.errors import ServiceError
+from service.errors import ServiceError, quoted
 from service.grpc.codec import decode_request, encode_response, parameters
+from service.runtime.budget import OverBudget
 
 log = logging.getLogger("service.grpc")
 
@@ -38,6 +39,27 @@ _CODES = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+# Longest status message sent, in bytes: grpc-message travels in the trailers, and a client refuses trailers
+# past its metadata limit (8 KiB by default), which would turn any code into RESOURCE_EXHAUSTED.
+_MESSAGE_LIMIT = 1024
+
+
+def _status(error: ServiceError) -> tuple[grpc.StatusCode, str]:
+    """The gRPC code and message of a refusal."""
+    if isinstance(error, OverBudget):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    else:
+        code = _CODES.get(error.status, grpc.StatusCode.INTERNAL)
+    return code, _clipped(error.message)
+
+
+def _clipped(message: str) -> str:
+    """`message` cut to _MESSAGE_LIMIT bytes of UTF-8 (grpc-message percent-encodes each byte
+    outside ASCII into three characters, so bytes are what count)."""
+    encoded = message.encode()
+    if len(encoded) <= _MESSAGE_LIMIT:
+        return message
+    return encoded[: _MESSAGE_LIMIT - 3].decode(errors="ignore") + "…"
 
 
 def _unary(method):
@@ -48,12 +70,14 @@ def _unary(method):
         try:
             return await method(self, request, context)
         except ServiceError as error:
-            await context.abort(_CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+            await context.abort(*_status(error))
         except grpc.aio.AbortError:
             raise
         except Exception as error:
             log.exception("unhandled error", extra={"method": method.__name__})
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal server error: {type(error).__name__}: {error}")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, _clipped(f"internal server error: {type(error).__name__}: {error}")
+            )
 
     return call
 
@@ -160,21 +184,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary
     async def ModelInfer(self, request, context):
-        decode = functools.partial(decode_request, request, self._plane.shared_memory)
-        return await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
+        # The message is held until it is answered: its bytes count against --max-inflight-bytes.
+        held = request.ByteSize()
+        self._plane.request_bytes.take(held)
+        try:
+            decode = functools.partial(decode_request, request, self._plane.shared_memory)
+            return await self._plane.infer(request.model_name, request.model_version or None, decode, encode_response)
+        finally:
+            self._plane.request_bytes.give(held)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> None:
         """Requests are answered as they finish, each reply carrying its request's id; a failed
         request is its reply's error_message and the stream goes on. When the server stops,
-        no further request is read and those already read are answered."""
+        no further request is read and those already read are answered. With
+        --grpc-stream-inflight requests unanswered, no further one is read until one is: the
+        client's next messages wait in its HTTP/2 window, and flow control holds it back."""
+        limit = self._plane.config.grpc_stream_inflight
         writing = asyncio.Lock()
         answering: set[asyncio.Task] = set()
         stopping = asyncio.ensure_future(self._plane.stopping.wait())
         read: asyncio.Future | None = None
         try:
             while True:
+                if len(answering) >= limit:
+                    await asyncio.wait((*answering, stopping), return_when=asyncio.FIRST_COMPLETED)
+                    if stopping.done():
+                        break
+                    continue
                 read = asyncio.ensure_future(context.read())
                 await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():  # stopping: no further request is read
@@ -196,29 +234,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _answer(self, request: pb.ModelInferRequest, context, writing: asyncio.Lock) -> None:
+        # The request is held until its reply is written (a client that reads no replies keeps
+        # it), so its bytes count against --max-inflight-bytes until then.
+        held = 0
         try:
-            decode = functools.partial(decode_request, request, self._plane.shared_memory)
-            response = await self._plane.infer(
-                request.model_name, request.model_version or None, decode, encode_response
-            )
-            reply = pb.ModelStreamInferResponse(infer_response=response)
-        except Exception as error:
-            if isinstance(error, ServiceError):
-                message = error.message
-            else:
-                log.exception("unhandled error", extra={"method": "ModelStreamInfer"})
-                message = f"internal server error: {type(error).__name__}: {error}"
-            echo = pb.ModelInferResponse(
-                model_name=request.model_name, model_version=request.model_version, id=request.id
-            )
-            reply = pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
-        try:
-            async with writing:  # one message at a time on the stream
-                await context.write(reply)
-        except Exception as error:  # the stream ended under us: nobody is left to tell
-            log.info(
-                "stream reply not delivered", extra={"id": request.id, "error": f"{type(error).__name__}: {error}"}
-            )
+            try:
+                self._plane.request_bytes.take(size := request.ByteSize())
+                held = size
+                decode = functools.partial(decode_request, request, self._plane.shared_memory)
+                response = await self._plane.infer(
+                    request.model_name, request.model_version or None, decode, encode_response
+                )
+                reply = pb.ModelStreamInferResponse(infer_response=response)
+            except Exception as error:
+                if isinstance(error, ServiceError):
+                    message = _clipped(error.message)
+                else:
+                    log.exception("unhandled error", extra={"method": "ModelStreamInfer"})
+                    message = _clipped(f"internal server error: {type(error).__name__}: {error}")
+                echo = pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                )
+                reply = pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+            try:
+                async with writing:  # one message at a time on the stream
+                    await context.write(reply)
+            except Exception as error:  # the stream ended under us: nobody is left to tell
+                log.info(
+                    "stream reply not delivered",
+                    extra={"id": quoted(request.id), "error": f"{type(error).__name__}: {error}"},
+                )
+        finally:
+            self._plane.request_bytes.give(held)
 
     @_unary
     async def RepositoryIndex(self, request, context):
@@ -294,8 +341,13 @@ class GrpcServer:
             ("grpc.max_receive_message_length", self._config.max_request_size),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", self._config.grpc_max_concurrent_streams),
         ]
-        server = grpc.aio.server(options=options, interceptors=[Authorization(self._plane)])
+        server = grpc.aio.server(
+            options=options,
+            interceptors=[Authorization(self._plane)],
+            maximum_concurrent_rpcs=self._config.grpc_max_concurrent_rpcs,
+        )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self._plane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from service.errors import bad_request, first_error
+from service.errors import bad_request, first_error, quoted
 from service.rest.schemas import InferRequest, RequestInput
 from service.runtime.shm import SharedMemoryRegistry, region_slice
 from service.runtime.tensors import (
@@ -41,7 +41,7 @@ def parse_request(
         try:
             json_size = int(header_length)
         except ValueError:
-            raise bad_request(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+            raise bad_request(f"{HEADER_LENGTH} must be an integer, got {quoted(header_length)}") from None
         if not 0 <= json_size <= len(body):
             raise bad_request(f"{HEADER_LENGTH} {json_size} is outside the body of {len(body)} bytes")
         if json_size == 0:
@@ -102,7 +102,7 @@ def _decode_inputs(
     for tensor in request.inputs:
         check_input(inputs, arrays, tensor.name, tensor.datatype, tensor.shape)
         size = tensor.parameters.get("binary_data_size")
-        what = f"input {tensor.name!r}"
+        what = f"input {quoted(tensor.name)}"
         where = region_slice(tensor.parameters, what)
         if where is not None:
             if size is not None or tensor.data is not None:
@@ -110,9 +110,9 @@ def _decode_inputs(
             arrays[tensor.name] = shared_memory.read_input(where, tensor.name, tensor.datatype, tensor.shape)
         elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise bad_request(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")
+                raise bad_request(f"input {quoted(tensor.name)}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
-                raise bad_request(f"input {tensor.name!r}: binary_data_size {size} runs past the end of the body")
+                raise bad_request(f"input {quoted(tensor.name)}: binary_data_size {size} runs past the end of the body")
             arrays[tensor.name] = array_from_bytes(
                 tensor.name, tensor.datatype, tensor.shape, binary[offset : offset + size]
             )
@@ -129,16 +129,18 @@ def _from_json(tensor: RequestInput) -> np.ndarray:
     """JSON `data` (flat or nested) as an array, converted by numpy in one pass: each element's
     JSON type must fit the datatype (booleans for BOOL only, integers for integer types, no null)."""
     if tensor.data is None:
-        raise bad_request(f"input {tensor.name!r} has neither data nor binary_data_size")
+        raise bad_request(f"input {quoted(tensor.name)} has neither data nor binary_data_size")
     count = math.prod(tensor.shape)
     if tensor.datatype == "BYTES":
         array = _json_array(tensor, object)
         if not all(isinstance(item, str) for item in array.reshape(-1)):
-            raise bad_request(f"input {tensor.name!r}: BYTES data must be strings")
+            raise bad_request(f"input {quoted(tensor.name)}: BYTES data must be strings")
     else:
         array = _json_numbers(tensor, np.dtype(DATATYPES[tensor.datatype]))
     if array.size != count:
-        raise bad_request(f"input {tensor.name!r}: {array.size} elements, expected {count} for shape {tensor.shape}")
+        raise bad_request(
+            f"input {quoted(tensor.name)}: {array.size} elements, expected {count} for shape {quoted(tensor.shape)}"
+        )
     return array.reshape(tensor.shape)
 
 
@@ -146,7 +148,7 @@ def _json_array(tensor: RequestInput, dtype: type | None = None) -> np.ndarray:
     try:
         return np.array(tensor.data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as error:  # ragged rows, or deeper than numpy's 64 dimensions
-        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: {error}") from None
+        raise bad_request(f"input {quoted(tensor.name)}: data is not {tensor.datatype}: {error}") from None
 
 
 _FOUND = {
@@ -174,11 +176,11 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
     wanted = "b" if dtype.kind == "b" else "iu" if dtype.kind in "iu" else "iuf"
     if kind not in wanted:
         raise bad_request(
-            f"input {tensor.name!r}: data is not {tensor.datatype}: it holds {_FOUND.get(kind, _FOUND['O'])}"
+            f"input {quoted(tensor.name)}: data is not {tensor.datatype}: it holds {_FOUND.get(kind, _FOUND['O'])}"
         )
     # Booleans become 0 and 1, so only data holding those values needs the element-wise look.
     if kind != "b" and ((array == 0) | (array == 1)).any() and _has_bool(tensor.data):
-        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds booleans")
+        raise bad_request(f"input {quoted(tensor.name)}: data is not {tensor.datatype}: it holds booleans")
     if kind in "iu" and dtype.kind in "iu":
         limits = np.iinfo(dtype)
         if array.min() < limits.min or array.max() > limits.max:
@@ -189,7 +191,8 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
         if not np.isfinite(converted).all():  # JSON has no infinities: only an overflow makes one
             largest = float(np.finfo(dtype).max)
             raise bad_request(
-                f"input {tensor.name!r}: a value is out of range for {tensor.datatype} (largest magnitude {largest:g})"
+                f"input {quoted(tensor.name)}: a value is out of range for {tensor.datatype} "
+                f"(largest magnitude {largest:g})"
             )
         return converted
     return array.astype(dtype, copy=False)
@@ -197,7 +200,7 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
 
 def _outside(tensor: RequestInput, limits: np.iinfo) -> Exception:
     return bad_request(
-        f"input {tensor.name!r}: data is not {tensor.datatype}: values outside [{limits.min}, {limits.max}]"
+        f"input {quoted(tensor.name)}: data is not {tensor.datatype}: values outside [{limits.min}, {limits.max}]"
     )
 
 
@@ -209,9 +212,9 @@ def _json_integers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
     if any(not limits.min <= element <= limits.max for element in elements):
         raise _outside(tensor, limits)
     if any(not isinstance(element, int) for element in elements):
-        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds {_FOUND['f']}")
+        raise bad_request(f"input {quoted(tensor.name)}: data is not {tensor.datatype}: it holds {_FOUND['f']}")
     if _has_bool(tensor.data):
-        raise bad_request(f"input {tensor.name!r}: data is not {tensor.datatype}: it holds booleans")
+        raise bad_request(f"input {quoted(tensor.name)}: data is not {tensor.datatype}: it holds booleans")
     return np.array(tensor.data, dtype=dtype)
 
 

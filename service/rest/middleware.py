@@ -1,5 +1,5 @@
-"""ASGI middleware: request size limit (early on Content-Length, then while the body streams),
-response compression and access logs."""
+"""ASGI middleware: request bodies (size limit, read deadline, the shared byte budget), response
+compression and access logs."""
 
 from __future__ import annotations
 
@@ -12,17 +12,30 @@ import zlib
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import ServiceError
+from service.runtime.budget import ByteBudget
 
 access_log = logging.getLogger("service.access")
+log = logging.getLogger("service.rest")
+
+
+class _BodyTooSlow(Exception):
+    """A body that missed its deadline; raised from `receive`, answered by BodyLimit."""
 
 
 class BodyLimit:
-    """413 past `limit` bytes: at once when Content-Length says so, else as soon as the body
-    streamed so far passes it (the endpoint's body read raises, the error handler answers)."""
+    """What a request body may cost. 413 past `limit` bytes: at once when Content-Length says
+    so, else as soon as the body streamed so far passes it (the endpoint's body read raises, the
+    error handler answers). Each chunk's bytes are taken from `budget` as they arrive (503 when
+    they do not fit) and given back when the request ends. The body must arrive within
+    `timeout` seconds, one more for every `min_rate` bytes received; past that 408 and the
+    connection is closed."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, budget: ByteBudget, timeout: float, min_rate: int) -> None:
         self.app = app
         self.limit = limit
+        self.budget = budget
+        self.timeout = timeout
+        self.min_rate = min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,18 +48,50 @@ class BodyLimit:
                 return await _error(send, 400, "Content-Length is not an integer")
             if too_large:
                 return await _error(send, 413, self._message(int(declared)))
-        received = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        received, held, complete = 0, 0, False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise ServiceError(413, self._message(received))
+            nonlocal received, held, complete
+            if complete:  # after the body only the disconnect is left, and it has no deadline
+                return await receive()
+            deadline = started + self.timeout + received / self.min_rate
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                raise _BodyTooSlow(received) from None
+            if message["type"] != "http.request":
+                complete = True
+                return message
+            size = len(message.get("body", b""))
+            received += size
+            if received > self.limit:
+                raise ServiceError(413, self._message(received))
+            self.budget.take(size)
+            held += size
+            complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooSlow:
+            # Raised inside the endpoint's body read, before any response: the app's error
+            # handlers do not know the exception, so it comes back here to be answered.
+            client = scope.get("client")
+            log.info(
+                "request body timed out",
+                extra={
+                    "path": scope["path"],
+                    "received": received,
+                    "client": f"{client[0]}:{client[1]}" if client else None,
+                },
+            )
+            await _error(
+                send, 408, f"request body not received in time ({received} bytes in {loop.time() - started:.3g} s)"
+            )
+        finally:
+            self.budget.give(held)
 
     def _message(self, size: int) -> str:
         return f"request body of {size} bytes or more is larger than the limit of {self.limit} bytes"

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from se_onnx.errors import SeOnnxError
 from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerSettings
-from service.errors import ServiceError
+from service.errors import ServiceError, quoted
 from service.runtime.model import LoadCancelled, ServedModel
 from service.runtime.recorder import Recorder
 
@@ -170,7 +170,7 @@ class ModelRepository:
         async with self._locks.setdefault(name, asyncio.Lock()):
             source = self.discover().get(name)
             if source is None:
-                raise ServiceError(404, f"no model {name!r} in the repository {self.root}")
+                raise ServiceError(404, f"no model {quoted(name)} in the repository {self.root}")
             try:
                 config, paths = self._versions(source, config_override)
                 config.check_server(self._config, str(source))
@@ -249,7 +249,7 @@ class ModelRepository:
             self._loading[name].set()
         async with self._locks.setdefault(name, asyncio.Lock()):
             if name not in self._served and name not in self._states and name not in self.discover():
-                raise ServiceError(404, f"unknown model {name!r}")
+                raise ServiceError(404, f"unknown model {quoted(name)}")
             models = self._served.pop(name, {})
             self._states[name] = {version: VersionState(UNLOADING) for version in models}
             await asyncio.gather(*(model.close() for model in models.values()))
@@ -262,21 +262,21 @@ class ModelRepository:
         versions = self._served.get(name)
         known = name in self._states
         if version is not None and not is_version(version):
-            raise ServiceError(404, f"unknown version {version!r} of model {name!r}")
+            raise ServiceError(404, f"unknown version {quoted(version)} of model {quoted(name)}")
         if versions and (version is None or version in versions):
             return versions[version or max(versions, key=int)]
         if version is not None and known and version in self._states[name]:
             state = self._states[name][version]
             summary = f": {state.summary}" if state.summary else ""
-            raise ServiceError(503, f"model {name!r} version {version} is not ready ({state.state}{summary})")
+            raise ServiceError(503, f"model {quoted(name)} version {version} is not ready ({state.state}{summary})")
         if version is None and known:
             summaries = "; ".join(
                 dict.fromkeys(state.summary for state in self._states[name].values() if state.summary)
             )
-            raise ServiceError(503, f"model {name!r} is not ready{': ' + summaries if summaries else ''}")
+            raise ServiceError(503, f"model {quoted(name)} is not ready{': ' + summaries if summaries else ''}")
         if version is not None and (versions or known):
-            raise ServiceError(404, f"unknown version {version} of model {name!r}")
-        raise ServiceError(404, f"unknown model {name!r}")
+            raise ServiceError(404, f"unknown version {version} of model {quoted(name)}")
+        raise ServiceError(404, f"unknown model {quoted(name)}")
 
     def loaded(self) -> list[ServedModel]:
         return [versions[v] for _, versions in sorted(self._served.items()) for v in sorted(versions, key=int)]

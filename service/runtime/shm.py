@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import bad_request
+from service.errors import bad_request, quoted
 from service.runtime.tensors import array_from_bytes, fixed_byte_size
 
 # Where Linux keeps POSIX shm objects: shm_open(key) opens SHM_ROOT / key.
@@ -95,26 +95,26 @@ class SharedMemoryRegistry:
         if not name:
             raise bad_request("a shared memory region needs a name")
         if not isinstance(key, str) or not _KEY.fullmatch(key) or key.lstrip("/") in (".", ".."):
-            raise bad_request(f"shared memory key {key!r} is not a POSIX shm name ('/name', no other slash)")
+            raise bad_request(f"shared memory key {quoted(key)} is not a POSIX shm name ('/name', no other slash)")
         for field, value in (("offset", offset), ("byte_size", byte_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise bad_request(f"shared memory region {name!r}: {field} must be a non-negative integer")
+                raise bad_request(f"shared memory region {quoted(name)}: {field} must be a non-negative integer")
         with self._lock:
             if name in self._regions:
-                raise bad_request(f"shared memory region {name!r} is already registered")
+                raise bad_request(f"shared memory region {quoted(name)} is already registered")
             try:
                 # No symlinks: a link planted in /dev/shm must not hand a client the server's files.
                 fd = os.open(SHM_ROOT / key.lstrip("/"), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as error:
-                raise bad_request(f"cannot open shared memory key {key!r}: {error.strerror}") from None
+                raise bad_request(f"cannot open shared memory key {quoted(key)}: {error.strerror}") from None
             try:
                 info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode):
-                    raise bad_request(f"shared memory key {key!r} is not a shared memory object")
+                    raise bad_request(f"shared memory key {quoted(key)} is not a shared memory object")
                 if info.st_size < offset + byte_size:
                     raise bad_request(
-                        f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} runs past "
-                        f"the end of {key!r} ({info.st_size} bytes)"
+                        f"shared memory region {quoted(name)}: offset {offset} + byte_size {byte_size} runs past "
+                        f"the end of {quoted(key)} ({info.st_size} bytes)"
                     )
             except BaseException:
                 os.close(fd)
@@ -140,7 +140,7 @@ class SharedMemoryRegistry:
             if name is None:
                 return [region.status() for region in self._regions.values()]
             if name not in self._regions:
-                raise bad_request(f"no shared memory region {name!r} is registered")
+                raise bad_request(f"no shared memory region {quoted(name)} is registered")
             return [self._regions[name].status()]
 
     def check(self, where: RegionSlice, what: str) -> None:
@@ -151,7 +151,7 @@ class SharedMemoryRegistry:
     def read_input(self, where: RegionSlice, name: str, datatype: str, shape: list[int]) -> np.ndarray:
         """Input `name`'s array (a copy) from `where`; 400 before any buffer is made unless the region
         is registered, holds `where`, and `where.byte_size` is what the datatype and shape take."""
-        what = f"input {name!r}"
+        what = f"input {quoted(name)}"
         expected = fixed_byte_size(datatype, shape)
         if expected is not None and where.byte_size != expected:
             raise bad_request(
@@ -170,7 +170,7 @@ class SharedMemoryRegistry:
             while done < data.size:
                 count = os.preadv(region.fd, [data.data[done:]], region.offset + where.offset + done)
                 if count == 0:  # the object shrank between the size check and the read
-                    raise bad_request(f"{what}: shared memory region {where.region!r} shrank while it was read")
+                    raise bad_request(f"{what}: shared memory region {quoted(where.region)} shrank while it was read")
                 done += count
         return array_from_bytes(name, datatype, shape, data)
 
@@ -191,11 +191,11 @@ class SharedMemoryRegistry:
         with self._lock:
             region = self._regions.get(where.region)
             if region is None:
-                raise bad_request(f"{what}: no shared memory region {where.region!r} is registered")
+                raise bad_request(f"{what}: no shared memory region {quoted(where.region)} is registered")
             if where.offset + where.byte_size > region.byte_size:
                 raise bad_request(
                     f"{what}: offset {where.offset} + byte_size {where.byte_size} runs past the end of shared "
-                    f"memory region {where.region!r} ({region.byte_size} bytes)"
+                    f"memory region {quoted(where.region)} ({region.byte_size} bytes)"
                 )
             region.users += 1
         try:
@@ -212,5 +212,5 @@ class SharedMemoryRegistry:
         end = region.offset + where.offset + size
         if os.fstat(region.fd).st_size < end:
             raise bad_request(
-                f"{what}: shared memory region {where.region!r} is smaller than registered (key {region.key!r})"
+                f"{what}: shared memory region {quoted(where.region)} is smaller than registered (key {region.key!r})"
             )

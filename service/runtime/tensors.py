@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from se_onnx.runtime.sessions import numpy_dtype
-from service.errors import bad_request
+from service.errors import bad_request, quoted
 
 DATATYPES: dict[str, type] = {
     "BOOL": np.bool_,
@@ -60,14 +60,14 @@ def check_input(
     or of another datatype or shape); `given` holds the inputs decoded so far."""
     spec = inputs.get(name)
     if spec is None:
-        raise bad_request(f"unknown input {name!r}; the model takes {', '.join(inputs)}")
+        raise bad_request(f"unknown input {quoted(name)}; the model takes {', '.join(inputs)}")
     if name in given:
-        raise bad_request(f"input {name!r} is given twice")
+        raise bad_request(f"input {quoted(name)} is given twice")
     if datatype != spec.datatype:
-        raise bad_request(f"input {name!r}: datatype {datatype}, expected {spec.datatype}")
+        raise bad_request(f"input {quoted(name)}: datatype {datatype}, expected {spec.datatype}")
     _check_dims(name, shape)
     if not spec.accepts(shape):
-        raise bad_request(f"input {name!r}: shape {list(shape)} does not match {list(spec.shape)}")
+        raise bad_request(f"input {quoted(name)}: shape {quoted(list(shape))} does not match {list(spec.shape)}")
     return spec
 
 
@@ -77,11 +77,11 @@ def _check_dims(name: str, shape: Sequence[int]) -> None:
     for dim in shape:
         if dim < 0:
             raise bad_request(
-                f"input {name!r}: shape {list(shape)} has the negative dimension {dim}; "
+                f"input {quoted(name)}: shape {quoted(list(shape))} has the negative dimension {dim}; "
                 "a request gives each dimension's actual size"
             )
     if math.prod(dim for dim in shape if dim) > _MAX_ELEMENTS:
-        raise bad_request(f"input {name!r}: shape {list(shape)} is too large for any array")
+        raise bad_request(f"input {quoted(name)}: shape {quoted(list(shape))} is too large for any array")
 
 
 # numpy indexes arrays with int64; a shape past this cannot even describe an empty array.
@@ -111,11 +111,14 @@ def array_from_bytes(name: str, datatype: str, shape: Sequence[int], chunk) -> n
         expected = fixed_byte_size(datatype, shape)
         if len(chunk) != expected:
             raise bad_request(
-                f"input {name!r}: {len(chunk)} bytes of data, expected {expected} for shape {list(shape)} of {datatype}"
+                f"input {quoted(name)}: {len(chunk)} bytes of data, expected {expected} "
+                f"for shape {quoted(list(shape))} of {datatype}"
             )
         array = np.frombuffer(chunk, DATATYPES[datatype])
     if array.size != count:
-        raise bad_request(f"input {name!r}: {array.size} elements, expected {count} for shape {list(shape)}")
+        raise bad_request(
+            f"input {quoted(name)}: {array.size} elements, expected {count} for shape {quoted(list(shape))}"
+        )
     return array.reshape(shape)
 
 
@@ -124,11 +127,11 @@ def deserialize_bytes(chunk: memoryview, name: str) -> np.ndarray:
     items, offset = [], 0
     while offset < len(chunk):
         if offset + 4 > len(chunk):
-            raise bad_request(f"input {name!r}: truncated BYTES element length")
+            raise bad_request(f"input {quoted(name)}: truncated BYTES element length")
         (length,) = struct.unpack_from("<I", chunk, offset)
         offset += 4
         if offset + length > len(chunk):
-            raise bad_request(f"input {name!r}: BYTES element runs past its data")
+            raise bad_request(f"input {quoted(name)}: BYTES element runs past its data")
         items.append(bytes(chunk[offset : offset + length]).decode("utf-8", "surrogateescape"))
         offset += length
     return np.array(items, dtype=object)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import Awaitable
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.requests import ClientDisconnect
 
 from service.dataplane import InferenceRequest, InferenceResult
-from service.errors import ServiceError, bad_request
+from service.errors import ServiceError, bad_request, quoted
 from service.rest.codec import (
     HEADER_LENGTH,
     binary_outputs,
@@ -98,7 +100,13 @@ async def model_ready(request: Request, plane: Plane, model_name: str, version: 
 async def infer(request: Request, plane: Plane, model_name: str, version: str | None) -> Response:
     # Read the body ourselves (not via a pydantic parameter): the size limit applies while it
     # streams, and binary tensors follow the JSON header in the same body.
-    body = _decompress(await request.body(), request.headers.get("content-encoding"), plane.config.max_request_size)
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # gone mid-upload: counted as gone like one that leaves while queued
+        with contextlib.suppress(ServiceError):  # an unknown model has no counter
+            plane.model(model_name, version).recorder.client_gone()
+        raise
+    body = _decompress(body, request.headers.get("content-encoding"), plane.config.max_request_size)
     header_length = request.headers.get(HEADER_LENGTH)
     binary: dict[str, bool] = {}  # output name → sent as binary data; filled by decode
 
@@ -149,7 +157,7 @@ def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
-        raise bad_request(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+        raise bad_request(f"unsupported Content-Encoding {quoted(encoding)}; use gzip, deflate or none")
     inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
     try:
         inflated = inflater.decompress(body, limit + 1)
