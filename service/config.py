@@ -223,6 +223,12 @@ TRITON_DATATYPES = {
 TritonDatatype = Literal[tuple(TRITON_DATATYPES)]  # type: ignore[valid-type]
 
 
+class TensorReshape(_Strict):
+    """Triton's reshape block of an input or output."""
+
+    shape: list[int] = Field(description="the model's shape of the tensor, batch dimension excluded")
+
+
 class TensorConfig(_Strict):
     """One of Triton's `input` or `output` entries: checked against the ONNX model when it loads."""
 
@@ -232,10 +238,10 @@ class TensorConfig(_Strict):
         description="the shape without the batch dimension when max_batch_size > 0; -1 for a variable "
         "dimension; a fixed size where the model's is dynamic narrows what requests may send"
     )
-    reshape: list[int] | None = Field(
+    reshape: TensorReshape | None = Field(
         default=None,
-        description="the shape the model takes (and gives) instead of dims, batch dimension excluded: "
-        "the server reshapes between the two; both fixed and of the same number of elements",
+        description="{shape: [...]}: the shape the model takes (and gives) instead of dims, batch dimension "
+        "excluded; the server reshapes between the two; both fixed and of the same number of elements",
     )
 
     @field_validator("dims")
@@ -249,14 +255,14 @@ class TensorConfig(_Strict):
     def _reshape_keeps_the_elements(self) -> TensorConfig:
         if self.reshape is None:
             return self
-        if -1 in self.dims or any(dim < 0 for dim in self.reshape):
+        shape = self.reshape.shape
+        if -1 in self.dims or any(dim < 0 for dim in shape):
             raise ValueError(
-                f"{self.name!r}: reshape needs fixed dims and shape, got dims {self.dims} and reshape {self.reshape}"
+                f"{self.name!r}: reshape needs fixed dims and shape, got dims {self.dims} and reshape {shape}"
             )
-        if math.prod(self.dims) != math.prod(self.reshape):
+        if math.prod(self.dims) != math.prod(shape):
             raise ValueError(
-                f"{self.name!r}: reshape {self.reshape} does not hold the {math.prod(self.dims)} elements of "
-                f"dims {self.dims}"
+                f"{self.name!r}: reshape {shape} does not hold the {math.prod(self.dims)} elements of dims {self.dims}"
             )
         return self
 

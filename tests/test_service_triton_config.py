@@ -10,7 +10,16 @@ import logging
 
 import numpy as np
 import pytest
-from service_helpers import free_port, infer_json, relu_neg_model, serve, start_server, stop_server, write_repo
+from service_helpers import (
+    free_port,
+    infer_json,
+    relu_neg_model,
+    serve,
+    server_log,
+    start_server,
+    stop_server,
+    write_repo,
+)
 
 KEY = {"X-API-Key": "s3cret"}
 
@@ -89,6 +98,11 @@ optimization { execution_accelerators {
 }}
 """
 
+# Warm-up samples replace the seeded runs: one the model cannot take is logged, as any failed warm-up.
+BAD_WARMUP = """
+model_warmup [ { name: "five" inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 1, 5 ] random_data: true } } } ]
+"""
+
 VERSION_POLICIES = {
     "all_versions": ("version_policy: { all { } }", ["1", "2", "3"]),
     "latest_two": ("version_policy: { latest { num_versions: 2 } }", ["2", "3"]),
@@ -131,7 +145,7 @@ def _repo(root, pbtxts: dict[str, str], versions: dict[str, list[int]] | None = 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    pbtxts = {"batched": BATCHED, "minimal": MINIMAL, "reshaped": RESHAPED, "warmed": WARMED}
+    pbtxts = {"batched": BATCHED, "minimal": MINIMAL, "reshaped": RESHAPED, "warmed": WARMED, "bad_warmup": BAD_WARMUP}
     pbtxts.update({name: text for name, (text, _) in VERSION_POLICIES.items()})
     pbtxts.update({name: text for name, (text, _) in REFUSED.items()})
     root = _repo(tmp_path_factory.mktemp("repo"), pbtxts, {name: [1, 2, 3] for name in VERSION_POLICIES})
@@ -150,14 +164,16 @@ def served(repo):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("service.repository")
-    logger.addHandler(handler)
+    loggers = [logging.getLogger("service.repository"), logging.getLogger("service.model")]
+    for logger in loggers:
+        logger.addHandler(handler)
     grpc_port = free_port()
     try:
         with serve(repo, api_key="s3cret", grpc_port=grpc_port) as client:
             yield client, grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}"), records
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 def _index(client) -> dict[str, dict]:
@@ -248,6 +264,9 @@ def test_warm_up_and_what_cannot_be_honoured_is_logged_once(served):
     assert len(files) == 1 and files[0].inputs == ["from_file.x"]
     ignored = [r for message, model, r in by_model if model == "batched" and "ignored" in message]
     assert len(ignored) == 1 and ignored[0].fields == ["dynamic_batching.preserve_ordering", "response_cache"]
+    failed = {model for message, model, _ in by_model if message == "warm-up run failed"}
+    assert "bad_warmup" in failed and "warmed" not in failed
+    assert _index(client)["bad_warmup"]["state"] == "READY"  # warm-up is best effort
 
 
 @pytest.mark.parametrize("name", [*REFUSED, "both"])
@@ -263,7 +282,7 @@ def test_invalid_or_contradicting_configs_fail_their_model_only(served, name):
     assert client.get("/v2/models/batched/ready").status_code == 200  # the others keep serving
 
 
-def test_a_real_server_answers_tritonclients_model_config(repo, tmp_path):
+def test_a_real_server_answers_tritonclients_model_config(tmp_path):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
@@ -280,5 +299,6 @@ def test_a_real_server_answers_tritonclients_model_config(repo, tmp_path):
             assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
             assert config["instance_group"][0]["count"] == 2
             assert config["parameters"]["team"]["string_value"] == "vision"
+        assert server_log(process).count("config.pbtxt fields ignored") == 1
     finally:
         stop_server(process)

@@ -73,9 +73,9 @@ def _configured(
                 f"config, {spec.datatype} in the model"
             )
         model_dims = spec.shape[1:] if batched else spec.shape
-        taken = tensor.reshape if tensor.reshape is not None else tensor.dims
+        taken = tensor.reshape.shape if tensor.reshape is not None else tensor.dims
         if len(taken) != len(model_dims) or any(want not in (-1, got) for want, got in zip(model_dims, taken)):
-            given = f"reshape {tensor.reshape}" if tensor.reshape is not None else f"dims {tensor.dims}"
+            given = f"reshape {tensor.reshape.shape}" if tensor.reshape is not None else f"dims {tensor.dims}"
             batch = ", batch dimension excluded" if batched else ""
             raise SeOnnxError(
                 f"{name}: the config contradicts the model: {kind} {tensor.name!r} has {given} in the config, "
@@ -83,7 +83,7 @@ def _configured(
             )
         served[tensor.name] = TensorSpec(tensor.name, spec.datatype, ((-1,) if batched else ()) + tuple(tensor.dims))
         if tensor.reshape is not None:
-            reshapes[tensor.name] = tuple(tensor.reshape)
+            reshapes[tensor.name] = tuple(tensor.reshape.shape)
     return served, reshapes
 
 

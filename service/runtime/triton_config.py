@@ -97,7 +97,7 @@ def _fields(message: mc.ModelConfig, source: str, model: str) -> dict[str, Any]:
             if tensor.data_type != mc.TYPE_INVALID:  # unset: ModelConfig reports the missing type
                 entry["data_type"] = mc.DataType.Name(tensor.data_type)
             if tensor.HasField("reshape"):
-                entry["reshape"] = list(tensor.reshape.shape)
+                entry["reshape"] = {"shape": list(tensor.reshape.shape)}
             fields[kind].append(entry)
     if message.HasField("version_policy"):
         fields["version_policy"] = _version_policy(message.version_policy)
