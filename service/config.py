@@ -418,6 +418,11 @@ class ModelConfig(_Strict):
         default_factory=dict, description="Triton's string parameters: kept and reported, not interpreted"
     )
 
+    @property
+    def model_filename(self) -> str:
+        """The model file in each version folder."""
+        return self.default_model_filename or MODEL_FILE
+
     @field_validator("platform", "backend")
     @classmethod
     def _onnx_runtime(cls, value: str | None, info: ValidationInfo) -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from se_onnx.errors import SeOnnxError
-from service.config import MODEL_CONFIG_FILE, MODEL_FILE, ModelConfig, ServerSettings
+from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerSettings
 from service.errors import ServiceError
 from service.runtime.model import LoadCancelled, ServedModel
 from service.runtime.recorder import Recorder
@@ -168,8 +168,7 @@ class ModelRepository:
         chosen = config.version_policy.select(list(numbers))
         if not chosen:
             raise SeOnnxError(f"{source}: the version policy selects none of versions {sorted(numbers)}")
-        filename = config.default_model_filename or MODEL_FILE
-        return config, {str(number): numbers[number] / filename for number in chosen}
+        return config, {str(number): numbers[number] / config.model_filename for number in chosen}
 
     async def load_all(self) -> None:
         for name in self.discover():
