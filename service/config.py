@@ -1,13 +1,14 @@
-"""Settings of the server (from `se-onnx serve`) and of each model (its optional config.json)."""
+"""Settings of the server (from `se-onnx serve`) and of each model (its optional config.json or config.pbtxt)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from se_onnx.errors import SeOnnxError
@@ -15,6 +16,10 @@ from se_onnx.runtime.sessions import PROVIDERS
 from service.errors import first_error
 
 MODEL_CONFIG_FILE = "config.json"
+MODEL_FILE = "model.onnx"
+# Triton's names of what se-onnx serves: ONNX models on ONNX Runtime.
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
 
 
 PROVIDER_CHOICES = ("auto", *PROVIDERS)
@@ -211,6 +216,8 @@ MAX_BATCH_SIZE = 65536
 MAX_QUEUE_SIZE = 65536
 MAX_INSTANCES = 256
 MAX_WARMUP_RUNS = 1000
+# Elements of one warm-up input (batch included): 64 Mi, 256 MiB of FP32, made before the model serves.
+MAX_WARMUP_ELEMENTS = 2**26
 # The longest a request may wait for others to join its batch (60 s); `check_server` also holds it
 # to the server's --request-timeout, past which every batched request would time out first.
 MAX_QUEUE_DELAY_US = 60_000_000
@@ -252,6 +259,94 @@ class DynamicBatching(_Strict):
         if len(set(sizes)) != len(sizes):
             raise ValueError(f"preferred batch sizes must be unique, got {sizes}")
         return sizes
+
+
+# Triton's tensor data types that the protocol carries, and the protocol's name of each.
+TRITON_DATATYPES = {
+    f"TYPE_{'STRING' if datatype == 'BYTES' else datatype}": datatype
+    for datatype in ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
+    + ("FP16", "FP32", "FP64", "BYTES")
+}
+TritonDatatype = Literal[tuple(TRITON_DATATYPES)]  # type: ignore[valid-type]
+
+
+class TensorReshape(_Strict):
+    """Triton's reshape block of an input or output."""
+
+    shape: list[int] = Field(description="the model's shape of the tensor, batch dimension excluded")
+
+
+class TensorConfig(_Strict):
+    """One of Triton's `input` or `output` entries: checked against the ONNX model when it loads."""
+
+    name: str = Field(min_length=1, description="the ONNX model's input or output of this name")
+    data_type: TritonDatatype = Field(description="Triton's data type, the model's: TYPE_FP32, TYPE_STRING …")  # type: ignore[valid-type]
+    dims: list[int] = Field(
+        description="the shape without the batch dimension when max_batch_size > 0; -1 for a variable "
+        "dimension; a fixed size where the model's is dynamic narrows what requests may send"
+    )
+    reshape: TensorReshape | None = Field(
+        default=None,
+        description="{shape: [...]}: the shape the model takes (and gives) instead of dims, batch dimension "
+        "excluded; the server reshapes between the two; both fixed and of the same number of elements",
+    )
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, dims: list[int]) -> list[int]:
+        if any(dim < -1 or dim > INT64_MAX for dim in dims):
+            raise ValueError(f"dims are sizes or -1 (variable), got {dims}")
+        return dims
+
+    @model_validator(mode="after")
+    def _reshape_keeps_the_elements(self) -> TensorConfig:
+        if self.reshape is None:
+            return self
+        shape = self.reshape.shape
+        if -1 in self.dims or any(dim < 0 for dim in shape):
+            raise ValueError(
+                f"{self.name!r}: reshape needs fixed dims and shape, got dims {self.dims} and reshape {shape}"
+            )
+        if math.prod(self.dims) != math.prod(shape):
+            raise ValueError(
+                f"{self.name!r}: reshape {shape} does not hold the {math.prod(self.dims)} elements of dims {self.dims}"
+            )
+        return self
+
+
+class WarmupInput(_Strict):
+    """One input of a warm-up sample (Triton's model_warmup.inputs)."""
+
+    data_type: TritonDatatype = Field(description="Triton's data type of the input")  # type: ignore[valid-type]
+    dims: list[int] = Field(description="its shape, batch dimension excluded; fixed sizes")
+    zero_data: bool = Field(default=False, description="zeros (or empty strings) instead of seeded random data")
+
+    @field_validator("dims")
+    @classmethod
+    def _fixed(cls, dims: list[int]) -> list[int]:
+        if any(dim < 0 for dim in dims):
+            raise ValueError(f"warm-up dims are fixed sizes, got {dims}")
+        return dims
+
+
+class WarmupSample(_Strict):
+    """One of Triton's model_warmup samples: inputs to run `count` times before the model reports ready."""
+
+    name: str = Field(default="", description="the sample's name, for the log")
+    batch_size: int = Field(
+        default=1, ge=1, le=MAX_BATCH_SIZE, description="rows of each input when max_batch_size > 0"
+    )
+    count: int = Field(default=1, ge=1, le=MAX_WARMUP_RUNS, description=f"runs, 1 to {MAX_WARMUP_RUNS}")
+    inputs: dict[str, WarmupInput] = Field(min_length=1, description="input name → its data")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> WarmupSample:
+        for name, data in self.inputs.items():
+            if self.batch_size * math.prod(data.dims) > MAX_WARMUP_ELEMENTS:
+                raise ValueError(
+                    f"warm-up sample {self.name!r} input {name!r} has more than {MAX_WARMUP_ELEMENTS} elements"
+                )
+        return self
 
 
 class _Latest(_Strict):
@@ -308,6 +403,15 @@ class ModelConfig(_Strict):
     field stays within the range of the Triton ModelConfig protobuf field it maps to, and within the
     bounds above; readers of other formats (config.pbtxt) validate through this model too."""
 
+    name: str | None = Field(default=None, description="the model's name; when given, its folder's name")
+    platform: str | None = Field(
+        default=None, description=f"Triton's platform: only {PLATFORM} (ONNX Runtime) is served"
+    )
+    backend: str | None = Field(default=None, description=f"Triton's backend: only {BACKEND} is served")
+    default_model_filename: str | None = Field(
+        default=None,
+        description=f"the model file in each version folder (default {MODEL_FILE}); a file name, not a path",
+    )
     max_batch_size: int = Field(
         default=0,
         ge=0,
@@ -347,6 +451,51 @@ class ModelConfig(_Strict):
         default_factory=VersionPolicy,
         description="which versions to serve: latest (the default, newest one), all, or specific",
     )
+    input: list[TensorConfig] = Field(
+        default_factory=list, description="the model's inputs as Triton lists them; each must agree with the model"
+    )
+    output: list[TensorConfig] = Field(
+        default_factory=list, description="the model's outputs as Triton lists them; each must agree with the model"
+    )
+    model_warmup: list[WarmupSample] = Field(
+        default_factory=list,
+        description=f"warm-up samples run instead of the seeded warm-up runs; at most {MAX_WARMUP_RUNS} runs in all",
+    )
+    parameters: dict[str, str] = Field(
+        default_factory=dict, description="Triton's string parameters: kept and reported, not interpreted"
+    )
+
+    @property
+    def model_filename(self) -> str:
+        """The model file in each version folder."""
+        return self.default_model_filename or MODEL_FILE
+
+    @field_validator("platform", "backend")
+    @classmethod
+    def _onnx_runtime(cls, value: str | None, info: ValidationInfo) -> str | None:
+        served = PLATFORM if info.field_name == "platform" else BACKEND
+        if value not in (None, "", served):
+            raise ValueError(f"{info.field_name} {value!r} is not served: se-onnx serves ONNX models ({served})")
+        return value or None
+
+    @field_validator("default_model_filename")
+    @classmethod
+    def _a_file_name(cls, name: str | None) -> str | None:
+        if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name):
+            raise ValueError(f"default_model_filename must be a file name, got {name!r}")
+        return name
+
+    @model_validator(mode="after")
+    def _tensors_and_warmup(self) -> ModelConfig:
+        for kind in ("input", "output"):
+            names = [tensor.name for tensor in getattr(self, kind)]
+            repeated = next((name for name in names if names.count(name) > 1), None)
+            if repeated is not None:
+                raise ValueError(f"{kind} {repeated!r} is listed twice")
+        runs = sum(sample.count for sample in self.model_warmup)
+        if runs > MAX_WARMUP_RUNS:
+            raise ValueError(f"model_warmup runs {runs} times in all, more than {MAX_WARMUP_RUNS}")
+        return self
 
     @model_validator(mode="after")
     def _batching_needs_a_batch_size(self) -> ModelConfig:
@@ -374,13 +523,22 @@ class ModelConfig(_Strict):
     @classmethod
     def parse(cls, text: str | bytes, source: str) -> ModelConfig:
         try:
-            return cls.model_validate(json.loads(text))
+            fields = json.loads(text)
+        except RecursionError:
+            raise SeOnnxError(f"{source}: invalid model config: JSON nested too deeply") from None
+        except ValueError as error:
+            raise SeOnnxError(f"{source}: invalid model config: {' '.join(str(error).split())}") from None
+        return cls.validated(fields, source)
+
+    @classmethod
+    def validated(cls, fields: Any, source: str) -> ModelConfig:
+        """The config of `fields` (parsed JSON, or what config.pbtxt maps to); SeOnnxError naming the field."""
+        try:
+            return cls.model_validate(fields)
         except RecursionError:
             raise SeOnnxError(f"{source}: invalid model config: JSON nested too deeply") from None
         except ValidationError as error:
             raise SeOnnxError(f"{source}: invalid model config: {first_error(error)}") from None
-        except ValueError as error:
-            raise SeOnnxError(f"{source}: invalid model config: {' '.join(str(error).split())}") from None
 
     @classmethod
     def read(cls, path: Path) -> ModelConfig:

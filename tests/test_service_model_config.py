@@ -30,6 +30,9 @@ ACCEPTED = [
     {"version_policy": {"latest": {"num_versions": 2**32 - 1}}},
     {"version_policy": {"specific": {"versions": [1, 2**63 - 1]}}},
     {"version_policy": {"all": {}}},
+    {"name": "m", "platform": "onnxruntime_onnx", "backend": "onnxruntime", "parameters": {"team": "vision"}},
+    {**BATCHED, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [2, 2], "reshape": {"shape": [4]}}]},
+    {**BATCHED, "model_warmup": [{"count": 2, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [4]}}}]},
 ]
 
 # (config, the field the message names)
@@ -56,6 +59,12 @@ REFUSED = [
     ({"version_policy": {"specific": {"versions": [2**63]}}}, "versions"),
     ({"version_policy": {"specific": {"versions": [-1]}}}, "versions"),
     ({"version_policy": {"all": {"newest": 1}}}, "all"),
+    ({"name": "other"}, "names the model 'other'"),
+    ({"platform": "tensorrt_plan"}, "platform"),
+    ({"default_model_filename": "../1/model.onnx"}, "default_model_filename"),
+    ({"output": [{"name": "relu", "data_type": "TYPE_INT64", "dims": [-1, 4]}]}, "TYPE_INT64"),
+    ({"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4], "reshape": {"shape": [3]}}]}, "reshape"),
+    ({"model_warmup": [{"count": 1001, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": [4]}}}]}, "count"),
 ]
 
 

@@ -8,6 +8,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,14 +17,13 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from se_onnx.errors import SeOnnxError
 from se_onnx.runtime.sessions import make_session, random_inputs, resolve_provider
-from service.config import ModelConfig, ServerSettings
+from service.config import BACKEND, PLATFORM, TRITON_DATATYPES, ModelConfig, ServerSettings, TensorConfig, WarmupSample
 from service.errors import ServiceError, bad_request
 from service.runtime.batcher import DynamicBatcher, Feeds
 from service.runtime.classification import read_labels
 from service.runtime.recorder import ModelRecorder
-from service.runtime.tensors import TensorSpec, datatype_of_ort
+from service.runtime.tensors import DATATYPES, TensorSpec, datatype_of_ort
 
-PLATFORM = "onnxruntime_onnx"
 log = logging.getLogger("service.model")
 
 
@@ -53,6 +53,50 @@ def _specs(metas, name: str, kind: str) -> dict[str, TensorSpec]:
     return specs
 
 
+def _configured(
+    specs: dict[str, TensorSpec], tensors: list[TensorConfig], batched: bool, name: str, kind: str
+) -> tuple[dict[str, TensorSpec], dict[str, tuple[int, ...]]]:
+    """The specs as the config declares them (its dims may narrow the model's dynamic ones) and the
+    shape the model takes instead of each reshaped tensor's (batch dimension excluded); SeOnnxError
+    where the config contradicts the model."""
+    served, reshapes = dict(specs), {}
+    for tensor in tensors:
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise SeOnnxError(
+                f"{name}: the config contradicts the model: it has no {kind} {tensor.name!r} (its {kind}s: "
+                f"{', '.join(specs)})"
+            )
+        if TRITON_DATATYPES[tensor.data_type] != spec.datatype:
+            raise SeOnnxError(
+                f"{name}: the config contradicts the model: {kind} {tensor.name!r} is {tensor.data_type} in the "
+                f"config, {spec.datatype} in the model"
+            )
+        model_dims = spec.shape[1:] if batched else spec.shape
+        taken = tensor.reshape.shape if tensor.reshape is not None else tensor.dims
+        if len(taken) != len(model_dims) or any(want not in (-1, got) for want, got in zip(model_dims, taken)):
+            given = f"reshape {tensor.reshape.shape}" if tensor.reshape is not None else f"dims {tensor.dims}"
+            batch = ", batch dimension excluded" if batched else ""
+            raise SeOnnxError(
+                f"{name}: the config contradicts the model: {kind} {tensor.name!r} has {given} in the config, "
+                f"{list(model_dims)} in the model{batch}"
+            )
+        served[tensor.name] = TensorSpec(tensor.name, spec.datatype, ((-1,) if batched else ()) + tuple(tensor.dims))
+        if tensor.reshape is not None:
+            reshapes[tensor.name] = tuple(tensor.reshape.shape)
+    return served, reshapes
+
+
+def _reshaped(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], batched: bool) -> dict:
+    """`arrays` with those named in `shapes` reshaped to it, each keeping its batch dimension."""
+    if not shapes:
+        return arrays
+    return {
+        name: array.reshape(array.shape[:1] + shapes[name] if batched else shapes[name]) if name in shapes else array
+        for name, array in arrays.items()
+    }
+
+
 class ServedModel:
     """Built off the event loop (the constructor opens the session and warms it up); `start`
     then attaches the batcher on the loop. By default `instances` threads share one session
@@ -75,7 +119,7 @@ class ServedModel:
         self.name, self.version, self.path, self.config = name, version, path, config
         self.labels = read_labels(path)  # for the classification extension
         requested = config.provider or server.provider
-        device_id = server.device_id if config.device_id is None else config.device_id
+        self.device_id = device_id = server.device_id if config.device_id is None else config.device_id
         provider = resolve_provider(requested, allow_cpu_fallback=server.allow_cpu_fallback, device_id=device_id)
         if requested not in ("auto", provider):
             log.warning("provider fell back", extra={"model": name, "requested": requested, "provider": provider})
@@ -113,8 +157,14 @@ class ServedModel:
                     f"{name}: max_batch_size needs a dynamic first dimension on every input and output; "
                     f"{unbatched[0]!r} has none"
                 )
+        batched = config.max_batch_size > 0
+        # The config's view of the tensors: what requests send and get; the reshapes turn it into the model's and back.
+        self.inputs, self._input_reshapes = _configured(self.inputs, config.input, batched, name, "input")
+        self.outputs, self._output_reshapes = _configured(self.outputs, config.output, batched, name, "output")
+        # Outputs go back from the model's shape to the config's dims, batch dimension excluded.
+        self._output_dims = {name: tuple(self.outputs[name].shape[batched:]) for name in self._output_reshapes}
         for session in sessions:
-            self._warm_up(session, config.warmup)
+            self._warm_up(session)
         self.executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"ort-{name}")
         self.batcher: DynamicBatcher | None = None
         self.inflight = 0
@@ -131,14 +181,44 @@ class ServedModel:
             log.info("load stopped", extra={"model": self.name, "version": self.version})
             raise LoadCancelled(f"{self.name}: the load of version {self.version} was stopped")
 
-    def _warm_up(self, session, runs: int) -> None:
-        for _ in range(runs):
-            self._check_cancelled()
-            try:
-                session.run(None, random_inputs(session, batch=1))
-            except Exception as error:  # seeded inputs may be invalid for the model; warm-up is best effort
-                log.warning("warm-up run failed", extra={"model": self.name, "error": " ".join(str(error).split())})
-                return
+    def _warm_up(self, session) -> None:
+        try:
+            for feeds in self._warm_up_feeds(session):
+                self._check_cancelled()
+                session.run(None, feeds)
+        except LoadCancelled:
+            raise
+        except Exception as error:  # the inputs may be invalid for the model; warm-up is best effort
+            log.warning("warm-up run failed", extra={"model": self.name, "error": " ".join(str(error).split())})
+
+    def _warm_up_feeds(self, session) -> Iterator[dict[str, np.ndarray]]:
+        """The inputs of each warm-up run: the config's samples, else `warmup` seeded runs."""
+        if not self.config.model_warmup:
+            for _ in range(self.config.warmup):
+                yield random_inputs(session, batch=1)
+            return
+        for sample in self.config.model_warmup:
+            feeds = _reshaped(self._sample(sample), self._input_reshapes, self.config.max_batch_size > 0)
+            for _ in range(sample.count):
+                yield feeds
+
+    def _sample(self, sample: WarmupSample) -> dict[str, np.ndarray]:
+        """A warm-up sample's inputs as a request would send them: zeros, or seeded random data."""
+        rng = np.random.default_rng(0)
+        rows = (sample.batch_size,) if self.config.max_batch_size else ()
+        feeds = {}
+        for name, data in sample.inputs.items():
+            shape = rows + tuple(data.dims)
+            dtype = np.dtype(DATATYPES[TRITON_DATATYPES[data.data_type]])
+            if dtype == np.object_:
+                feeds[name] = np.full(shape, b"" if data.zero_data else b"0", dtype=object)
+            elif data.zero_data:
+                feeds[name] = np.zeros(shape, dtype)
+            elif dtype.kind == "f":
+                feeds[name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feeds[name] = rng.integers(0, 2 if dtype == np.bool_ else 10, shape).astype(dtype)
+        return feeds
 
     def start(self) -> None:
         """Attach the event-loop parts; called on the loop once `__init__` has finished in a thread."""
@@ -179,29 +259,50 @@ class ServedModel:
         """The model's configuration in Triton's JSON form (GET …/config), for clients that ask for it."""
         batched = self.config.max_batch_size > 0
 
-        def tensors(specs):
+        def tensors(specs, reshapes):
             return [
                 {"name": s.name, "data_type": f"TYPE_{'STRING' if s.datatype == 'BYTES' else s.datatype}",
-                 "dims": list(s.shape[1:] if batched else s.shape)}
+                 "dims": list(s.shape[1:] if batched else s.shape),
+                 **({"reshape": {"shape": list(reshapes[s.name])}} if s.name in reshapes else {})}
                 for s in specs.values()
             ]  # fmt: skip
 
         gpu = any(provider != "CPUExecutionProvider" for provider in self.providers)
+        group = {
+            "count": self.instances,
+            "kind": "KIND_GPU" if gpu else "KIND_CPU",
+            **({"gpus": [self.device_id]} if gpu else {}),
+        }
         config = {
             "name": self.name,
             "platform": PLATFORM,
-            "backend": "onnxruntime",
+            "backend": BACKEND,
+            "version_policy": self.config.version_policy.model_dump(exclude_none=True),
             "max_batch_size": self.config.max_batch_size,
-            "input": tensors(self.inputs),
-            "output": tensors(self.outputs),
-            "instance_group": [{"count": self.instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}],
+            "input": tensors(self.inputs, self._input_reshapes),
+            "output": tensors(self.outputs, self._output_reshapes),
+            "instance_group": [group],
         }
+        if self.config.default_model_filename:
+            config["default_model_filename"] = self.config.default_model_filename
         if self.batcher is not None and (batching := self.config.dynamic_batching) is not None:
             config["dynamic_batching"] = {
                 "max_queue_delay_microseconds": batching.max_queue_delay_us,
                 "preferred_batch_size": batching.preferred_batch_size,
                 "default_queue_policy": {"max_queue_size": batching.max_queue_size},
             }
+        if "TensorrtExecutionProvider" in self.providers:
+            config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt"}]}}
+        if self.config.model_warmup:
+            config["model_warmup"] = [
+                {"name": sample.name, "batch_size": sample.batch_size, "count": sample.count,
+                 "inputs": {name: {"data_type": data.data_type, "dims": data.dims,
+                                   "zero_data" if data.zero_data else "random_data": True}
+                            for name, data in sample.inputs.items()}}
+                for sample in self.config.model_warmup
+            ]  # fmt: skip
+        if self.config.parameters:
+            config["parameters"] = {key: {"string_value": value} for key, value in self.config.parameters.items()}
         return config
 
     def _run(self, feeds: Feeds, names: list[str] | None, enqueued: float | None = None) -> dict[str, np.ndarray]:
@@ -209,8 +310,9 @@ class ServedModel:
         if enqueued is not None:
             self.recorder.queued(started - enqueued)
         session = self._pool.get() if self._pool is not None else self.session
+        batched = self.config.max_batch_size > 0
         try:
-            arrays = session.run(names, dict(feeds))
+            arrays = session.run(names, _reshaped(dict(feeds), self._input_reshapes, batched))
         except (InvalidArgument, Fail) as error:
             # A kernel refusing the request's data (a shape the metadata allows but a Reshape
             # cannot take) is the client's to fix; ORT raises Fail or InvalidArgument for it.
@@ -224,7 +326,7 @@ class ServedModel:
         first = next(iter(feeds.values()), None)
         rows = first.shape[0] if first is not None and first.ndim else 1
         self.recorder.executed(rows, seconds)
-        return dict(zip(names or self.outputs, arrays))
+        return _reshaped(dict(zip(names or self.outputs, arrays)), self._output_dims, batched)
 
     def _run_all(self, feeds: Feeds) -> dict[str, np.ndarray]:
         return self._run(feeds, None)

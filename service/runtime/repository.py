@@ -1,12 +1,13 @@
 """The model repository: finds models on disk, loads and unloads them, and tracks each version's state.
 
 Layouts (both may be mixed in one directory):
-  DIR/<model>/<version>/model.onnx   Triton's layout; DIR/<model>/config.json is optional
+  DIR/<model>/<version>/model.onnx   Triton's layout; DIR/<model>/config.json or config.pbtxt is optional
   DIR/<model>.onnx                   a single version "1" with the default config
 Other files (scripts, READMEs, data) are ignored; so are entries whose names start with "." or "_".
 
 Scanning is per model: a folder that cannot be read, a version folder that is no ASCII decimal
-number, or a name the protocol cannot carry makes that model UNAVAILABLE with the reason (in the
+number, a name the protocol cannot carry, or a config that is invalid, names another model or
+is given twice (config.json and config.pbtxt) makes that model UNAVAILABLE with the reason (in the
 index, on its readiness and on a load request), never the server or the other models.
 """
 
@@ -25,6 +26,7 @@ from service.config import MODEL_CONFIG_FILE, ModelConfig, ServerSettings
 from service.errors import ServiceError, quoted
 from service.runtime.model import LoadCancelled, ServedModel
 from service.runtime.recorder import Recorder
+from service.runtime.triton_config import PBTXT_FILE, read_pbtxt
 
 log = logging.getLogger("service.repository")
 
@@ -55,8 +57,11 @@ _FAILURE_CLASSES = (
     ("was stopped", "its load was stopped"),
     ("version folder", "its version folders are invalid"),
     ("the model name", "its name is invalid"),
+    ("config names the model", "its config names another model"),
+    ("both config.json and config.pbtxt", "it has both config.json and config.pbtxt"),
     ("invalid model config", "its config is invalid"),
-    ("cannot read model config", "its config.json cannot be read"),
+    ("config contradicts the model", "its config contradicts the model"),
+    ("cannot read model config", "its config file cannot be read"),
     ("version policy selects none", "its version policy selects no version"),
     ("no such model file", "the model file is missing"),
     ("escapes", "its external data escapes the model's folder"),
@@ -131,9 +136,14 @@ class ModelRepository:
         if override is not None:
             config = ModelConfig.parse(override, f"{source.name}: load request config")
         elif source.is_dir():
-            config = ModelConfig.read(source / MODEL_CONFIG_FILE)
+            config = _read_config(source, stem)
         else:
             config = ModelConfig()
+        if config.name is not None and config.name != stem:
+            raise SeOnnxError(
+                f"{source}: invalid model config: the config names the model {config.name!r}, its folder "
+                f"{stem!r}; a model's name is its folder's"
+            )
         if source.is_file():
             return config, {"1": source}
         try:
@@ -158,7 +168,7 @@ class ModelRepository:
         chosen = config.version_policy.select(list(numbers))
         if not chosen:
             raise SeOnnxError(f"{source}: the version policy selects none of versions {sorted(numbers)}")
-        return config, {str(number): numbers[number] / "model.onnx" for number in chosen}
+        return config, {str(number): numbers[number] / config.model_filename for number in chosen}
 
     async def load_all(self) -> None:
         for name in self.discover():
@@ -303,6 +313,20 @@ class ModelRepository:
         self.stop_loads()
         served, self._served = self._served, {}
         await asyncio.gather(*(model.close() for versions in served.values() for model in versions.values()))
+
+
+def _read_config(folder: Path, name: str) -> ModelConfig:
+    """The model folder's config.json or config.pbtxt (the defaults without either); both is an error."""
+    json_file, pbtxt_file = folder / MODEL_CONFIG_FILE, folder / PBTXT_FILE
+    if pbtxt_file.is_file() and json_file.is_file():
+        raise SeOnnxError(
+            f"{folder}: invalid model config: both {MODEL_CONFIG_FILE} and {PBTXT_FILE}; keep {PBTXT_FILE} for "
+            f"Triton's fields or {MODEL_CONFIG_FILE} for se-onnx's own (provider, gpu_mem_limit, "
+            "session_per_instance)"
+        )
+    if pbtxt_file.is_file():
+        return read_pbtxt(pbtxt_file, name)
+    return ModelConfig.read(json_file)
 
 
 def _shown_name(name: str) -> str:
