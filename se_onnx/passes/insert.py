@@ -274,14 +274,14 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
         has_residual = not options.nodes and any(True for _ in _residual_sites(candidates, convs, existing))
         placement = "residual" if has_residual else "conv"
     found = _residual_sites(candidates, convs, existing) if placement == "residual" else map(_conv_site, candidates)
-    se_inputs = {id(block_input) for block_input, _ in existing}
+    se_inputs = {id(through_no_ops(block_input)) for block_input, _ in existing if block_input is not None}
     sites = []
     for site in found:
         # A residual site whose branch has its block reads the block's output, not the layer's end.
         if placement == "residual":
-            covered = through_no_ops(site.anchor) is not site.path.end
+            covered = through_no_ops(site.anchor) is not through_no_ops(site.path.end)
         else:
-            covered = id(site.anchor) in se_inputs
+            covered = id(through_no_ops(site.anchor)) in se_inputs
         if covered:
             skipped.append(SkippedConv(site.conv.name, _HAS_BLOCK))
         else:
@@ -514,7 +514,8 @@ def _residual_sites(
         info = ConvInfo.of(node, graph)
         if info is not None:
             path = follow_layer(node, activation=True)
-            paths[id(path.end)] = (info, path)
+            # Keyed by the value before any no-ops, which the Add may read past or short of.
+            paths[id(through_no_ops(path.end))] = (info, path)
     readers: list[Iterable[ir.Node]] = [_readers(path.end) for _, path in paths.values()]
     after_se: dict[int, tuple[ConvInfo, LayerPath]] = {}
     for block_input, block_output in existing:
