@@ -4,7 +4,17 @@
   each conv bias is `Reshape(Constant)` in a separate `Add`, and the SE block is
   GlobalAveragePool → Conv → Add → Relu → Conv → Add → HardSigmoid(0.2, 0.5) → Mul. A user's own
   `Constant` (a scalar in `value_float` form) scales the output, so tests can check it survives.
-  `paddle_resnet_model` is the same style with a residual block.
+  `paddle_resnet_model` is the same style with a residual block. With `no_op`, a no-op follows
+  every Add and Mul, inside the SE blocks and out: "Identity" as the newest Paddle2ONNX writes
+  (its `p2o.pd_op.*` graphs), or a "Dropout" or "Cast" to the same type.
+- `c2f_model`: YOLOv8's C2f: cv1 → Split → bottlenecks (Conv → SiLU → Conv → SiLU, each Added to
+  the split half it read) → Concat → cv2, BatchNorm folded into the convs as PyTorch exports
+  them; `split="slice"` splits with two Slices, `split="none"` is YOLOv5's C3 (the bottlenecks
+  read cv1's output, a conv layer ending in its SiLU, with no split).
+- `csp_model`: a CSPDarknet stage as timm writes cs3darknet: conv_exp → Slice halves → dark
+  blocks (Conv 1×1 → BN → act → Conv 3×3 → BN → act, Added to the block's input) → Concat, with
+  BatchNormalization nodes and one activation op throughout.
+- `plain_adds_model`: residual-looking Adds whose branch is one activation or has no conv.
 - `if_model`: the network sits in the branches of an If that picks one of two conv stacks; the
   branches capture the feature map and a weight from the outer graph, and reuse node names.
 - `loop_model`: a Loop body runs conv → SE block on its carried feature map, with an If nested in
@@ -19,6 +29,8 @@ SE nodes are named "<prefix>se/…" so tests can tell which nodes a detected blo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -32,7 +44,24 @@ SPATIAL = (6, 6)
 
 
 class _Graph(GraphBuilder):
-    """A graph named as exporters name it: the first use of a stem bare ("conv0", "relu0_out")."""
+    """A graph named as exporters name it: the first use of a stem bare ("conv0", "relu0_out").
+
+    With `no_op` set, each Add and Mul is followed by that no-op, named "<node>_<op>".
+    """
+
+    no_op: str | None = None
+
+    def op(
+        self, op_type: str, inputs: Sequence[ir.Value | None], stem: str, *, name: str | None = None, **attributes
+    ) -> ir.Value:
+        output = super().op(op_type, inputs, stem, name=name, **attributes)
+        if self.no_op is None or op_type not in ("Add", "Mul"):
+            return output
+        stem = f"{name or stem}_{self.no_op.lower()}"
+        if self.no_op == "Cast":
+            output.type = ir.TensorType(self.dtype)  # typed, as exporters that write value_info leave it
+            return super().op("Cast", [output], stem, to=int(self.dtype))
+        return super().op(self.no_op, [output], stem)
 
     def paddle_bias(self, stem: str, channels: int, rank: int) -> ir.Value:
         """A bias as Paddle2ONNX writes it: Reshape(Constant(C), Constant(value_ints=[1, C, 1…]))
@@ -84,10 +113,14 @@ def _graphs(seed: int, dtype: str, constants: bool, opset: int = 13):
     return lambda: _Graph(rng=rng, names=names, dtype=dtype, constants=constants, opset=opset)
 
 
-def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2, se: bool = True) -> onnx.ModelProto:
+def paddle_model(
+    *, opset: int = 13, dtype: str = "float32", blocks: int = 2, se: bool = True, no_op: str | None = None
+) -> onnx.ModelProto:
     """x → [Conv 3×3 → bias Add → Relu → SE] × blocks → Conv 1×1 → bias Add → ·Constant(1.0) → y
-    (without `se`, the same trunk with no SE blocks, for the insertion pass)."""
+    (without `se`, the same trunk with no SE blocks, for the insertion pass; `no_op` after every
+    Add and Mul)."""
     g = _graphs(0, dtype, constants=True, opset=opset)()
+    g.no_op = no_op
     x = g.feature_map("x", 3)
     h, in_channels = x, 3
     for index in range(blocks):
@@ -106,16 +139,133 @@ def paddle_model(*, opset: int = 13, dtype: str = "float32", blocks: int = 2, se
     return g.model("paddle_style", [x], [g.output_map(y, "y")])
 
 
-def paddle_resnet_model(*, opset: int = 13, dtype: str = "float32") -> onnx.ModelProto:
+def paddle_resnet_model(*, opset: int = 13, dtype: str = "float32", no_op: str | None = None) -> onnx.ModelProto:
     """Paddle style with a residual block: x → Conv → Add → Relu → [Conv → Add → Relu → Conv → Add]
     + shortcut → Relu → y, every weight a Constant node and every bias a Reshape(Constant) Add."""
     g = _graphs(4, dtype, constants=True, opset=opset)()
+    g.no_op = no_op
     x = g.feature_map("x", 3)
     stem = g.op("Relu", [g.conv(x, 3, CHANNELS, "stem", paddle=True)], "stem_relu")
     h = g.op("Relu", [g.conv(stem, CHANNELS, CHANNELS, "branch_a", paddle=True)], "branch_relu")
     h = g.conv(h, CHANNELS, CHANNELS, "branch_b", paddle=True)
     y = g.op("Relu", [g.op("Add", [h, stem], "residual")], "out_relu")
     return g.model("paddle_resnet", [x], [g.output_map(y, "y")])
+
+
+class _Yolo(GraphBuilder):
+    """Conv layers as PyTorch exports YOLO and timm models: Conv (BN folded, or a BatchNormalization
+    node) → activation, SiLU written out as x·Sigmoid(x)."""
+
+    def layer(
+        self, x: ir.Value, cin: int, cout: int, kernel: int, stem: str, act: str, *, bn: bool = False
+    ) -> ir.Value:
+        rank = len(SPATIAL)
+        weight = self.weight(stem + ".conv.weight", cout, cin, *([kernel] * rank), scale=np.sqrt(6))
+        pads = [kernel // 2] * 2 * rank
+        if bn:
+            h = self.op("Conv", [x, weight], stem + "/conv", pads=pads)
+            stats = [self.const(stem + f".bn.{key}", self.rng.uniform(*bounds, cout)) for key, bounds in _BN_RANGES]
+            h = self.op("BatchNormalization", [h, *stats], stem + "/bn", epsilon=1e-3)
+        else:
+            h = self.op("Conv", [x, weight, self.weight(stem + ".conv.bias", cout)], stem + "/conv", pads=pads)
+        if act == "SiLU":
+            return self.op("Mul", [h, self.op("Sigmoid", [h], stem + "/sigmoid")], stem + "/mul")
+        if act == "Clip":  # ReLU6, bounds as inputs from opset 11
+            bounds = [self.const(stem + "/clip_" + key, np.array(v)) for key, v in (("min", 0.0), ("max", 6.0))]
+            return self.op("Clip", [h, *bounds], stem + "/act")
+        return self.op(act, [h], stem + "/act", **({"alpha": 0.1} if act == "LeakyRelu" else {}))
+
+    def halves(self, x: ir.Value, channels: int, how: str, stem: str) -> tuple[ir.Value, ir.Value]:
+        """x split in two along the channels: one Split (its sizes an attribute before opset 13, an
+        input from 13), or two Slices."""
+        half = channels // 2
+        if how == "slice":
+            axes = self.const(stem + "/axes", np.array([1], np.int64), exact=True)
+            first, second = (
+                self.op(
+                    "Slice",
+                    [
+                        x,
+                        self.const(stem + "/starts", np.array([start], np.int64), exact=True),
+                        self.const(stem + "/ends", np.array([end], np.int64), exact=True),
+                        axes,
+                    ],
+                    stem + "/slice",
+                )
+                for start, end in ((0, half), (half, channels))
+            )
+            return first, second
+        sizes = [half, half]
+        if self.opset >= 13:
+            inputs, attributes = [x, self.const(stem + "/sizes", np.array(sizes, np.int64), exact=True)], {"axis": 1}
+        else:
+            inputs, attributes = [x], {"axis": 1, "split": sizes}
+        first, second = self.tape.op_multi_out(
+            "Split", inputs, attributes, num_outputs=2, name=self.names(stem + "/split")
+        )
+        first.name, second.name = self.names(stem + "/split_out"), self.names(stem + "/split_out")
+        return first, second
+
+
+_BN_RANGES = (("weight", (0.5, 1.5)), ("bias", (-0.1, 0.1)), ("running_mean", (-0.1, 0.1)), ("running_var", (0.5, 1.5)))
+
+
+def c2f_model(
+    *, opset: int = 13, dtype: str = "float32", split: str = "split", bottlenecks: int = 2
+) -> onnx.ModelProto:
+    """x → stem → C2f(cv1 → Split → `bottlenecks` × (Conv 3×3 → SiLU → Conv 3×3 → SiLU, + the half
+    it read) → Concat of every half → cv2) → y, as YOLOv8 exports; `split` "slice" for two Slices,
+    "none" for YOLOv5's C3 (the bottlenecks read cv1's output and the C3 has no split)."""
+    g = _Yolo(dtype=dtype, seed=5, opset=opset, names=Names(first_bare=True))
+    c = CHANNELS
+    x = g.input("x", ["N", 3, *SPATIAL])
+    h = g.layer(x, 3, 2 * c, 3, "model.0", "SiLU")
+    h = g.layer(h, 2 * c, 2 * c if split != "none" else c, 1, "model.1.cv1", "SiLU")
+    parts = list(g.halves(h, 2 * c, split, "model.1")) if split != "none" else [h]
+    for index in range(bottlenecks):
+        stem = f"model.1.m.{index}"
+        b = g.layer(parts[-1], c, c, 3, stem + ".cv1", "SiLU")
+        b = g.layer(b, c, c, 3, stem + ".cv2", "SiLU")
+        parts.append(g.op("Add", [parts[-1], b], stem + "/add"))
+    y = g.op("Concat", parts, "model.1/concat", axis=1) if len(parts) > 1 else parts[0]
+    y = g.layer(y, c * len(parts), c, 1, "model.1.cv2", "SiLU")
+    return g.model("yolo_c2f", [x], [g.output(y, "y", ["N", c, *SPATIAL])])
+
+
+def csp_model(*, opset: int = 13, dtype: str = "float32", act: str = "LeakyRelu", blocks: int = 2) -> onnx.ModelProto:
+    """x → stem → conv_exp → two Slices: [a, b]; b → `blocks` dark blocks (Conv 1×1 → BN → act →
+    Conv 3×3 → BN → act, + the block's input) → conv_transition_b; Concat(a, b) → conv_transition
+    → y: a stage of timm's cs3darknet, every conv a Conv → BatchNormalization → `act` layer."""
+    g = _Yolo(dtype=dtype, seed=6, opset=opset, names=Names(first_bare=True))
+    c = CHANNELS
+    x = g.input("x", ["N", 3, *SPATIAL])
+    h = g.layer(x, 3, c, 3, "stem", act, bn=True)
+    h = g.layer(h, c, 2 * c, 1, "stages.0.conv_exp", act, bn=True)
+    a, b = g.halves(h, 2 * c, "slice", "stages.0")
+    for index in range(blocks):
+        stem = f"stages.0.blocks.{index}"
+        branch = g.layer(b, c, c // 2, 1, stem + ".conv1", act, bn=True)
+        branch = g.layer(branch, c // 2, c, 3, stem + ".conv2", act, bn=True)
+        b = g.op("Add", [branch, b], stem + "/add")
+    b = g.layer(b, c, c, 1, "stages.0.conv_transition_b", act, bn=True)
+    y = g.layer(
+        g.op("Concat", [a, b], "stages.0/concat", axis=1), 2 * c, c, 1, "stages.0.conv_transition", act, bn=True
+    )
+    return g.model("cs3darknet", [x], [g.output(y, "y", ["N", c, *SPATIAL])])
+
+
+def plain_adds_model(*, opset: int = 13, dtype: str = "float32") -> onnx.ModelProto:
+    """x → Conv → BN → SiLU = h; h + Relu(h) (a branch of one activation); + MaxPool of it (a branch
+    with no conv) → Conv → y: Adds of a feature map and a function of it, none of them residual blocks."""
+    g = _Yolo(dtype=dtype, seed=7, opset=opset, names=Names(first_bare=True))
+    c = CHANNELS
+    x = g.input("x", ["N", 3, *SPATIAL])
+    h = g.layer(x, 3, c, 3, "conv0", "SiLU", bn=True)
+    h = g.op("Add", [h, g.op("Relu", [h], "relu")], "add_activation")
+    pooled = g.op("MaxPool", [h], "pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    h = g.op("Add", [pooled, h], "add_pool")
+    y = g.layer(h, c, c, 1, "conv1", "Relu")
+    return g.model("plain_adds", [x], [g.output(y, "y", ["N", c, *SPATIAL])])
 
 
 def if_model(*, opset: int = 13, dtype: str = "float32", constants: bool = False) -> onnx.ModelProto:

@@ -236,6 +236,9 @@ MODELS = {
     "back_to_back": lambda: se_model(Variant(blocks=3, bias="add")),
     "nhwc_resnet": tf_resnet,
     "if_bodies": styles.if_model,
+    "yolo_c2f": styles.c2f_model,
+    "cs3darknet": styles.csp_model,
+    "paddle_identities": lambda: styles.paddle_model(no_op="Identity"),
 }
 PASSES = {
     "insert-auto": lambda: InsertSE(),

@@ -1,5 +1,5 @@
 """The graph walks every pass shares: every graph to any depth, producers, consumers,
-rewiring uses, a conv layer's extent, node labels and attributes."""
+rewiring uses, no-ops, a conv layer's extent, node labels and attributes."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from se_onnx.ir.constants import (
     is_constant,
     is_quantize_op,
     static_shape,
+    value_dtype,
 )
 from se_onnx.ir.naming import NameScope
-from se_onnx.ir.qdq import through_qdq
+from se_onnx.ir.qdq import qdq_pair_before, through_qdq
 
 MAIN_GRAPH = "main"
 # Elementwise activations that a conv layer's output may pass through before an SE block.
@@ -40,6 +41,7 @@ ACTIVATIONS = frozenset(
         "Softsign",
         "Gelu",
         "Mish",
+        "Swish",
         "ThresholdedRelu",
     }
 )
@@ -172,6 +174,88 @@ def redirect(output: ir.Value, replacement: ir.Value, names: NameScope) -> None:
     kept.name = name
 
 
+# --- No-ops: nodes that pass their input through unchanged ---------------------------------------
+
+
+def is_no_op(node: ir.Node | None) -> TypeGuard[ir.Node]:
+    """Whether `node` passes its first input through unchanged: an Identity, a Dropout in inference
+    (its mask unread, no training mode), a Cast to the type the value has, a Reshape to the shape it
+    has. Exporters leave them around layers (Paddle2ONNX writes an Identity after each Add and Mul);
+    every walk sees through them, and only a rewrite of the block they sit in removes them."""
+    if not is_op(node, "Identity", "Dropout", "Cast", "Reshape") or not node.inputs or node.inputs[0] is None:
+        return False
+    data = node.inputs[0]
+    if node.op_type == "Identity":
+        return True
+    if node.op_type == "Dropout":
+        mask = node.outputs[1] if len(node.outputs) > 1 else None
+        if mask is not None and (mask.uses() or mask.is_graph_output()):
+            return False
+        training = node.inputs[2] if len(node.inputs) > 2 else None
+        if training is None:
+            return True
+        mode = constant_array(training)
+        return mode is not None and mode.size == 1 and not bool(mode.reshape(()))
+    if node.op_type == "Cast":
+        dtype = value_dtype(data)
+        return dtype is not None and node.attributes.get_int("to", 0) == dtype.value
+    return _keeps_its_shape(node, data)
+
+
+def _keeps_its_shape(reshape: ir.Node, data: ir.Value) -> bool:
+    """Whether a Reshape's constant target is `data`'s own shape: each dim equal, copied (0 without
+    allowzero), or the one inferred (-1) when every other dim stays."""
+    target = constant_array(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
+    if target is None or data.shape is None or target.ndim != 1 or len(target) != len(data.shape):
+        return False
+    copies_zeros = not reshape.attributes.get_int("allowzero", 0)
+    inferred = 0
+    for wanted, dim in zip(target.tolist(), data.shape):
+        if wanted == -1:
+            inferred += 1
+        elif not ((wanted == 0 and copies_zeros) or (isinstance(dim, int) and dim == wanted)):
+            return False
+    return inferred <= 1
+
+
+def through_no_ops(value: ir.Value) -> ir.Value:
+    """The value the no-ops ending in `value` pass through (`value` itself when none)."""
+    while is_no_op(producer := value.producer()):
+        value = required_input(producer)
+    return value
+
+
+def past_no_ops(value: ir.Value) -> ir.Value:
+    """The output of the chain of no-ops that read `value`, each the only reader of the one before
+    (`value` itself when its reader is no no-op)."""
+    while is_no_op(consumer := sole_consumer(value)) and consumer.inputs[0] is value:
+        value = consumer.outputs[0]
+    return value
+
+
+def underlying(value: ir.Value) -> ir.Value:
+    """The value `value` is, seen back through no-ops and the Q/DQ pairs that round it."""
+    while (source := through_no_ops(through_qdq(value))) is not value:
+        value = source
+    return value
+
+
+def pass_throughs_between(value: ir.Value, source: ir.Value) -> list[ir.Node]:
+    """The no-ops and Q/DQ pairs that end in `value`, in graph order, stopping at `source`."""
+    nodes: list[ir.Node] = []
+    while value is not source:
+        producer = value.producer()
+        if is_no_op(producer):
+            nodes.append(producer)
+            value = required_input(producer)
+        elif (pair := qdq_pair_before(value)) is not None:
+            nodes += reversed(pair)
+            value = required_input(pair[0])
+        else:
+            break
+    return nodes[::-1]
+
+
 # --- Conv layers: conv → Transpose → BatchNorm → activation, through Q/DQ pairs ------------------
 
 
@@ -185,13 +269,19 @@ class LayerPath:
     channels_last: bool
     quantized: tuple[ir.Node, ir.Node] | None
 
+    @property
+    def activated(self) -> bool:
+        """Whether the layer ends in its activation."""
+        return any(op == "SiLU" or op in ACTIVATIONS for op in self.through)
+
 
 def follow_layer(conv: ir.Node, *, activation: bool) -> LayerPath:
     """Follow a conv's output through what belongs to its layer, each step the value's only reader:
     a Transpose to channels-last (tf2onnx's NHWC islands), BatchNorm (a node, or Mul/Add by a
     per-channel constant), Q/DQ pairs, and with `activation` one activation (or x·Sigmoid(x), then
-    a Q/DQ pair) to end the walk. Where a step has two readers the layer ends there: at worst
-    right after the conv."""
+    a Q/DQ pair) to end the walk; no-ops (`is_no_op`) anywhere along it, the activation's included,
+    are passed and not reported. Where a step has two readers the layer ends there: at worst right
+    after the conv."""
     value = conv.outputs[0]
     weight_shape = static_shape(conv.inputs[1]) if len(conv.inputs) > 1 else None
     spatial_rank = len(weight_shape) - 2 if weight_shape else len(conv.attributes.get_ints("kernel_shape", [0, 0]))
@@ -208,6 +298,9 @@ def follow_layer(conv: ir.Node, *, activation: bool) -> LayerPath:
         if consumer is None or consumer.inputs[0] is None:
             break
         op = consumer.op_type
+        if is_no_op(consumer) and consumer.inputs[0] is value:
+            value = consumer.outputs[0]
+            continue
         if (
             is_quantize_op(consumer, "QuantizeLinear")
             and (dequantize := sole_consumer(consumer.outputs[0])) is not None
@@ -231,8 +324,9 @@ def follow_layer(conv: ir.Node, *, activation: bool) -> LayerPath:
         through.append(op)
         if not activation and op in ACTIVATIONS:
             # One Q/DQ pair may still follow the activation; nothing else belongs to the layer.
+            value = past_no_ops(value)
             if (pair := _qdq_after(value)) is not None:
-                value, quantized = pair[1].outputs[0], pair
+                value, quantized = past_no_ops(pair[1].outputs[0]), pair
                 through.append("Q/DQ")
             break
     return LayerPath(value, tuple(through), channels_last, quantized)
@@ -273,10 +367,10 @@ def conv_before(value: ir.Value) -> ir.Node | None:
     """The conv whose layer ends in `value` (the inverse of `follow_layer`), or None.
 
     Walks back through an activation (or x·Sigmoid(x)), then through what `follow_layer` follows
-    (BatchNorm as a node or as Mul/Add by a constant, Transposes, Q/DQ pairs); an SE block is keyed
-    by this conv's name, so weights exported from one model find their place in another.
+    (BatchNorm as a node or as Mul/Add by a constant, Transposes, Q/DQ pairs, no-ops); an SE block
+    is keyed by this conv's name, so weights exported from one model find their place in another.
     """
-    value = through_qdq(value)
+    value = underlying(value)
     producer = value.producer()
     source: ir.Value | None = value
     if producer is not None and producer.op_type == "Mul" and (x := _silu_input(producer)) is not None:
@@ -287,9 +381,9 @@ def conv_before(value: ir.Value) -> ir.Node | None:
 
 
 def _conv_behind(value: ir.Value | None) -> ir.Node | None:
-    """The conv that produces `value`, directly or through BatchNorm, Transposes and Q/DQ pairs."""
+    """The conv that produces `value`, directly or through BatchNorm, Transposes, Q/DQ pairs and no-ops."""
     for _ in range(_LAYER_STEP_LIMIT):
-        producer = through_qdq(value).producer() if value is not None else None
+        producer = underlying(value).producer() if value is not None else None
         if producer is None:
             return None
         if is_conv(producer):

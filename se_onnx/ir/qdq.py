@@ -33,15 +33,6 @@ def through_qdq(value: ir.Value) -> ir.Value:
     return value
 
 
-def qdq_pairs_between(value: ir.Value, source: ir.Value) -> list[ir.Node]:
-    """The Q and DQ nodes of the pairs that end in `value`, in graph order, stopping at `source`."""
-    pairs: list[tuple[ir.Node, ir.Node]] = []
-    while value is not source and (pair := qdq_pair_before(value)) is not None:
-        pairs.append(pair)
-        value = _rounded(pair)
-    return [node for pair in reversed(pairs) for node in pair]
-
-
 def _rounded(pair: tuple[ir.Node, ir.Node]) -> ir.Value:
     """The float input of a pair from `qdq_pair_before`, which checked that it has one."""
     value = pair[0].inputs[0]

@@ -5,9 +5,11 @@ A block is matched backwards from its rescale Mul, one stage at a time:
     x ─► squeeze ─► layer ─► activation ─► layer ─► gate ─► (Reshape/Unsqueeze) ─► Mul(x, ·)
 
 The matchers read the graph through QuantizeLinear → DequantizeLinear pairs (ONNX Runtime's QDQ
-format, `se_onnx.ir.qdq`): a block's pairs belong to the block. A feature map may be channels-first
-(N×C×spatial) or, in the NHWC islands TensorFlow exporters write, channels-last (N×spatial×C:
-ReduceMean over axes 1…rank-2, the gate broadcast on the last axis).
+format, `se_onnx.ir.qdq`) and through no-ops (`se_onnx.ir.graph.is_no_op`: the Identity that
+Paddle2ONNX writes after each Add and Mul, say): the pairs and no-ops inside a block belong to it.
+A feature map may be channels-first (N×C×spatial) or, in the NHWC islands TensorFlow exporters
+write, channels-last (N×spatial×C: ReduceMean over axes 1…rank-2, the gate broadcast on the last
+axis).
 
 Each stage below is one matcher that states the pattern it accepts in its docstring, checks it
 (raising `_Mismatch` with the reason a near-miss failed), and normalizes what it found into the
@@ -33,9 +35,12 @@ from se_onnx.ir.graph import (
     int_attribute,
     ints_attribute,
     node_label,
+    pass_throughs_between,
     required_input,
+    through_no_ops,
+    underlying,
 )
-from se_onnx.ir.qdq import clips_at_zero, qdq_pairs_between, through_qdq
+from se_onnx.ir.qdq import clips_at_zero
 from se_onnx.ir.se_block import Activation, Gate, LayerWeights, SEWeights
 from se_onnx.passes.base import SEResult
 
@@ -252,7 +257,7 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
         raise _Mismatch(Stage.RESCALE, "the Mul rescales a constant")
     broadcast_nodes, gate_output = _strip_gate_broadcast(gate_operand)
     gate, gate_nodes, excitation = _match_gate(gate_output)
-    if through_qdq(excitation) is through_qdq(x):
+    if underlying(excitation) is underlying(x):
         # x·gate(x) is an activation (SiLU, HardSwish) on the feature map, not an SE block.
         raise _Mismatch(Stage.GATE, "the gate's input is the rescaled tensor itself (an activation)")
     last = _match_layer(excitation)
@@ -272,7 +277,7 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
         *broadcast_nodes,
         mul,
     )
-    nodes = (*_with_qdq_pairs(nodes, x), mul)
+    nodes = (*_with_pass_throughs(nodes, x), mul)
     _check_private(nodes, mul)
     return SEBlock(
         input=x,
@@ -288,15 +293,16 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
     )
 
 
-def _with_qdq_pairs(nodes: tuple[ir.Node, ...], x: ir.Value) -> tuple[ir.Node, ...]:
-    """The block's nodes (without the rescale Mul) and the Q/DQ pairs between them, which go
-    with the block when it is rewritten or removed; the pairs that round `x` stay outside."""
-    source = through_qdq(x)
+def _with_pass_throughs(nodes: tuple[ir.Node, ...], x: ir.Value) -> tuple[ir.Node, ...]:
+    """The block's nodes (without the rescale Mul) and the Q/DQ pairs and no-ops between them,
+    which go with the block when it is rewritten or removed; those that make `x` and those around
+    the weights (read as constants) stay outside."""
+    source = underlying(x)
     members: dict[ir.Node, None] = {}
     for node in nodes:
         for value in node.inputs:
-            if value is not None and value is not x:
-                members.update(dict.fromkeys(qdq_pairs_between(value, source)))
+            if value is not None and value is not x and not is_constant(value):
+                members.update(dict.fromkeys(pass_throughs_between(value, source)))
         members[node] = None
     members.pop(nodes[-1])
     return tuple(members)
@@ -512,7 +518,7 @@ def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node
         return Activation("PRelu", slope=_prelu_slope(slope)), (node,), required_input(node)
     if node.op_type == "Mul":
         return _match_written_out_silu(node)
-    if node.op_type in (*_LAYER_OPS, "Add") and clips_at_zero(value):
+    if node.op_type in (*_LAYER_OPS, "Add") and clips_at_zero(through_no_ops(value)):
         return Activation("Relu"), (), value
     if node.op_type in (*_LAYER_OPS, "Add") or _is_squeeze_node(node):
         return None, (), value
@@ -530,7 +536,7 @@ def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ..
             or gate is None
             or gate.domain != ""
             or gate.op_type not in ("Sigmoid", "HardSigmoid")
-            or through_qdq(required_input(gate)) is not through_qdq(hidden)
+            or underlying(required_input(gate)) is not underlying(hidden)
         ):
             continue
         if gate.op_type == "Sigmoid":
@@ -579,12 +585,13 @@ def _match_squeeze(value: ir.Value, x: ir.Value) -> Squeeze:
 
 
 def _same_rounding(value: ir.Value, x: ir.Value) -> bool:
-    """`value` is `x`, or another DequantizeLinear of the same tensor with the same scale and zero
-    point (ONNX Runtime's quantizer gives each consumer its own pair when asked to)."""
+    """`value` is `x` (up to no-ops), or another DequantizeLinear of the same tensor with the same
+    scale and zero point (ONNX Runtime's quantizer gives each consumer its own pair when asked to)."""
+    if underlying(value) is not underlying(x):
+        return False
+    value, x = through_no_ops(value), through_no_ops(x)
     if value is x:
         return True
-    if through_qdq(value) is not through_qdq(x):
-        return False
     mine, theirs = value.producer(), x.producer()
     return mine is not None and theirs is not None and list(mine.inputs[1:]) == list(theirs.inputs[1:])
 
@@ -733,8 +740,8 @@ def _dtype(x: ir.Value, layer: ExcitationLayer) -> ir.DataType:
 
 
 def _producer(value: ir.Value) -> ir.Node | None:
-    """The node that computes `value`, seen through the Q/DQ pairs that round it."""
-    return through_qdq(value).producer()
+    """The node that computes `value`, seen through no-ops and the Q/DQ pairs that round it."""
+    return underlying(value).producer()
 
 
 def _split_constant_operand(node: ir.Node) -> tuple[ir.Value, np.ndarray] | None:

@@ -1,13 +1,15 @@
 """The insertion pass: adds SE blocks after chosen conv layers of a model.
 
 Placement follows SENet: on each residual branch, after the branch's last conv (and its
-BatchNorm), before the residual Add; or after every conv, past its BatchNorm and activation so
-that Conv+BN+activation fusions survive; or after convs chosen by name.
+BatchNorm, and its activation where the branch ends in one, as YOLO's and CSPNet's bottlenecks
+do), before the residual Add; or after every conv, past its BatchNorm and activation so that
+Conv+BN+activation fusions survive; or after convs chosen by name.
 
 A conv's layer is followed the way exporters write it (`follow_layer`): through a Transpose to
 channels-last (tf2onnx runs BatchNorm, activations and residual Adds in NHWC between Transposes
 around each Conv), BatchNorm as a node or as Mul + Add by per-channel constants, and the
-QuantizeLinear → DequantizeLinear pairs of a QDQ model. A block in an NHWC island is built
+QuantizeLinear → DequantizeLinear pairs of a QDQ model, and past the no-ops exporters leave
+(`se_onnx.ir.graph.is_no_op`), which stay where they are. A block in an NHWC island is built
 channels-last where the layer ends, so no Transpose is added. In a QDQ model the float block sits
 after a DequantizeLinear and is followed by a copy of the Q/DQ pair before it (see `_requantize`).
 """
@@ -40,14 +42,16 @@ from se_onnx.ir.graph import (
     graph_paths,
     graphs,
     is_conv,
+    is_no_op,
     node_label,
     owning_graph,
     required_input,
     scoped_name,
+    through_no_ops,
+    underlying,
 )
 from se_onnx.ir.naming import NameScope, names_in_use
 from se_onnx.ir.opset import model_opset
-from se_onnx.ir.qdq import through_qdq
 from se_onnx.ir.se_block import (
     FUNCTION_NAME,
     SE_DOMAIN,
@@ -270,11 +274,14 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
         has_residual = not options.nodes and any(True for _ in _residual_sites(candidates, convs, existing))
         placement = "residual" if has_residual else "conv"
     found = _residual_sites(candidates, convs, existing) if placement == "residual" else map(_conv_site, candidates)
-    se_inputs = {id(block_input) for block_input, _ in existing}
+    se_inputs = {id(through_no_ops(block_input)) for block_input, _ in existing if block_input is not None}
     sites = []
     for site in found:
         # A residual site whose branch has its block reads the block's output, not the layer's end.
-        covered = site.anchor is not site.path.end if placement == "residual" else id(site.anchor) in se_inputs
+        if placement == "residual":
+            covered = through_no_ops(site.anchor) is not through_no_ops(site.path.end)
+        else:
+            covered = id(through_no_ops(site.anchor)) in se_inputs
         if covered:
             skipped.append(SkippedConv(site.conv.name, _HAS_BLOCK))
         else:
@@ -493,8 +500,10 @@ def _residual_sites(
 ) -> Iterator[InsertionSite]:
     """One site per residual Add: the branch operand, when it ends in one of the candidate convs.
 
-    Every conv's layer (`follow_layer`, without its activation) is followed to its end; an Add of
-    two computed values that reads such an end is residual when `_residual_branch` says so. A
+    Every conv's layer (`follow_layer`, with its activation) is followed to its end; an Add of two
+    computed values that reads such an end (past no-ops) is residual when `_residual_branch` says
+    so. A branch ending Conv → BN goes before the Add as in SENet, and one ending Conv → BN →
+    activation (YOLO's C2f and CSPNet's bottlenecks) after its activation, before the Add. A
     branch whose layer already ends in one of the `existing` blocks (input, output) is one too: its
     Add reads the block's output (through the copied Q/DQ pair in a QDQ model), and its site's
     anchor is that operand, not the layer's end.
@@ -504,17 +513,18 @@ def _residual_sites(
     for node, graph in convs:
         info = ConvInfo.of(node, graph)
         if info is not None:
-            path = follow_layer(node, activation=False)
-            paths[id(path.end)] = (info, path)
-    readers: list[Iterable[ir.Node]] = [path.end.consumers() for _, path in paths.values()]
+            path = follow_layer(node, activation=True)
+            # Keyed by the value before any no-ops, which the Add may read past or short of.
+            paths[id(through_no_ops(path.end))] = (info, path)
+    readers: list[Iterable[ir.Node]] = [_readers(path.end) for _, path in paths.values()]
     after_se: dict[int, tuple[ConvInfo, LayerPath]] = {}
     for block_input, block_output in existing:
-        if id(block_input) in paths:
-            after_se[id(block_output)] = paths[id(block_input)]
-            readers.append(_readers_past_qdq(block_output))
+        if block_input is not None and (layer := paths.get(id(through_no_ops(block_input)))) is not None:
+            after_se[id(block_output)] = layer
+            readers.append(_readers(block_output))
 
     def layer_of(value: ir.Value) -> tuple[ConvInfo, LayerPath] | None:
-        return paths.get(id(value)) or after_se.get(id(through_qdq(value)))
+        return paths.get(id(through_no_ops(value))) or after_se.get(id(underlying(value)))
 
     adds: dict[int, ir.Node] = {}
     for consumer in itertools.chain.from_iterable(readers):
@@ -533,8 +543,10 @@ def _residual_branch(
     """(operand index, conv, its layer) of a residual Add's branch, or None when it is not residual.
 
     The branch ends in a conv's layer; the shortcut is either the block's input itself or a
-    projection conv of it. Either way the shortcut's source is an ancestor of the branch conv's
-    input, which rules out Adds of unrelated feature maps (FPN merges, bias Adds).
+    projection conv of it (a conv layer without an activation: one that ends in its activation is
+    a feature map the block reads, as where a YOLO C3 bottleneck adds its input). Either way the
+    shortcut's source is an ancestor of the branch conv's input, which rules out Adds of unrelated
+    feature maps (FPN merges, bias Adds), and a branch of one conv reading that source is none.
     """
     if len(add.inputs) != 2:
         return None
@@ -550,27 +562,32 @@ def _residual_branch(
         if branch_layer is None:
             continue
         info, path = branch_layer
-        source = through_qdq(operands[shortcut]) if shortcut_layer is None else _layer_input(shortcut_layer[0])
+        projection = shortcut_layer is not None and not shortcut_layer[1].activated
+        source = _layer_input(shortcut_layer[0]) if shortcut_layer and projection else underlying(operands[shortcut])
         if _layer_input(info) is not source and _is_ancestor(source, required_input(info.node)):
             return branch, info, path
     return None
 
 
-def _readers_past_qdq(value: ir.Value) -> Iterator[ir.Node]:
-    """The nodes that read `value`, directly or through Q/DQ pairs."""
+def _readers(value: ir.Value) -> Iterator[ir.Node]:
+    """The nodes that read `value`, directly or through Q/DQ pairs and no-ops."""
     for consumer in value.consumers():
-        if is_quantize_op(consumer, "QuantizeLinear") or is_quantize_op(consumer, "DequantizeLinear"):
-            yield from _readers_past_qdq(consumer.outputs[0])
+        if (
+            is_quantize_op(consumer, "QuantizeLinear")
+            or is_quantize_op(consumer, "DequantizeLinear")
+            or (is_no_op(consumer) and consumer.inputs[0] is value)
+        ):
+            yield from _readers(consumer.outputs[0])
         else:
             yield consumer
 
 
 def _layer_input(info: ConvInfo) -> ir.Value:
-    """The feature map a conv reads, before the Transpose to channels-first and Q/DQ pairs."""
-    value = through_qdq(required_input(info.node))
+    """The feature map a conv reads, before the Transpose to channels-first, Q/DQ pairs and no-ops."""
+    value = underlying(required_input(info.node))
     producer = value.producer()
     if producer is not None and producer.op_type == "Transpose":
-        value = through_qdq(required_input(producer))
+        value = underlying(required_input(producer))
     return value
 
 
