@@ -225,7 +225,7 @@ def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
     decoded = []
     original = datasets._image
     monkeypatch.setattr(datasets, "_image", lambda file, *args: decoded.append(file) or original(file, *args))
-    signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
+    signature = datasets.ClassifierSignature((3, 8, 8), 3)
     data = datasets.load_dataset(root, signature)
     assert len(data) == 9 and len(decoded) <= 1  # at most a first image, checked up front
     decoded.clear()
@@ -238,7 +238,7 @@ def test_image_folders_are_decoded_a_batch_at_a_time(tmp_path, monkeypatch):
 def test_validation_folders_are_labelled_by_the_training_classes(tmp_path):
     from se_onnx.runtime import datasets
 
-    signature = datasets.ClassifierSignature("x", (3, 8, 8), "scores", 3)
+    signature = datasets.ClassifierSignature((3, 8, 8), 3)
     train = datasets.load_dataset(_colour_folders(tmp_path / "train", ["a", "b", "c"]), signature)
     val = datasets.load_dataset(_colour_folders(tmp_path / "val", ["a", "c"]), signature, classes=train.classes)
     assert list(val.y) == [0, 0, 0, 2, 2, 2]  # "c" is class 2 although the folder is val's second

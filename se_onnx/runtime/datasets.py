@@ -93,9 +93,7 @@ class ImageFolderDataset(Dataset):
 class ClassifierSignature:
     """The model's one float input (N × C × spatial…) and its class-score output (N × classes)."""
 
-    input_name: str
     input_shape: tuple[int | str | None, ...]  # without the batch dim
-    output_name: str
     classes: int
 
     @classmethod
@@ -123,7 +121,7 @@ class ClassifierSignature:
         input_shape = tuple(
             d if isinstance(d, int) else (d.value if d is not None else None) for d in list(value.shape)[1:]
         )
-        return cls(value.name or "", input_shape, output.name or "", classes)
+        return cls(input_shape, classes)
 
     @property
     def channels(self) -> int | None:
