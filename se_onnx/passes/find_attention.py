@@ -234,6 +234,9 @@ def _global_pool(value: ir.Value, x: ir.Value, kind: str, stage: Stage) -> tuple
     layout, value = _through_layout(value)
     node = _producer(value)
     ops = {"avg": ("GlobalAveragePool", "ReduceMean"), "max": ("GlobalMaxPool", "ReduceMax")}[kind]
+    window = {"avg": "AveragePool", "max": "MaxPool"}[kind]
+    if node is not None and node.op_type == window and _covers_the_map(node, x, layout):
+        return (node, *layout)  # torch.onnx's adaptive pool to 1 × 1 of a map of static size
     if node is None or node.op_type not in ops or node.domain != "":
         found = "a graph input" if node is None else node.op_type
         raise _Mismatch(stage, f"expected a global {kind} pool ({' or '.join(ops)}), found {found}")
@@ -244,6 +247,34 @@ def _global_pool(value: ir.Value, x: ir.Value, kind: str, stage: Stage) -> tuple
         if _reduce_axes(node, rank) != list(range(2, rank)):
             raise _Mismatch(stage, f"{node.op_type} {node.name!r} does not reduce exactly the spatial axes")
     return (node, *layout)
+
+
+def _covers_the_map(pool: ir.Node, x: ir.Value, layout: tuple[ir.Node, ...]) -> bool:
+    """An AveragePool/MaxPool whose one window is the whole spatial extent of x: its kernel is x's
+    static spatial shape, or, where that is unknown, one unpadded window Flattened into the layer
+    that maps C features (a larger map would flatten to more features than the layer takes)."""
+    if not _same_rounding(required_input(pool), x) or any(ints_attribute(pool, "pads", [])):
+        return False
+    kernel = ints_attribute(pool, "kernel_shape", [])
+    spatial = list(x.shape[2:]) if x.shape is not None else None
+    if spatial is not None and all(isinstance(dim, int) for dim in spatial):
+        return kernel == spatial
+    return ints_attribute(pool, "strides", [1] * len(kernel)) == kernel and any(n.op_type == "Flatten" for n in layout)
+
+
+def _channel_reduction(value: ir.Value, x1: ir.Value) -> tuple[ir.Node, ...]:
+    """Pattern: ReduceMean | ReduceMax of x1 over the channel axis, keeping it or Unsqueezed back
+    on axis 1 (torch.max(x, 1)[0].unsqueeze(1)); its nodes, the reduction first."""
+    node = _producer(value)
+    nodes: tuple[ir.Node, ...] = ()
+    if node is not None and node.op_type == "Unsqueeze":
+        nodes, node = (node,), _producer(required_input(node))
+    if node is None or node.op_type not in ("ReduceMean", "ReduceMax") or not _same_rounding(required_input(node), x1):
+        raise _Mismatch(Stage.SQUEEZE, "the Concat is not of the channel-wise mean and max of the rescaled map")
+    keeps = int_attribute(node, "keepdims", 1) == 1
+    if _reduce_axes(node, _rank(x1, 4)) != [1] or keeps == bool(nodes):
+        raise _Mismatch(Stage.SQUEEZE, f"{node.op_type} {node.name!r} does not reduce the channel axis alone")
+    return (node, *nodes)
 
 
 def _finish(
@@ -329,19 +360,9 @@ def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     concat = _producer(required_input(conv))
     if concat is None or concat.op_type != "Concat" or len(concat.inputs) != 2 or int_attribute(concat, "axis", 0) != 1:
         raise _Mismatch(Stage.EXCITATION, "the spatial conv does not read a Concat of two maps on the channel axis")
-    reducers = []
-    for value in concat.inputs:
-        node = _producer(value) if value is not None else None
-        if (
-            node is None
-            or node.op_type not in ("ReduceMean", "ReduceMax")
-            or not _same_rounding(required_input(node), x1)
-        ):
-            raise _Mismatch(Stage.SQUEEZE, "the Concat is not of the channel-wise mean and max of the rescaled map")
-        if _reduce_axes(node, _rank(x1, 4)) != [1] or int_attribute(node, "keepdims", 1) != 1:
-            raise _Mismatch(Stage.SQUEEZE, f"{node.op_type} {node.name!r} does not reduce the channel axis alone")
-        reducers.append(node)
-    order = [node.op_type for node in reducers]
+    reductions = [_channel_reduction(value, x1) for value in concat.inputs if value is not None]
+    reducers = [node for nodes in reductions for node in nodes]
+    order = [nodes[0].op_type for nodes in reductions]
     if sorted(order) != ["ReduceMax", "ReduceMean"]:
         raise _Mismatch(Stage.SQUEEZE, f"the Concat joins {' and '.join(order)}, not a mean and a max")
     # Normalized to the canonical [mean, max] input order.
@@ -412,7 +433,7 @@ def _cbam_channel(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> Attentio
 
 def _is_max_pool(value: ir.Value) -> bool:
     node = _producer(_through_layout(value)[1])
-    return node is not None and node.op_type in ("GlobalMaxPool", "ReduceMax")
+    return node is not None and node.op_type in ("GlobalMaxPool", "ReduceMax", "MaxPool")
 
 
 # --- Coordinate attention ------------------------------------------------------------------------
@@ -466,25 +487,20 @@ def _coord_gate(value: ir.Value) -> _CoordGate:
     else:
         transpose = None
     split = _producer(source)
-    if split is None or split.op_type != "Split":
-        raise _Mismatch(Stage.ACTIVATION, "the gate's conv does not read a half of a Split")
+    if split is None or split.op_type not in ("Split", "Slice"):
+        raise _Mismatch(Stage.ACTIVATION, "the gate's conv does not read a half of a Split (or a Slice)")
     weights = layer.weights
     return _CoordGate(gain, gate_nodes, layer.nodes, weights.weight, weights.bias, source, transpose)
 
 
 def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second: _CoordGate) -> AttentionBlock:
-    split = _producer(first.split_output)
-    if split is None or split is not _producer(second.split_output) or len(split.outputs) != 2:
-        raise _Mismatch(Stage.ACTIVATION, "the two gates do not read the two halves of one Split")
-    if int_attribute(split, "axis", 0) % 4 != 2:
-        raise _Mismatch(Stage.ACTIVATION, f"Split {split.name!r} is not on the H + W axis")
-    gates = {id(gate.split_output): gate for gate in (first, second)}
-    gate_h, gate_w = gates.get(id(split.outputs[0])), gates.get(id(split.outputs[1]))
-    if gate_h is None or gate_w is None or gate_h.transposed is not None or gate_w.transposed is None:
+    gate_h, gate_w = (first, second) if second.transposed is not None else (second, first)
+    if gate_h.transposed is not None or gate_w.transposed is None:
         raise _Mismatch(Stage.ACTIVATION, "the W half is not Transposed back before its gate conv (or the H half is)")
+    halves, sizes = _halves(gate_h.split_output, gate_w.split_output)
     if not np.isclose(gate_h.gain, gate_w.gain):
         raise _Mismatch(Stage.BLOCK, "the two gates have different gains")
-    activation, activation_nodes, hidden = _match_activation(required_input(split))
+    activation, activation_nodes, hidden = _match_activation(required_input(halves[0]))
     shared = _match_layer(hidden, Stage.ACTIVATION)
     concat = _producer(required_input(shared.nodes[0]))
     if (
@@ -496,7 +512,7 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
         raise _Mismatch(Stage.SQUEEZE, "the shared conv does not read a Concat on the H + W axis")
     along_h, along_w = concat.inputs
     assert along_h is not None and along_w is not None
-    pool_h = _directional_pool(along_h, x, 3)
+    pool_h = _directional_pool(along_h, x, 3, sizes)
     w_transpose = _producer(along_w)
     if (
         w_transpose is None
@@ -504,7 +520,7 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
         or ints_attribute(w_transpose, "perm", []) != [0, 1, 3, 2]
     ):
         raise _Mismatch(Stage.SQUEEZE, "the W pooling is not Transposed to N×C×W×1 before the Concat")
-    pool_w = _directional_pool(required_input(w_transpose), x, 2)
+    pool_w = _directional_pool(required_input(w_transpose), x, 2, sizes)
     tensors = {
         "conv1.weight": shared.weights.weight,
         "conv1.bias": shared.weights.bias,
@@ -525,7 +541,7 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
         concat,
         *shared.nodes,
         *activation_nodes,
-        split,
+        *halves,
         gate_w.transposed,
         *gate_h.conv,
         *gate_h.nodes,
@@ -536,9 +552,43 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
     return _finish("coord", x, mul, nodes, AttentionWeights("coord", tensors, gate_h.gain), details)
 
 
-def _directional_pool(value: ir.Value, x: ir.Value, axis: int) -> ir.Node:
+def _halves(h_half: ir.Value, w_half: ir.Value) -> tuple[tuple[ir.Node, ...], tuple[int, int] | None]:
+    """The nodes that cut the H + W axis into the H half and the W half, in that order: one Split
+    on axis 2, or the two Slices torch.onnx writes for torch.split (0…H and H…H + W on axis 2);
+    and (H, W) where the cut tells them."""
+    h_node, w_node = _producer(h_half), _producer(w_half)
+    assert h_node is not None and w_node is not None  # `_coord_gate` found a Split or Slice
+    if h_node.op_type == "Split":
+        if h_node is not w_node or list(h_node.outputs) != [h_half, w_half]:
+            raise _Mismatch(Stage.ACTIVATION, "the two gates do not read the H and W halves of one Split")
+        if int_attribute(h_node, "axis", 0) % 4 != 2:
+            raise _Mismatch(Stage.ACTIVATION, f"Split {h_node.name!r} is not on the H + W axis")
+        array = constant_array(h_node.inputs[1]) if len(h_node.inputs) > 1 else None
+        sizes = ints_attribute(h_node, "split", []) or ([] if array is None else [int(v) for v in array.reshape(-1)])
+        return (h_node,), (sizes[0], sizes[1]) if len(sizes) == 2 else None
+    h_bounds, w_bounds = _slice_bounds(h_node), _slice_bounds(w_node)
+    same_source = h_node.op_type == w_node.op_type == "Slice" and h_node.inputs[0] is w_node.inputs[0]
+    if not same_source or h_bounds is None or w_bounds is None or h_bounds[0] != 0 or w_bounds[0] != h_bounds[1]:
+        raise _Mismatch(Stage.ACTIVATION, "the two gates do not read the H half and then the W half of one map")
+    return (h_node, w_node), (h_bounds[1], w_bounds[1] - w_bounds[0])
+
+
+def _slice_bounds(node: ir.Node) -> tuple[int, int] | None:
+    """(start, end) of a Slice with unit steps on axis 2 alone; None for any other Slice."""
+    operands = [constant_array(value) if value is not None else None for value in node.inputs[1:5]]
+    scalars = [int(operand.item()) for operand in operands if operand is not None and operand.size == 1]
+    if len(operands) < 3 or len(scalars) != len(operands):
+        return None
+    starts, ends, axes, *steps = scalars
+    if axes % 4 != 2 or steps not in ([], [1]):
+        return None
+    return starts, ends
+
+
+def _directional_pool(value: ir.Value, x: ir.Value, axis: int, sizes: tuple[int, int] | None) -> ir.Node:
     """ReduceMean(x) over `axis` alone keeping dims, or the AveragePool (1 × W or H × 1 window)
-    that torch.onnx writes for AdaptiveAvgPool2d((None, 1)) and ((1, None))."""
+    that torch.onnx writes for AdaptiveAvgPool2d((None, 1)) and ((1, None)); H and W come from
+    x's shape or else from the (`sizes`) the Split cuts."""
     node = _producer(value)
     if node is None or not _same_rounding(required_input(node), x):
         raise _Mismatch(Stage.SQUEEZE, "the Concat does not read poolings of the rescaled map")
@@ -546,8 +596,9 @@ def _directional_pool(value: ir.Value, x: ir.Value, axis: int) -> ir.Node:
         if _reduce_axes(node, _rank(x, 4)) != [axis] or int_attribute(node, "keepdims", 1) != 1:
             raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} does not pool axis {axis} alone")
         return node
-    if node.op_type == "AveragePool" and x.shape is not None and len(x.shape) == 4:
-        size = x.shape[axis]
+    static = x.shape is not None and len(x.shape) == 4 and isinstance(x.shape[axis], int)
+    if node.op_type == "AveragePool" and (static or sizes is not None):
+        size = x.shape[axis] if static else sizes[axis - 2]  # type: ignore[index]
         expected = [1, size] if axis == 3 else [size, 1]
         if ints_attribute(node, "kernel_shape", []) == expected and not any(ints_attribute(node, "pads", [0] * 4)):
             return node
