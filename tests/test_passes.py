@@ -44,7 +44,7 @@ from tests import exporter_styles as styles
 from tests.exporter_layouts import tf_resnet
 from tests.se_variants import POSITIVES, Variant, negative_model, ort_outputs, se_model
 
-PASS_MODULES = ("base", "find", "insert", "fuse", "unfuse", "strip")
+PASS_MODULES = ("base", "find", "find_attention", "insert", "fuse", "unfuse", "strip")
 MODELS_DIR = pathlib.Path(build_samples.__file__).parent
 
 

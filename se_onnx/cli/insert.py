@@ -14,6 +14,7 @@ from se_onnx.cli._common import (
     print_table,
     refuse_nothing_to_do,
 )
+from se_onnx.ir.attention import CBAM_SPATIAL_KERNEL, KIND_NAMES, KINDS
 from se_onnx.ir.model_io import load_model, save_model
 from se_onnx.passes.insert import INITS, PLACEMENTS, InsertOptions, InsertSE
 
@@ -51,6 +52,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     placement.add_argument("--min-channels", type=int, default=1, help="skip convs with fewer output channels")
     placement.add_argument("--skip-depthwise", action="store_true", help="skip depthwise convs (group = channels)")
+    kind = parser.add_argument_group("block kind")
+    kind.add_argument(
+        "--block",
+        choices=KINDS,
+        default="se",
+        help="se (default): Squeeze-and-Excitation; eca: ECA (a 1-D conv across the pooled channels, no "
+        "bottleneck); cbam: CBAM (channel attention from average and max pools through one shared MLP, then "
+        "spatial attention from a k×k conv over the channel-wise mean and max); coord: coordinate attention "
+        "(pooled along H and along W, a shared 1×1 conv, two gates). --ratio sets CBAM's MLP width and "
+        "coordinate attention's hidden width (at least 8)",
+    )
+    kind.add_argument(
+        "--eca-kernel",
+        type=int,
+        default=None,
+        metavar="K",
+        help="ECA's kernel, odd (default: the paper's |log2(C)/2 + 1/2| made odd, per conv)",
+    )
+    kind.add_argument(
+        "--cbam-spatial-kernel",
+        type=int,
+        default=CBAM_SPATIAL_KERNEL,
+        metavar="K",
+        help=f"CBAM's spatial conv kernel, odd (default {CBAM_SPATIAL_KERNEL})",
+    )
     width = parser.add_argument_group("squeeze width: max(--min-squeeze, round(C·ratio)), rounded to --divisor")
     width.add_argument("--ratio", type=float, default=0.25, help="squeeze ratio (default 0.25; SENet uses 1/16)")
     width.add_argument("--min-squeeze", type=int, default=1, help="smallest squeeze width (default 1)")
@@ -62,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="identity",
         help="identity (default): gate = 2·σ(0) = 1, outputs unchanged, trainable (se-onnx train); "
         "saturated: the plain block with gate = σ(20) = 1, outputs unchanged, one Mul fewer, but "
-        "gradients vanish (for blocks you will never train); random: PyTorch's default init",
+        "gradients vanish (for blocks you will never train; SE only); random: PyTorch's default init. "
+        "Every kind's identity init zeroes the last layer before each gate and multiplies the gate by 2",
     )
     init.add_argument("--seed", type=int, default=0, help="seed for the random parts of the init (default 0)")
     init.add_argument(
@@ -87,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         seed=args.seed,
         weights=load_npz(args.weights) if args.weights else None,
+        block=args.block,
+        eca_kernel=args.eca_kernel,
+        cbam_spatial_kernel=args.cbam_spatial_kernel,
     )
     # In place: the command has no further use for the model as loaded, so it is not copied first.
     model = load_model(args.model)
@@ -96,12 +126,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
         return 0
-    rows = [(b.name, b.channels, b.squeeze_channels, b.position) for b in report.blocks]
-    print_table(("after conv", "C", "squeeze", "where"), rows)
+    if args.block == "se":
+        rows = [(b.name, b.channels, b.squeeze_channels, b.position) for b in report.blocks]
+        print_table(("after conv", "C", "squeeze", "where"), rows)
+    else:  # the kind, and the width or kernel it has
+        kind_rows = [
+            (b.name, b.kind, b.channels, _dash(b.squeeze_channels), _dash(b.kernel), b.position) for b in report.blocks
+        ]
+        print_table(("after conv", "kind", "C", "hidden", "kernel", "where"), kind_rows)
+    label = "SE block" if args.block == "se" else f"{KIND_NAMES[args.block]} block"
     print(
-        f"\n{count(len(report.blocks), 'SE block')} ({report.placement} placement, opset {report.opset}, "
+        f"\n{count(len(report.blocks), label)} ({report.placement} placement, opset {report.opset}, "
         f"{report.dtype}, +{count(report.parameters_added, 'parameter')}) written to {args.output}"
     )
     if report.skipped:
         print(f"{count(len(report.skipped), 'conv')} skipped (--json lists them with reasons)", file=sys.stderr)
     return 0
+
+
+def _dash(value: int | None) -> int | str:
+    return "-" if value is None else value

@@ -67,6 +67,25 @@ def _print_summary(path: str, summary: ModelSummary) -> None:
         print_table(
             ("Mul", "failed at", "reason"), [(m.node, m.stage.name.lower(), m.reason) for m in summary.se_near_misses]
         )
+    others = [block for block in summary.attention_blocks if block.kind != "se"]
+    if others:
+        print(f"\nOther attention blocks: {len(others)}")
+        block_rows = [
+            (
+                b.kind,
+                b.channels,
+                b.details.get("squeeze_channels", "-"),
+                b.details.get("kernel", "-"),
+                len(b.nodes),
+                b.output.name,
+            )
+            for b in others
+        ]
+        print_table(("kind", "C", "hidden", "kernel", "nodes", "output"), block_rows)
+    misses = [m for m in summary.attention_near_misses if m.reason.split(":")[0] != "closest to SE"]
+    if misses:
+        print(f"\nAttention near-misses: {len(misses)}")
+        print_table(("Mul", "failed at", "reason"), [(m.node, m.stage.name.lower(), m.reason) for m in misses])
 
 
 def _shape(value: TensorSignature) -> str:

@@ -46,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     training = parser.add_argument_group("training")
     training.add_argument(
-        "--train", choices=("se", "all"), default="se", help="se (default): only the SE blocks; all: every layer"
+        "--train",
+        choices=("se", "attention", "all"),
+        default="se",
+        help="se (default): only the SE blocks; attention: every inserted block of any kind (SE, ECA, "
+        "CBAM, coordinate attention); all: every layer",
     )
     training.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
     training.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 0.001)")
@@ -147,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\nepoch 0 is the model as it came; trained {report.trained_parameters:,} parameters "
         f"in {len(report.trained_initializers)} constants "
-        f"({report.scope}, {report.blocks} SE blocks); written to {args.output}"
+        f"({report.scope}, {report.blocks} {'blocks' if report.scope == 'attention' else 'SE blocks'}); "
+        f"written to {args.output}"
     )
     return 0
 

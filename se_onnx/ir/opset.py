@@ -8,7 +8,9 @@ from se_onnx.errors import SeOnnxError
 
 # Opsets at which an op moved a list attribute to an input.
 REDUCE_MEAN_AXES_AS_INPUT = 18
+REDUCE_MAX_AXES_AS_INPUT = 18
 UNSQUEEZE_AXES_AS_INPUT = 13
+SPLIT_AS_INPUT = 13
 # The opset that introduced HardSwish; before it, hardswish is written h·HardSigmoid(h).
 HARD_SWISH_OPSET = 14
 MIN_OPSET = 11

@@ -137,20 +137,9 @@ class SEWeights:
             "fc2.weight": (channels, s),
             "fc2.bias": (channels,),
         }
-        shaped = {}
-        for key, shape in expected.items():
-            array = np.asarray(arrays[key])
-            trailing_ones = array.ndim > len(shape) and all(d == 1 for d in array.shape[len(shape) :])
-            if trailing_ones:
-                array = array.reshape(array.shape[: len(shape)])
-            if array.shape != shape:
-                raise SeOnnxError(f"{where}: {key} has shape {tuple(np.shape(arrays[key]))}, expected {shape}")
-            shaped[key] = array
-        gain = np.asarray(arrays.get(cls.GAIN_KEY, 1.0))
-        if gain.size != 1:
-            raise SeOnnxError(f"{where}: {cls.GAIN_KEY} has shape {gain.shape}, expected a scalar")
+        shaped = shaped_arrays(arrays, expected, where)
         fc1_weight, fc1_bias, fc2_weight, fc2_bias = (shaped[key] for key in cls.KEYS)
-        return cls(fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_gain=float(gain.item()))
+        return cls(fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate_gain=gate_gain_of(arrays, where))
 
     @classmethod
     def identity(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
@@ -180,7 +169,7 @@ class SEWeights:
         *,
         hidden_bias: float = 0.0,
     ) -> SEWeights:
-        fc1 = _pytorch_linear_init(squeeze_channels, channels, rng)
+        fc1 = pytorch_linear_init(squeeze_channels, channels, rng)
         return cls(
             fc1_weight=fc1[0],
             fc1_bias=np.full(squeeze_channels, hidden_bias, np.float32),
@@ -193,14 +182,37 @@ class SEWeights:
     def random(cls, channels: int, squeeze_channels: int, rng: np.random.Generator) -> SEWeights:
         """PyTorch's default Linear init: U(-1/√fan_in, 1/√fan_in) for weight and bias."""
         return cls(
-            *_pytorch_linear_init(squeeze_channels, channels, rng),
-            *_pytorch_linear_init(channels, squeeze_channels, rng),
+            *pytorch_linear_init(squeeze_channels, channels, rng),
+            *pytorch_linear_init(channels, squeeze_channels, rng),
         )
 
 
-def _pytorch_linear_init(
-    out_features: int, in_features: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def shaped_arrays(
+    arrays: typing.Mapping[str, np.ndarray], expected: dict[str, tuple[int, ...]], where: str
+) -> dict[str, np.ndarray]:
+    """`arrays[key]` in each `expected` shape; trailing unit dims (a 1×1 conv's weight where a Linear
+    one is expected) are dropped, any other difference is an error naming `where`."""
+    shaped = {}
+    for key, shape in expected.items():
+        array = np.asarray(arrays[key])
+        trailing_ones = array.ndim > len(shape) and all(d == 1 for d in array.shape[len(shape) :])
+        if trailing_ones:
+            array = array.reshape(array.shape[: len(shape)])
+        if array.shape != shape:
+            raise SeOnnxError(f"{where}: {key} has shape {tuple(np.shape(arrays[key]))}, expected {shape}")
+        shaped[key] = array
+    return shaped
+
+
+def gate_gain_of(arrays: typing.Mapping[str, np.ndarray], where: str) -> float:
+    """The gate's gain in a weights file (`SEWeights.GAIN_KEY`, 1 when absent)."""
+    gain = np.asarray(arrays.get(SEWeights.GAIN_KEY, 1.0))
+    if gain.size != 1:
+        raise SeOnnxError(f"{where}: {SEWeights.GAIN_KEY} has shape {gain.shape}, expected a scalar")
+    return float(gain.item())
+
+
+def pytorch_linear_init(out_features: int, in_features: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     bound = 1.0 / math.sqrt(in_features)
     weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32)
     bias = rng.uniform(-bound, bound, out_features).astype(np.float32)
@@ -300,7 +312,7 @@ def build_excitation(
     `channels_last`: `x` is N×spatial×C (an NHWC island, as TensorFlow exports run between
     Transposes); the squeeze averages axes 1…rank and the gate broadcasts on the last axis.
     """
-    tape = _Tape(names, dtype)
+    tape = Tape(names, dtype)
     return _build(tape, x, layers, spatial_rank, opset, activation, gate, layout, channels_last)
 
 
@@ -320,13 +332,13 @@ def build_se_function_body(
     axes are Constant nodes (a function has no initializers); HardSigmoid's alpha/beta and
     LeakyRelu's alpha refer to the call's attributes `gate_alpha`, `gate_beta`, `activation_alpha`.
     """
-    tape = _Tape(NameScope(set()), dtype, function=True)
+    tape = Tape(NameScope(set()), dtype, function=True)
     x = tape.input("X", None)
     return _build(tape, x, layers, spatial_rank, opset, activation, gate, "gemm", channels_last)
 
 
 def _build(
-    block: _Tape,
+    block: Tape,
     x: ir.Value,
     layers: Sequence[LayerWeights],
     spatial_rank: int,
@@ -366,7 +378,7 @@ def _build(
     for index, ((weight, bias), stem) in enumerate(zip(layers, stems)):
         if index == 1:
             assert activation is not None
-            value = _activate(block, value, activation, shape(weight.shape[1]), unit_dims, opset)
+            value = activate(block, value, activation, shape(weight.shape[1]), unit_dims, opset)
         out_features = int(weight.shape[0])
         if conv:
             weight = np.reshape(weight, (out_features, weight.shape[1], *unit_dims))
@@ -401,8 +413,8 @@ def _build(
     return BuiltBlock(block.nodes, block.initializers, output, block.inputs, block.arguments)
 
 
-def _activate(
-    block: _Tape, hidden: ir.Value, activation: Activation, shape: ir.Shape, unit_dims: list[int], opset: int
+def activate(
+    block: Tape, hidden: ir.Value, activation: Activation, shape: ir.Shape, unit_dims: list[int], opset: int
 ) -> ir.Value:
     if activation.op_type == "Relu":
         return block.op("Relu", [hidden], None, "act", shape)
@@ -426,7 +438,7 @@ def _activate(
     raise SeOnnxError(f"unsupported SE activation {activation.op_type!r}")
 
 
-class _Tape:
+class Tape:
     """Records one block's nodes and initializers on an onnx-ir tape, naming each from the block's
     scope and typing each output with the block's dtype.
 
@@ -477,6 +489,17 @@ class _Tape:
         if self.function:
             return ir.RefAttr(name, call_attribute, ir.AttributeType.FLOAT)
         return value
+
+    def op_multi(
+        self, op_type: str, inputs: list[ir.Value], attributes: dict | None, stem: str, shapes: Sequence[ir.Shape]
+    ) -> list[ir.Value]:
+        """Add a node with one output per shape (Split), typed as `op` types its one output."""
+        outputs = self.tape.op_multi_out(op_type, inputs, attributes, num_outputs=len(shapes), name=self.names(stem))
+        for index, (output, shape) in enumerate(zip(outputs, shapes)):
+            output.name = self.names(f"{stem}_output_{index}")
+            output.type = ir.TensorType(self.dtype)
+            output.shape = shape
+        return list(outputs)
 
     def op(
         self,

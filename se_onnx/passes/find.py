@@ -12,7 +12,7 @@ write, channels-last (N×spatial×C: ReduceMean over axes 1…rank-2, the gate b
 axis).
 
 Each stage below is one matcher that states the pattern it accepts in its docstring, checks it
-(raising `_Mismatch` with the reason a near-miss failed), and normalizes what it found into the
+(raising `Mismatch` with the reason a near-miss failed), and normalizes what it found into the
 parameters of the canonical block (`se_onnx.ir.se_block`): layers in Linear layout (out × in) with
 every bias folded in, the activation as an `Activation`, the gate as a `Gate`. The rewrites in
 `se_onnx.passes.fuse` and `se_onnx.passes.strip` work from those normalized parameters alone, so one rewrite
@@ -62,7 +62,7 @@ class Stage(enum.IntEnum):
     BLOCK = 5
 
 
-class _Mismatch(Exception):
+class Mismatch(Exception):
     """A candidate that is not (or not quite) an SE block, and why."""
 
     def __init__(self, stage: Stage, reason: str) -> None:
@@ -222,8 +222,8 @@ def detect(model: ir.Model) -> Detection:
             if node.op_type != "Mul" or node.domain != "" or len(node.inputs) != 2:
                 continue
             try:
-                block = _match_block(node)
-            except _Mismatch as mismatch:
+                block = match_block(node)
+            except Mismatch as mismatch:
                 if mismatch.stage >= Stage.ACTIVATION:
                     near_misses.append(NearMiss(node_label(node), mismatch.stage, mismatch.reason, path))
             else:
@@ -235,16 +235,16 @@ def detect(model: ir.Model) -> Detection:
 # --- The rescale: Mul(x, gate) in either operand order -------------------------------------------
 
 
-def _match_block(mul: ir.Node) -> SEBlock:
+def match_block(mul: ir.Node) -> SEBlock:
     """Pattern: Mul(x, g) or Mul(g, x), g the gate, possibly Reshaped/Unsqueezed to x's rank."""
-    best: _Mismatch | None = None
+    best: Mismatch | None = None
     for x_index in (0, 1):
         x, gate_operand = mul.inputs[x_index], mul.inputs[1 - x_index]
         if x is None or gate_operand is None:
-            raise _Mismatch(Stage.RESCALE, "Mul has an empty input")
+            raise Mismatch(Stage.RESCALE, "Mul has an empty input")
         try:
             return _match_from_gate(mul, x, gate_operand)
-        except _Mismatch as mismatch:
+        except Mismatch as mismatch:
             if best is None or mismatch.stage > best.stage:
                 best = mismatch
     assert best is not None
@@ -254,15 +254,15 @@ def _match_block(mul: ir.Node) -> SEBlock:
 def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlock:
     if is_constant(x):
         # A gate times a constant is a gate's gain (or a scaled gate), not a rescaled feature map.
-        raise _Mismatch(Stage.RESCALE, "the Mul rescales a constant")
+        raise Mismatch(Stage.RESCALE, "the Mul rescales a constant")
     broadcast_nodes, gate_output = _strip_gate_broadcast(gate_operand)
-    gate, gate_nodes, excitation = _match_gate(gate_output)
+    gate, gate_nodes, excitation = match_gate(gate_output)
     if underlying(excitation) is underlying(x):
         # x·gate(x) is an activation (SiLU, HardSwish) on the feature map, not an SE block.
-        raise _Mismatch(Stage.GATE, "the gate's input is the rescaled tensor itself (an activation)")
-    last = _match_layer(excitation)
-    activation, activation_nodes, hidden = _match_activation(required_input(last.nodes[0]))
-    layers = (last,) if activation is None else (_match_layer(hidden, stage=Stage.ACTIVATION), last)
+        raise Mismatch(Stage.GATE, "the gate's input is the rescaled tensor itself (an activation)")
+    last = match_layer(excitation)
+    activation, activation_nodes, hidden = match_activation(required_input(last.nodes[0]))
+    layers = (last,) if activation is None else (match_layer(hidden, stage=Stage.ACTIVATION), last)
     squeeze = _match_squeeze(required_input(layers[0].nodes[0]), x)
     _check_widths(layers, x, squeeze.channels_last)
     spatial_rank = _spatial_rank(x, squeeze, layers, broadcast_nodes)
@@ -277,8 +277,8 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
         *broadcast_nodes,
         mul,
     )
-    nodes = (*_with_pass_throughs(nodes, x), mul)
-    _check_private(nodes, mul)
+    nodes = (*with_pass_throughs(nodes, x), mul)
+    check_private(nodes, mul)
     return SEBlock(
         input=x,
         output=mul.outputs[0],
@@ -293,7 +293,7 @@ def _match_from_gate(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> SEBlo
     )
 
 
-def _with_pass_throughs(nodes: tuple[ir.Node, ...], x: ir.Value) -> tuple[ir.Node, ...]:
+def with_pass_throughs(nodes: tuple[ir.Node, ...], x: ir.Value) -> tuple[ir.Node, ...]:
     """The block's nodes (without the rescale Mul) and the Q/DQ pairs and no-ops between them,
     which go with the block when it is rewritten or removed; those that make `x` and those around
     the weights (read as constants) stay outside."""
@@ -312,38 +312,38 @@ def _strip_gate_broadcast(value: ir.Value) -> tuple[tuple[ir.Node, ...], ir.Valu
     """Pattern: gate → Reshape/Unsqueeze … → Mul. The reshapes only restore the unit spatial dims,
     which the canonical block does with one Unsqueeze."""
     nodes: list[ir.Node] = []
-    producer = _producer(value)
+    producer = real_producer(value)
     while producer is not None and producer.op_type in _GATE_BROADCAST_OPS and producer.domain == "":
         nodes.insert(0, producer)
         value = required_input(producer)
-        producer = _producer(value)
+        producer = real_producer(value)
     return tuple(nodes), value
 
 
 # --- The gate ------------------------------------------------------------------------------------
 
 
-def _match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
+def match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
     """Pattern: Sigmoid(z) | HardSigmoid(z; alpha, beta) | Clip(z + b, 0, h) / h (or · 1/h), each
     optionally times a scalar constant gain (the trainable identity init's 2·σ, NFNets' SE gate).
 
     The written-out hard sigmoid is normalized to HardSigmoid(alpha=1/h, beta=b/h): PyTorch's
     hardsigmoid exported at old opsets and Keras' hard_sigmoid take this form with b=3, h=6.
     """
-    node = _producer(value)
+    node = real_producer(value)
     if node is not None and node.op_type == "Mul" and node.domain == "":
         split = _split_constant_operand(node)
-        if split is not None and split[1].size == 1 and _producer(split[0]) is not None:
+        if split is not None and split[1].size == 1 and real_producer(split[0]) is not None:
             gated, gain = split
             try:
-                gate, nodes, excitation = _match_gate(gated)
-            except _Mismatch:
+                gate, nodes, excitation = match_gate(gated)
+            except Mismatch:
                 pass  # a written-out hard sigmoid's own Mul(·, 1/h)
             else:
                 if gate.gain == 1:
                     return dataclasses.replace(gate, gain=float(gain.item())), (*nodes, node), excitation
     if node is None or node.domain != "":
-        raise _Mismatch(Stage.RESCALE, "neither Mul operand comes from a Sigmoid or hard-sigmoid gate")
+        raise Mismatch(Stage.RESCALE, "neither Mul operand comes from a Sigmoid or hard-sigmoid gate")
     if node.op_type == "Sigmoid":
         return Gate("Sigmoid"), (node,), required_input(node)
     if node.op_type == "HardSigmoid":
@@ -352,29 +352,29 @@ def _match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
         return Gate("HardSigmoid", alpha, beta), (node,), required_input(node)
     if node.op_type in ("Div", "Mul"):
         return _match_written_out_hard_sigmoid(node)
-    raise _Mismatch(Stage.RESCALE, f"neither Mul operand comes from a gate (found {node.op_type})")
+    raise Mismatch(Stage.RESCALE, f"neither Mul operand comes from a gate (found {node.op_type})")
 
 
 def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
     split = _split_constant_operand(scale)
     if split is None or split[1].size != 1:
-        raise _Mismatch(Stage.RESCALE, f"{scale.op_type} gate candidate has no scalar constant")
+        raise Mismatch(Stage.RESCALE, f"{scale.op_type} gate candidate has no scalar constant")
     clip_output, factor = split
     scale_by = 1.0 / float(factor.item()) if scale.op_type == "Div" else float(factor.item())
-    clip = _producer(clip_output)
+    clip = real_producer(clip_output)
     if clip is None or clip.op_type != "Clip":
-        raise _Mismatch(Stage.RESCALE, "neither Mul operand comes from a gate")
+        raise Mismatch(Stage.RESCALE, "neither Mul operand comes from a gate")
     low, high = _clip_bounds(clip)
     if low is None or high is None or not np.isclose(low, 0.0) or high <= 0:
-        raise _Mismatch(Stage.GATE, f"hard-sigmoid Clip bounds ({low}, {high}) are not (0, h)")
+        raise Mismatch(Stage.GATE, f"hard-sigmoid Clip bounds ({low}, {high}) are not (0, h)")
     if not np.isclose(scale_by * high, 1.0, rtol=_CONSTANT_RTOL):
-        raise _Mismatch(Stage.GATE, f"hard sigmoid scales Clip(0, {high:g}) by {scale_by:g}, not 1/{high:g}")
-    shift = _producer(clip.inputs[0]) if clip.inputs[0] is not None else None
+        raise Mismatch(Stage.GATE, f"hard sigmoid scales Clip(0, {high:g}) by {scale_by:g}, not 1/{high:g}")
+    shift = real_producer(clip.inputs[0]) if clip.inputs[0] is not None else None
     if shift is None or shift.op_type != "Add":
-        raise _Mismatch(Stage.GATE, "hard-sigmoid Clip does not follow an Add of its offset")
+        raise Mismatch(Stage.GATE, "hard-sigmoid Clip does not follow an Add of its offset")
     split = _split_constant_operand(shift)
     if split is None or split[1].size != 1:
-        raise _Mismatch(Stage.GATE, "hard-sigmoid Add has no scalar constant offset")
+        raise Mismatch(Stage.GATE, "hard-sigmoid Add has no scalar constant offset")
     excitation, offset = split
     # Rounded to float32, the precision a HardSigmoid attribute holds, so a fused model reports the same gate.
     alpha, beta = (float(np.float32(v)) for v in (1.0 / high, float(offset.item()) / high))
@@ -396,23 +396,23 @@ def _clip_bounds(clip: ir.Node) -> tuple[float | None, float | None]:
 # --- The excitation layers -----------------------------------------------------------------------
 
 
-def _match_layer(value: ir.Value, stage: Stage = Stage.EXCITATION) -> ExcitationLayer:
+def match_layer(value: ir.Value, stage: Stage = Stage.EXCITATION) -> ExcitationLayer:
     """Pattern: Conv 1×1 | Gemm | MatMul, each with an optional bias Add after it.
 
     The weight must be constant; it is normalized to out × in, with Gemm's alpha/beta, the layer's
     own bias and the separate Add's bias all folded into one bias vector.
     """
-    node = _producer(value)
+    node = real_producer(value)
     bias_add = None
     extra_bias = None
     if node is not None and node.op_type == "Add" and node.domain == "":
         split = _split_constant_operand(node)
         if split is not None:
             operand, extra_bias = split
-            bias_add, node = node, _producer(operand)
+            bias_add, node = node, real_producer(operand)
     if node is None or node.op_type not in _LAYER_OPS or node.domain != "":
         found = "a graph input" if node is None else node.op_type
-        raise _Mismatch(stage, f"expected a 1×1 Conv, Gemm or MatMul excitation layer, found {found}")
+        raise Mismatch(stage, f"expected a 1×1 Conv, Gemm or MatMul excitation layer, found {found}")
     if node.op_type == "Conv":
         weight, bias, spatial_rank = _conv_layer(node, stage)
     elif node.op_type == "Gemm":
@@ -428,18 +428,18 @@ def _match_layer(value: ir.Value, stage: Stage = Stage.EXCITATION) -> Excitation
 def _conv_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray, int]:
     weight = constant_array(node.inputs[1])
     if weight is None:
-        raise _Mismatch(stage, f"Conv {node.name!r} has a weight that is not constant")
+        raise Mismatch(stage, f"Conv {node.name!r} has a weight that is not constant")
     if weight.ndim < 3 or any(d != 1 for d in weight.shape[2:]):
-        raise _Mismatch(stage, f"Conv {node.name!r} has kernel {weight.shape[2:]}, not 1×1")
+        raise Mismatch(stage, f"Conv {node.name!r} has kernel {weight.shape[2:]}, not 1×1")
     if int_attribute(node, "group", 1) != 1:
-        raise _Mismatch(stage, f"Conv {node.name!r} is a grouped conv")
+        raise Mismatch(stage, f"Conv {node.name!r} is a grouped conv")
     spatial_rank = weight.ndim - 2
     if any(s != 1 for s in ints_attribute(node, "strides", [1] * spatial_rank)) or any(
         p != 0 for p in ints_attribute(node, "pads", [0] * 2 * spatial_rank)
     ):
-        raise _Mismatch(stage, f"Conv {node.name!r} has strides or pads")
+        raise Mismatch(stage, f"Conv {node.name!r} has strides or pads")
     if node.attributes.get("auto_pad") is not None and node.attributes["auto_pad"].value not in ("NOTSET", "VALID"):
-        raise _Mismatch(stage, f"Conv {node.name!r} pads its input")
+        raise Mismatch(stage, f"Conv {node.name!r} pads its input")
     out_features = weight.shape[0]
     bias = _optional_constant(node, 2, stage)
     return (
@@ -452,9 +452,9 @@ def _conv_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray, in
 def _gemm_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
     weight = constant_array(node.inputs[1])
     if weight is None or weight.ndim != 2:
-        raise _Mismatch(stage, f"Gemm {node.name!r} has a weight that is not a constant matrix")
+        raise Mismatch(stage, f"Gemm {node.name!r} has a weight that is not a constant matrix")
     if int_attribute(node, "transA", 0):
-        raise _Mismatch(stage, f"Gemm {node.name!r} transposes its input")
+        raise Mismatch(stage, f"Gemm {node.name!r} transposes its input")
     weight = weight.astype(np.float32) * float_attribute(node, "alpha", 1.0)
     if not int_attribute(node, "transB", 0):
         weight = weight.T
@@ -468,7 +468,7 @@ def _gemm_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
 def _matmul_layer(node: ir.Node, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
     weight = constant_array(node.inputs[1])
     if weight is None or weight.ndim != 2:
-        raise _Mismatch(stage, f"MatMul {node.name!r} has a right operand that is not a constant matrix")
+        raise Mismatch(stage, f"MatMul {node.name!r} has a right operand that is not a constant matrix")
     weight = weight.astype(np.float32).T
     return weight, np.zeros(weight.shape[0], np.float32)
 
@@ -479,7 +479,7 @@ def _optional_constant(node: ir.Node, index: int, stage: Stage) -> np.ndarray | 
         return None
     array = constant_array(operand)
     if array is None:
-        raise _Mismatch(stage, f"{node.op_type} {node.name!r} has a bias that is not constant")
+        raise Mismatch(stage, f"{node.op_type} {node.name!r} has a bias that is not constant")
     return array
 
 
@@ -492,21 +492,21 @@ def _per_channel(array: np.ndarray, channels: int, trailing_unit_dims: int, stag
     if array.size == 1:
         return np.full(channels, float(array.reshape(())), np.float32)
     if shape != [channels] + [1] * trailing_unit_dims:
-        raise _Mismatch(stage, f"bias of shape {array.shape} is not per-channel over {channels} channels")
+        raise Mismatch(stage, f"bias of shape {array.shape} is not per-channel over {channels} channels")
     return array.reshape(channels).astype(np.float32)
 
 
 # --- The activation between the layers -----------------------------------------------------------
 
 
-def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node, ...], ir.Value]:
+def match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node, ...], ir.Value]:
     """Pattern: Relu | LeakyRelu | PRelu | HardSwish | h·Sigmoid(h) (SiLU) | h·HardSigmoid(h)
     (HardSwish before opset 14), or nothing when the
     value comes straight from the squeeze (the one-layer "effective SE" variant). A Q/DQ pair that
     clips at zero right after the first layer is its Relu (ONNX Runtime's quantizer folds it so)."""
-    node = _producer(value)
+    node = real_producer(value)
     if node is None or node.domain != "":
-        raise _Mismatch(Stage.ACTIVATION, "the excitation layer's input is not computed in the graph")
+        raise Mismatch(Stage.ACTIVATION, "the excitation layer's input is not computed in the graph")
     if node.op_type in ("Relu", "HardSwish"):
         return Activation(node.op_type), (node,), required_input(node)
     if node.op_type == "LeakyRelu":
@@ -514,7 +514,7 @@ def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node
     if node.op_type == "PRelu":
         slope = constant_array(node.inputs[1])
         if slope is None:
-            raise _Mismatch(Stage.ACTIVATION, f"PRelu {node.name!r} has a slope that is not constant")
+            raise Mismatch(Stage.ACTIVATION, f"PRelu {node.name!r} has a slope that is not constant")
         return Activation("PRelu", slope=_prelu_slope(slope)), (node,), required_input(node)
     if node.op_type == "Mul":
         return _match_written_out_silu(node)
@@ -522,14 +522,14 @@ def _match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node
         return Activation("Relu"), (), value
     if node.op_type in (*_LAYER_OPS, "Add") or _is_squeeze_node(node):
         return None, (), value
-    raise _Mismatch(Stage.ACTIVATION, f"unsupported activation {node.op_type} between the excitation layers")
+    raise Mismatch(Stage.ACTIVATION, f"unsupported activation {node.op_type} between the excitation layers")
 
 
 def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ...], ir.Value]:
     """h·Sigmoid(h) is SiLU; h·HardSigmoid(h; 1/6, 0.5) is HardSwish as written before opset 14."""
     for index in (0, 1):
         hidden, other = mul.inputs[index], mul.inputs[1 - index]
-        gate = _producer(other) if other is not None else None
+        gate = real_producer(other) if other is not None else None
         # The op type first: a gate candidate may be a node without inputs (a Constant).
         if (
             hidden is None
@@ -545,7 +545,7 @@ def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ..
             [float_attribute(gate, "alpha", 0.2), float_attribute(gate, "beta", 0.5)], [1 / 6, 0.5], rtol=_CONSTANT_RTOL
         ):
             return Activation("HardSwish"), (gate, mul), hidden
-    raise _Mismatch(Stage.ACTIVATION, "Mul between the excitation layers is not h·Sigmoid(h) or h·HardSigmoid(h)")
+    raise Mismatch(Stage.ACTIVATION, "Mul between the excitation layers is not h·Sigmoid(h) or h·HardSigmoid(h)")
 
 
 def _prelu_slope(slope: np.ndarray) -> np.ndarray:
@@ -566,17 +566,15 @@ def _match_squeeze(value: ir.Value, x: ir.Value) -> Squeeze:
     """Pattern: GlobalAveragePool(x) | ReduceMean(x) over every spatial axis (axes as attribute or
     input, keepdims 0 or 1), then any Flatten/Reshape/Squeeze; x must be the rescaled tensor."""
     nodes: list[ir.Node] = []
-    node = _producer(value)
+    node = real_producer(value)
     while node is not None and node.op_type in _SQUEEZE_FLATTEN_OPS and node.domain == "":
         nodes.insert(0, node)
-        node = _producer(required_input(node))
+        node = real_producer(required_input(node))
     if node is None or node.op_type not in ("GlobalAveragePool", "ReduceMean") or node.domain != "":
         found = "a graph input" if node is None else node.op_type
-        raise _Mismatch(
-            Stage.SQUEEZE, f"the first excitation layer does not read a global spatial mean (found {found})"
-        )
-    if not _same_rounding(required_input(node), x):
-        raise _Mismatch(Stage.SQUEEZE, "the squeezed tensor is not the one the Mul rescales")
+        raise Mismatch(Stage.SQUEEZE, f"the first excitation layer does not read a global spatial mean (found {found})")
+    if not same_rounding(required_input(node), x):
+        raise Mismatch(Stage.SQUEEZE, "the squeezed tensor is not the one the Mul rescales")
     spatial_rank, channels_last = None, False
     if node.op_type == "ReduceMean":
         spatial_rank, channels_last = _reduce_mean_spatial_axes(node, x)
@@ -584,7 +582,7 @@ def _match_squeeze(value: ir.Value, x: ir.Value) -> Squeeze:
     return Squeeze(node.op_type, (node, *nodes), spatial_rank, channels_last, keeps_dims)
 
 
-def _same_rounding(value: ir.Value, x: ir.Value) -> bool:
+def same_rounding(value: ir.Value, x: ir.Value) -> bool:
     """`value` is `x` (up to no-ops), or another DequantizeLinear of the same tensor with the same
     scale and zero point (ONNX Runtime's quantizer gives each consumer its own pair when asked to)."""
     if underlying(value) is not underlying(x):
@@ -605,19 +603,19 @@ def _reduce_mean_spatial_axes(node: ir.Node, x: ir.Value) -> tuple[int | None, b
     elif len(node.inputs) > 1 and node.inputs[1] is not None:
         array = constant_array(node.inputs[1])
         if array is None:
-            raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} has axes that are not constant")
+            raise Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} has axes that are not constant")
         axes = [int(axis) for axis in array.reshape(-1)]
     else:
         axes = []
     if not axes:
-        raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages every axis, not the spatial ones")
+        raise Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages every axis, not the spatial ones")
     rank = _static_rank(x)
     if rank is not None:
         axes = [axis % rank for axis in axes]
     if any(axis < 0 for axis in axes):
         # Negative axes with an unknown rank: spatial if they are the trailing ones, -1…-k.
         if sorted(axes) != list(range(-len(axes), 0)):
-            raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages axes {axes}, not the spatial ones")
+            raise Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages axes {axes}, not the spatial ones")
         return None, False
     spatial = sorted(axes)
     first = spatial[0]
@@ -626,7 +624,7 @@ def _reduce_mean_spatial_axes(node: ir.Node, x: ir.Value) -> tuple[int | None, b
         or spatial != list(range(first, first + len(spatial)))
         or (rank is not None and len(spatial) != rank - 2)
     ):
-        raise _Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages axes {axes}, not the spatial ones")
+        raise Mismatch(Stage.SQUEEZE, f"ReduceMean {node.name!r} averages axes {axes}, not the spatial ones")
     return len(spatial), first == 1
 
 
@@ -636,13 +634,13 @@ def _reduce_mean_spatial_axes(node: ir.Node, x: ir.Value) -> tuple[int | None, b
 def _check_widths(layers: tuple[ExcitationLayer, ...], x: ir.Value, channels_last: bool) -> None:
     channels = layers[0].in_features
     if layers[-1].out_features != channels:
-        raise _Mismatch(Stage.BLOCK, f"the excitation maps {channels} channels to {layers[-1].out_features}")
+        raise Mismatch(Stage.BLOCK, f"the excitation maps {channels} channels to {layers[-1].out_features}")
     if len(layers) == 2 and layers[1].in_features != layers[0].out_features:
-        raise _Mismatch(Stage.BLOCK, "the two excitation layers' widths do not chain")
+        raise Mismatch(Stage.BLOCK, "the two excitation layers' widths do not chain")
     if x.shape is not None and len(x.shape) > 1:
         found = x.shape[-1 if channels_last else 1]
         if isinstance(found, int) and found != channels:
-            raise _Mismatch(Stage.BLOCK, f"the feature map has {found} channels, the excitation {channels}")
+            raise Mismatch(Stage.BLOCK, f"the feature map has {found} channels, the excitation {channels}")
 
 
 def _check_channels_last_broadcast(
@@ -654,7 +652,7 @@ def _check_channels_last_broadcast(
     if not broadcast_nodes:
         if squeeze.keeps_dims:
             return
-        raise _Mismatch(Stage.BLOCK, "the N×C gate is not broadcast back over the channels-last feature map")
+        raise Mismatch(Stage.BLOCK, "the N×C gate is not broadcast back over the channels-last feature map")
     last = broadcast_nodes[-1]
     if last.op_type == "Reshape":
         target = constant_array(last.inputs[1])
@@ -667,7 +665,7 @@ def _check_channels_last_broadcast(
             axes = None if array is None else [int(a) for a in array.reshape(-1)]
         if axes == unit_axes:
             return
-    raise _Mismatch(
+    raise Mismatch(
         Stage.BLOCK, f"the gate is not reshaped to N×{'1×' * spatial_rank}C for the channels-last feature map"
     )
 
@@ -683,9 +681,9 @@ def _spatial_rank(
         clues.append(squeeze.spatial_rank)
     clues += _broadcast_spatial_ranks(broadcast_nodes)
     if not clues:
-        raise _Mismatch(Stage.BLOCK, "the feature map's rank is unknown; run shape inference on the model first")
+        raise Mismatch(Stage.BLOCK, "the feature map's rank is unknown; run shape inference on the model first")
     if len(set(clues)) != 1 or clues[0] < 1:
-        raise _Mismatch(Stage.BLOCK, f"the block's shapes disagree on the feature map's spatial rank ({clues})")
+        raise Mismatch(Stage.BLOCK, f"the block's shapes disagree on the feature map's spatial rank ({clues})")
     return clues[0]
 
 
@@ -711,19 +709,19 @@ def _broadcast_spatial_ranks(broadcast_nodes: tuple[ir.Node, ...]) -> list[int]:
     return [added]
 
 
-def _check_private(nodes: tuple[ir.Node, ...], mul: ir.Node) -> None:
+def check_private(nodes: tuple[ir.Node, ...], mul: ir.Node) -> None:
     """Every value inside the block must be used only inside it, so it can be rewritten or removed."""
     members = set(nodes)
     for node in nodes:
         if node.graph is not mul.graph:
-            raise _Mismatch(
+            raise Mismatch(
                 Stage.BLOCK, f"{node.name!r} sits in another graph than the rescale (across an If/Loop boundary)"
             )
         if node is mul:
             continue
         for output in node.outputs:
             if output.is_graph_output() or any(user not in members for user in output.consumers()):
-                raise _Mismatch(Stage.BLOCK, f"{output.name!r} inside the block is also used outside it")
+                raise Mismatch(Stage.BLOCK, f"{output.name!r} inside the block is also used outside it")
 
 
 def _layer_nodes(layer: ExcitationLayer) -> tuple[ir.Node, ...]:
@@ -739,7 +737,7 @@ def _dtype(x: ir.Value, layer: ExcitationLayer) -> ir.DataType:
 # --- Operands -----------------------------------------------------------------------------------
 
 
-def _producer(value: ir.Value) -> ir.Node | None:
+def real_producer(value: ir.Value) -> ir.Node | None:
     """The node that computes `value`, seen through no-ops and the Q/DQ pairs that round it."""
     return underlying(value).producer()
 

@@ -23,9 +23,20 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from se_onnx.errors import OptionError, SeOnnxError
+from se_onnx.ir.attention import (
+    CBAM_SPATIAL_KERNEL,
+    COORD_MIN_HIDDEN,
+    IMAGE_KINDS,
+    KIND_NAMES,
+    KINDS,
+    AttentionWeights,
+    build_attention_block,
+    eca_kernel,
+)
 from se_onnx.ir.constants import (
     constant_array,
     count_parameters,
@@ -60,7 +71,7 @@ from se_onnx.ir.se_block import (
     squeeze_width,
 )
 from se_onnx.passes.base import Report, SEPass, SEResult
-from se_onnx.passes.find import find_se
+from se_onnx.passes.find_attention import find_attention
 
 PLACEMENTS = ("auto", "residual", "conv")
 INITS = ("identity", "saturated", "random")
@@ -86,8 +97,13 @@ class InsertOptions:
     # plain block, outputs unchanged but not trainable; random: PyTorch's default init.
     init: str = "identity"
     seed: int = 0
-    # Trained weights keyed "<block>.fc1.weight" etc., as `export_se_weights` writes them.
+    # Trained weights keyed "<block>.fc1.weight" etc., as `export_weights` writes them.
     weights: Mapping[str, np.ndarray] | None = None
+    # The kind of block (`se_onnx.ir.attention.KINDS`); --ratio sets CBAM's MLP width and
+    # coordinate attention's hidden width (at least 8) too.
+    block: str = "se"
+    eca_kernel: int | None = None  # ECA's 1-D kernel; None: the paper's adaptive size per C
+    cbam_spatial_kernel: int = CBAM_SPATIAL_KERNEL
 
     def __post_init__(self) -> None:
         if self.where not in PLACEMENTS:
@@ -100,6 +116,14 @@ class InsertOptions:
             raise OptionError("divisor", f"must be at least 1, not {self.divisor}")
         if self.init not in INITS:
             raise OptionError("init", f"must be one of {', '.join(INITS)}, not {self.init!r}")
+        if self.block not in KINDS:
+            raise OptionError("block", f"must be one of {', '.join(KINDS)}, not {self.block!r}")
+        if self.init == "saturated" and self.block != "se":
+            raise OptionError("init", "saturated is SE's plain block; use identity or random for other kinds")
+        # An odd kernel, padded (k - 1)/2 on each side, keeps the length it slides over.
+        for option, kernel in (("eca_kernel", self.eca_kernel), ("cbam_spatial_kernel", self.cbam_spatial_kernel)):
+            if kernel is not None and (kernel < 1 or kernel % 2 == 0):
+                raise OptionError(option, f"must be an odd number of at least 1, not {kernel}")
         for pattern in self.nodes:
             try:
                 re.compile(pattern)
@@ -109,13 +133,13 @@ class InsertOptions:
 
 @dataclasses.dataclass(frozen=True)
 class InsertedBlock:
-    """One SE block the pass added."""
+    """One block the pass added (SE, or the kind `kind` names)."""
 
     name: str  # the conv it follows (scoped by its graph when in a subgraph); the key of its weights
     placement: str  # residual or conv
     after: str | None  # the feature map it rescales (None only for an unnamed value of an in-memory model)
     channels: int
-    squeeze_channels: int
+    squeeze_channels: int | None  # SE's and CBAM's squeeze width, coordinate attention's M; None for ECA
     spatial_rank: int
     parameters: int  # its layers' weights and biases (`se_onnx.ir.constants.count_parameters`)
     nodes: tuple[str, ...]
@@ -123,6 +147,8 @@ class InsertedBlock:
     layout: str = "NCHW"  # NHWC: built channels-last, in a Transposed island
     through: tuple[str, ...] = ()  # the ops between the conv and the block, in order
     requantized: bool = False  # a float block between a DequantizeLinear and a copy of its pair
+    kind: str = "se"
+    kernel: int | None = None  # ECA's 1-D kernel, CBAM's spatial kernel
 
     @property
     def position(self) -> str:
@@ -244,7 +270,7 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
     """Decide where blocks go without changing the model (`insert_se` and `inspect` share it; the
     model is one that `check_insertable` accepts)."""
     convs = list(model_convs(model))
-    se_blocks = find_se(model)
+    se_blocks = find_attention(model)  # blocks of every kind: their convs are no candidates
     se_nodes = {id(node) for block in se_blocks for node in block.nodes}
     # The model's blocks as (input, output): those found, and the fuse pass's function calls.
     existing = [(block.input, block.output) for block in se_blocks] + [
@@ -282,8 +308,9 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
             covered = through_no_ops(site.anchor) is not through_no_ops(site.path.end)
         else:
             covered = id(through_no_ops(site.anchor)) in se_inputs
-        if covered:
-            skipped.append(SkippedConv(site.conv.name, _HAS_BLOCK))
+        reason = _HAS_BLOCK if covered else _kind_exclusion(site, options.block)
+        if reason:
+            skipped.append(SkippedConv(site.conv.name, reason))
         else:
             sites.append(site)
     return InsertionPlan(placement, sites, skipped, len(convs))
@@ -321,6 +348,8 @@ class InsertSE(SEPass[InsertReport]):
     def call(self, model: ir.Model) -> SEResult[InsertReport]:
         opset = model_opset(model)
         with collector_paused():
+            if self.options.block == "coord":
+                _complete_spatial_shapes(model)
             plan = plan_insertion(model, self.options)
             if not plan.sites:
                 why = _nothing_matches(plan)
@@ -353,22 +382,44 @@ def _add_blocks(
         graph = owning_graph(anchor)
         if graph not in paths:  # the first block in a subgraph: walk them all once
             paths = graph_paths(model)
-        scope = names.child(f"{site.conv.name}/se/")
-        built = build_se_block(
-            anchor,
-            site_weights,
-            spatial_rank=site.conv.spatial_rank,
-            opset=opset,
-            dtype=_feature_dtype(site),
-            names=scope,
-            channels_last=site.path.channels_last,
-        )
+        scope = names.child(f"{site.conv.name}/{options.block}/")
+        width: int | None
+        kernel: int | None
+        if isinstance(site_weights, SEWeights):
+            built = build_se_block(
+                anchor,
+                site_weights,
+                spatial_rank=site.conv.spatial_rank,
+                opset=opset,
+                dtype=_feature_dtype(site),
+                names=scope,
+                channels_last=site.path.channels_last,
+            )
+            channels, width, kernel, output_range = (
+                site_weights.channels,
+                site_weights.squeeze_channels,
+                None,
+                site_weights.gate_gain,
+            )
+        else:
+            channels = site.conv.out_channels
+            built = build_attention_block(
+                anchor,
+                site_weights,
+                spatial_rank=site.conv.spatial_rank,
+                opset=opset,
+                dtype=_feature_dtype(site),
+                names=scope,
+                channels=channels,
+                spatial=_static_spatial(anchor),
+            )
+            width, kernel, output_range = site_weights.hidden, site_weights.kernel, site_weights.output_range
         for initializer in built.initializers:
             graph.register_initializer(initializer)
         graph.extend(built.nodes)
         nodes, output = list(built.nodes), built.output
         if site.path.quantized is not None:
-            pair = _requantize(graph, output, *site.path.quantized, site_weights.gate_gain, scope)
+            pair = _requantize(graph, output, *site.path.quantized, output_range, scope)
             graph.extend(pair)
             nodes += pair
             output = pair[-1].outputs[0]
@@ -387,8 +438,8 @@ def _add_blocks(
                 name=site.conv.name,
                 placement=site.placement,
                 after=after,
-                channels=site_weights.channels,
-                squeeze_channels=site_weights.squeeze_channels,
+                channels=channels,
+                squeeze_channels=width,
                 spatial_rank=site.conv.spatial_rank,
                 parameters=count_parameters(nodes),
                 nodes=tuple(node_label(node) for node in nodes),  # named by the builder
@@ -396,6 +447,8 @@ def _add_blocks(
                 through=site.path.through,
                 requantized=site.path.quantized is not None,
                 graph=paths[graph],
+                kind=options.block,
+                kernel=kernel,
             )
         )
     return blocks
@@ -406,7 +459,8 @@ def _requantize(
 ) -> list[ir.Node]:
     """A copy of the Q/DQ pair the block's input came out of, applied to the block's output.
 
-    The block scales its input by gates in [0, gain], and a quantization range always holds 0, so
+    The block scales its input by gates in [0, gain] (`gain` is the product of a block's gains when
+    it has two gates in a row, as CBAM and coordinate attention have), and a quantization range always holds 0, so
     the input's zero point with its scale times the gain holds the output: nothing clips. With a
     gain of 1 (`--init saturated`, or weights without one) the pair is the input's own, and under
     that identity init it gives back the very integers the model had; the trainable identity's
@@ -436,21 +490,32 @@ def _requantize(
     return copies
 
 
-def _weights_per_site(sites: Sequence[InsertionSite], options: InsertOptions) -> list[SEWeights]:
+def _weights_per_site(sites: Sequence[InsertionSite], options: InsertOptions) -> list[SEWeights | AttentionWeights]:
     if options.weights is not None:
-        return _weights_from_file(sites, options.weights)
+        return _weights_from_file(sites, options.weights, options.block)
     rng = np.random.default_rng(options.seed)
-    make = {"identity": SEWeights.identity, "saturated": SEWeights.saturated, "random": SEWeights.random}[options.init]
-    result = []
+    result: list[SEWeights | AttentionWeights] = []
     for site in sites:
         channels = site.conv.out_channels
-        width = squeeze_width(channels, options.ratio, options.min_squeeze, options.divisor)
-        result.append(make(channels, width, rng))
+        if options.block == "se":
+            make = {"identity": SEWeights.identity, "saturated": SEWeights.saturated, "random": SEWeights.random}
+            width = squeeze_width(channels, options.ratio, options.min_squeeze, options.divisor)
+            result.append(make[options.init](channels, width, rng))
+            continue
+        min_hidden = max(options.min_squeeze, COORD_MIN_HIDDEN) if options.block == "coord" else options.min_squeeze
+        hidden = squeeze_width(channels, options.ratio, min_hidden, options.divisor)
+        kernel = options.cbam_spatial_kernel
+        if options.block == "eca":
+            kernel = options.eca_kernel or eca_kernel(channels)
+        attention = AttentionWeights.identity if options.init == "identity" else AttentionWeights.random
+        result.append(attention(options.block, channels, rng, hidden=hidden, kernel=kernel))
     return result
 
 
-def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.ndarray]) -> list[SEWeights]:
-    result = []
+def _weights_from_file(
+    sites: Sequence[InsertionSite], arrays: Mapping[str, np.ndarray], kind: str
+) -> list[SEWeights | AttentionWeights]:
+    result: list[SEWeights | AttentionWeights] = []
     expected_blocks = set()
     for site in sites:
         block = site.conv.name
@@ -459,11 +524,11 @@ def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.n
         block_arrays = {key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)}
         if not block_arrays:
             raise SeOnnxError(f"weights file has no weights for block {block!r}")
-        result.append(
-            SEWeights.from_arrays(
-                block_arrays, channels=site.conv.out_channels, squeeze_channels=None, where=f"block {block!r}"
-            )
-        )
+        where, channels = f"block {block!r}", site.conv.out_channels
+        if kind == "se":
+            result.append(SEWeights.from_arrays(block_arrays, channels=channels, squeeze_channels=None, where=where))
+        else:
+            result.append(AttentionWeights.from_arrays(kind, block_arrays, channels=channels, where=where))
     unknown = sorted({key.rsplit(".", 2)[0] for key in arrays} - expected_blocks)
     if unknown:
         raise SeOnnxError(
@@ -471,6 +536,43 @@ def _weights_from_file(sites: Sequence[InsertionSite], arrays: Mapping[str, np.n
             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         )
     return result
+
+
+def _kind_exclusion(site: InsertionSite, kind: str) -> str | None:
+    """Why a site cannot take a block of `kind` (SE goes anywhere), or None."""
+    if kind == "se":
+        return None
+    name = KIND_NAMES[kind]
+    if site.path.channels_last:
+        return f"an NHWC feature map ({name} blocks are built channels-first)"
+    if kind in IMAGE_KINDS and site.conv.spatial_rank != 2:
+        return f"a {site.conv.spatial_rank}-D feature map ({name} needs N×C×H×W)"
+    if kind == "coord" and _static_spatial(site.anchor) is None:
+        return "the feature map's height and width are not static (coordinate attention splits by them)"
+    return None
+
+
+def _complete_spatial_shapes(model: ir.Model) -> None:
+    """Give the main graph's feature maps the static shapes ONNX's shape inference finds where the
+    model leaves them unknown: coordinate attention splits by H and W."""
+    if all(_static_spatial(output) is not None for node in model.graph if is_conv(node) for output in node.outputs):
+        return
+    inferred = onnx.shape_inference.infer_shapes(ir.to_proto(model)).graph.value_info
+    shapes = {info.name: info.type.tensor_type.shape for info in inferred if info.type.HasField("tensor_type")}
+    for node in model.graph:
+        for output in node.outputs:
+            shape = shapes.get(output.name or "")
+            if _static_spatial(output) is None and shape is not None and shape.dim:
+                dims = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in shape.dim]
+                output.shape = ir.Shape(dims)
+
+
+def _static_spatial(value: ir.Value) -> tuple[int, ...] | None:
+    """The feature map's spatial dims when all are known integers."""
+    if value.shape is None or len(value.shape) < 3:
+        return None
+    dims = tuple(value.shape[2:])
+    return dims if all(isinstance(dim, int) for dim in dims) else None  # type: ignore[return-value]
 
 
 def _exclusion(info: ConvInfo, options: InsertOptions) -> str | None:

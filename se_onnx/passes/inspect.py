@@ -10,6 +10,7 @@ import onnx_ir as ir
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.graph import node_label, scoped_name
 from se_onnx.passes.find import NearMiss, SEBlock, detect
+from se_onnx.passes.find_attention import AttentionBlock, detect_attention
 from se_onnx.passes.insert import (
     ConvInfo,
     InsertOptions,
@@ -64,6 +65,9 @@ class ModelSummary:
     insertion_sites: dict[str, list[str]]  # placement → the convs a block would follow
     se_blocks: list[SEBlock]
     se_near_misses: list[NearMiss]  # Muls that looked like an SE rescale, with why they are not
+    # Blocks of every kind (SE, ECA, CBAM, coordinate attention), and the pooled gates of none.
+    attention_blocks: list[AttentionBlock] = dataclasses.field(default_factory=list)
+    attention_near_misses: list[NearMiss] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -76,6 +80,8 @@ class ModelSummary:
             "insertion_sites": self.insertion_sites,
             "se_blocks": [block.to_dict() for block in self.se_blocks],
             "se_near_misses": [miss.to_dict() for miss in self.se_near_misses],
+            "attention_blocks": [block.to_dict() for block in self.attention_blocks],
+            "attention_near_misses": [miss.to_dict() for miss in self.attention_near_misses],
         }
 
 
@@ -92,6 +98,7 @@ def inspect_model(model: ir.Model) -> ModelSummary:
         for placement in sites:
             sites[placement] = [site.conv.name for site in plan_insertion(model, InsertOptions(where=placement)).sites]
     detection = detect(model)
+    attention = detect_attention(model)
     return ModelSummary(
         ir_version=model.ir_version,
         producer=producer,
@@ -102,4 +109,6 @@ def inspect_model(model: ir.Model) -> ModelSummary:
         insertion_sites=sites,
         se_blocks=detection.blocks,
         se_near_misses=detection.near_misses,
+        attention_blocks=attention.blocks,
+        attention_near_misses=attention.near_misses,
     )

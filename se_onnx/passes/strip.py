@@ -1,4 +1,5 @@
-"""Removes a model's SE blocks (each rescale becomes the identity), for ablation studies."""
+"""Removes a model's SE blocks, or its blocks of another kind or of every kind (each rescale becomes
+the identity), for ablation studies."""
 
 from __future__ import annotations
 
@@ -6,33 +7,51 @@ import dataclasses
 
 import onnx_ir as ir
 
+from se_onnx.errors import OptionError
+from se_onnx.ir.attention import KIND_NAMES, KINDS
 from se_onnx.ir.graph import graphs, redirect, remove_unused
 from se_onnx.ir.naming import NameScope, names_in_use
 from se_onnx.passes.base import Report, SEPass, SEResult
-from se_onnx.passes.find import detect
+from se_onnx.passes.find_attention import find_attention
+
+# What `StripSE` can remove: one kind of block, or every kind.
+STRIP_BLOCKS = (*KINDS, "all")
 
 
 @dataclasses.dataclass
 class StripReport(Report):
     """What `strip_se` removed."""
 
-    blocks: list[dict]  # each stripped block's `SEBlock.to_dict()`, names as in the input model
+    # Each stripped block's `SEBlock.to_dict()` (`AttentionBlock.to_dict()`, with its kind, unless
+    # only SE blocks were stripped), names as in the input model.
+    blocks: list[dict]
     nodes_removed: int
     initializers_removed: int
 
 
 class StripSE(SEPass[StripReport]):
-    """Removes the model's SE blocks in place (an onnx-ir pass): every reader of a block's output
-    reads the block's input instead, and nodes and initializers left unused are dropped.
+    """Removes the model's blocks of kind `block` ("se" by default, or "all") in place (an onnx-ir
+    pass): every reader of a block's output reads the block's input instead, and nodes and
+    initializers left unused are dropped.
 
-    A model without SE blocks is left as it was (`modified=False`, the report says why).
+    A model without such blocks is left as it was (`modified=False`, the report says why).
     """
 
+    def __init__(self, block: str = "se") -> None:
+        super().__init__()
+        if block not in STRIP_BLOCKS:
+            raise OptionError("block", f"must be one of {', '.join(STRIP_BLOCKS)}, not {block!r}")
+        self.block = block
+
     def call(self, model: ir.Model) -> SEResult[StripReport]:
-        blocks = detect(model).blocks
+        blocks = find_attention(model, None if self.block == "all" else self.block)
         if not blocks:
-            return SEResult(model, False, StripReport([], 0, 0, nothing_to_do="the model has no SE block to strip"))
-        described = [block.to_dict() for block in blocks]
+            name = "attention" if self.block == "all" else KIND_NAMES[self.block]
+            why = f"the model has no {name} block to strip"
+            return SEResult(model, False, StripReport([], 0, 0, nothing_to_do=why))
+        described = [
+            block.se.to_dict() if self.block == "se" and block.se is not None else block.to_dict() for block in blocks
+        ]
         names = NameScope(names_in_use(model))
         node_count, initializer_count = _counts(model)
         # A block may rescale the output of the block before it, which is bypassed by then.
@@ -47,9 +66,10 @@ class StripSE(SEPass[StripReport]):
         return SEResult(model, True, report)
 
 
-def strip_se(model: ir.Model) -> tuple[ir.Model, StripReport]:
-    """A copy of `model` without its SE blocks, and what was removed (`StripSE` on a copy)."""
-    return StripSE().on_copy(model)
+def strip_se(model: ir.Model, block: str = "se") -> tuple[ir.Model, StripReport]:
+    """A copy of `model` without its blocks of kind `block` (SE by default, or "all"), and what was
+    removed (`StripSE` on a copy)."""
+    return StripSE(block).on_copy(model)
 
 
 def _counts(model: ir.Model) -> tuple[int, int]:

@@ -30,7 +30,8 @@ from se_onnx.ir.constants import constant_array
 from se_onnx.ir.graph import node_label, value_name
 
 Tensor = torch.Tensor
-_Op = Callable[[list, Mapping[str, Any], int], Tensor]
+# An op's output, or its outputs for a node with several (Split).
+_Op = Callable[[list, Mapping[str, Any], int], Tensor | tuple[Tensor, ...]]
 
 _TORCH_DTYPES = {
     ir.DataType.FLOAT: torch.float32,
@@ -158,6 +159,23 @@ def _reduce_mean(inputs: list, attributes: Mapping[str, Any], opset: int) -> Ten
     return inputs[0].mean(dim=axes, keepdim=keepdims)
 
 
+def _reduce_max(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
+    axes = _axes(inputs, attributes) or list(range(inputs[0].dim()))
+    return inputs[0].amax(dim=axes, keepdim=bool(attributes.get("keepdims", 1)))
+
+
+def _split(inputs: list, attributes: Mapping[str, Any], opset: int) -> tuple[Tensor, ...]:
+    """Split by the sizes given (an attribute before opset 13, an input after), else in equal parts."""
+    axis = int(attributes.get("axis", 0))
+    sizes = _ints(attributes["split"]) if "split" in attributes else None
+    if sizes is None and len(inputs) > 1 and inputs[1] is not None:
+        sizes = _ints(inputs[1])
+    if sizes is None:
+        parts = int(attributes.get("num_outputs", 2))
+        sizes = [inputs[0].shape[axis] // parts] * parts
+    return tuple(torch.split(inputs[0], sizes, dim=axis))
+
+
 def _reshape(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, shape = inputs[0], _ints(inputs[1])
     if not attributes.get("allowzero", 0):
@@ -271,6 +289,8 @@ OPS: dict[str, _Op] = {
         dim=tuple(range(2, inputs[0].dim())), keepdim=True
     ),
     "ReduceMean": _reduce_mean,
+    "ReduceMax": _reduce_max,
+    "Split": _split,
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Unsqueeze": _unsqueeze,
@@ -348,7 +368,10 @@ class OnnxModule(torch.nn.Module):
         for op_type, input_names, output_names, attributes in self._steps:
             operands = [values[name] if name else None for name in input_names]
             result = OPS[op_type](operands, attributes, self.opset)
-            values[output_names[0]] = result
+            if isinstance(result, tuple):  # a node with several outputs (Split)
+                values.update(zip(output_names, result))
+            else:
+                values[output_names[0]] = result
         return [values[name] for name in (*self.output_names, *extra)]
 
 

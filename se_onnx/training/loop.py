@@ -20,12 +20,15 @@ from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import WEIGHT_INPUTS, constant_tensor, set_constant, weight_constants
 from se_onnx.ir.graph import MAIN_GRAPH, node_label, required_input, value_name
 from se_onnx.passes.export_weights import block_key
-from se_onnx.passes.find import SEBlock, find_se
+from se_onnx.passes.find import SEBlock
+from se_onnx.passes.find_attention import AttentionBlock, find_attention
 from se_onnx.runtime.datasets import ClassifierSignature, Dataset
 from se_onnx.runtime.plots import pyplot, save_figure
 from se_onnx.training.graph_module import OnnxModule
 
-TRAIN_SCOPES = ("se", "all")
+TRAIN_SCOPES = ("se", "attention", "all")
+# The weights of a block's layers: a Conv's, Gemm's or MatMul's, and a separate bias Add's.
+_LAYER_INPUTS: Mapping[str, tuple[int, ...]] = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "Add": (0, 1)}
 # A sigmoid gate whose mean σ' over a batch is below this cannot be moved by gradient descent.
 SATURATED_SLOPE = 1e-4
 
@@ -38,7 +41,9 @@ class TrainOptions:
     lr: float = 1e-3
     batch_size: int = 32
     seed: int = 0
-    train: str = "se"  # se: only the SE blocks' layers; all: every layer's weights and biases
+    # se: only the SE blocks' layers; attention: the layers of every block of every kind (SE, ECA,
+    # CBAM, coordinate attention); all: every layer's weights and biases
+    train: str = "se"
     progress: bool = True
 
     def validate(self) -> None:
@@ -88,16 +93,19 @@ class TrainReport:
         }
 
 
-def trainable_initializers(model: ir.Model, scope: str) -> tuple[list[str], list[SEBlock]]:
+def trainable_initializers(model: ir.Model, scope: str) -> tuple[list[str], list[AttentionBlock]]:
     """The constants `scope` trains (initializers and `Constant` node outputs of the main graph,
-    see `se_onnx.ir.constants.constant_source`), in graph order, and the model's SE blocks."""
-    blocks = find_se(model)
-    if scope == "se":
+    see `se_onnx.ir.constants.constant_source`), in graph order, and the blocks it trains: the SE
+    blocks (scope "se", and "all" counts them), or the blocks of every kind (scope "attention")."""
+    every = find_attention(model)
+    blocks = every if scope == "attention" else [block for block in every if block.kind == "se"]
+    if scope != "all":
         if not blocks:
-            raise SeOnnxError("the model has no SE block to train; insert some first, or pass --train all")
+            what = "SE block" if scope == "se" else "attention block (SE, ECA, CBAM, coordinate attention)"
+            raise SeOnnxError(f"the model has no {what} to train; insert some first, or pass --train all")
         _refuse_blocks_in_subgraphs(model, blocks)
-        nodes = [node for block in blocks for layer in block.layers for node in layer.nodes]
-        indices: Mapping[str, tuple[int, ...]] = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "Add": (0, 1)}
+        nodes = [node for block in blocks for node in _layer_nodes(block)]
+        indices = _LAYER_INPUTS
     else:
         nodes = list(model.graph)
         indices = WEIGHT_INPUTS
@@ -110,7 +118,15 @@ def trainable_initializers(model: ir.Model, scope: str) -> tuple[list[str], list
     return names, blocks
 
 
-def _refuse_blocks_in_subgraphs(model: ir.Model, blocks: list[SEBlock]) -> None:
+def _layer_nodes(block: AttentionBlock) -> list[ir.Node]:
+    """The nodes whose constant inputs are a block's weights: an SE block's layers, and every conv
+    of the other kinds (a gate's gain is a Mul's, and stays)."""
+    if block.se is not None:
+        return [node for layer in block.se.layers for node in layer.nodes]
+    return [node for node in block.nodes if node.op_type in _LAYER_INPUTS and node.op_type != "Add"]
+
+
+def _refuse_blocks_in_subgraphs(model: ir.Model, blocks: list[AttentionBlock]) -> None:
     """PyTorch runs only the main graph here: an SE block inside an If/Loop/Scan body cannot train."""
     for block in blocks:
         if block.graph != MAIN_GRAPH:
@@ -150,7 +166,7 @@ def train_model(
     logits_name = value_name(logits)
     gate_inputs = {
         block_key(block): value_name(required_input(block.nodes[_gate_index(block)]))
-        for block in blocks
+        for block in (found.se for found in blocks if found.se is not None)
         if block.gate.op_type == "Sigmoid"
     }
     parameters = [module.parameters_by_name[name] for name in names]
@@ -207,7 +223,7 @@ def train_model(
             report.baseline = evaluate(0, started, *before)
             if on_epoch is not None:
                 on_epoch(trained, report.baseline)
-            if options.train == "se":
+            if options.train != "all":
                 _warn_if_untrained(report.baseline.train_accuracy, predicted)
             for epoch in range(1, options.epochs + 1):
                 started = time.perf_counter()
