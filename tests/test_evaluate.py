@@ -97,6 +97,32 @@ def test_compare_reports_accuracy_latency_parameters_and_flops(tmp_path, capsys)
     assert "B − A" in table and "plain.onnx" in table and "se.onnx" in table
 
 
+def test_compare_takes_several_models_each_against_the_first(tmp_path, capsys):
+    """The base, +SE and +ECA in one table, JSON and figure; the two-model keys still describe B."""
+    original = build_samples.resnet_like(opset=13)
+    paths = [tmp_path / "base.onnx", tmp_path / "se.onnx", tmp_path / "eca.onnx"]
+    onnx.save(original, paths[0])
+    added = []
+    for path, block in zip(paths[1:], ("se", "eca")):
+        model, report = insert_se(ir.from_proto(original), InsertOptions(block=block))
+        save_model(model, path)
+        added.append(report.parameters_added)
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((8, 3, 32, 32)).astype(np.float32), y=rng.integers(0, 10, 8))
+    plot = tmp_path / "compare.png"
+    args = ["evaluate", str(paths[0]), "--compare", *map(str, paths[1:]), "--data", str(tmp_path / "d.npz")]
+    assert main([*args, "--runs", "4", "--json", "--plot", str(plot)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [m["model"] for m in result["models"]] == list(map(str, paths))
+    assert [d["parameters"] for d in result["differences"]] == added and added[0] != added[1]
+    assert all(d["top1"] == 0 and d["latency_ratio"] > 0 for d in result["differences"])  # identity inits
+    assert result["b"]["model"] == str(paths[1]) and result["difference"]["parameters"] == added[0]
+    assert plot.stat().st_size > 1000
+    assert main([*args, "--runs", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "B − A" in table and "C − A" in table and "eca.onnx" in table
+
+
 def test_flops_and_parameters_of_a_conv_model(tmp_path):
     path = tmp_path / "tiny.onnx"
     # Conv 1→4, 3×3, pad 1 on 8×8 with a folded BatchNorm (a bias), Relu, GlobalAveragePool, Flatten.

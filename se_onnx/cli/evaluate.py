@@ -1,4 +1,4 @@
-"""`se-onnx evaluate`: accuracy and latency of a classifier in ONNX Runtime, or two side by side."""
+"""`se-onnx evaluate`: accuracy and latency of a classifier in ONNX Runtime, or several side by side."""
 
 from __future__ import annotations
 
@@ -18,13 +18,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="top-1/top-5 accuracy, latency, parameters and FLOPs of a classifier (ONNX Runtime)",
         description="Score a classifier on labelled data in ONNX Runtime (no PyTorch needed): top-1 and "
         "top-5 accuracy (top-k with k = min(5, classes)), mean cross-entropy, median single-sample "
-        "latency, parameters and FLOPs per sample. With --compare, a second model (the same model "
-        "without SE blocks, say) on the same data, the two timed interleaved, as a table, JSON and PNG.",
+        "latency, parameters and FLOPs per sample. With --compare, other models (the same model with SE, "
+        "ECA, CBAM or coordinate attention blocks, say) on the same data, all timed interleaved, each "
+        "against the first, as a table, JSON and PNG.",
     )
     parser.add_argument("model", help="the ONNX classifier")
     add_data_arguments(parser)
     parser.add_argument(
-        "--compare", metavar="MODEL2", help="a second model to report side by side (B), the first being A"
+        "--compare",
+        nargs="+",
+        metavar="MODEL",
+        help="models to report side by side with the first (A): B, C, … each against A",
     )
     parser.add_argument(
         "--provider", choices=tuple(PROVIDERS), default="cpu", help="ONNX Runtime provider (default cpu)"
@@ -38,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.plot and not args.compare:
-        raise SeOnnxError("--plot draws a comparison; pass --compare MODEL2")
+        raise SeOnnxError("--plot draws a comparison; pass --compare MODEL [MODEL …]")
     check_png_path(args.plot)
     check_image_support(args.data)
     images = image_options(args)
@@ -58,22 +62,26 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_table(_HEADERS, [_row(evaluation)])
         return 0
-    _check_same_signature(signature, ClassifierSignature.of(load_model(args.compare)), args.model, args.compare)
+    for other in args.compare:
+        _check_same_signature(signature, ClassifierSignature.of(load_model(other)), args.model, other)
     comparison = compare_models(args.model, args.compare, data, **settings)
     if args.plot:
         plot_comparison(comparison, args.plot)
     if args.json:
         print_json(comparison.to_dict())
         return 0
-    print_table(("", *_HEADERS), [("A", *_row(comparison.a)), ("B", *_row(comparison.b))])
-    difference = comparison.to_dict()["difference"]
-    print(
-        f"\nB − A: top-1 {100 * difference['top1']:+.2f} points, top-5 {100 * difference['top5']:+.2f} points, "
-        f"{difference['parameters']:+,} parameters, {difference['flops']:+,} FLOPs; latency B/A "
-        f"{comparison.latency_ratio:.3f} "
-        f"(p10–p90 {comparison.latency_ratio_p10:.3f}–{comparison.latency_ratio_p90:.3f}, "
-        f"run by run, interleaved)"
-    )
+    labels = [chr(ord("A") + index) for index in range(len(comparison.evaluations))]
+    print_table(("", *_HEADERS), [(label, *_row(e)) for label, e in zip(labels, comparison.evaluations)])
+    print()
+    for index, label in enumerate(labels[1:], start=1):
+        difference = comparison.difference(index)
+        print(
+            f"{label} − A: top-1 {100 * difference['top1']:+.2f} points, top-5 {100 * difference['top5']:+.2f} "
+            f"points, {difference['parameters']:+,} parameters, {difference['flops']:+,} FLOPs; latency {label}/A "
+            f"{difference['latency_ratio']:.3f} "
+            f"(p10–p90 {difference['latency_ratio_p10']:.3f}–{difference['latency_ratio_p90']:.3f}, "
+            "run by run, interleaved)"
+        )
     return 0
 
 

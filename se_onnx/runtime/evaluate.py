@@ -1,5 +1,5 @@
 """Accuracy, latency, parameters and FLOPs of a classifier in ONNX Runtime, alone or side by side
-with another model (the same model without SE blocks, say). No PyTorch needed."""
+with other models (the same model without SE blocks, or with other attention blocks). No PyTorch needed."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import count_parameters
 from se_onnx.runtime.datasets import Dataset
 from se_onnx.runtime.sessions import make_session
-from se_onnx.runtime.stats import pairwise_ratio
+from se_onnx.runtime.stats import Spread, pairwise_ratio
 from se_onnx.runtime.timing import time_interleaved
 
 # Ops whose cost is counted as 2 × multiply-adds; every other op counts one FLOP per output element.
@@ -44,27 +44,43 @@ class Evaluation:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """Two models on the same data; the latency ratio is taken run by run (B / A), interleaved."""
+    """Models on the same data, the first (A) the baseline: all are timed interleaved, and each
+    other's latency ratio to A is taken run by run."""
 
-    a: Evaluation
-    b: Evaluation
-    latency_ratio: float
-    latency_ratio_p10: float
-    latency_ratio_p90: float
+    evaluations: list[Evaluation]  # A, then B, C, …
+    ratios: list[Spread]  # latency of B, C, … over A's, run by run
+
+    @property
+    def a(self) -> Evaluation:
+        return self.evaluations[0]
+
+    @property
+    def others(self) -> list[Evaluation]:
+        return self.evaluations[1:]
+
+    def difference(self, index: int) -> dict:
+        """Model `index` (1 for B) against A."""
+        other, ratio = self.evaluations[index], self.ratios[index - 1]
+        return {
+            "model": other.model,
+            "top1": other.top1 - self.a.top1,
+            "top5": other.top5 - self.a.top5,
+            "parameters": other.parameters - self.a.parameters,
+            "flops": other.flops - self.a.flops,
+            "latency_ratio": ratio.median,
+            "latency_ratio_p10": ratio.p10,
+            "latency_ratio_p90": ratio.p90,
+        }
 
     def to_dict(self) -> dict:
+        # "a", "b" and "difference" are the two-model report as it has always been (B is the first
+        # other model); "models" and "differences" list every model.
         return {
             "a": self.a.to_dict(),
-            "b": self.b.to_dict(),
-            "difference": {
-                "top1": self.b.top1 - self.a.top1,
-                "top5": self.b.top5 - self.a.top5,
-                "parameters": self.b.parameters - self.a.parameters,
-                "flops": self.b.flops - self.a.flops,
-                "latency_ratio": self.latency_ratio,
-                "latency_ratio_p10": self.latency_ratio_p10,
-                "latency_ratio_p90": self.latency_ratio_p90,
-            },
+            "b": self.evaluations[1].to_dict(),
+            "difference": {key: value for key, value in self.difference(1).items() if key != "model"},
+            "models": [evaluation.to_dict() for evaluation in self.evaluations],
+            "differences": [self.difference(index) for index in range(1, len(self.evaluations))],
         }
 
 
@@ -120,24 +136,29 @@ def evaluate_model(
     latency_runs: int = 100,
 ) -> Evaluation:
     """Accuracy over `data` and single-sample latency of one model."""
-    return _evaluate([model_path], data, provider, batch_size, latency_runs)[0]
+    return _evaluate([model_path], data, provider, batch_size, latency_runs)[0][0]
 
 
 def compare_models(
     a: str | os.PathLike,
-    b: str | os.PathLike,
+    others: Sequence[str | os.PathLike],
     data: Dataset,
     *,
     provider: str = "cpu",
     batch_size: int = 64,
     latency_runs: int = 100,
 ) -> Comparison:
-    """Both models on the same data; their single-sample latencies are timed interleaved."""
-    evaluations, ratio = _evaluate([a, b], data, provider, batch_size, latency_runs, with_ratio=True)
-    return Comparison(evaluations[0], evaluations[1], ratio.median, ratio.p10, ratio.p90)
+    """A and each of `others` on the same data; their single-sample latencies are timed interleaved."""
+    if not others:
+        raise SeOnnxError("a comparison needs at least one model besides the first")
+    evaluations, seconds = _evaluate([a, *others], data, provider, batch_size, latency_runs)
+    return Comparison(evaluations, [pairwise_ratio(seconds[0], series) for series in seconds[1:]])
 
 
-def _evaluate(paths, data: Dataset, provider: str, batch_size: int, latency_runs: int, *, with_ratio: bool = False):
+def _evaluate(
+    paths: Sequence[str | os.PathLike], data: Dataset, provider: str, batch_size: int, latency_runs: int
+) -> tuple[list[Evaluation], list[list[float]]]:
+    """Each model's evaluation, and its single-sample latencies in seconds, run by run."""
     if batch_size < 1 or latency_runs < 1:
         raise SeOnnxError("--batch-size and --runs must be at least 1")
     # Sessions timed in turn must not spin, or one's waiting threads slow the other's run.
@@ -167,9 +188,7 @@ def _evaluate(paths, data: Dataset, provider: str, batch_size: int, latency_runs
                 provider,
             )
         )
-    if with_ratio:
-        return evaluations, pairwise_ratio(seconds[0], seconds[1])
-    return evaluations
+    return evaluations, seconds
 
 
 def _scores(session, data: Dataset, batch_size: int, path) -> np.ndarray:

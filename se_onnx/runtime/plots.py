@@ -91,10 +91,10 @@ def _shorten(text: str, width: int = 28) -> str:
 
 
 def plot_comparison(comparison: Comparison, path: str | os.PathLike) -> None:
-    """A PNG of the two models side by side: accuracy, latency, parameters and FLOPs."""
+    """A PNG of the models side by side: accuracy, latency, parameters and FLOPs."""
     plt = pyplot()
 
-    models = (comparison.a, comparison.b)
+    models = comparison.evaluations
     names = [Path(model.model).name for model in models]
     panels: tuple[tuple[str, list[tuple[float, ...]], tuple[str, ...] | None], ...] = (
         ("top-1 / top-5 accuracy", [(m.top1, m.top5) for m in models], ("top-1", "top-5")),
@@ -102,7 +102,7 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike) -> None:
         ("parameters", [(m.parameters,) for m in models], None),
         ("FLOPs per sample", [(m.flops,) for m in models], None),
     )
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
+    figure, axes = plt.subplots(1, len(panels), figsize=(max(4.2, 1.4 * len(models)) * len(panels), 4))
     for axis, (title, values, labels) in zip(axes, panels):
         width = 0.8 / len(values[0])
         for series in range(len(values[0])):
@@ -116,13 +116,15 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike) -> None:
             bottom = max(0.0, low - 0.1 * (1 - low) - 0.01)
             axis.set_ylim(bottom, 1.0 + 0.08 * (1.0 - bottom))  # room for the bars' labels
             axis.legend(fontsize=8, loc="lower right")
-    figure.suptitle(
-        f"{names[1]} vs {names[0]}: Δtop-1 {100 * (comparison.b.top1 - comparison.a.top1):+.2f} points, "
-        f"latency ×{comparison.latency_ratio:.3f} "
-        f"(p10–p90 {comparison.latency_ratio_p10:.3f}–{comparison.latency_ratio_p90:.3f}), "
-        f"{comparison.a.samples} samples, {comparison.a.provider}",
-        fontsize=10,
-    )
+    if len(models) == 2:
+        ratio = comparison.ratios[0]
+        title = (
+            f"{names[1]} vs {names[0]}: Δtop-1 {100 * (models[1].top1 - models[0].top1):+.2f} points, "
+            f"latency ×{ratio.median:.3f} (p10–p90 {ratio.p10:.3f}–{ratio.p90:.3f}), "
+        )
+    else:
+        title = f"{len(models) - 1} models against {names[0]} (latency run by run, interleaved), "
+    figure.suptitle(f"{title}{comparison.a.samples} samples, {comparison.a.provider}", fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)
 
