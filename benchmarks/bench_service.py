@@ -15,12 +15,16 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
   budgets      resnet_like, 4 instances, concurrency 4: gRPC and HTTP binary throughput of a server with
                the resource budgets at their defaults vs one with them effectively off, interleaved
                (goal: ratio ≥ 0.98, i.e. nothing measurable); `--only budgets` runs it alone
+  tracing      ResNet-50-sized, 4 instances, concurrency 4, gRPC: a server with --trace sampling every
+               request (exported over OTLP/HTTP to a sink on loopback) vs one without, interleaved
+               (goal: ratio ≥ 0.97); `--only tracing` runs it alone
 
     python benchmarks/bench_service.py                # full run (minutes; run on a quiet machine)
     python benchmarks/bench_service.py --quick        # smoke run with tiny settings
     python benchmarks/bench_service.py --json out.json
     python benchmarks/bench_service.py --only protocols
     python benchmarks/bench_service.py --only budgets --quick
+    python benchmarks/bench_service.py --only tracing
 """
 
 from __future__ import annotations
@@ -78,7 +82,9 @@ def build_repository(root: Path, max_batch_size: int) -> None:
 
 
 class Server:
-    def __init__(self, repository: Path, threads: int, options: tuple[str, ...] = ()):
+    def __init__(
+        self, repository: Path, threads: int, options: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ):
         import tritonclient.http as triton
 
         self.port = _free_port()
@@ -88,7 +94,7 @@ class Server:
                    "--grpc-port", self.grpc_url.rsplit(":", 1)[1],
                    "--model-repository", str(repository), "--provider", "cpu", "--log-level", "warning",
                    "--intra-op-threads", str(threads), *options]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)})
         client = triton.InferenceServerClient(self.url)
         deadline = time.monotonic() + 300
         while True:
@@ -369,6 +375,59 @@ def budgets(root: Path, rounds: int, requests: int, threads: int) -> dict[str, d
         off.stop()
 
 
+def _span_sink() -> str:
+    """An OTLP/HTTP endpoint on loopback that takes every export and keeps nothing."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{sink.server_address[1]}"
+
+
+def tracing(root: Path, rounds: int, requests: int, threads: int) -> dict[str, dict]:
+    """ResNet-50-sized at concurrency 4 over gRPC, on two servers at once: one tracing every request
+    (six spans each, exported over OTLP/HTTP) and one without --trace, in rotating rounds."""
+    (root / "resnet50_x4" / "1").mkdir(parents=True)
+    onnx.save(build_samples.resnet50_sized(), root / "resnet50_x4" / "1" / "model.onnx")
+    (root / "resnet50_x4" / "config.json").write_text(json.dumps({"instance_count": 4}))
+    image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    env = {
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": _span_sink(),
+    }
+    plain, traced = Server(root, threads), Server(root, threads, ("--trace",), env)
+    try:
+        row = compare(
+            rounds,
+            4,
+            requests,
+            grpc_caller(plain.grpc_url, "resnet50_x4", image),
+            grpc_caller(traced.grpc_url, "resnet50_x4", image),
+        )
+        return {
+            "tracing_grpc_c4": {
+                "off_rps": row.pop("a_rps"),
+                "traced_rps": row.pop("b_rps"),
+                **row,
+                "goal": "ratio >= 0.97",
+            }
+        }
+    finally:
+        traced.stop()
+        plain.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few requests")
@@ -379,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--only", choices=("protocols", "budgets"), help="run one section only")
+    parser.add_argument("--only", choices=("protocols", "budgets", "tracing"), help="run one section only")
     args = parser.parse_args(argv)
     requests = args.requests or (8 if args.quick else 60)
     rounds = args.rounds or (1 if args.quick else 5)
@@ -388,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.only == "budgets":
             return _report(budgets(Path(tmp), rounds, requests, args.threads), args.json)
+        if args.only == "tracing":
+            return _report(tracing(Path(tmp), rounds, requests, args.threads), args.json)
         repository = Path(tmp)
         build_repository(repository, max_batch_size=16)
         server = Server(repository, args.threads)

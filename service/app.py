@@ -3,6 +3,7 @@ and lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -77,6 +78,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             if grpc_server is not None:
                 await grpc_server.stop()
             await plane.close()
+            # The spans of the last requests leave before the process does (SIGTERM lands here too).
+            await asyncio.to_thread(plane.tracing.shutdown)
 
     app = _App(
         title="se-onnx inference server",

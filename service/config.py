@@ -122,6 +122,11 @@ class ServerSettings(BaseSettings):
         description="bytes per second of a request body that earn it one more second (see --http-body-timeout)",
     )
     log_level: Literal[LOG_LEVELS] = Field(default="info", description="log level")  # type: ignore[valid-type]
+    trace: bool = Field(
+        default=False,
+        description="trace inference requests with OpenTelemetry, exported as its OTEL_* environment variables "
+        "say (OTLP by default); needs pip install 'se-onnx[trace]'",
+    )
     api_key: str | None = Field(
         default=None,
         repr=False,

@@ -30,6 +30,7 @@ from service.runtime.recorder import Recorder
 from service.runtime.repository import ModelRepository
 from service.runtime.shm import RegionSlice, SharedMemoryRegistry, region_slice
 from service.runtime.tensors import tensor_bytes
+from service.tracing import NoTracing, Tracing
 
 log = logging.getLogger("service.dataplane")
 
@@ -92,6 +93,8 @@ class DataPlane:
         # Set once the server stops taking requests (SIGTERM); streams end after their current requests.
         self.stopping = asyncio.Event()
         self._loading: asyncio.Task | None = None
+        # --trace: spans of inference requests; off, a stand-in that does nothing and imports nothing.
+        self.tracing: Tracing | NoTracing = Tracing.start(__version__) if config.trace else NoTracing()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -181,21 +184,30 @@ class DataPlane:
         ServiceError (the front end maps its status); every outcome is recorded."""
         started = time.perf_counter()
         model = self.model(name, version)
+        tracing = self.tracing
         try:
             with model:  # in flight: an unload waits for it
-                request = decode(model)
+                tracing.model(model.name, model.version)
+                with tracing.span("decode"):
+                    request = decode(model)
+                if tracing.enabled:
+                    tracing.rows(_rows(model, request))
                 names = _requested_outputs(model, request)
                 regions = self._output_regions(request)
                 timeout = _timeout(self.config.request_timeout, request.parameters.get("timeout"))
+                phases = tracing.phases()
                 try:
-                    computed = await asyncio.wait_for(model.infer(request.inputs, names), timeout)
+                    computed = await asyncio.wait_for(model.infer(request.inputs, names, phases), timeout)
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     raise ServiceError(503, f"request timed out after {timeout:g} s") from None
+                finally:
+                    tracing.record(phases)
                 outputs = _classified(model, request, {name: computed[name] for name in names})
                 for name, where in regions.items():
                     array = outputs[name]
                     self.shared_memory.write(where, tensor_bytes(array), f"output {quoted(name)}")
-            response = encode(InferenceResult(model, request, outputs, regions))
+            with tracing.span("encode"):
+                response = encode(InferenceResult(model, request, outputs, regions))
         except asyncio.CancelledError:
             # The client went away (its front end cancelled the call): a request still queued
             # for a batch or an instance is never computed (the batcher and the executor skip
@@ -274,6 +286,12 @@ def _requested_outputs(model: ServedModel, request: InferenceRequest) -> list[st
             raise bad_request(f"unknown output {quoted(output)}; the model gives {', '.join(model.outputs)}")
         requested_classes(output, parameters)
     return list(request.outputs)
+
+
+def _rows(model: ServedModel, request: InferenceRequest) -> int | None:
+    """The rows of a request to a batching model (its inputs' first dimension); None for other models."""
+    first = next(iter(request.inputs.values()), None)
+    return first.shape[0] if model.config.max_batch_size and first is not None and first.ndim else None
 
 
 def _classified(model: ServedModel, request: InferenceRequest, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (2, "passes", ("se_onnx.passes",)),
     (3, "runtime", ("se_onnx.runtime",)),
     (4, "training", ("se_onnx.training",)),
-    (5, "service core", ("service.errors", "service.logs", "service.config")),
+    (5, "service core", ("service.errors", "service.logs", "service.config", "service.tracing")),
     (6, "service runtime", ("service.runtime",)),
     (7, "data plane", ("service.dataplane",)),
     (8, "REST front end", ("service.rest",)),

@@ -100,6 +100,7 @@ ENVIRONMENT = {
     "http_body_timeout": ("7.5", 7.5),
     "http_min_upload_rate": ("4096", 4096),
     "log_level": ("debug", "debug"),
+    "trace": ("true", True),
     "api_key": ("secret", "secret"),
     "api_key_file": ("{key}", "{key}"),
     "api_key_scope": ("all", "all"),

@@ -25,6 +25,7 @@ from service.dataplane import DataPlane, api_key_from
 from service.errors import ServiceError, quoted
 from service.grpc.codec import decode_request, encode_response, parameters
 from service.runtime.budget import OverBudget
+from service.tracing import NoTracing, Tracing
 
 log = logging.getLogger("service.grpc")
 
@@ -78,6 +79,56 @@ def _unary(method):
             await context.abort(
                 grpc.StatusCode.INTERNAL, _clipped(f"internal server error: {type(error).__name__}: {error}")
             )
+
+    return call
+
+
+# OpenTelemetry's RPC conventions: the attribute of the status code, and the codes that are the server's fault.
+_GRPC_STATUS = "rpc.grpc.status_code"
+_SERVER_FAULTS = {
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS,
+}
+
+
+def _span(tracing: Tracing | NoTracing, rpc: str, context: grpc.aio.ServicerContext):
+    """The server span of one inference request of RPC `rpc`, continuing the trace of the call's
+    `traceparent` metadata."""
+    metadata = {key.lower(): value for key, value in context.invocation_metadata() or ()} if tracing.enabled else {}
+    attributes = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": rpc}
+    return tracing.server(f"{SERVICE_NAME}/{rpc}", metadata, attributes)
+
+
+def _failed(span, error: Exception) -> str:
+    """End `span` with the gRPC code of `error`; the message a client gets for it."""
+    if isinstance(error, ServiceError):
+        code, message = _status(error)
+    else:
+        code, message = grpc.StatusCode.INTERNAL, _clipped(f"internal server error: {type(error).__name__}: {error}")
+    span.outcome(_GRPC_STATUS, code.value[0], code.name, message, fault=code in _SERVER_FAULTS)
+    return message
+
+
+def _traced(method):
+    """Under --trace, a unary inference RPC inside its server span, ended with the call's code."""
+
+    @functools.wraps(method)
+    async def call(self, request, context):
+        tracing = self._plane.tracing
+        if not tracing.enabled:
+            return await method(self, request, context)
+        with _span(tracing, method.__name__, context) as span:
+            try:
+                response = await method(self, request, context)
+            except Exception as error:
+                _failed(span, error)
+                raise
+            span.outcome(_GRPC_STATUS, grpc.StatusCode.OK.value[0])
+            return response
 
     return call
 
@@ -183,6 +234,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     @_unary
+    @_traced
     async def ModelInfer(self, request, context):
         # The message is held until it is answered: its bytes count against --max-inflight-bytes.
         held = request.ByteSize()
@@ -238,24 +290,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # it), so its bytes count against --max-inflight-bytes until then.
         held = 0
         try:
-            try:
-                self._plane.request_bytes.take(size := request.ByteSize())
-                held = size
-                decode = functools.partial(decode_request, request, self._plane.shared_memory)
-                response = await self._plane.infer(
-                    request.model_name, request.model_version or None, decode, encode_response
-                )
-                reply = pb.ModelStreamInferResponse(infer_response=response)
-            except Exception as error:
-                if isinstance(error, ServiceError):
-                    message = _clipped(error.message)
-                else:
-                    log.exception("unhandled error", extra={"method": "ModelStreamInfer"})
-                    message = _clipped(f"internal server error: {type(error).__name__}: {error}")
-                echo = pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id
-                )
-                reply = pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+            with _span(self._plane.tracing, "ModelStreamInfer", context) as span:
+                try:
+                    self._plane.request_bytes.take(size := request.ByteSize())
+                    held = size
+                    decode = functools.partial(decode_request, request, self._plane.shared_memory)
+                    response = await self._plane.infer(
+                        request.model_name, request.model_version or None, decode, encode_response
+                    )
+                    reply = pb.ModelStreamInferResponse(infer_response=response)
+                    span.outcome(_GRPC_STATUS, grpc.StatusCode.OK.value[0])
+                except Exception as error:
+                    if not isinstance(error, ServiceError):
+                        log.exception("unhandled error", extra={"method": "ModelStreamInfer"})
+                    message = _failed(span, error)  # the stream goes on: the code is the span's alone
+                    echo = pb.ModelInferResponse(
+                        model_name=request.model_name, model_version=request.model_version, id=request.id
+                    )
+                    reply = pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
             try:
                 async with writing:  # one message at a time on the stream
                     await context.write(reply)
@@ -303,7 +355,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryStatus = _not_offered(_CUDA_SHM)
     CudaSharedMemoryRegister = _not_offered(_CUDA_SHM)
     CudaSharedMemoryUnregister = _not_offered(_CUDA_SHM)
-    TraceSetting = _not_offered("tracing is not supported; see the access log and the Prometheus metrics at /metrics")
+    TraceSetting = _not_offered(
+        "trace settings cannot be changed at run time; start the server with --trace and OpenTelemetry's "
+        "OTEL_* environment variables"
+    )
     LogSettings = _not_offered("log settings cannot be changed at run time; start the server with --log-level")
 
 

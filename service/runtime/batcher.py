@@ -11,21 +11,23 @@ from concurrent.futures import Executor
 import numpy as np
 
 from service.errors import ServiceError, bad_request
+from service.tracing import Phases
 
 Feeds = Mapping[str, np.ndarray]
 Run = Callable[[Feeds], dict[str, np.ndarray]]
 
 
 class _Pending:
-    __slots__ = ("feeds", "rows", "key", "future", "enqueued")
+    __slots__ = ("feeds", "rows", "key", "future", "enqueued", "phases")
 
-    def __init__(self, feeds: Feeds, rows: int, future: asyncio.Future):
+    def __init__(self, feeds: Feeds, rows: int, future: asyncio.Future, phases: Phases | None):
         self.feeds = feeds
         self.rows = rows
         # Only requests whose non-batch dims and types agree can be concatenated.
         self.key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(feeds.items()))
         self.future = future
         self.enqueued = time.perf_counter()
+        self.phases = phases
 
 
 class DynamicBatcher:
@@ -61,14 +63,15 @@ class DynamicBatcher:
         self._running: set[asyncio.Task] = set()
         self._task = asyncio.get_running_loop().create_task(self._collect())
 
-    def submit(self, feeds: Feeds) -> asyncio.Future[dict[str, np.ndarray]]:
-        """A future of this request's rows of every output."""
+    def submit(self, feeds: Feeds, phases: Phases | None = None) -> asyncio.Future[dict[str, np.ndarray]]:
+        """A future of this request's rows of every output; `phases`, when tracing, gets the times
+        its batch started and stopped running."""
         rows = next(iter(feeds.values())).shape[0]
         if rows > self.max_batch_size:
             raise bad_request(f"batch of {rows} rows is larger than the model's max_batch_size {self.max_batch_size}")
         if self._waiting >= self._max_queue_size:
             raise ServiceError(503, f"the model's queue is full ({self._max_queue_size} requests waiting)")
-        item = _Pending(feeds, rows, asyncio.get_running_loop().create_future())
+        item = _Pending(feeds, rows, asyncio.get_running_loop().create_future(), phases)
         self._waiting += 1
         self._queue.put_nowait(item)
         return item.future
@@ -137,6 +140,9 @@ class DynamicBatcher:
                 self._observe_queue(started - item.enqueued)
             names = batch[0].feeds.keys()
             feeds = {name: np.concatenate([item.feeds[name] for item in batch]) for name in names}
+            traced = [item.phases for item in batch if item.phases is not None]
+            for phases in traced:
+                phases.started, phases.rows = time.time_ns(), rows
             try:
                 outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
             except ServiceError:
@@ -146,6 +152,9 @@ class DynamicBatcher:
                 # then, so that the others get their answers and only it gets the error.
                 await self._execute_one_by_one(batch)
                 return
+            finally:
+                for phases in traced:
+                    phases.ended = time.time_ns()
             bad = [name for name, array in outputs.items() if array.ndim == 0 or array.shape[0] != rows]
             if bad:
                 raise ServiceError(

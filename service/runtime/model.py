@@ -23,6 +23,7 @@ from service.runtime.batcher import DynamicBatcher, Feeds
 from service.runtime.classification import read_labels
 from service.runtime.recorder import ModelRecorder
 from service.runtime.tensors import DATATYPES, TensorSpec, datatype_of_ort
+from service.tracing import Phases
 
 log = logging.getLogger("service.model")
 
@@ -305,10 +306,14 @@ class ServedModel:
             config["parameters"] = {key: {"string_value": value} for key, value in self.config.parameters.items()}
         return config
 
-    def _run(self, feeds: Feeds, names: list[str] | None, enqueued: float | None = None) -> dict[str, np.ndarray]:
+    def _run(
+        self, feeds: Feeds, names: list[str] | None, enqueued: float | None = None, phases: Phases | None = None
+    ) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         if enqueued is not None:
             self.recorder.queued(started - enqueued)
+        if phases is not None:
+            phases.started = time.time_ns()
         session = self._pool.get() if self._pool is not None else self.session
         batched = self.config.max_batch_size > 0
         try:
@@ -322,27 +327,36 @@ class ServedModel:
         finally:
             if self._pool is not None:
                 self._pool.put(session)
+            if phases is not None:
+                phases.ended = time.time_ns()
         seconds = time.perf_counter() - started
         first = next(iter(feeds.values()), None)
         rows = first.shape[0] if first is not None and first.ndim else 1
+        if phases is not None:
+            phases.rows = rows
         self.recorder.executed(rows, seconds)
         return _reshaped(dict(zip(names or self.outputs, arrays)), self._output_dims, batched)
 
     def _run_all(self, feeds: Feeds) -> dict[str, np.ndarray]:
         return self._run(feeds, None)
 
-    def infer(self, feeds: Feeds, names: list[str]) -> asyncio.Future[dict[str, np.ndarray]]:
+    def infer(
+        self, feeds: Feeds, names: list[str], phases: Phases | None = None
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
         """A future of the outputs named (or, batched, of every output), computed off the event
-        loop. A future, not a coroutine, so that awaiting it with a timeout costs no extra task."""
+        loop. A future, not a coroutine, so that awaiting it with a timeout costs no extra task.
+        `phases`, when tracing, gets the times the request started and stopped running."""
         if self.batcher is not None:
-            return self.batcher.submit(feeds)
+            return self.batcher.submit(feeds, phases)
         if self.config.max_batch_size:
             rows = next(iter(feeds.values())).shape[0]
             if rows > self.config.max_batch_size:
                 raise bad_request(
                     f"batch of {rows} rows is larger than the model's max_batch_size {self.config.max_batch_size}"
                 )
-        return asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds, names, time.perf_counter())
+        return asyncio.get_running_loop().run_in_executor(
+            self.executor, self._run, feeds, names, time.perf_counter(), phases
+        )
 
     def __enter__(self) -> ServedModel:
         self.inflight += 1

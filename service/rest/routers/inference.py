@@ -28,6 +28,7 @@ from service.rest.schemas import (
     empty_ok,
     openapi_body,
 )
+from service.rest.tracing import traced
 
 router = APIRouter(
     prefix="/v2/models/{model_name}",
@@ -97,6 +98,7 @@ async def model_ready(request: Request, plane: Plane, model_name: str, version: 
         binary=True,
     ),
 )
+@traced
 async def infer(request: Request, plane: Plane, model_name: str, version: str | None) -> Response:
     # Read the body ourselves (not via a pydantic parameter): the size limit applies while it
     # streams, and binary tensors follow the JSON header in the same body.
