@@ -1,9 +1,12 @@
-# syntax=docker/dockerfile:1
 # se-onnx images: one file, two targets.
 #   docker build -t se-onnx:0.1.0 .                               CPU (the default, last stage)
 #   docker build --target cuda -t se-onnx:0.1.0-cuda .            NVIDIA GPU
 # Both run `se-onnx serve` on ports 8000 (HTTP) and 8001 (gRPC) with the sample models in /models, and every other
 # `se-onnx` command works too: docker run --rm -v "$PWD:/data" se-onnx:0.1.0 se-onnx insert ...
+# Builds with BuildKit's built-in Dockerfile frontend (Docker 20.10 and later, `RUN --mount`
+# included): no `# syntax=` line, which would pull a frontend image from a registry. Where no
+# registry answers, make a local base: deploy/docker/offline-base.sh, then
+# --build-arg PYTHON_IMAGE=se-onnx-base:bookworm (deploy/docker/smoke.sh does both).
 
 # Base images, pinned by exact tag. onnxruntime-gpu on PyPI is built for CUDA 12.x up to 1.26
 # and for CUDA 13.0 from 1.27 (each wheel's onnxruntime/capi/build_and_package_info.py says which),
