@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections import Counter
 
 import onnx
 import onnx_ir as ir
@@ -165,12 +166,34 @@ def test_se_cost_breaks_the_blocks_down_by_role_and_op_type(models, tmp_path, mo
     assert cost.accounted_ms == pytest.approx(sum(op.diff_ms for op in cost.ops))
 
 
+def test_se_cost_of_each_kind_names_its_blocks(tmp_path, monkeypatch, capsys):
+    """--block eca costs the ECA blocks alone, their nodes a role of their own; --block all costs
+    every kind at once, each under its own role."""
+    monkeypatch.chdir(tmp_path)
+    original = ir.from_proto(build_samples.resnet_like(opset=13))
+    with_eca, _ = insert_se(original, InsertOptions(block="eca"))
+    both, _ = insert_se(with_eca, InsertOptions(where="conv", nodes=("conv_0",)))
+    save_model(both, tmp_path / "both.onnx")
+    report = se_cost(tmp_path / "both.onnx", BenchOptions(runs=3, warmup=1), block="eca")
+    assert report.se_cost.kinds == {"eca": 2} and report.models[0].name.endswith("without ECA blocks")
+    roles = {op.role for op in report.se_cost.ops}
+    assert "ECA block" in roles and SE_ROLE not in roles
+    report = se_cost(tmp_path / "both.onnx", BenchOptions(runs=3, warmup=1), block="all")
+    assert report.se_cost.kinds == {"eca": 2, "se": 1}
+    assert {"ECA block", SE_ROLE} <= {op.role for op in report.se_cost.ops}
+    assert main(["bench", str(tmp_path / "both.onnx"), "--se-cost", "--block", "all", *FAST]) == 0
+    assert "3 blocks (2 ECA, 1 SE) cost" in capsys.readouterr().out
+    assert main(["bench", str(tmp_path / "both.onnx"), "--se-cost", "--block", "cbam", *FAST]) == 2
+    assert "needs a model with CBAM blocks" in capsys.readouterr().err
+
+
 def test_se_cost_json(models, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["bench", models["se"], "--se-cost", "--json", *FAST]) == 0
     cost = json.loads(capsys.readouterr().out)["se_cost"]
     assert set(cost) == {
         "blocks",
+        "kinds",
         "ratio",
         "ms_per_batch",
         "profiled_runs",
@@ -218,7 +241,7 @@ def test_breakdown_adds_up_to_the_measured_difference(capsys):
     # outside kernels run to run.
     model = [("conv", "Conv", 800.0), ("relu", "Relu", 50.0)]
     se = [("se/pool", "ReduceMean", 100.0), ("se/fc", "Gemm", 120.0), ("se/scale", "Mul", 80.0)]
-    role_of = _role_classifier(frozenset({"se/pool", "se/fc", "se/scale"}))
+    role_of = _role_classifier(dict.fromkeys(("se/pool", "se/fc", "se/scale"), SE_ROLE))
     between = [20.0, 35.0, 25.0, 30.0, 22.0, 28.0, 40.0, 26.0]
     stripped_runs = _times_per_run(_trace(model, [0.0, *between]), skip_runs=1, role_of=role_of)
     se_runs = _times_per_run(_trace(model + se, [0.0, *between[::-1]]), skip_runs=1, role_of=role_of)
@@ -257,7 +280,7 @@ def test_a_model_against_itself_is_within_noise(models, tmp_path, monkeypatch, c
     model = ir.to_proto(ir.load(models["se"])).SerializeToString()
     # A 95 % interval misses a true difference of zero one time in twenty: three tries.
     for _ in range(3):
-        report = _cost_report([model, model], ["a", "b"], BenchOptions(runs=15, warmup=2, threads=1), frozenset(), 0)
+        report = _cost_report([model, model], ["a", "b"], BenchOptions(runs=15, warmup=2, threads=1), {}, Counter())
         if report.se_cost.within_noise:
             break
     cost = report.se_cost
@@ -301,7 +324,7 @@ def _kernel(ts: int, op: str, dur: int, node: str | None = None) -> dict:
 
 
 def test_times_per_run_skip_warmup_attribute_roles_and_add_up_to_each_run():
-    role = _role_classifier(frozenset({"blk/fc1", "blk/scale"}))
+    role = _role_classifier(dict.fromkeys(("blk/fc1", "blk/scale"), SE_ROLE))
     events = [
         _kernel(1, "Conv", 9000),
         _run(0, 10000),  # warm-up; ONNX Runtime lists a run after its kernels

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from se_onnx.cli._common import check_png_path, print_json, print_table
 from se_onnx.errors import SeOnnxError
+from se_onnx.passes.strip import STRIP_BLOCKS
 from se_onnx.runtime.sessions import PROVIDERS
 
 if TYPE_CHECKING:
@@ -41,7 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--se-cost",
         action="store_true",
-        help="time A against A without its SE blocks, with a breakdown by role and op type",
+        help="time A against A without its SE blocks (or those of --block), with a breakdown by role and op type",
+    )
+    parser.add_argument(
+        "--block",
+        choices=STRIP_BLOCKS,
+        default="se",
+        help="with --se-cost: the kind of block to cost, or all (default se)",
     )
     parser.add_argument("--plot", metavar="FILE.png", help="also write a comparison chart")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.se_cost:
         if args.model_b:
             raise SeOnnxError("--se-cost takes one model (it builds the stripped copy itself)")
-        report = se_cost(args.model_a, options)
+        report = se_cost(args.model_a, options, args.block)
     else:
         report = benchmark([args.model_a, args.model_b] if args.model_b else [args.model_a], options)
     if args.plot:
@@ -109,7 +116,7 @@ def _print_report(report: BenchReport) -> None:
 def _print_se_cost(cost: SeCost) -> None:
     ms = cost.ms_per_batch
     print(
-        f"\n{cost.blocks} SE blocks cost ×{cost.ratio.median:.3f} "
+        f"\n{_blocks_text(cost)} cost ×{cost.ratio.median:.3f} "
         f"(p10 {cost.ratio.p10:.3f}, p90 {cost.ratio.p90:.3f}), "
         f"{ms.median:+.3f} ms per batch (95 % interval {ms.ci_low:+.3f} to {ms.ci_high:+.3f}; "
         f"single runs p10 {ms.p10:+.3f}, p90 {ms.p90:+.3f})"
@@ -153,3 +160,14 @@ def _print_se_cost(cost: SeCost) -> None:
             "the profiler's own cost per node is most of the gap (a model this small runs little else): "
             "read the rows as shares, or profile a larger --batch"
         )
+
+
+def _blocks_text(cost: SeCost) -> str:
+    """'2 SE blocks', or '3 blocks (2 SE, 1 ECA)' when the cost covers several kinds."""
+    from se_onnx.ir.attention import KIND_NAMES
+
+    if len(cost.kinds) == 1:
+        ((kind, count),) = cost.kinds.items()
+        return f"{count} {KIND_NAMES[kind]} block{'s' if count != 1 else ''}"
+    kinds = ", ".join(f"{count} {KIND_NAMES[kind]}" for kind, count in sorted(cost.kinds.items()))
+    return f"{cost.blocks} blocks ({kinds})"

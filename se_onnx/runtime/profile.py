@@ -8,12 +8,14 @@ import dataclasses
 import json
 import os
 import statistics
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import onnx_ir as ir
 
 from se_onnx.errors import SeOnnxError
+from se_onnx.ir.attention import KIND_NAMES
 from se_onnx.ir.model_io import load_model, uses_external_data
 from se_onnx.passes.strip import strip_se
 from se_onnx.runtime.bench import (
@@ -33,7 +35,8 @@ from se_onnx.runtime.timing import time_interleaved
 # layout conversions (into and out of its blocked NCHWc layout), the kernels of the rest of the
 # model, and the part of each run spent outside any kernel (the executor, allocations, and the
 # profiler's own bookkeeping).
-SE_ROLE, LAYOUT_ROLE, MODEL_ROLE, BETWEEN_ROLE = "SE block", "layout", "model", "between kernels"
+LAYOUT_ROLE, MODEL_ROLE, BETWEEN_ROLE = "layout", "model", "between kernels"
+SE_ROLE = "SE block"  # block_role("se"); the other kinds' roles are named the same way
 
 
 _LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
@@ -67,8 +70,8 @@ class OpTime:
 
 @dataclasses.dataclass
 class SeCost:
-    """What a model's SE blocks cost: the model over its stripped copy, run by run, and where
-    that time goes."""
+    """What a model's SE blocks (or blocks of another kind) cost: the model over its stripped copy,
+    run by run, and where that time goes."""
 
     blocks: int
     ratio: Spread  # SE model / stripped model, timed runs
@@ -76,6 +79,7 @@ class SeCost:
     profiled_runs: int  # per model, interleaved, after as many warm-up runs as the timed ones
     profiled_ms_per_batch: Difference  # the same difference in the profiled runs
     ops: list[OpTime]  # every (role, op type) either model runs, largest difference first
+    kinds: dict[str, int] = dataclasses.field(default_factory=lambda: {"se": 0})  # blocks of each kind
 
     @property
     def accounted_ms(self) -> float:
@@ -101,6 +105,7 @@ class SeCost:
     def to_dict(self) -> dict:
         return {
             "blocks": self.blocks,
+            "kinds": self.kinds,
             "ratio": dataclasses.asdict(self.ratio),
             "ms_per_batch": self.ms_per_batch.to_dict(),
             "profiled_runs": self.profiled_runs,
@@ -113,33 +118,41 @@ class SeCost:
         }
 
 
-def se_cost(model: str | os.PathLike, options: BenchOptions = BenchOptions()) -> BenchReport:
-    """Time `model` against a copy with its SE blocks stripped (built in memory), interleaved, and
-    break the difference down by role and op type with ONNX Runtime's profiler.
+def se_cost(model: str | os.PathLike, options: BenchOptions = BenchOptions(), block: str = "se") -> BenchReport:
+    """Time `model` against a copy with its blocks of kind `block` stripped ("se" by default, another
+    kind, or "all"; built in memory), interleaved, and break the difference down by role and op type
+    with ONNX Runtime's profiler; each kind's nodes are a role of their own ("SE block", "ECA block"…).
 
-    The report's models are [stripped, SE model], so its ratio is what the SE blocks cost.
+    The report's models are [stripped, model], so its ratio is what the blocks cost.
     """
     options.validate()
-    with_se = load_model(model)
-    if uses_external_data(with_se):
+    with_blocks = load_model(model)
+    if uses_external_data(with_blocks):
         # Serialized bytes cannot point at external data, so both copies carry their weights inline.
-        with_se = ir.external_data.load_to_model(with_se)
-    stripped, strip_report = strip_se(with_se)
+        with_blocks = ir.external_data.load_to_model(with_blocks)
+    stripped, strip_report = strip_se(with_blocks, block)
     if strip_report.nothing_to_do:
-        raise SeOnnxError(f"{model}: --se-cost needs a model with SE blocks, and it has none")
+        name = "attention" if block == "all" else KIND_NAMES[block]
+        raise SeOnnxError(f"{model}: --se-cost needs a model with {name} blocks, and it has none")
     label = label_of(model)
-    se_nodes = frozenset(name for block in strip_report.blocks for name in block["nodes"])
+    roles = {name: block_role(found.get("kind", block)) for found in strip_report.blocks for name in found["nodes"]}
+    what = "blocks" if block == "all" else f"{KIND_NAMES[block]} blocks"
     return _cost_report(
-        [model_bytes(stripped), model_bytes(with_se)],
-        [f"{label} without SE", label],
+        [model_bytes(stripped), model_bytes(with_blocks)],
+        [f"{label} without {what}", label],
         options,
-        se_nodes,
-        len(strip_report.blocks),
+        roles,
+        Counter(found.get("kind", block) for found in strip_report.blocks),
     )
 
 
+def block_role(kind: str) -> str:
+    """The breakdown's role for the nodes of a block of `kind`: "SE block", "ECA block", …"""
+    return f"{KIND_NAMES[kind]} block"
+
+
 def _cost_report(
-    sources: Sequence[bytes], names: Sequence[str], options: BenchOptions, se_nodes: frozenset[str], blocks: int
+    sources: Sequence[bytes], names: Sequence[str], options: BenchOptions, roles: Mapping[str, str], kinds: Counter
 ) -> BenchReport:
     """Time sources[1] against sources[0], then profile both as many runs again, interleaved the
     same way, so that each op's difference is taken run by run like the measured one. The profiled
@@ -147,9 +160,10 @@ def _cost_report(
     report = benchmark(sources, options, names=names)
     assert report.ratio is not None  # benchmark() gives one for two models
     samples_stripped, samples_se = (timing.seconds for timing in report.models)
-    stripped_runs, se_runs = _profile_interleaved(sources, options, _role_classifier(se_nodes))
+    stripped_runs, se_runs = _profile_interleaved(sources, options, _role_classifier(roles))
     report.se_cost = SeCost(
-        blocks=blocks,
+        blocks=sum(kinds.values()),
+        kinds=dict(kinds),
         ratio=report.ratio,
         ms_per_batch=Difference.of([(b - a) * 1e3 for a, b in zip(samples_stripped, samples_se)]),
         profiled_runs=len(se_runs),
@@ -185,13 +199,15 @@ def op_differences(
     return sorted(ops, key=lambda op: (-op.diff_ms, op.role, op.op_type))
 
 
-def _role_classifier(se_nodes: frozenset[str]) -> Callable[[str, str], str]:
+def _role_classifier(roles: Mapping[str, str]) -> Callable[[str, str], str]:
     """The role of a kernel from its node's name and op type in ONNX Runtime's optimized graph,
-    where a node fused with its activation is named "fused <first node>"."""
+    where a node fused with its activation is named "fused <first node>"; `roles` names the role
+    of each block node."""
 
     def role(node: str, op_type: str) -> str:
-        if node in se_nodes or node.removeprefix("fused ") in se_nodes:
-            return SE_ROLE
+        found = roles.get(node) or roles.get(node.removeprefix("fused "))
+        if found is not None:
+            return found
         return LAYOUT_ROLE if op_type in _LAYOUT_OPS else MODEL_ROLE
 
     return role
