@@ -1,7 +1,7 @@
 """Soak test of `se-onnx serve`: minutes of mixed traffic on loopback, watching the server's memory and open files.
 
 One server process (API key set) gets, at once and for `--duration` seconds:
-  http_json     JSON inference (`data` in the body)
+  http_json     JSON inference (`data` in the body); http_json_32: a batch of 32, a 1 MB body
   http_binary   binary tensor inference (tritonclient.http)
   grpc_stream   requests on `ModelStreamInfer` streams (tritonclient.grpc), each stream opened, used and closed
   shm           inputs and outputs in system shared memory, each region created, registered, used,
@@ -249,14 +249,16 @@ def traffic(server: Server, x: np.ndarray, expected: np.ndarray, until: float, l
     def going() -> bool:
         return time.monotonic() < until and tally.count() < limit
 
-    def plain(tensors: str) -> Callable[[], None]:
+    def plain(tensors: str, kind: str, data: np.ndarray) -> Callable[[], None]:
         def loop() -> None:
-            call = server_caller(server.url, "small", x, tensors)(0)
-            kind = f"http_{tensors}"
+            call = server_caller(server.url, "small", data, tensors)(0)
             while going():
                 tally.timed(kind, call)
 
         return loop
+
+    # A batch of 32 makes a JSON body of about 1 MB, which the server decodes in a thread.
+    batch = np.repeat(x, 32, axis=0)
 
     def streams() -> None:
         while going():
@@ -290,7 +292,15 @@ def traffic(server: Server, x: np.ndarray, expected: np.ndarray, until: float, l
 
     threads = [
         threading.Thread(target=work)
-        for work in (plain("json"), plain("binary"), streams, regions, repository, mistakes)
+        for work in (
+            plain("json", "http_json", x),
+            plain("json", "http_json_32", batch),
+            plain("binary", "http_binary", x),
+            streams,
+            regions,
+            repository,
+            mistakes,
+        )
     ]
     for thread in threads:
         thread.start()
@@ -361,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             "end": end_rss / 2**20,
             "growth_pct": (end_rss - baseline_rss) / baseline_rss * 100,
             "bound_pct": args.rss_growth,
+            # The trend: a leak keeps climbing, a one-off allocation (a new thread's arena) does not.
+            "quarters": [samples[len(samples) * q // 4][1] / 2**20 for q in (1, 2, 3)],
         },
         "fds": {"start": baseline_fds, "peak": max(fds for _, _, fds in samples), "end": end_fds},
         "requests": {
@@ -378,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for kind in sorted(set(tally.latencies) | set(tally.errors))
         },
+        "samples": [{"s": round(at, 1), "rss_mb": rss / 2**20, "fds": fds} for at, rss, fds in samples],
         "first_errors": dict(tally.first_error),
         "warm_up_errors": dict(warm.first_error),
     }
@@ -414,7 +427,8 @@ def _report(summary: dict, failures: list[str]) -> None:
     print(f"traffic for {summary['seconds']} s")
     print(
         f"RSS  start {rss['start']:.1f} MB, peak {rss['peak']:.1f} MB, end {rss['end']:.1f} MB "
-        f"({rss['growth_pct']:+.1f} %, bound {rss['bound_pct']:g} %)"
+        f"({rss['growth_pct']:+.1f} %, bound {rss['bound_pct']:g} %); "
+        f"at 1/4, 1/2, 3/4 of the run {', '.join(f'{mb:.1f}' for mb in rss['quarters'])} MB"
     )
     print(f"fds  start {fds['start']}, peak {fds['peak']}, end {fds['end']}")
     print(f"{'kind':12s} {'ok':>8s} {'errors':>7s} {'p50 ms':>8s} {'p99 ms':>8s}")
