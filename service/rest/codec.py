@@ -164,7 +164,7 @@ _FOUND = {
 def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
     # numpy infers the elements' common type first: bool for JSON booleans only, int64/uint64 for
     # integers, float64 once any element is a float, and object for null, strings, objects or
-    # integers past 64 bits; a list mixing booleans and numbers comes out numeric, hence `_has_bool`.
+    # integers past 64 bits; a list mixing booleans and numbers comes out numeric, hence `_hides_bool`.
     array = _json_array(tensor)
     if not array.size:
         return array.astype(dtype)
