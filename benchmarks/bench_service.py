@@ -24,7 +24,10 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
     python benchmarks/bench_service.py --json out.json
     python benchmarks/bench_service.py --only protocols
     python benchmarks/bench_service.py --only budgets --quick
-    python benchmarks/bench_service.py --only tracing
+    parser.add_argument(
+        "--only", choices=("protocols", "budgets", "tracing", "json"), help="run one section only"
+    )
+    parser.add_argument("--mlserver", metavar="PYTHON", help="with --only json: a Python with MLServer 1.7 installed")
 """
 
 from __future__ import annotations
@@ -113,6 +116,52 @@ class Server:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+class MLServer:
+    """MLServer serving `model` (an ONNX file) as "resnet50" through benchmarks/mlserver_onnx.py,
+    run by `python` (the Python of MLServer's own environment), with its default settings
+    (one parallel inference worker process) apart from the ports and debug logging."""
+
+    def __init__(self, python: str, model: Path, threads: int):
+        import http.client
+
+        self.folder = Path(tempfile.mkdtemp(prefix="mlserver-"))
+        (self.folder / "resnet50").mkdir()
+        (self.folder / "resnet50" / "model.onnx").symlink_to(model)
+        (self.folder / "resnet50" / "model-settings.json").write_text(
+            json.dumps({
+                "name": "resnet50", "implementation": "mlserver_onnx.OnnxModel",
+                "parameters": {"uri": "./model.onnx", "extra": {"intra_op_threads": threads}},
+            })
+        )  # fmt: skip
+        self.port = _free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        (self.folder / "settings.json").write_text(
+            json.dumps({
+                "host": "127.0.0.1", "http_port": self.port, "grpc_port": _free_port(),
+                "metrics_port": _free_port(), "debug": False,
+            })
+        )  # fmt: skip
+        mlserver = str(Path(python).with_name("mlserver"))
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")}
+        self.process = subprocess.Popen([mlserver, "start", str(self.folder)], cwd=self.folder, env=env)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("GET", "/v2/models/resnet50/ready")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:  # not listening yet
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("MLServer did not start")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -337,6 +386,25 @@ def protocols(server: Server, repository: Path, rounds: int, requests: int, thre
     return results
 
 
+def json_reference(server: Server, repository: Path, rounds: int, requests: int, threads: int, mlserver: str | None):
+    """Direct ORT, se-onnx's HTTP JSON and (with `mlserver`) MLServer's, ResNet-50-sized at
+    concurrency 4, interleaved; every JSON caller posts the same pre-encoded body."""
+    image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    session = make_session(repository / "resnet50.onnx", "cpu", intra_op_threads=threads)
+    makers = {
+        "direct": direct_caller(session, image),
+        "se_onnx_json": server_caller(server.url, "resnet50_x4", image, "json"),
+    }
+    other = MLServer(mlserver, repository / "resnet50.onnx", threads) if mlserver else None
+    try:
+        if other is not None:
+            makers["mlserver_json"] = lambda _index: _json_call(other.url, "resnet50", image, "output")
+        return {"json_resnet50_c4": {**compare_all(rounds, 4, requests, makers), "load_average": os.getloadavg()[0]}}
+    finally:
+        if other is not None:
+            other.stop()
+
+
 # Every budget so high that no request meets it: the same code runs, with nothing to enforce.
 BUDGETS_OFF = (
     *("--max-inflight-bytes", str(2**62), "--grpc-stream-inflight", "65536"),
@@ -438,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and direct (default 0: all cores)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--only", choices=("protocols", "budgets", "tracing"), help="run one section only")
+    parser.add_argument("--only", choices=("protocols", "budgets", "tracing", "json"), help="run one section only")
+    parser.add_argument("--mlserver", metavar="PYTHON", help="with --only json: a Python with MLServer 1.7 installed")
     args = parser.parse_args(argv)
     requests = args.requests or (8 if args.quick else 60)
     rounds = args.rounds or (1 if args.quick else 5)
@@ -453,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         build_repository(repository, max_batch_size=16)
         server = Server(repository, args.threads)
         try:
+            if args.only == "json":
+                return _report(
+                    json_reference(server, repository, rounds, requests, args.threads, args.mlserver), args.json
+                )
             results.update(protocols(server, repository, rounds, requests, args.threads))
             if args.only == "protocols":
                 return _report(results, args.json)

@@ -178,10 +178,14 @@ class DataPlane:
         version: str | None,
         decode: Callable[[ServedModel], InferenceRequest],
         encode: Callable[[InferenceResult], T],
+        decode_in_thread: bool = False,
     ) -> T:
         """Run one request on model `name` (`version`, or the newest): `decode(model)` gives the
         request, `encode(result)` the front end's response, which this returns. Raises
-        ServiceError (the front end maps its status); every outcome is recorded."""
+        ServiceError (the front end maps its status); every outcome is recorded.
+
+        `decode_in_thread`: decode in a worker thread, for requests whose decoding takes long
+        enough (a large JSON body) that the event loop would stall on it."""
         started = time.perf_counter()
         model = self.model(name, version)
         tracing = self.tracing
@@ -189,7 +193,7 @@ class DataPlane:
             with model:  # in flight: an unload waits for it
                 tracing.model(model.name, model.version)
                 with tracing.span("decode"):
-                    request = decode(model)
+                    request = await asyncio.to_thread(decode, model) if decode_in_thread else decode(model)
                 if tracing.enabled:
                     tracing.rows(_rows(model, request))
                 names = _requested_outputs(model, request)

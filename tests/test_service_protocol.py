@@ -296,6 +296,54 @@ def test_json_data_of_the_wrong_kind_is_400(client, datatype, data, fragment):
     _error(client.post("/v2/models/identity/infer", content=_json_input(datatype, data)), 400, fragment)
 
 
+@pytest.mark.parametrize("hidden", [None, True, False])
+def test_json_booleans_among_a_few_zeros_and_ones_are_found(client, hidden):
+    """Few 0s and 1s among the numbers: only they are looked at, by their indexes into nested lists."""
+    data = [[2.5, 3.5] for _ in range(40)]
+    data[17][1], data[3][0] = 0.0, 1
+    if hidden is not None:
+        data[30][0] = hidden
+    response = client.post("/v2/models/single/infer", content=_json_input("FP32", data, shape=(40, 2)))
+    if hidden is None:
+        assert response.status_code == 200, response.text
+        output = response.json()["outputs"][0]["data"]
+        assert output[17 * 2 + 1] == 0.0 and output[3 * 2] == 1.0
+    else:
+        _error(response, 400, "it holds booleans")
+
+
+def test_json_large_body_is_decoded_with_the_same_checks(tmp_path):
+    """Bodies past 256 KiB are decoded in a thread: the same result, the same 400s."""
+    root = write_repo(tmp_path, {"wide": identity_model(["FP32", "INT32"], shape=("N", 20_000))})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 20_000)).astype(np.float32)
+    ints = rng.integers(-1000, 1000, (2, 20_000), dtype=np.int32)
+
+    def body(fp32: list | None = None, int32: list | None = None) -> str:
+        inputs = [
+            {"name": "in_FP32", "shape": [2, 20_000], "datatype": "FP32", "data": fp32 or x.tolist()},
+            {"name": "in_INT32", "shape": [2, 20_000], "datatype": "INT32", "data": int32 or ints.tolist()},
+        ]
+        text = json.dumps({"inputs": inputs})
+        assert len(text) > 256 * 1024
+        return text
+
+    with serve(root) as client:
+        response = client.post("/v2/models/wide/infer", content=body())
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o for o in response.json()["outputs"]}
+        np.testing.assert_array_equal(np.array(outputs["out_FP32"]["data"], np.float32).reshape(2, -1), x)
+        np.testing.assert_array_equal(np.array(outputs["out_INT32"]["data"]).reshape(2, -1), ints)
+        fp32 = x.tolist()
+        fp32[1][5] = None
+        _error(client.post("/v2/models/wide/infer", content=body(fp32=fp32)), 400, "null")
+        int32 = ints.tolist()
+        int32[0][19_999] = False
+        _error(client.post("/v2/models/wide/infer", content=body(int32=int32)), 400, "it holds booleans")
+        int32[0][19_999] = 2.5
+        _error(client.post("/v2/models/wide/infer", content=body(int32=int32)), 400, "non-integer")
+
+
 def test_json_64_bit_integers_past_int64_are_exact(client):
     """numpy reads [1, 2**63] as floats; UINT64 takes it exactly."""
     data = [1, 2**63, 2**64 - 1]

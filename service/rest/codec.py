@@ -164,7 +164,7 @@ _FOUND = {
 def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
     # numpy infers the elements' common type first: bool for JSON booleans only, int64/uint64 for
     # integers, float64 once any element is a float, and object for null, strings, objects or
-    # integers past 64 bits; a list mixing booleans and numbers comes out numeric, hence `_has_bool`.
+    # integers past 64 bits; a list mixing booleans and numbers comes out numeric, hence `_hides_bool`.
     array = _json_array(tensor)
     if not array.size:
         return array.astype(dtype)
@@ -178,8 +178,7 @@ def _json_numbers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
         raise bad_request(
             f"input {quoted(tensor.name)}: data is not {tensor.datatype}: it holds {_FOUND.get(kind, _FOUND['O'])}"
         )
-    # Booleans become 0 and 1, so only data holding those values needs the element-wise look.
-    if kind != "b" and ((array == 0) | (array == 1)).any() and _has_bool(tensor.data):
+    if kind != "b" and _hides_bool(tensor.data, array):
         raise bad_request(f"input {quoted(tensor.name)}: data is not {tensor.datatype}: it holds booleans")
     if kind in "iu" and dtype.kind in "iu":
         limits = np.iinfo(dtype)
@@ -216,6 +215,30 @@ def _json_integers(tensor: RequestInput, dtype: np.dtype) -> np.ndarray:
     if _has_bool(tensor.data):
         raise bad_request(f"input {quoted(tensor.name)}: data is not {tensor.datatype}: it holds booleans")
     return np.array(tensor.data, dtype=dtype)
+
+
+def _hides_bool(data: object, array: np.ndarray) -> bool:
+    """Whether numpy's numeric `array` of `data` stands for JSON booleans somewhere. Booleans
+    become 0 and 1, so only those elements need a look: one by one, through their indexes into the
+    nested lists, while they are few (zeros in an image); in one pass over `data` when they are many."""
+    zero_or_one = (array == 0) | (array == 1)
+    count = int(np.count_nonzero(zero_or_one))
+    if not count:
+        return False
+    if array.ndim == 0 or count * _FEW_PLACES > array.size:
+        return _has_bool(data)
+    places = np.flatnonzero(zero_or_one)
+    for index in zip(*(axis.tolist() for axis in np.unravel_index(places, array.shape))):
+        item = data
+        for position in index:
+            item = item[position]  # type: ignore[index]  # rectangular lists: numpy has checked
+        if isinstance(item, bool):
+            return True
+    return False
+
+
+# Looking at one element by its index costs about as much as 15–30 elements of a full pass.
+_FEW_PLACES = 32
 
 
 def _has_bool(data: object) -> bool:

@@ -149,8 +149,9 @@ class AccessLog:
 # Encodings clients may ask for in Accept-Encoding, by preference, and zlib's window bits for each:
 # HTTP's "deflate" is the zlib format (RFC 9110), as tritonclient sends and expects it.
 _ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-# Compressing a body this large off the event loop costs less than the stall it would cause on it.
-_THREAD_MIN_BYTES = 256 * 1024
+# Work on a body this large (compressing it, parsing its JSON) costs less in a thread than the stall
+# it would cause on the event loop, where other requests wait for their bodies and results meanwhile.
+THREAD_MIN_BYTES = 256 * 1024
 
 
 def accepted_encoding(header: str) -> str | None:
@@ -215,4 +216,4 @@ async def _compress(body: bytes, encoding: str) -> bytes:
         compressor = zlib.compressobj(6, zlib.DEFLATED, _ENCODINGS[encoding])
         return compressor.compress(body) + compressor.flush()
 
-    return await asyncio.to_thread(compress) if len(body) >= _THREAD_MIN_BYTES else compress()
+    return await asyncio.to_thread(compress) if len(body) >= THREAD_MIN_BYTES else compress()
