@@ -24,10 +24,13 @@ Starts the server on loopback, drives it with tritonclient.http (binary tensors)
     python benchmarks/bench_service.py --json out.json
     python benchmarks/bench_service.py --only protocols
     python benchmarks/bench_service.py --only budgets --quick
-    parser.add_argument(
-        "--only", choices=("protocols", "budgets", "tracing", "json"), help="run one section only"
-    )
-    parser.add_argument("--mlserver", metavar="PYTHON", help="with --only json: a Python with MLServer 1.7 installed")
+    python benchmarks/bench_service.py --only tracing
+    python benchmarks/bench_service.py --only json --mlserver /tmp/mlserver-venv/bin/python
+
+  json         with `--only json`: HTTP JSON at concurrency 4 on the ResNet-50-sized model, se-onnx and (with
+               `--mlserver PYTHON`, a Python with MLServer 1.7 installed in an environment of its own)
+               MLServer serving the same file through benchmarks/mlserver_onnx.py, both posting the same
+               pre-encoded body, interleaved with direct ORT: each one's ratio to direct ORT
 """
 
 from __future__ import annotations
