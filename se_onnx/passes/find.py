@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -60,6 +62,9 @@ class Stage(enum.IntEnum):
     ACTIVATION = 3
     SQUEEZE = 4
     BLOCK = 5
+
+
+_Block = TypeVar("_Block")
 
 
 class Mismatch(Exception):
@@ -237,13 +242,19 @@ def detect(model: ir.Model) -> Detection:
 
 def match_block(mul: ir.Node) -> SEBlock:
     """Pattern: Mul(x, g) or Mul(g, x), g the gate, possibly Reshaped/Unsqueezed to x's rank."""
+    return match_both_orders(mul, _match_from_gate)
+
+
+def match_both_orders(mul: ir.Node, match: Callable[[ir.Node, ir.Value, ir.Value], _Block]) -> _Block:
+    """`match(mul, x, gate)` with the Mul's operands either way round; when neither matches, the
+    mismatch that got furthest (the near-miss worth reporting)."""
     best: Mismatch | None = None
     for x_index in (0, 1):
         x, gate_operand = mul.inputs[x_index], mul.inputs[1 - x_index]
         if x is None or gate_operand is None:
             raise Mismatch(Stage.RESCALE, "Mul has an empty input")
         try:
-            return _match_from_gate(mul, x, gate_operand)
+            return match(mul, x, gate_operand)
         except Mismatch as mismatch:
             if best is None or mismatch.stage > best.stage:
                 best = mismatch

@@ -42,6 +42,7 @@ from se_onnx.passes.find import (
     detect,
     match_activation,
     match_block,
+    match_both_orders,
     match_gate,
     match_layer,
     real_producer,
@@ -293,21 +294,14 @@ def _finish(
 
 
 def _both_orders(mul: ir.Node, match: Callable[[ir.Node, ir.Value, ir.Value], AttentionBlock]) -> AttentionBlock:
-    """`match(mul, x, gate)` with the Mul's operands either way round; the furthest mismatch wins."""
-    best: Mismatch | None = None
-    for index in (0, 1):
-        x, gate = mul.inputs[index], mul.inputs[1 - index]
-        if x is None or gate is None:
-            raise Mismatch(Stage.RESCALE, "Mul has an empty input")
+    """`match(mul, x, gate)` with the Mul's operands either way round, never rescaling a constant."""
+
+    def unless_constant(mul: ir.Node, x: ir.Value, gate: ir.Value) -> AttentionBlock:
         if is_constant(x):
             raise Mismatch(Stage.RESCALE, "the Mul rescales a constant")
-        try:
-            return match(mul, x, gate)
-        except Mismatch as mismatch:
-            if best is None or mismatch.stage > best.stage:
-                best = mismatch
-    assert best is not None
-    raise best
+        return match(mul, x, gate)
+
+    return match_both_orders(mul, unless_constant)
 
 
 # --- ECA -----------------------------------------------------------------------------------------
