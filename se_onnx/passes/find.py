@@ -322,9 +322,15 @@ def with_pass_throughs(nodes: tuple[ir.Node, ...], x: ir.Value) -> tuple[ir.Node
 def _strip_gate_broadcast(value: ir.Value) -> tuple[tuple[ir.Node, ...], ir.Value]:
     """Pattern: gate → Reshape/Unsqueeze … → Mul. The reshapes only restore the unit spatial dims,
     which the canonical block does with one Unsqueeze."""
+    return back_through(value, _GATE_BROADCAST_OPS)
+
+
+def back_through(value: ir.Value, op_types: tuple[str, ...]) -> tuple[tuple[ir.Node, ...], ir.Value]:
+    """Back from `value` through default-domain `op_types` (ops that only move or reshape dims):
+    those nodes in graph order, and the value before them."""
     nodes: list[ir.Node] = []
     producer = real_producer(value)
-    while producer is not None and producer.op_type in _GATE_BROADCAST_OPS and producer.domain == "":
+    while producer is not None and producer.op_type in op_types and producer.domain == "":
         nodes.insert(0, producer)
         value = required_input(producer)
         producer = real_producer(value)

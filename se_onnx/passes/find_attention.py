@@ -38,6 +38,7 @@ from se_onnx.passes.find import (
     NearMiss,
     SEBlock,
     Stage,
+    back_through,
     check_private,
     detect,
     match_activation,
@@ -186,13 +187,7 @@ def _pools(gate: ir.Value | None, x: ir.Value | None) -> bool:
 
 def _through_layout(value: ir.Value) -> tuple[tuple[ir.Node, ...], ir.Value]:
     """Back through the ops that only move dims: (those nodes in graph order, the value before them)."""
-    nodes: list[ir.Node] = []
-    producer = real_producer(value)
-    while producer is not None and producer.op_type in _LAYOUT_OPS and producer.domain == "":
-        nodes.insert(0, producer)
-        value = required_input(producer)
-        producer = real_producer(value)
-    return tuple(nodes), value
+    return back_through(value, _LAYOUT_OPS)
 
 
 def _sigmoid_gate(value: ir.Value, where: str) -> tuple[float, tuple[ir.Node, ...], ir.Value]:
