@@ -158,10 +158,10 @@ def test_ctrl_c_keeps_the_last_completed_epoch_and_nothing_partial(tmp_path, mon
     data = _data((1, 8, 8), 4)
     np.savez(tmp_path / "d.npz", x=data.x, y=data.y)
     steps_per_epoch = 4  # 64 samples, batches of 16
-    # Taken once: each round wraps Adam's own step, not the previous round's wrapper.
-    original_step = torch.optim.Adam.step
+    # Taken once: each round wraps AdamW's own step, not the previous round's wrapper.
+    original_step = torch.optim.AdamW.step
     for interrupt_at, kept in ((steps_per_epoch + 2, True), (2, False)):
-        monkeypatch.setattr(torch.optim.Adam, "step", _interrupting_step(original_step, interrupt_at))
+        monkeypatch.setattr(torch.optim.AdamW, "step", _interrupting_step(original_step, interrupt_at))
         output = tmp_path / f"out_{interrupt_at}" / "trained.onnx"
         args = [
             "train",

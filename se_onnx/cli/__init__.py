@@ -64,17 +64,25 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OptionError as error:  # the library names the option, the command line its flag
-        print(f"se-onnx: error: {error.flag} {error.problem}", file=sys.stderr)
+        print(f"{_error_prefix()}{error.flag} {error.problem}", file=sys.stderr)
         return 2
     except SeOnnxError as error:
-        print(f"se-onnx: error: {error}", file=sys.stderr)
+        print(f"{_error_prefix()}{error}", file=sys.stderr)
         return 2
     except OSError as error:  # a file the command itself opens: unreadable, no permission, disk full
         where = f"{error.filename}: " if error.filename else ""
-        print(f"se-onnx: error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"{_error_prefix()}{where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _error_prefix() -> str:
+    """ "se-onnx: error: ", naming the process under torchrun, where every rank writes to one terminal."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is not None and world is not None and world != "1":
+        return f"se-onnx: error (rank {rank} of {world}): "
+    return "se-onnx: error: "
 
 
 def _commands_for(argv: Sequence[str]) -> Sequence[str]:

@@ -19,8 +19,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from se_onnx.errors import SeOnnxError
 from se_onnx.runtime.datasets import Dataset
+from se_onnx.training.options import AUGMENTS
 
-AUGMENTS = ("none", "flip-crop")
 # The random-resized crop's share of the image's area: milder than ImageNet training's 0.08, as
 # fine-tuning starts from features that already fit and small images have little to spare.
 CROP_SCALE = (0.25, 1.0)

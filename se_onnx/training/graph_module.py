@@ -149,6 +149,15 @@ def _batch_norm(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tens
     return F.batch_norm(x, mean, var, scale, bias, training=False, eps=float(attributes.get("epsilon", 1e-5)))
 
 
+def _batch_norm_training(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
+    """Normalise with the batch's statistics and fold them into the running ones, in place.
+    ONNX keeps `momentum` of the running value (default 0.9); torch's momentum is the new value's share."""
+    x, scale, bias, mean, var = inputs[:5]
+    momentum = 1.0 - float(attributes.get("momentum", 0.9))
+    eps = float(attributes.get("epsilon", 1e-5))
+    return F.batch_norm(x, mean, var, scale, bias, training=True, momentum=momentum, eps=eps)
+
+
 def _reduce_mean(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     axes = _axes(inputs, attributes)
     keepdims = bool(attributes.get("keepdims", 1))
@@ -245,6 +254,7 @@ def _shape(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
 def _gather(inputs: list, attributes: Mapping[str, Any], opset: int) -> Tensor:
     x, indices = inputs
     axis = int(attributes.get("axis", 0)) % x.dim()
+    indices = indices.to(x.device)  # shape arithmetic stays on the CPU; the data may be on a GPU
     indices = torch.where(indices < 0, indices + x.shape[axis], indices)
     return x.index_select(axis, indices.reshape(-1)).reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
 
@@ -315,11 +325,18 @@ class OnnxModule(torch.nn.Module):
     """The model's main graph as a torch module: forward(*inputs) returns the graph's outputs.
 
     `parameters_by_name` maps each float constant's ONNX name (an initializer's, or a `Constant`
-    node output's) to its torch parameter.
+    node output's) to its torch parameter. Integer constants (shapes, axes) stay on the CPU when
+    the module moves to a GPU: they are read as Python numbers.
+
+    With `batch_norm_statistics`, BatchNormalization nodes normalise with each batch's statistics
+    in training mode (`module.train()`) and update their running mean and variance, which are the
+    parameters `batch_norm_statistics_names` lists; in eval mode, and by default, they use the
+    model's running statistics as exported.
     """
 
-    def __init__(self, model: ir.Model) -> None:
+    def __init__(self, model: ir.Model, *, batch_norm_statistics: bool = False) -> None:
         super().__init__()
+        self.batch_norm_statistics = batch_norm_statistics
         graph = model.graph
         self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         unsupported: dict[str, str] = {}
@@ -345,12 +362,12 @@ class OnnxModule(torch.nn.Module):
                 self.parameters_by_name[value_name(value)] = parameter
             else:
                 self._constants[value_name(value)] = tensor
-        self._steps: list[tuple[str, list[str | None], list[str], dict[str, object]]] = []
+        self.steps: list[tuple[str, list[str | None], list[str], dict[str, object]]] = []
         for node in graph:
             if node.op_type == "Constant":
                 continue
             attributes = {name: _attribute_value(attr) for name, attr in node.attributes.items()}
-            self._steps.append(
+            self.steps.append(
                 (
                     node.op_type,
                     [value_name(v) if v is not None else None for v in node.inputs],
@@ -358,6 +375,13 @@ class OnnxModule(torch.nn.Module):
                     attributes,
                 )
             )
+        self.batch_norm_statistics_names = [
+            value_name(statistic)
+            for node in graph
+            if node.op_type == "BatchNormalization"
+            for statistic in node.inputs[3:5]
+            if statistic is not None and value_name(statistic) in self.parameters_by_name
+        ]
         self.input_names = [value_name(value) for value in graph.inputs if value.name not in graph.initializers]
         self.output_names = [value_name(value) for value in graph.outputs]
 
@@ -365,9 +389,13 @@ class OnnxModule(torch.nn.Module):
         """The graph's outputs, then the values named in `extra` (any value the graph computes)."""
         values: dict[str, Tensor] = {**self._constants, **self.parameters_by_name}
         values.update(zip(self.input_names, inputs))
-        for op_type, input_names, output_names, attributes in self._steps:
+        for op_type, input_names, output_names, attributes in self.steps:
             operands = [values[name] if name else None for name in input_names]
-            result = OPS[op_type](operands, attributes, self.opset)
+            result: Tensor | tuple[Tensor, ...]
+            if op_type == "BatchNormalization" and self.batch_norm_statistics and self.training:
+                result = _batch_norm_training(operands, attributes, self.opset)
+            else:
+                result = OPS[op_type](operands, attributes, self.opset)
             if isinstance(result, tuple):  # a node with several outputs (Split)
                 values.update(zip(output_names, result))
             else:

@@ -13,9 +13,8 @@ import torch
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import constant_source, constant_tensor
 from se_onnx.ir.graph import value_name
+from se_onnx.training.options import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
 SGD_MOMENTUM = 0.9
 # The inputs that hold a bias, a normalisation's scale and shift, or a slope, by op type. Decay pulls
 # a value towards 0: a kernel towards a smoother function, but these only towards a shifted or
