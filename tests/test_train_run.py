@@ -226,7 +226,7 @@ def test_grad_clip_and_the_learning_rate_column(job, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:2] == ["epoch", "lr"]
     rows = [line.split() for line in table[1:4]]
-    assert [row[1] for row in rows] == ["-", "0.02", "0.02"]
+    assert [row[1] for row in rows] == ["-", "2.00e-02", "2.00e-02"]
 
 
 @pytest.mark.torch_cuda

@@ -246,11 +246,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _row(result) -> str:
     """One line of the per-epoch table (the header for None), printed as each epoch ends."""
-    widths = [max(len(column), 7) for column in _COLUMNS]
+    widths = [max(len(column), 8 if column == "lr" else 7) for column in _COLUMNS]
     if result is None:
         cells = list(_COLUMNS)
     else:
         values = (result.train_loss, result.train_accuracy, result.val_loss, result.val_accuracy)
-        lr = "-" if result.lr is None else f"{result.lr:.3g}"
+        lr = "-" if result.lr is None else f"{result.lr:.2e}"
         cells = [str(result.epoch), lr, *("-" if v is None else f"{v:.4f}" for v in values), f"{result.seconds:.1f}"]
     return "  ".join(cell.rjust(width) for cell, width in zip(cells, widths))
