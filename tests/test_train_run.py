@@ -242,3 +242,12 @@ def test_training_on_cuda_matches_the_cpu_run(job, capsys, amp):
     gpu = json.loads(capsys.readouterr().out)
     assert gpu["device"].startswith("cuda")
     assert abs(gpu["epochs"][-1]["train_loss"] - cpu["epochs"][-1]["train_loss"]) < (0.02 if amp == "off" else 0.1)
+
+
+def test_worker_processes_give_the_weights_of_loading_in_process(job):
+    recipe = ["--epochs", "1", "--batch-size", "16", "--train", "all", "--augment", "flip-crop"]
+    assert main(_train(job, "inline.onnx", *recipe, "--workers", "0")) == 0
+    assert main(_train(job, "workers.onnx", *recipe, "--workers", "2")) == 0
+    inline, workers = _initializers(job / "inline.onnx"), _initializers(job / "workers.onnx")
+    for name in inline:
+        np.testing.assert_array_equal(workers[name], inline[name], err_msg=name)
