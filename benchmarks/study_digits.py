@@ -19,8 +19,6 @@ order and the SE training's order. Needs the train and study extras:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import statistics
 import sys
@@ -32,7 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from se_onnx.cli import main as se_onnx  # noqa: E402
+from benchmarks.study_common import run_cli as run  # noqa: E402
+from benchmarks.study_common import spread  # noqa: E402
 
 
 def split_digits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -88,16 +87,6 @@ def train_base(x: np.ndarray, y: np.ndarray, seed: int, epochs: int, path: Path)
             output_names=["logits"],
             dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
         )
-
-
-def run(command: list[str]) -> dict:
-    """One se-onnx command in this process, its JSON report parsed (progress and tables silenced)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        code = se_onnx([*command, "--json"])
-    if code != 0:
-        raise SystemExit(f"se-onnx {' '.join(command)} exited {code}")
-    return json.loads(out.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,14 +163,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(rows: list[dict]) -> dict:
-    def spread(values: list[float]) -> dict:
-        return {
-            "mean": statistics.mean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values),
-            "max": max(values),
-        }
-
     return {
         "base_top1": spread([r["base_top1"] for r in rows]),
         "se_top1": spread([r["se_top1"] for r in rows]),

@@ -30,10 +30,12 @@ from models.builders import GraphBuilder
 class _Builder(GraphBuilder):
     """The layers of the samples, named as PyTorch's exporter names them ("conv_0.weight", "bn_1")."""
 
-    def __init__(self, dtype: str = "float32", seed: int = 0, opset: int = 13) -> None:
+    def __init__(self, dtype: str = "float32", seed: int = 0, opset: int = 13, *, untrained_bn: bool = False) -> None:
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
         super().__init__(dtype=dtype, seed=seed, opset=opset, output_suffix="_output")
+        # BatchNorm as a network to be trained from scratch starts: scale 1, bias 0, mean 0, variance 1.
+        self.untrained_bn = untrained_bn
 
     def param(self, name: str, array: np.ndarray) -> ir.Value:
         return self.tensor(name, array)
@@ -72,11 +74,18 @@ class _Builder(GraphBuilder):
 
     def batch_norm(self, x: ir.Value, channels: int) -> ir.Value:
         name = self.names("bn")
+        if self.untrained_bn:
+            values = np.ones(channels), np.zeros(channels), np.zeros(channels), np.ones(channels)
+        else:
+            values = (
+                self.rng.uniform(0.5, 1.5, channels),
+                self.rng.normal(0, 0.1, channels),
+                self.rng.normal(0, 0.1, channels),
+                self.rng.uniform(0.5, 1.5, channels),
+            )
         params = [
-            self.param(f"{name}.weight", self.rng.uniform(0.5, 1.5, channels)),
-            self.param(f"{name}.bias", self.rng.normal(0, 0.1, channels)),
-            self.param(f"{name}.running_mean", self.rng.normal(0, 0.1, channels)),
-            self.param(f"{name}.running_var", self.rng.uniform(0.5, 1.5, channels)),
+            self.param(f"{name}.{field}", value)
+            for field, value in zip(("weight", "bias", "running_mean", "running_var"), values)
         ]
         return self.op("BatchNormalization", [x, *params], "bn", name=name, epsilon=1e-5)
 
@@ -138,6 +147,38 @@ def resnet_like(opset: int = 13, dtype: str = "float32", batch: int | str = "N")
     x = _basic_block(b, x, 16, 16, 1)
     x = _basic_block(b, x, 16, 32, 2)
     return b.sample("resnet_like", x_in, b.head(x, 32, 10), [batch, 10])
+
+
+def cifar_resnet(
+    blocks_per_stage: int = 1,
+    *,
+    image: tuple[int, int, int] = (1, 28, 28),
+    classes: int = 10,
+    stem_stride: int = 1,
+    seed: int = 0,
+    opset: int = 17,
+    batch: int | str = "N",
+) -> onnx.ModelProto:
+    """The ResNet that He et al. (2016, §4.2) train on CIFAR-10, untrained, for training from scratch:
+    a 3×3 conv stem of 16 channels, three stages of `blocks_per_stage` basic blocks at 16, 32 and 64
+    channels (stride 1, 2, 2), global average pooling and a linear layer: ResNet-8 for 1 block per
+    stage, ResNet-14 for 2, ResNet-20 for 3. Where the shape changes the shortcut is a 1×1 conv-BN
+    projection (the paper's option B, as `resnet_like`; its CIFAR nets pad with zeros instead).
+
+    Conv weights He-normal (fan-in), no conv biases, BatchNorm unfolded at its initial state (scale 1,
+    bias 0, mean 0, variance 1), the linear layer normal(0, 1/√64) with zero bias; `seed` draws them.
+    Input [batch, *image] (Fashion-MNIST's 1 × 28 × 28 by default), output [batch, classes] logits.
+    A `stem_stride` of 2 halves the stages' resolution, for about a quarter of the FLOPs.
+    """
+    b = _Builder("float32", seed=seed, opset=opset, untrained_bn=True)
+    x_in = b.input("input", [batch, *image])
+    x = b.conv_bn(x_in, image[0], 16, stride=stem_stride)
+    cin = 16
+    for stage, width in enumerate((16, 32, 64)):
+        for index in range(blocks_per_stage):
+            x = _basic_block(b, x, cin, width, 2 if stage > 0 and index == 0 else 1)
+            cin = width
+    return b.sample(f"resnet{6 * blocks_per_stage + 2}", x_in, b.head(x, cin, classes), [batch, classes])
 
 
 def vgg_like(opset: int = 13, dtype: str = "float32", batch: int | str = "N") -> onnx.ModelProto:
