@@ -11,12 +11,15 @@
 # there) and numpy: the project runs from this checkout on PYTHONPATH, nothing is installed or
 # downloaded. A machine without the data can take the four IDX files (30 MB) along in a folder
 # (e.g. `.gpu-data/`, which git ignores) and be given it as FASHION_MNIST_DIR.
-# PYTHON picks the interpreter (default python3). Exits non-zero if a step fails.
+# PYTHON picks the interpreter (default python3). DEVICE=cpu runs the same steps on the CPU (two
+# gloo processes, no autocast), to check the script itself where no GPU is at hand. Exits non-zero
+# if a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON=${PYTHON:-python3}
 DATA=${1:-/usr/share/datasets/fashion-mnist}
+DEVICE=${DEVICE:-cuda}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
@@ -29,10 +32,14 @@ import torch
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)")
 for index in range(torch.cuda.device_count()):
     print(f"  cuda:{index}: {torch.cuda.get_device_name(index)}")
-if not torch.cuda.is_available():
-    raise SystemExit("gpu_check: this PyTorch sees no GPU")
 EOF
-GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+if [ "$DEVICE" = cuda ]; then
+    GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+    [ "$GPUS" -gt 0 ] || { echo "gpu_check: this PyTorch sees no GPU (DEVICE=cpu checks the script on the CPU)"; exit 1; }
+    AMP=bf16
+else
+    GPUS=2 AMP=off
+fi
 
 step "1. CUDA-marked training tests"
 if "$PYTHON" -c 'import pytest' 2>/dev/null; then
@@ -41,18 +48,19 @@ else
     echo "pytest is not installed here: skipped"
 fi
 
-step "2. study (a) and (b), 1 seed, 3 epochs, on cuda with --amp bf16"
+step "2. study (a) and (b), 1 seed, 3 epochs, on $DEVICE with --amp $AMP"
+if [ "$DEVICE" = cuda ]; then SUBSETS=(--train-subset 0 --val-subset 0); else SUBSETS=(--train-subset 1000 --val-subset 500); fi
 "$PYTHON" benchmarks/study_fashion_mnist.py --data "$DATA" --work "$WORK/study" --seeds 1 --epochs 3 \
-    --finetune-epochs 1 --train-subset 0 --val-subset 0 --device cuda --amp bf16 --workers 4 --runs 20
+    --finetune-epochs 1 "${SUBSETS[@]}" --device "$DEVICE" --amp "$AMP" --workers 4 --runs 20
 
 BASE=$(find "$WORK/study" -name init_base.onnx | head -n 1)
 TRAIN="$WORK/study/train.npz"
 COMMON=(--data "$TRAIN" --train all --bn frozen --epochs 1 --optimizer sgd --lr 0.05 --no-progress --seed 0 --json)
 
-step "3. torchrun on $GPUS GPU(s) against one process (global batch $((64 * GPUS)))"
+step "3. torchrun, $GPUS processes on $DEVICE, against one process (global batch $((64 * GPUS)))"
 "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" -m se_onnx train "$BASE" \
-    -o "$WORK/ddp.onnx" --device cuda --batch-size 64 "${COMMON[@]}" >"$WORK/ddp.json"
-"$PYTHON" -m se_onnx train "$BASE" -o "$WORK/single.onnx" --device cuda --batch-size $((64 * GPUS)) "${COMMON[@]}" \
+    -o "$WORK/ddp.onnx" --device "$DEVICE" --batch-size 64 "${COMMON[@]}" >"$WORK/ddp.json"
+"$PYTHON" -m se_onnx train "$BASE" -o "$WORK/single.onnx" --device "$DEVICE" --batch-size $((64 * GPUS)) "${COMMON[@]}" \
     >"$WORK/single.json"
 "$PYTHON" - "$WORK" <<'EOF'
 import json
@@ -77,7 +85,9 @@ print(f"largest weight difference, torchrun against one process: {worst:.2e} (NC
 EOF
 
 step "4. images/s: training step on GPU and CPU, and the loader"
-for setting in "--device cuda --amp off" "--device cuda --amp bf16" "--device cpu --amp off"; do
+SETTINGS=("--device cpu --amp off")
+[ "$DEVICE" = cuda ] && SETTINGS=("--device cuda --amp off" "--device cuda --amp bf16" "${SETTINGS[@]}")
+for setting in "${SETTINGS[@]}"; do
     # shellcheck disable=SC2086
     "$PYTHON" benchmarks/bench_train_throughput.py --model "$BASE" --data "$TRAIN" --workers 4 $setting
 done

@@ -3,10 +3,8 @@ whole study in --quick mode on a fake Fashion-MNIST (gzipped IDX files written h
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 from benchmarks import study_fashion_mnist as study
 from benchmarks.study_common import paired_interval, t_quantile
 from models.build_samples import cifar_resnet
-from se_onnx.cli import build_parser, main
+from se_onnx.cli import main
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -76,21 +74,9 @@ def test_the_model_is_an_untrained_resnet_with_residual_branches(tmp_path):
     assert main(["insert", str(tmp_path / "base.onnx"), "-o", str(tmp_path / "se.onnx"), "--where", "residual"]) == 0
 
 
-def _missing_train_flags() -> list[str]:
-    """The recipes' flags that `se-onnx train` does not (yet) have."""
-    parser = build_parser(("train",))
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    known = {flag for action in commands.choices["train"]._actions for flag in action.option_strings}
-    used = {token for recipe in study.RECIPES.values() for token in shlex.split(recipe) if token.startswith("--")}
-    return sorted(used - known)
-
-
 @pytest.mark.slow
 def test_the_quick_study_runs(tmp_path, capsys):
     pytest.importorskip("torch")
-    # Temporary: the recipes use train options that are being added alongside this study.
-    if missing := _missing_train_flags():
-        pytest.skip(f"se-onnx train lacks {', '.join(missing)}")
     source = fake_fashion_mnist(tmp_path / "data")
     out = tmp_path / "study.json"
     assert study.main(["--data", str(source), "--work", str(tmp_path / "work"), "--quick", "--json", str(out)]) == 0
