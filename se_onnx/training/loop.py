@@ -235,22 +235,28 @@ def train_model(
             network = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
         trained = model.clone()
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(runner: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                return network(x, extra=(logits_name,))[-1].float()
+                return runner(x, extra=(logits_name,))[-1].float()
 
         def measure(loader: DataLoader, label: str, predicted: torch.Tensor | None = None) -> tuple[float, float]:
-            """Cross-entropy and accuracy over `loader`'s data, every process's share together."""
-            network.eval()
+            """Cross-entropy and accuracy over `loader`'s data, every process's share together. The
+            module runs unwrapped: ranks may hold a batch more or less, so nothing per batch may
+            wait for the others."""
+            module.eval()
             sums = torch.zeros(3, dtype=torch.float64, device=device)
             with torch.no_grad():
                 for x, y in _progress(loader, label, options.progress and placement.is_main):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    scores = forward(x)
+                    scores = forward(module, x)
                     loss = F.cross_entropy(scores, y, reduction="sum")
                     guesses = scores.argmax(1)
                     sums += torch.stack(
-                        [loss.double(), (guesses == y).sum().double(), torch.tensor(len(y), device=device)]
+                        [
+                            loss.double(),
+                            (guesses == y).sum().double(),
+                            torch.tensor(len(y), dtype=torch.float64, device=device),
+                        ]
                     )
                     if predicted is not None:
                         predicted += torch.bincount(guesses, minlength=len(predicted)).cpu()
@@ -264,7 +270,7 @@ def train_model(
             label = f"epoch {epoch}/{options.epochs}"
             for x, y in _progress(loaders.train, label, options.progress and placement.is_main):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                scores = forward(x)
+                scores = forward(network, x)
                 loss = F.cross_entropy(scores, y, label_smoothing=options.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -276,7 +282,11 @@ def train_model(
                 schedule.step()
                 correct = (scores.detach().argmax(1) == y).sum()
                 sums += torch.stack(
-                    [loss.detach().double() * len(y), correct.double(), torch.tensor(len(y), device=device)]
+                    [
+                        loss.detach().double() * len(y),
+                        correct.double(),
+                        torch.tensor(len(y), dtype=torch.float64, device=device),
+                    ]
                 )
             loss_sum, correct_sum, seen = placement.all_sum(sums.tolist())
             return loss_sum / seen, correct_sum / seen
