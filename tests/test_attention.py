@@ -91,6 +91,30 @@ def test_eca_kernel_follows_the_paper_and_can_be_set():
         InsertOptions(block="eca", eca_kernel=4)
 
 
+@pytest.mark.parametrize("opset", [11, 21])
+def test_eca_with_a_bias_is_found_stripped_and_its_bias_exported(opset):
+    """Paddle's ECA and a Conv1d(bias=True) have a bias; `insert --weights` with conv.bias builds one."""
+    base = build_samples.resnet_like(opset=opset)
+    feeds = feeds_for(base)
+    random, _ = insert_se(ir.from_proto(base), InsertOptions(block="eca", where="conv", init="random", seed=3))
+    weights = export_weights(random)
+    assert not any(key.endswith(".conv.bias") for key in weights)  # timm's ECA: no bias
+    biased = {**weights, **{key.replace(".weight", ".bias"): np.array([0.75], np.float32) for key in weights}}
+    model, report = insert_se(ir.from_proto(base), InsertOptions(block="eca", where="conv", weights=biased))
+    outputs = _outputs(_checked(model), feeds)
+    assert np.abs(outputs - _outputs(_checked(random), feeds)).max() > 1e-3  # the bias counts
+
+    found = find_attention(model)
+    assert [block.kind for block in found] == ["eca"] * len(report.blocks)
+    assert all(len(node.inputs) == 3 for block in found for node in block.nodes if node.op_type == "Conv")
+    exported = export_weights(model)
+    assert exported.keys() == biased.keys()
+    for key, array in biased.items():
+        np.testing.assert_array_equal(exported[key], array)
+    stripped, _ = strip_se(model, "eca")
+    np.testing.assert_allclose(_outputs(_checked(stripped), feeds), _outputs(base, feeds), rtol=1e-5, atol=1e-5)
+
+
 def test_coord_hidden_width_is_at_least_8_and_cbam_uses_the_ratio():
     model = ir.from_proto(build_samples.resnet_like(opset=17))
     _, coord = insert_se(model, InsertOptions(block="coord", where="conv", ratio=1 / 32))
@@ -107,10 +131,12 @@ def _torch_modules():
     nn = torch.nn
 
     class EcaNet(nn.Module):  # ECA-Net's layer: squeeze/transpose around a Conv1d, expand_as
+        bias = False
+
         def __init__(self, channels: int) -> None:
             super().__init__()
             k = eca_kernel(channels)
-            self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+            self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=self.bias)
 
         def forward(self, x):
             y = nn.functional.adaptive_avg_pool2d(x, 1)
@@ -121,6 +147,9 @@ def _torch_modules():
         def forward(self, x):
             y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
             return x * y.view(x.shape[0], -1, 1, 1).sigmoid().expand_as(x)
+
+    class EcaBiased(EcaTimm):  # timm's forward over a Conv1d with a bias, as Paddle's ECA has
+        bias = True
 
     class CbamTimm(nn.Module):  # timm's CbamModule: 1×1 conv MLP on mean and amax; [mean, max] spatially
         def __init__(self, channels: int) -> None:
@@ -168,13 +197,14 @@ def _torch_modules():
     return torch, {
         "eca-net": EcaNet,
         "eca-timm": EcaTimm,
+        "eca-bias": EcaBiased,
         "cbam-timm": CbamTimm,
         "cbam-original": CbamOriginal,
         "coord-paper": CoordAttention,
     }
 
 
-@pytest.mark.parametrize("form", ["eca-net", "eca-timm", "cbam-timm", "cbam-original", "coord-paper"])
+@pytest.mark.parametrize("form", ["eca-net", "eca-timm", "eca-bias", "cbam-timm", "cbam-original", "coord-paper"])
 def test_blocks_that_torch_onnx_exports_are_found_and_rebuilt_exactly(form):
     """A block exported from PyTorch is found, its weights read out, and `insert --weights` into
     the model exported without it computes what PyTorch computes."""

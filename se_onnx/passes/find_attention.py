@@ -7,9 +7,11 @@ near-miss reasons of `se_onnx.passes.find`, and its weights are normalized into 
 the stages the matchers read through the ops that only move dims around (Reshape, Squeeze,
 Unsqueeze, Transpose, Flatten, Expand on their first input), as exporters write them:
 
-    eca    GlobalAveragePool | ReduceMean over H, W → … → Conv1d (1 → 1, k, no bias) → … → Sigmoid
-           (× gain) → … → Mul(x, ·). torch.onnx writes ECA-Net's squeeze(-1).transpose(-1, -2) as
-           Squeeze → Transpose and timm's view(N, 1, -1) as a Reshape, and expand_as as an Expand.
+    eca    GlobalAveragePool | ReduceMean over H, W → … → Conv1d (1 → 1, k; its bias inside or in
+           an Add of one constant) → … → Sigmoid (× gain) → … → Mul(x, ·). torch.onnx writes
+           ECA-Net's squeeze(-1).transpose(-1, -2) as Squeeze → Transpose and timm's view(N, 1, -1)
+           as a Reshape, and expand_as as an Expand; Paddle's conv1d is Unsqueeze → Conv2d (1 × 1 ×
+           1 × k) → Add(bias) → Squeeze.
     cbam   Mul(x′, σ(Conv k×k (2 → 1) (Concat(ReduceMean(x′, C), ReduceMax(x′, C)), either order))),
            x′ = Mul(x, σ(mlp(avg(x)) + mlp(max(x)))), avg a GlobalAveragePool or ReduceMean over
            H, W, max a GlobalMaxPool or ReduceMax, mlp one shared pair of layers with an activation
@@ -30,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from se_onnx.ir.attention import KIND_NAMES, AttentionWeights
+from se_onnx.ir.attention import ECA_BIAS_KEY, KIND_NAMES, AttentionWeights
 from se_onnx.ir.constants import constant_array, is_constant, value_dtype
 from se_onnx.ir.graph import MAIN_GRAPH, graphs, int_attribute, ints_attribute, node_label, required_input
 from se_onnx.passes.find import (
@@ -308,25 +310,46 @@ def _match_eca(mul: ir.Node) -> AttentionBlock:
 
 def _eca(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     gain, gate_nodes, before = _sigmoid_gate(gate_operand, "ECA")
+    bias_add, add_bias, before = _scalar_bias_add(before)
     conv = real_producer(before)
     if conv is None or conv.op_type != "Conv" or conv.domain != "":
         found = "a graph input" if conv is None else conv.op_type
         raise Mismatch(Stage.GATE, f"the gate does not follow ECA's 1-D conv (found {found})")
     weight = constant_array(conv.inputs[1])
-    if weight is None or weight.ndim != 3 or weight.shape[:2] != (1, 1):
+    # Paddle's conv1d is a Conv2d over a 1 × C row: weight 1 × 1 × 1 × k, padded on the last axis alone.
+    if weight is None or weight.ndim < 3 or weight.shape[:2] != (1, 1) or any(d != 1 for d in weight.shape[2:-1]):
         shape = None if weight is None else weight.shape
         raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has weight {shape}, not ECA's 1 × 1 × k")
-    kernel = int(weight.shape[2])
-    bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
-    if bias is not None and np.any(bias != 0):
-        raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has a bias; ECA's conv has none")
-    pads = ints_attribute(conv, "pads", [0, 0])
-    if kernel % 2 == 0 or pads != [(kernel - 1) // 2] * 2 or int_attribute(conv, "group", 1) != 1:
+    kernel, rank = int(weight.shape[-1]), weight.ndim - 2
+    pads = ints_attribute(conv, "pads", [0] * 2 * rank)
+    same = [*[0] * (rank - 1), (kernel - 1) // 2] * 2
+    strides = ints_attribute(conv, "strides", [1] * rank)
+    if kernel % 2 == 0 or pads != same or any(s != 1 for s in strides) or int_attribute(conv, "group", 1) != 1:
         raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} does not keep the channel count (pads {pads})")
+    conv_bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else 0.0
+    if conv_bias is None or np.size(conv_bias) != 1:
+        raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has a bias that is not one constant")
+    bias = float(np.asarray(conv_bias).item()) + add_bias
     pool = _global_pool(required_input(conv), x, "avg", Stage.SQUEEZE)
-    weights = AttentionWeights("eca", {"conv.weight": weight.astype(np.float32)}, gain)
+    tensors = {"conv.weight": weight.reshape(1, 1, kernel).astype(np.float32)}
+    if bias != 0:
+        tensors[ECA_BIAS_KEY] = np.array([bias], np.float32)
     details = {"kernel": kernel, "squeeze": pool[0].op_type}
-    return _finish("eca", x, mul, (*pool, conv, *gate_nodes), weights, details)
+    nodes = (*pool, conv, *bias_add, *gate_nodes)
+    return _finish("eca", x, mul, nodes, AttentionWeights("eca", tensors, gain), details)
+
+
+def _scalar_bias_add(value: ir.Value) -> tuple[tuple[ir.Node, ...], float, ir.Value]:
+    """Pattern: Add(y, b), b a constant of one element: a conv's bias kept apart, as Paddle2ONNX
+    writes it; (the Add, b, y), or ((), 0, value) when `value` is no such Add."""
+    add = real_producer(value)
+    if add is None or add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+        return (), 0.0, value
+    for operand, constant in (add.inputs, add.inputs[::-1]):
+        array = constant_array(constant)
+        if operand is not None and not is_constant(operand) and array is not None and array.size == 1:
+            return (add,), float(array.item()), operand
+    return (), 0.0, value
 
 
 # --- CBAM ----------------------------------------------------------------------------------------
