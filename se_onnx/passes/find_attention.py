@@ -14,9 +14,16 @@ Unsqueeze, Transpose, Flatten, Expand on their first input), as exporters write 
            1 × k) → Add(bias) → Squeeze.
     cbam   Mul(x′, σ(Conv k×k (2 → 1) (Concat(ReduceMean(x′, C), ReduceMax(x′, C)), either order))),
            x′ = Mul(x, σ(mlp(avg(x)) + mlp(max(x)))), avg a GlobalAveragePool or ReduceMean over
-           H, W, max a GlobalMaxPool or ReduceMax, mlp one shared pair of layers with an activation
+           H, W, max a GlobalMaxPool or ReduceMax, mlp one shared pair of layers with an activation;
+           the spatial conv's bias inside or in an Add, and a BatchNormalization after it (timm's
+           ConvNormAct) folded into its weights
     coord  Mul(Mul(x, a), b), {a, b} the two gates σ(1×1 Conv) of the H and the W half of one Split
-           of act(1×1 Conv (Concat(ReduceMean(x, W), Transpose(ReduceMean(x, H))))) on axis 2
+           of act(1×1 Conv (Concat(ReduceMean(x, W), Transpose(ReduceMean(x, H))))) on axis 2, a
+           BatchNormalization after that conv (the paper's conv1 → bn1) folded in, act any of
+           `match_activation`'s, the hand-written h_swish h·ReLU6(h + 3)/6 among them
+
+Paddle2ONNX's forms are read as they come: weights as Constant nodes, biases in separate Adds, an
+Identity after each Add and Mul, BatchNorm left a node.
 
 What does not count: a pooled 1×1 conv with no Sigmoid gate, a global-context block (attention
 pooling by Softmax and MatMul, not a mean), CBAM's spatial gate alone, and MLPs that are not one
@@ -34,7 +41,15 @@ import onnx_ir as ir
 
 from se_onnx.ir.attention import ECA_BIAS_KEY, KIND_NAMES, AttentionWeights
 from se_onnx.ir.constants import constant_array, is_constant, value_dtype
-from se_onnx.ir.graph import MAIN_GRAPH, graphs, int_attribute, ints_attribute, node_label, required_input
+from se_onnx.ir.graph import (
+    MAIN_GRAPH,
+    float_attribute,
+    graphs,
+    int_attribute,
+    ints_attribute,
+    node_label,
+    required_input,
+)
 from se_onnx.passes.find import (
     Mismatch,
     NearMiss,
@@ -352,6 +367,23 @@ def _scalar_bias_add(value: ir.Value) -> tuple[tuple[ir.Node, ...], float, ir.Va
     return (), 0.0, value
 
 
+def _batch_norm(value: ir.Value) -> tuple[tuple[ir.Node, ...], np.ndarray, np.ndarray, ir.Value]:
+    """Pattern: BatchNormalization(y) in inference form, its statistics constant: not folded into
+    the conv before it, as Paddle2ONNX and torch.onnx without constant folding write it; (the
+    node, scale s, shift t, y), the node computing y·s + t per channel; ((), 1, 0, value) when
+    `value` is no such node."""
+    node = real_producer(value)
+    if node is None or node.op_type != "BatchNormalization" or node.domain != "":
+        return (), np.ones(1, np.float32), np.zeros(1, np.float32), value
+    stats = [constant_array(operand) for operand in node.inputs[1:5]]
+    training = int_attribute(node, "training_mode", 0) or any(output.uses() for output in node.outputs[1:])
+    if len(stats) != 4 or any(array is None for array in stats) or training:
+        raise Mismatch(Stage.EXCITATION, f"BatchNormalization {node.name!r} is not in inference form with constants")
+    gamma, beta, mean, var = (np.asarray(array, np.float64).reshape(-1) for array in stats)
+    scale = gamma / np.sqrt(var + float_attribute(node, "epsilon", 1e-5))
+    return (node,), scale.astype(np.float32), (beta - mean * scale).astype(np.float32), required_input(node)
+
+
 # --- CBAM ----------------------------------------------------------------------------------------
 
 
@@ -361,6 +393,8 @@ def _match_cbam(mul: ir.Node) -> AttentionBlock:
 
 def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     spatial_gain, spatial_gate, before = _sigmoid_gate(gate_operand, "spatial")
+    norm, norm_scale, norm_shift, before = _batch_norm(before)
+    bias_add, add_bias, before = _scalar_bias_add(before)
     conv = real_producer(before)
     weight = constant_array(conv.inputs[1]) if conv is not None and conv.op_type == "Conv" else None
     if conv is None or weight is None or weight.shape[:2] != (1, 2) or weight.ndim != 4:
@@ -368,7 +402,11 @@ def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     kernel = int(weight.shape[2])
     if weight.shape[3] != kernel or ints_attribute(conv, "pads", [0] * 4) != [kernel // 2] * 4:
         raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} is not a square 'same' conv")
-    bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
+    conv_bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else 0.0
+    if conv_bias is None or np.size(conv_bias) != 1 or norm_scale.size != 1:
+        raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has a bias or BatchNorm that is not one constant")
+    # BatchNorm folded in: σ((w∗p + b)·s + t) = σ((w·s)∗p + b·s + t).
+    bias = (float(np.asarray(conv_bias).item()) + add_bias) * norm_scale + norm_shift
     concat = real_producer(required_input(conv))
     if concat is None or concat.op_type != "Concat" or len(concat.inputs) != 2 or int_attribute(concat, "axis", 0) != 1:
         raise Mismatch(Stage.EXCITATION, "the spatial conv does not read a Concat of two maps on the channel axis")
@@ -378,7 +416,7 @@ def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     if sorted(order) != ["ReduceMax", "ReduceMean"]:
         raise Mismatch(Stage.SQUEEZE, f"the Concat joins {' and '.join(order)}, not a mean and a max")
     # Normalized to the canonical [mean, max] input order.
-    spatial_weight = weight.astype(np.float32)
+    spatial_weight = weight.astype(np.float32) * norm_scale.item()
     if order[0] == "ReduceMax":
         spatial_weight = spatial_weight[:, ::-1].copy()
     channel_mul = real_producer(x1)
@@ -390,11 +428,11 @@ def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     tensors = {
         **channel.weights.tensors,
         "spatial.weight": spatial_weight,
-        "spatial.bias": np.zeros(1, np.float32) if bias is None else bias.reshape(1).astype(np.float32),
+        "spatial.bias": bias.astype(np.float32),
     }
     weights = AttentionWeights("cbam", tensors, spatial_gain)
     details = {**channel.details, "kernel": kernel, "spatial_pools": order}
-    nodes = (*channel.nodes, *reducers, concat, conv, *spatial_gate)
+    nodes = (*channel.nodes, *reducers, concat, conv, *bias_add, *norm, *spatial_gate)
     block = _finish("cbam", channel.input, mul, nodes, weights, details)
     return block
 
@@ -513,7 +551,10 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
     if not np.isclose(gate_h.gain, gate_w.gain):
         raise Mismatch(Stage.BLOCK, "the two gates have different gains")
     activation, activation_nodes, hidden = match_activation(required_input(halves[0]))
+    norm, norm_scale, norm_shift, hidden = _batch_norm(hidden)  # the CA paper's conv1 → bn1
     shared = match_layer(hidden, Stage.ACTIVATION)
+    if norm_scale.size not in (1, shared.out_features):
+        raise Mismatch(Stage.ACTIVATION, f"the BatchNorm after conv1 is not over its {shared.out_features} channels")
     concat = real_producer(required_input(shared.nodes[0]))
     if (
         concat is None
@@ -534,8 +575,8 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
         raise Mismatch(Stage.SQUEEZE, "the W pooling is not Transposed to N×C×W×1 before the Concat")
     pool_w = _directional_pool(required_input(w_transpose), x, 2, sizes)
     tensors = {
-        "conv1.weight": shared.weights.weight,
-        "conv1.bias": shared.weights.bias,
+        "conv1.weight": shared.weights.weight * norm_scale[:, None],
+        "conv1.bias": shared.weights.bias * norm_scale + norm_shift,
         "conv_h.weight": gate_h.weight,
         "conv_h.bias": gate_h.bias,
         "conv_w.weight": gate_w.weight,
@@ -552,6 +593,7 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
         w_transpose,
         concat,
         *shared.nodes,
+        *norm,
         *activation_nodes,
         *halves,
         gate_w.transposed,
