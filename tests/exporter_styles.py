@@ -415,15 +415,19 @@ def attention_model(
     opset: int = 13,
     block: bool = True,
     paddle: bool = False,
+    dynamo: bool = False,
     no_op: str | None = None,
     bias: bool = False,
     bn: bool = False,
     activation: str = "HardSwish",
 ) -> onnx.ModelProto:
-    """x (N×3×8×6) → Conv 3×3 → Relu → one `kind` block → y, the block written as torch.onnx writes
-    timm's and the papers' modules (TorchScript and dynamo write these alike), or (`paddle`) as
-    Paddle2ONNX does: Constant-node weights, each conv bias in a separate Add, `no_op` after each
-    Add and Mul, and Paddle's conv1d as Unsqueeze → Conv2d over a 1 × C row → Add → Squeeze.
+    """x (N×3×8×6) → Conv 3×3 → Relu → one `kind` block → y, the block written as torch.onnx's
+    TorchScript exporter writes timm's and the papers' modules; as its dynamo exporter does
+    (`dynamo`, opset 18 on: means over axes kept or dropped by ReduceMean, Reshapes with
+    allowzero, expand_as an Expand, one axes constant shared by a mean and a max, h_swish dividing
+    by the Clip's own 6); or (`paddle`) as Paddle2ONNX does: Constant-node weights, each conv bias
+    in a separate Add, `no_op` after each Add and Mul, and Paddle's conv1d as Unsqueeze → Conv2d
+    over a 1 × C row → Add → Squeeze.
 
     `bias`: ECA's conv has one. `bn`: a BatchNormalization node, not folded, after CBAM's spatial
     conv and coordinate attention's conv1 (timm's ConvNormAct, the CA paper's conv1 → bn1). The
@@ -439,11 +443,11 @@ def attention_model(
     if block:
         blocks = g.stream(seed=6)
         if kind == "eca":
-            h = _eca(blocks, h, paddle=paddle, bias=bias)
+            h = _eca(blocks, h, paddle=paddle, dynamo=dynamo, bias=bias)
         elif kind == "cbam":
-            h = _cbam(blocks, h, paddle=paddle, bn=bn)
+            h = _cbam(blocks, h, paddle=paddle, dynamo=dynamo, bn=bn)
         else:
-            h = _coord(blocks, h, paddle=paddle, bn=bn, activation=activation)
+            h = _coord(blocks, h, paddle=paddle, bn=bn, activation="dynamo" if dynamo else activation)
     y = g.output(h, "y", ["N", ATTENTION_CHANNELS, *ATTENTION_SPATIAL])
     return g.model(f"{kind}_style", [x], [y])
 
@@ -476,11 +480,13 @@ def _batch_norm(g: _Graph, x: ir.Value, channels: int, stem: str) -> ir.Value:
     return g.op("BatchNormalization", [x, scale, shift, mean, var], stem, epsilon=1e-5)
 
 
-def _eca(g: _Graph, x: ir.Value, *, paddle: bool, bias: bool) -> ir.Value:
+def _eca(g: _Graph, x: ir.Value, *, paddle: bool, dynamo: bool, bias: bool) -> ir.Value:
     """timm's EcaModule (GlobalAveragePool → Reshape N×1×C → Conv1d → Reshape → Sigmoid → Mul), or
     Paddle's: squeeze, transpose, its conv1d as a Conv2d over N×1×1×C, and back."""
     c, k = ATTENTION_CHANNELS, 3
-    pooled = g.op("GlobalAveragePool", [x], "eca/pool")
+    # dynamo: x.mean((2, 3)) drops the dims, view(N, 1, -1) restores one.
+    pooled = g.mean(x, [2, 3], "eca/pool", keepdims=0) if dynamo else g.op("GlobalAveragePool", [x], "eca/pool")
+    reshape = {"allowzero": 1} if dynamo else {}
     conv_bias = g.weight("eca/conv_b", 1) if bias else None
     if paddle:
         row = g.op("Transpose", [_squeeze(g, pooled, [3], "eca/squeeze")], "eca/transpose", perm=[0, 2, 1])
@@ -490,21 +496,31 @@ def _eca(g: _Graph, x: ir.Value, *, paddle: bool, bias: bool) -> ir.Value:
         y = g.op("Transpose", [_squeeze(g, y, [2], "eca/conv_squeeze")], "eca/transpose_back", perm=[0, 2, 1])
         y = g.unsqueeze(y, [3], "eca/unsqueeze")
     else:
-        row = g.op("Reshape", [pooled, g.const("eca/row", np.array([-1, 1, c]), exact=True)], "eca/view")
+        row = g.op("Reshape", [pooled, g.const("eca/row", np.array([-1, 1, c]), exact=True)], "eca/view", **reshape)
         y = _layer(g, row, g.weight("eca/conv_w", 1, 1, k), conv_bias, "eca/conv", paddle=False, pads=[1, 1])
-        y = g.op("Reshape", [y, g.const("eca/col", np.array([-1, c, 1, 1]), exact=True)], "eca/view_back")
-    return g.op("Mul", [x, g.op("Sigmoid", [y], "eca/gate")], "eca/scale")
+        y = g.op("Reshape", [y, g.const("eca/col", np.array([-1, c, 1, 1]), exact=True)], "eca/view_back", **reshape)
+    gate = g.op("Sigmoid", [y], "eca/gate")
+    if dynamo:
+        gate = g.op(
+            "Expand", [gate, g.const("eca/map", np.array([1, c, *ATTENTION_SPATIAL]), exact=True)], "eca/expand"
+        )
+    return g.op("Mul", [x, gate], "eca/scale")
 
 
-def _cbam(g: _Graph, x: ir.Value, *, paddle: bool, bn: bool) -> ir.Value:
+def _cbam(g: _Graph, x: ir.Value, *, paddle: bool, dynamo: bool, bn: bool) -> ir.Value:
     """timm's CbamModule: one 1×1-conv MLP on the average and max pools, summed, Sigmoid, Mul; then
     Concat(mean, max over C) → 7×7 conv (→ BatchNormalization with `bn`) → Sigmoid → Mul."""
     c, s = ATTENTION_CHANNELS, 4
     fc1, fc1_b = g.weight("cbam/fc1_w", s, c, 1, 1), g.weight("cbam/fc1_b", s)
     fc2, fc2_b = g.weight("cbam/fc2_w", c, s, 1, 1), g.weight("cbam/fc2_b", c)
+    spatial_axes = g.const("cbam/spatial_axes", np.array([2, 3]), exact=True) if dynamo else None
     branches = []
     for pool in ("GlobalAveragePool", "GlobalMaxPool"):
-        h = g.op(pool, [x], f"cbam/{pool}")
+        if spatial_axes is not None:  # x.mean((2, 3), keepdim=True) and x.amax(…), one axes constant
+            reduce = "ReduceMean" if pool == "GlobalAveragePool" else "ReduceMax"
+            h = g.op(reduce, [x, spatial_axes], f"cbam/{reduce}", keepdims=1)
+        else:
+            h = g.op(pool, [x], f"cbam/{pool}")
         h = g.op("Relu", [_layer(g, h, fc1, fc1_b, "cbam/fc1", paddle=paddle, pads=[0] * 4)], "cbam/relu")
         branches.append(_layer(g, h, fc2, fc2_b, "cbam/fc2", paddle=paddle, pads=[0] * 4))
     gate = g.op("Sigmoid", [g.op("Add", branches, "cbam/sum")], "cbam/channel_gate")
@@ -569,21 +585,19 @@ def _coord(g: _Graph, x: ir.Value, *, paddle: bool, bn: bool, activation: str) -
 def hard_swish(g: GraphBuilder, h: ir.Value, form: str, stem: str) -> ir.Value:
     """h_swish(h) = h·ReLU6(h + 3)/6 in one of `HARD_SWISH_FORMS`: the HardSwish op (h·HardSigmoid
     before opset 14), h·HardSigmoid(h; 1/6, 0.5), the CA code's h·(ReLU6(h + 3)/6) with ReLU6 as
-    Clip (h_swish) and with / 6 as · (1/6) (h_swish_mul), timm's (h·ReLU6(h + 3))/6, and ReLU6 as
-    Min(Relu(·), 6) (relu_min)."""
+    Clip (h_swish) and with / 6 as · (1/6) (h_swish_mul), timm's (h·ReLU6(h + 3))/6, ReLU6 as
+    Min(Relu(·), 6) (relu_min); and as the dynamo exporter writes it, dividing by the Clip's own 6."""
     if form == "HardSwish" and g.opset >= 14:
         return g.op("HardSwish", [h], stem)
     if form in ("HardSwish", "HardSigmoid"):
         return g.op("Mul", [h, g.op("HardSigmoid", [h], stem + "_hsig", alpha=1 / 6, beta=0.5)], stem)
     shifted = g.op("Add", [h, g.const(stem + "_three", np.array(3.0))], stem + "_add")
+    high = g.const(stem + "_six", np.array(6.0))
     if form == "relu_min":
-        clipped = g.op(
-            "Min", [g.op("Relu", [shifted], stem + "_relu"), g.const(stem + "_six", np.array(6.0))], stem + "_min"
-        )
+        clipped = g.op("Min", [g.op("Relu", [shifted], stem + "_relu"), high], stem + "_min")
     else:
-        low, high = g.const(stem + "_zero", np.array(0.0)), g.const(stem + "_six", np.array(6.0))
-        clipped = g.op("Clip", [shifted, low, high], stem + "_clip")
-    six = g.const(stem + "_div", np.array(6.0))
+        clipped = g.op("Clip", [shifted, g.const(stem + "_zero", np.array(0.0)), high], stem + "_clip")
+    six = high if form == "dynamo" else g.const(stem + "_div", np.array(6.0))
     if form == "timm":
         return g.op("Div", [g.op("Mul", [h, clipped], stem + "_mul"), six], stem)
     if form == "h_swish_mul":

@@ -342,6 +342,14 @@ def test_a_batch_norm_left_unfolded_is_folded_into_the_exported_weights(kind, op
     assert "BatchNormalization" in [node.op_type for node in block.nodes]
 
 
+@pytest.mark.parametrize("opset", [18, 21])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_forms_the_dynamo_exporter_writes(kind, opset):
+    """torch.onnx.export(dynamo=True)'s forms of timm's ECA and CBAM and the CA code, as checked
+    against real exports: kept and dropped means, Reshapes with allowzero, Expand, shared axes."""
+    _found_and_rebuilt_exactly(kind, opset=opset, dynamo=True)
+
+
 @pytest.mark.parametrize("no_op", [None, "Identity"])
 @pytest.mark.parametrize("opset", [11, 13, 18])
 @pytest.mark.parametrize("kind", KINDS)

@@ -1,5 +1,6 @@
 """Finds a model's attention blocks of every kind: SE (`se_onnx.passes.find`), ECA, CBAM and
-coordinate attention, in the forms se-onnx writes them and the forms PyTorch exporters write.
+coordinate attention, in the forms se-onnx writes them and the forms PyTorch's exporters
+(TorchScript and dynamo) and Paddle2ONNX write.
 
 Each kind is matched backwards from its last rescale Mul, one stage at a time, with the stages and
 near-miss reasons of `se_onnx.passes.find`, and its weights are normalized into the layout of
