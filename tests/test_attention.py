@@ -23,6 +23,7 @@ from se_onnx.passes.export_weights import export_weights
 from se_onnx.passes.find_attention import detect_attention, find_attention
 from se_onnx.passes.insert import InsertOptions, InsertSE, insert_se
 from se_onnx.passes.strip import StripSE, strip_se
+from tests import exporter_layouts as layouts
 from tests import exporter_styles as styles
 from tests.se_variants import feeds_for, ort_outputs
 
@@ -358,6 +359,27 @@ def test_the_forms_paddle2onnx_writes(kind, opset, no_op):
     Paddle2ONNX), BatchNorm unfolded, Paddle's conv1d as a Conv2d over a row with its bias."""
     block = _found_and_rebuilt_exactly(kind, opset=opset, paddle=True, no_op=no_op, bias=True, bn=True)
     assert all(node.op_type != "Identity" for node in block.nodes) or no_op == "Identity"
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_eca_in_the_nhwc_islands_tf2onnx_writes_is_found_stripped_and_exported(opset):
+    """Keras' ECA through tf2onnx: the mean over axes 1, 2 of an N×H×W×C map, the Conv1D between
+    Transposes, the gate Reshaped to N×1×1×C. (`insert` puts no block of these kinds in NHWC.)"""
+    model = layouts.keras_eca_model(opset, blocks=2)
+    found = find_attention(ir.from_proto(model))
+    assert [(block.kind, block.details["layout"]) for block in found] == [("eca", "NHWC")] * 2
+    weights = export_weights(ir.from_proto(model))
+    written = {
+        tuple(onnx.numpy_helper.to_array(tensor).reshape(-1))
+        for tensor in model.graph.initializer
+        if tensor.name.startswith("eca") and "conv_w" in tensor.name
+    }
+    assert {weights[key].shape for key in weights} == {(1, 1, 3)}
+    assert {tuple(array.reshape(-1)) for array in weights.values()} == written
+    stripped, _ = strip_se(ir.from_proto(model), "eca")
+    feeds = feeds_for(model)
+    without = layouts.keras_eca_model(opset, blocks=0)
+    np.testing.assert_allclose(_outputs(_checked(stripped), feeds), _outputs(without, feeds), rtol=1e-6, atol=1e-6)
 
 
 # --- Look-alikes -----------------------------------------------------------------------------------

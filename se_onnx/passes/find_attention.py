@@ -12,7 +12,8 @@ Unsqueeze, Transpose, Flatten, Expand on their first input), as exporters write 
            an Add of one constant) → … → Sigmoid (× gain) → … → Mul(x, ·). torch.onnx writes
            ECA-Net's squeeze(-1).transpose(-1, -2) as Squeeze → Transpose and timm's view(N, 1, -1)
            as a Reshape, and expand_as as an Expand; Paddle's conv1d is Unsqueeze → Conv2d (1 × 1 ×
-           1 × k) → Add(bias) → Squeeze.
+           1 × k) → Add(bias) → Squeeze. In tf2onnx's NHWC islands the mean is over axes 1, 2 of
+           an N×H×W×C map and the gate is Reshaped to N×1×1×C (CBAM and coord: NCHW only).
     cbam   Mul(x′, σ(Conv k×k (2 → 1) (Concat(ReduceMean(x′, C), ReduceMax(x′, C)), either order))),
            x′ = Mul(x, σ(mlp(avg(x)) + mlp(max(x)))), avg a GlobalAveragePool or ReduceMean over
            H, W, max a GlobalMaxPool or ReduceMax, mlp one shared pair of layers with an activation;
@@ -237,14 +238,17 @@ def _rank(x: ir.Value, default: int) -> int:
     return default if x.shape is None else len(x.shape)
 
 
-def _channels(x: ir.Value) -> int | None:
-    dim = x.shape[1] if x.shape is not None and len(x.shape) > 1 else None
+def _channels(x: ir.Value, channels_last: bool = False) -> int | None:
+    dim = x.shape[-1 if channels_last else 1] if x.shape is not None and len(x.shape) > 1 else None
     return dim if isinstance(dim, int) else None
 
 
-def _global_pool(value: ir.Value, x: ir.Value, kind: str, stage: Stage) -> tuple[ir.Node, ...]:
+def _global_pool(
+    value: ir.Value, x: ir.Value, kind: str, stage: Stage, *, channels_last: bool = False
+) -> tuple[ir.Node, ...]:
     """Pattern: global average (kind "avg": GlobalAveragePool, ReduceMean) or max (kind "max":
-    GlobalMaxPool, ReduceMax) of x over every spatial axis, then any layout ops."""
+    GlobalMaxPool, ReduceMax) of x over every spatial axis (with `channels_last`, a Reduce over
+    axes 1…rank-2 of an N×spatial×C map), then any layout ops."""
     layout, value = _through_layout(value)
     node = real_producer(value)
     ops = {"avg": ("GlobalAveragePool", "ReduceMean"), "max": ("GlobalMaxPool", "ReduceMax")}[kind]
@@ -256,11 +260,34 @@ def _global_pool(value: ir.Value, x: ir.Value, kind: str, stage: Stage) -> tuple
         raise Mismatch(stage, f"expected a global {kind} pool ({' or '.join(ops)}), found {found}")
     if not same_rounding(required_input(node), x):
         raise Mismatch(stage, f"the {node.op_type} does not pool the tensor the block rescales")
-    if node.op_type.startswith("Reduce"):
-        rank = _rank(x, 4)
-        if _reduce_axes(node, rank) != list(range(2, rank)):
-            raise Mismatch(stage, f"{node.op_type} {node.name!r} does not reduce exactly the spatial axes")
+    rank = _rank(x, 4)
+    spatial = list(range(1, rank - 1)) if channels_last else list(range(2, rank))
+    if (node.op_type.startswith("Reduce") or channels_last) and _reduce_axes(node, rank) != spatial:
+        raise Mismatch(stage, f"{node.op_type} {node.name!r} does not reduce exactly the spatial axes")
     return (node, *layout)
+
+
+def _means_channels_last(value: ir.Value, x: ir.Value) -> bool:
+    """Whether `value` is, past layout ops, a ReduceMean of x over axes 1…rank-2: the global mean of
+    an N×spatial×C map, as tf2onnx writes Keras' GlobalAveragePooling2D in its NHWC islands."""
+    node = real_producer(_through_layout(value)[1])
+    rank = _rank(x, 4)
+    return node is not None and node.op_type == "ReduceMean" and _reduce_axes(node, rank) == list(range(1, rank - 1))
+
+
+def _check_channels_last_gate(gate_operand: ir.Value, x: ir.Value) -> None:
+    """An N×spatial×C map needs its gate as N×1…×C: the last layout op before the Mul a Reshape to
+    (·, 1…, C or -1). A gate left N×C×1… would broadcast the channels over the spatial axes."""
+    layout, _ = _through_layout(gate_operand)
+    target = constant_array(layout[-1].inputs[1]) if layout and layout[-1].op_type == "Reshape" else None
+    channels, rank = _channels(x, channels_last=True), _rank(x, 4)
+    if (
+        target is None
+        or target.size != rank
+        or list(target[1:-1]) != [1] * (rank - 2)
+        or (channels is not None and int(target[-1]) not in (-1, channels))
+    ):
+        raise Mismatch(Stage.BLOCK, "the gate is not reshaped to N×1…×C for the channels-last feature map")
 
 
 def _covers_the_map(pool: ir.Node, x: ir.Value, layout: tuple[ir.Node, ...]) -> bool:
@@ -298,12 +325,14 @@ def _finish(
     nodes: tuple[ir.Node, ...],
     weights: AttentionWeights,
     details: dict,
+    *,
+    channels_last: bool = False,
 ) -> AttentionBlock:
     """The block, once its nodes (with the Q/DQ pairs between them) are private to it."""
     members = (*with_pass_throughs((*nodes, mul), x), mul)
     check_private(members, mul)
-    dtype = value_dtype(x)
-    return AttentionBlock(kind, x, mul.outputs[0], members, _channels(x), dtype, weights, details)
+    channels = _channels(x, channels_last)
+    return AttentionBlock(kind, x, mul.outputs[0], members, channels, value_dtype(x), weights, details)
 
 
 def _both_orders(mul: ir.Node, match: Callable[[ir.Node, ir.Value, ir.Value], AttentionBlock]) -> AttentionBlock:
@@ -346,13 +375,18 @@ def _eca(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     if conv_bias is None or np.size(conv_bias) != 1:
         raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has a bias that is not one constant")
     bias = float(np.asarray(conv_bias).item()) + add_bias
-    pool = _global_pool(required_input(conv), x, "avg", Stage.SQUEEZE)
+    source = required_input(conv)
+    channels_last = _means_channels_last(source, x)
+    pool = _global_pool(source, x, "avg", Stage.SQUEEZE, channels_last=channels_last)
+    if channels_last:
+        _check_channels_last_gate(gate_operand, x)
     tensors = {"conv.weight": weight.reshape(1, 1, kernel).astype(np.float32)}
     if bias != 0:
         tensors[ECA_BIAS_KEY] = np.array([bias], np.float32)
-    details = {"kernel": kernel, "squeeze": pool[0].op_type}
+    details = {"kernel": kernel, "squeeze": pool[0].op_type, "layout": "NHWC" if channels_last else "NCHW"}
     nodes = (*pool, conv, *bias_add, *gate_nodes)
-    return _finish("eca", x, mul, nodes, AttentionWeights("eca", tensors, gain), details)
+    weights = AttentionWeights("eca", tensors, gain)
+    return _finish("eca", x, mul, nodes, weights, details, channels_last=channels_last)
 
 
 def _scalar_bias_add(value: ir.Value) -> tuple[tuple[ir.Node, ...], float, ir.Value]:
