@@ -14,7 +14,7 @@ import onnx_ir as ir
 import pytest
 
 from models import build_samples
-from models.builders import GraphBuilder
+from models.builders import GraphBuilder, quantize_qdq
 from se_onnx import find_se
 from se_onnx.cli import main
 from se_onnx.errors import OptionError
@@ -380,6 +380,28 @@ def test_eca_in_the_nhwc_islands_tf2onnx_writes_is_found_stripped_and_exported(o
     feeds = feeds_for(model)
     without = layouts.keras_eca_model(opset, blocks=0)
     np.testing.assert_allclose(_outputs(_checked(stripped), feeds), _outputs(without, feeds), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_qdq_models_with_the_new_kinds_are_found_or_near_misses_never_miscounted(kind):
+    """ONNX Runtime's QDQ format: ECA is found through the Q/DQ pairs. CBAM's two branches get
+    biases quantized at each branch's own input scale (no longer one shared MLP) and its Relus
+    folded into the pairs, and coordinate attention's Split and Transposes get pairs of their own:
+    those are near-misses with a reason, never blocks of another kind."""
+    model, report = insert_se(
+        ir.from_proto(build_samples.resnet_like(opset=13)), InsertOptions(block=kind, init="random", seed=1)
+    )
+    quantized = ir.from_proto(quantize_qdq(ir.to_proto(model)))
+    detection = detect_attention(quantized)
+    assert {block.kind for block in detection.blocks} <= {kind}
+    missed = len(report.blocks) - len(detection.blocks)
+    assert missed == 0 if kind == "eca" else missed > 0
+    assert len(detection.near_misses) >= missed
+    assert all(miss.reason.startswith("closest to ") for miss in detection.near_misses)
+    if kind == "eca":
+        stripped, strip_report = strip_se(quantized, kind)
+        assert len(strip_report.blocks) == len(report.blocks) and find_attention(stripped) == []
+        _checked(stripped)
 
 
 # --- Look-alikes -----------------------------------------------------------------------------------
