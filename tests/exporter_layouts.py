@@ -8,6 +8,8 @@
 - `shared_weight_model`: one weight initializer fed to three convs (two on a residual branch).
 - `keras_se_model`: an SE block written in NHWC, as tf2onnx converts Keras' squeeze-excite
   (ReduceMean over axes 1, 2 → Dense (MatMul + Add) → … → gate broadcast on the last axis).
+- `keras_eca_model`: an ECA block in NHWC, as tf2onnx converts the usual Keras ECA (its Conv1D
+  run as a Conv2D over a 1 × C row, between Transposes).
 
 The QDQ models the tests quantize come from `models.builders.quantize_qdq`: ONNX Runtime's
 `quantize_static` in its default QDQ format (QuantizeLinear / DequantizeLinear around each op; int8
@@ -148,6 +150,38 @@ def keras_se_model(
         h = g.op("Mul", [block_input, h], prefix + "scale")
     y = layers.conv(h, c, c, kernel=1)
     return g.model("keras_se", [x], [g.output(y, "y", ["N", 6, 6, c])])
+
+
+def keras_eca_model(opset: int = 13, blocks: int = 1) -> onnx.ModelProto:
+    """x (N×6×6×3) → Conv → Relu → `blocks` ECA blocks in NHWC → Conv → y, as tf2onnx converts the
+    usual Keras ECA: GlobalAveragePooling2D (ReduceMean over axes 1, 2) → Reshape (N, C, 1) →
+    Conv1D (1 filter, k = 3, "same", no bias: Unsqueeze → Transpose → Conv 1×1×1×k → Transpose →
+    Squeeze, as TensorFlow runs a Conv1D as a Conv2D) → Sigmoid → Reshape (N, 1, 1, C) → Mul.
+    ECA weights come from their own stream, so `blocks=0` is the same model without them; ECA
+    nodes are named "eca<i>/…"."""
+    g = _Graph(opset=opset, seed=1)
+    eca = g.stream(seed=2)
+    layers = _Layers(g, "nhwc")
+    c = 8
+    x = g.input("x", ["N", 6, 6, 3])
+    h = g.op("Relu", [layers.conv(x, 3, c)], "relu")
+    for index in range(blocks):
+        prefix = f"eca{index}/"
+        pooled = g.mean(h, [1, 2], prefix + "mean", keepdims=0)
+        row = g.op("Reshape", [pooled, g.const(prefix + "row", np.array([-1, c, 1]), exact=True)], prefix + "reshape")
+        row = g.op("Transpose", [g.unsqueeze(row, [1], prefix + "expand_dims")], prefix + "to_nchw", perm=TO_NCHW)
+        weight = g.const(prefix + "conv_w", eca.rng.uniform(-1, 1, (1, 1, 1, 3)))
+        y = g.op("Conv", [row, weight], prefix + "conv", kernel_shape=[1, 3], pads=[0, 1, 0, 1])
+        y = g.op("Transpose", [y], prefix + "to_nhwc", perm=TO_NHWC)
+        axes = g.const(prefix + "squeeze_axes", np.array([1]), exact=True)
+        y = g.op(
+            "Squeeze", [y, axes] if opset >= 13 else [y], prefix + "squeeze", **({} if opset >= 13 else {"axes": [1]})
+        )
+        gate = g.op("Sigmoid", [y], prefix + "sigmoid")
+        shape = g.const(prefix + "gate_shape", np.array([-1, 1, 1, c]), exact=True)
+        h = g.op("Mul", [h, g.op("Reshape", [gate, shape], prefix + "gate")], prefix + "scale")
+    y = layers.conv(h, c, c, kernel=1)
+    return g.model("keras_eca", [x], [g.output(y, "y", ["N", 6, 6, c])])
 
 
 def calibration_inputs(

@@ -20,6 +20,9 @@
 - `loop_model`: a Loop body runs conv → SE block on its carried feature map, with an If nested in
   the body (two levels of subgraph).
 - `scan_model`: a Scan body runs conv → SE block on each step of a sequence of feature maps.
+- `attention_model`: an ECA, CBAM or coordinate-attention block after a conv, as torch.onnx writes
+  timm's and the papers' modules or (`paddle`) as Paddle2ONNX writes Paddle's, with an ECA conv's
+  bias, BatchNorm left unfolded, coordinate attention's h_swish in each form `hard_swish` writes.
 - `in_if_branches(model)`: any single-graph model moved whole into both branches of an If (as a
   voice-activity model picks its network by sample rate), names reused across the branches.
 
@@ -396,3 +399,209 @@ def feeds(model: onnx.ModelProto, *, flag: bool = True, batch: int = 2, seed: in
     if "flag" in result:
         result["flag"] = np.array(flag)
     return result
+
+
+# --- Attention blocks after SE (ECA, CBAM, coordinate attention) as exporters write them ----------
+
+ATTENTION_SPATIAL = (8, 6)  # H ≠ W, so that a block that mixes up the two axes shows
+ATTENTION_CHANNELS = 16
+# Coordinate attention's h_swish, as each exporter or implementation writes it (see `hard_swish`).
+HARD_SWISH_FORMS = ("HardSwish", "HardSigmoid", "h_swish", "h_swish_mul", "timm", "relu_min")
+
+
+def attention_model(
+    kind: str,
+    *,
+    opset: int = 13,
+    block: bool = True,
+    paddle: bool = False,
+    dynamo: bool = False,
+    no_op: str | None = None,
+    bias: bool = False,
+    bn: bool = False,
+    activation: str = "HardSwish",
+) -> onnx.ModelProto:
+    """x (N×3×8×6) → Conv 3×3 → Relu → one `kind` block → y, the block written as torch.onnx's
+    TorchScript exporter writes timm's and the papers' modules; as its dynamo exporter does
+    (`dynamo`, opset 18 on: means over axes kept or dropped by ReduceMean, Reshapes with
+    allowzero, expand_as an Expand, one axes constant shared by a mean and a max, h_swish dividing
+    by the Clip's own 6); or (`paddle`) as Paddle2ONNX does: Constant-node weights, each conv bias
+    in a separate Add, `no_op` after each Add and Mul, and Paddle's conv1d as Unsqueeze → Conv2d
+    over a 1 × C row → Add → Squeeze.
+
+    `bias`: ECA's conv has one. `bn`: a BatchNormalization node, not folded, after CBAM's spatial
+    conv and coordinate attention's conv1 (timm's ConvNormAct, the CA paper's conv1 → bn1). The
+    `activation`: coordinate attention's h_swish, one of `HARD_SWISH_FORMS`. Without `block`, the
+    same trunk with the same weights (the block's come from a stream of their own), so a found
+    block's exported weights can be inserted there and the outputs compared. Block nodes are
+    named "<kind>/…".
+    """
+    g = _graphs(5, "float32", constants=paddle, opset=opset)()
+    g.no_op = no_op
+    x = g.input("x", ["N", 3, *ATTENTION_SPATIAL])
+    h = g.op("Relu", [g.conv(x, 3, ATTENTION_CHANNELS, "conv", paddle=paddle)], "relu")
+    if block:
+        blocks = g.stream(seed=6)
+        if kind == "eca":
+            h = _eca(blocks, h, paddle=paddle, dynamo=dynamo, bias=bias)
+        elif kind == "cbam":
+            h = _cbam(blocks, h, paddle=paddle, dynamo=dynamo, bn=bn)
+        else:
+            h = _coord(blocks, h, paddle=paddle, bn=bn, activation="dynamo" if dynamo else activation)
+    y = g.output(h, "y", ["N", ATTENTION_CHANNELS, *ATTENTION_SPATIAL])
+    return g.model(f"{kind}_style", [x], [y])
+
+
+def _squeeze(g: _Graph, x: ir.Value, axes: list[int], stem: str) -> ir.Value:
+    """Squeeze on `axes`: an input from opset 13, an attribute before."""
+    if g.opset >= 13:
+        return g.op("Squeeze", [x, g.const(stem + "_axes", np.array(axes, np.int64), exact=True)], stem)
+    return g.op("Squeeze", [x], stem, axes=axes)
+
+
+def _layer(
+    g: _Graph, x: ir.Value, weight: ir.Value, bias: ir.Value | None, stem: str, *, paddle: bool, pads: list[int]
+) -> ir.Value:
+    """A conv with the given weights: its bias inside, or (`paddle`) in an Add of it reshaped to 1×C×1…."""
+    if bias is None or not paddle:
+        return g.op("Conv", [x, weight, *([bias] if bias is not None else [])], stem, pads=pads)
+    rank = len(pads) // 2
+    shape = g.const(stem + "_bias_shape", np.array([1, -1, *([1] * rank)], np.int64), exact=True)
+    h = g.op("Conv", [x, weight], stem, pads=pads)
+    return g.op("Add", [h, g.op("Reshape", [bias, shape], stem + "_bias_reshape")], stem + "_bias")
+
+
+def _batch_norm(g: _Graph, x: ir.Value, channels: int, stem: str) -> ir.Value:
+    """An inference BatchNormalization node with its statistics, away from the identity."""
+    scale = g.const(stem + "_scale", g.rng.uniform(0.5, 1.5, channels))
+    shift = g.const(stem + "_bias", g.rng.uniform(-0.5, 0.5, channels))
+    mean = g.const(stem + "_mean", g.rng.uniform(-0.5, 0.5, channels))
+    var = g.const(stem + "_var", g.rng.uniform(0.5, 1.5, channels))
+    return g.op("BatchNormalization", [x, scale, shift, mean, var], stem, epsilon=1e-5)
+
+
+def _eca(g: _Graph, x: ir.Value, *, paddle: bool, dynamo: bool, bias: bool) -> ir.Value:
+    """timm's EcaModule (GlobalAveragePool → Reshape N×1×C → Conv1d → Reshape → Sigmoid → Mul), or
+    Paddle's: squeeze, transpose, its conv1d as a Conv2d over N×1×1×C, and back."""
+    c, k = ATTENTION_CHANNELS, 3
+    # dynamo: x.mean((2, 3)) drops the dims, view(N, 1, -1) restores one.
+    pooled = g.mean(x, [2, 3], "eca/pool", keepdims=0) if dynamo else g.op("GlobalAveragePool", [x], "eca/pool")
+    reshape = {"allowzero": 1} if dynamo else {}
+    conv_bias = g.weight("eca/conv_b", 1) if bias else None
+    if paddle:
+        row = g.op("Transpose", [_squeeze(g, pooled, [3], "eca/squeeze")], "eca/transpose", perm=[0, 2, 1])
+        row = g.unsqueeze(row, [2], "eca/conv_unsqueeze")
+        weight = g.weight("eca/conv_w", 1, 1, 1, k)
+        y = _layer(g, row, weight, conv_bias, "eca/conv", paddle=True, pads=[0, 1, 0, 1])
+        y = g.op("Transpose", [_squeeze(g, y, [2], "eca/conv_squeeze")], "eca/transpose_back", perm=[0, 2, 1])
+        y = g.unsqueeze(y, [3], "eca/unsqueeze")
+    else:
+        row = g.op("Reshape", [pooled, g.const("eca/row", np.array([-1, 1, c]), exact=True)], "eca/view", **reshape)
+        y = _layer(g, row, g.weight("eca/conv_w", 1, 1, k), conv_bias, "eca/conv", paddle=False, pads=[1, 1])
+        y = g.op("Reshape", [y, g.const("eca/col", np.array([-1, c, 1, 1]), exact=True)], "eca/view_back", **reshape)
+    gate = g.op("Sigmoid", [y], "eca/gate")
+    if dynamo:
+        gate = g.op(
+            "Expand", [gate, g.const("eca/map", np.array([1, c, *ATTENTION_SPATIAL]), exact=True)], "eca/expand"
+        )
+    return g.op("Mul", [x, gate], "eca/scale")
+
+
+def _cbam(g: _Graph, x: ir.Value, *, paddle: bool, dynamo: bool, bn: bool) -> ir.Value:
+    """timm's CbamModule: one 1×1-conv MLP on the average and max pools, summed, Sigmoid, Mul; then
+    Concat(mean, max over C) → 7×7 conv (→ BatchNormalization with `bn`) → Sigmoid → Mul."""
+    c, s = ATTENTION_CHANNELS, 4
+    fc1, fc1_b = g.weight("cbam/fc1_w", s, c, 1, 1), g.weight("cbam/fc1_b", s)
+    fc2, fc2_b = g.weight("cbam/fc2_w", c, s, 1, 1), g.weight("cbam/fc2_b", c)
+    spatial_axes = g.const("cbam/spatial_axes", np.array([2, 3]), exact=True) if dynamo else None
+    branches = []
+    for pool in ("GlobalAveragePool", "GlobalMaxPool"):
+        if spatial_axes is not None:  # x.mean((2, 3), keepdim=True) and x.amax(…), one axes constant
+            reduce = "ReduceMean" if pool == "GlobalAveragePool" else "ReduceMax"
+            h = g.op(reduce, [x, spatial_axes], f"cbam/{reduce}", keepdims=1)
+        else:
+            h = g.op(pool, [x], f"cbam/{pool}")
+        h = g.op("Relu", [_layer(g, h, fc1, fc1_b, "cbam/fc1", paddle=paddle, pads=[0] * 4)], "cbam/relu")
+        branches.append(_layer(g, h, fc2, fc2_b, "cbam/fc2", paddle=paddle, pads=[0] * 4))
+    gate = g.op("Sigmoid", [g.op("Add", branches, "cbam/sum")], "cbam/channel_gate")
+    x = g.op("Mul", [x, gate], "cbam/channel_scale")
+    peak = g.op("ReduceMax", [x], "cbam/channel_max", axes=[1], keepdims=1) if g.opset < 18 else None
+    if peak is None:
+        axes = g.const("cbam/max_axes", np.array([1]), exact=True)
+        peak = g.op("ReduceMax", [x, axes], "cbam/channel_max", keepdims=1)
+    pooled = g.op("Concat", [g.mean(x, [1], "cbam/channel_mean"), peak], "cbam/pooled", axis=1)
+    spatial_bias = None if bn else g.weight("cbam/spatial_b", 1)
+    h = _layer(
+        g, pooled, g.weight("cbam/spatial_w", 1, 2, 7, 7), spatial_bias, "cbam/spatial", paddle=paddle, pads=[3] * 4
+    )
+    if bn:
+        h = _batch_norm(g, h, 1, "cbam/spatial_bn")
+    return g.op("Mul", [x, g.op("Sigmoid", [h], "cbam/spatial_gate")], "cbam/spatial_scale")
+
+
+def _coord(g: _Graph, x: ir.Value, *, paddle: bool, bn: bool, activation: str) -> ir.Value:
+    """The CA paper's CoordAtt as torch.onnx writes it: AveragePool over W and over H (Transposed),
+    Concat, conv1 (→ BatchNormalization with `bn`) → h_swish, Split, conv_h / conv_w (the W half
+    Transposed back) → Sigmoid, x·a_w·a_h."""
+    (height, width), c, m = ATTENTION_SPATIAL, ATTENTION_CHANNELS, 8
+    pool_h = g.op("AveragePool", [x], "coord/pool_h", kernel_shape=[1, width], strides=[1, width])
+    pool_w = g.op("AveragePool", [x], "coord/pool_w", kernel_shape=[height, 1], strides=[height, 1])
+    pool_w = g.op("Transpose", [pool_w], "coord/pool_w_t", perm=[0, 1, 3, 2])
+    both = g.op("Concat", [pool_h, pool_w], "coord/cat", axis=2)
+    h = _layer(
+        g,
+        both,
+        g.weight("coord/conv1_w", m, c, 1, 1),
+        g.weight("coord/conv1_b", m),
+        "coord/conv1",
+        paddle=paddle,
+        pads=[0] * 4,
+    )
+    if bn:
+        h = _batch_norm(g, h, m, "coord/bn1")
+    h = hard_swish(g, h, activation, "coord/act")
+    sizes = [height, width]
+    if g.opset >= 13:
+        inputs, attributes = [h, g.const("coord/sizes", np.array(sizes, np.int64), exact=True)], {"axis": 2}
+    else:
+        inputs, attributes = [h], {"axis": 2, "split": sizes}
+    halves = g.tape.op_multi_out("Split", inputs, attributes, num_outputs=2, name=g.names("coord/split"))
+    for half in halves:
+        half.name = g.names("coord/split_out")
+    w_half = g.op("Transpose", [halves[1]], "coord/split_w_t", perm=[0, 1, 3, 2])
+    gates = []
+    for half, stem in ((halves[0], "conv_h"), (w_half, "conv_w")):
+        weight, bias = g.weight(f"coord/{stem}_w", c, m, 1, 1), g.weight(f"coord/{stem}_b", c)
+        gates.append(
+            g.op(
+                "Sigmoid",
+                [_layer(g, half, weight, bias, f"coord/{stem}", paddle=paddle, pads=[0] * 4)],
+                f"coord/{stem}_gate",
+            )
+        )
+    return g.op("Mul", [g.op("Mul", [x, gates[1]], "coord/scale_w"), gates[0]], "coord/scale_h")
+
+
+def hard_swish(g: GraphBuilder, h: ir.Value, form: str, stem: str) -> ir.Value:
+    """h_swish(h) = h·ReLU6(h + 3)/6 in one of `HARD_SWISH_FORMS`: the HardSwish op (h·HardSigmoid
+    before opset 14), h·HardSigmoid(h; 1/6, 0.5), the CA code's h·(ReLU6(h + 3)/6) with ReLU6 as
+    Clip (h_swish) and with / 6 as · (1/6) (h_swish_mul), timm's (h·ReLU6(h + 3))/6, ReLU6 as
+    Min(Relu(·), 6) (relu_min); and as the dynamo exporter writes it, dividing by the Clip's own 6."""
+    if form == "HardSwish" and g.opset >= 14:
+        return g.op("HardSwish", [h], stem)
+    if form in ("HardSwish", "HardSigmoid"):
+        return g.op("Mul", [h, g.op("HardSigmoid", [h], stem + "_hsig", alpha=1 / 6, beta=0.5)], stem)
+    shifted = g.op("Add", [h, g.const(stem + "_three", np.array(3.0))], stem + "_add")
+    high = g.const(stem + "_six", np.array(6.0))
+    if form == "relu_min":
+        clipped = g.op("Min", [g.op("Relu", [shifted], stem + "_relu"), high], stem + "_min")
+    else:
+        clipped = g.op("Clip", [shifted, g.const(stem + "_zero", np.array(0.0)), high], stem + "_clip")
+    six = high if form == "dynamo" else g.const(stem + "_div", np.array(6.0))
+    if form == "timm":
+        return g.op("Div", [g.op("Mul", [h, clipped], stem + "_mul"), six], stem)
+    if form == "h_swish_mul":
+        gate = g.op("Mul", [clipped, g.const(stem + "_sixth", np.array(1 / 6))], stem + "_scale")
+    else:
+        gate = g.op("Div", [clipped, six], stem + "_scale")
+    return g.op("Mul", [h, gate], stem)

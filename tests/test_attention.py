@@ -14,7 +14,7 @@ import onnx_ir as ir
 import pytest
 
 from models import build_samples
-from models.builders import GraphBuilder
+from models.builders import GraphBuilder, quantize_qdq
 from se_onnx import find_se
 from se_onnx.cli import main
 from se_onnx.errors import OptionError
@@ -23,6 +23,8 @@ from se_onnx.passes.export_weights import export_weights
 from se_onnx.passes.find_attention import detect_attention, find_attention
 from se_onnx.passes.insert import InsertOptions, InsertSE, insert_se
 from se_onnx.passes.strip import StripSE, strip_se
+from tests import exporter_layouts as layouts
+from tests import exporter_styles as styles
 from tests.se_variants import feeds_for, ort_outputs
 
 KINDS = ("eca", "cbam", "coord")
@@ -91,6 +93,30 @@ def test_eca_kernel_follows_the_paper_and_can_be_set():
         InsertOptions(block="eca", eca_kernel=4)
 
 
+@pytest.mark.parametrize("opset", [11, 21])
+def test_eca_with_a_bias_is_found_stripped_and_its_bias_exported(opset):
+    """Paddle's ECA and a Conv1d(bias=True) have a bias; `insert --weights` with conv.bias builds one."""
+    base = build_samples.resnet_like(opset=opset)
+    feeds = feeds_for(base)
+    random, _ = insert_se(ir.from_proto(base), InsertOptions(block="eca", where="conv", init="random", seed=3))
+    weights = export_weights(random)
+    assert not any(key.endswith(".conv.bias") for key in weights)  # timm's ECA: no bias
+    biased = {**weights, **{key.replace(".weight", ".bias"): np.array([0.75], np.float32) for key in weights}}
+    model, report = insert_se(ir.from_proto(base), InsertOptions(block="eca", where="conv", weights=biased))
+    outputs = _outputs(_checked(model), feeds)
+    assert np.abs(outputs - _outputs(_checked(random), feeds)).max() > 1e-3  # the bias counts
+
+    found = find_attention(model)
+    assert [block.kind for block in found] == ["eca"] * len(report.blocks)
+    assert all(len(node.inputs) == 3 for block in found for node in block.nodes if node.op_type == "Conv")
+    exported = export_weights(model)
+    assert exported.keys() == biased.keys()
+    for key, array in biased.items():
+        np.testing.assert_array_equal(exported[key], array)
+    stripped, _ = strip_se(model, "eca")
+    np.testing.assert_allclose(_outputs(_checked(stripped), feeds), _outputs(base, feeds), rtol=1e-5, atol=1e-5)
+
+
 def test_coord_hidden_width_is_at_least_8_and_cbam_uses_the_ratio():
     model = ir.from_proto(build_samples.resnet_like(opset=17))
     _, coord = insert_se(model, InsertOptions(block="coord", where="conv", ratio=1 / 32))
@@ -107,10 +133,12 @@ def _torch_modules():
     nn = torch.nn
 
     class EcaNet(nn.Module):  # ECA-Net's layer: squeeze/transpose around a Conv1d, expand_as
+        bias = False
+
         def __init__(self, channels: int) -> None:
             super().__init__()
             k = eca_kernel(channels)
-            self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+            self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=self.bias)
 
         def forward(self, x):
             y = nn.functional.adaptive_avg_pool2d(x, 1)
@@ -121,6 +149,9 @@ def _torch_modules():
         def forward(self, x):
             y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
             return x * y.view(x.shape[0], -1, 1, 1).sigmoid().expand_as(x)
+
+    class EcaBiased(EcaTimm):  # timm's forward over a Conv1d with a bias, as Paddle's ECA has
+        bias = True
 
     class CbamTimm(nn.Module):  # timm's CbamModule: 1×1 conv MLP on mean and amax; [mean, max] spatially
         def __init__(self, channels: int) -> None:
@@ -135,6 +166,11 @@ def _torch_modules():
             x = x * torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
             pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
             return x * torch.sigmoid(self.spatial(pooled))
+
+    class CbamNorm(CbamTimm):  # timm's spatial ConvNormAct: the 7×7 conv without bias, then BatchNorm
+        def __init__(self, channels: int) -> None:
+            super().__init__(channels)
+            self.spatial = nn.Sequential(nn.Conv2d(2, 1, 7, padding=3, bias=False), nn.BatchNorm2d(1))
 
     class CbamOriginal(CbamTimm):  # CBAM's code: Linear MLP on global pools, [max, mean] spatially
         def __init__(self, channels: int) -> None:
@@ -165,27 +201,48 @@ def _torch_modules():
             a_w = self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid()
             return x * a_w * a_h
 
+    class HardSigmoid(nn.Module):  # the CA code's h_sigmoid and h_swish
+        def forward(self, x):
+            return nn.functional.relu6(x + 3) / 6
+
+    class CoordReference(CoordAttention):
+        def forward(self, x):
+            n, c, h, w = x.size()
+            x_h = nn.functional.adaptive_avg_pool2d(x, (None, 1))
+            x_w = nn.functional.adaptive_avg_pool2d(x, (1, None)).permute(0, 1, 3, 2)
+            y = self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2)))
+            y = y * HardSigmoid()(y)
+            x_h, x_w = torch.split(y, [h, w], dim=2)
+            return x * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid() * self.conv_h(x_h).sigmoid()
+
     return torch, {
         "eca-net": EcaNet,
         "eca-timm": EcaTimm,
+        "eca-bias": EcaBiased,
         "cbam-timm": CbamTimm,
         "cbam-original": CbamOriginal,
+        "cbam-bn": CbamNorm,
         "coord-paper": CoordAttention,
+        "coord-reference": CoordReference,
     }
 
 
-@pytest.mark.parametrize("form", ["eca-net", "eca-timm", "cbam-timm", "cbam-original", "coord-paper"])
+@pytest.mark.parametrize(
+    "form",
+    ["eca-net", "eca-timm", "eca-bias", "cbam-timm", "cbam-original", "cbam-bn", "coord-paper", "coord-reference"],
+)
 def test_blocks_that_torch_onnx_exports_are_found_and_rebuilt_exactly(form):
     """A block exported from PyTorch is found, its weights read out, and `insert --weights` into
-    the model exported without it computes what PyTorch computes."""
+    the model exported without it computes what PyTorch computes. "cbam-bn" is exported without
+    constant folding, so that its BatchNorm stays a node."""
     torch, modules = _torch_modules()
     torch.manual_seed(0)
     attention = modules[form](16)
     for parameter in attention.parameters():  # away from any identity, BatchNorm's statistics too
         torch.nn.init.uniform_(parameter, -0.5, 0.5)
-    if hasattr(attention, "bn1"):
-        attention.bn1.running_mean.uniform_(-0.5, 0.5)
-        attention.bn1.running_var.uniform_(0.5, 1.5)
+    for norm in (module for module in attention.modules() if isinstance(module, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 1.5)
 
     class Net(torch.nn.Module):
         def __init__(self, block) -> None:
@@ -199,7 +256,14 @@ def test_blocks_that_torch_onnx_exports_are_found_and_rebuilt_exactly(form):
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net.eval(), torch.randn(1, 3, 8, 6), buffer, opset_version=17, dynamo=False)
+            torch.onnx.export(
+                net.eval(),
+                torch.randn(1, 3, 8, 6),
+                buffer,
+                opset_version=17,
+                dynamo=False,
+                do_constant_folding=not form.endswith("-bn"),
+            )
         return ir.from_proto(onnx.load_from_string(buffer.getvalue()))
 
     net, bare = Net(attention), Net(torch.nn.Identity())
@@ -218,6 +282,126 @@ def test_blocks_that_torch_onnx_exports_are_found_and_rebuilt_exactly(form):
     np.testing.assert_allclose(_outputs(_checked(rebuilt), feeds), expected, rtol=1e-4, atol=1e-5)
     stripped, _ = strip_se(with_block, kind)
     assert find_attention(stripped) == []
+
+
+# --- The forms other exporters write (`tests.exporter_styles.attention_model`) -------------------
+
+
+def _found_and_rebuilt_exactly(kind: str, **form):
+    """The one block of the model `kind` and `form` build is found; `insert --weights` with what
+    `export-weights` reads from it, into the same trunk without it, computes the same; strip leaves
+    the trunk's outputs. Returns the block."""
+    model = styles.attention_model(kind, **form)
+    found = find_attention(ir.from_proto(model))
+    assert [block.kind for block in found] == [kind]
+    base = styles.attention_model(kind, block=False, **form)
+    weights = export_weights(ir.from_proto(model))
+    rebuilt, _ = insert_se(ir.from_proto(base), InsertOptions(block=kind, where="conv", weights=weights))
+    feeds = feeds_for(model)
+    expected = _outputs(model, feeds)
+    assert np.abs(expected - _outputs(base, feeds)).max() > 1e-2  # the block does something
+    np.testing.assert_allclose(_outputs(_checked(rebuilt), feeds), expected, rtol=1e-5, atol=1e-5)
+    stripped, _ = strip_se(ir.from_proto(model), kind)
+    assert find_attention(stripped) == []
+    np.testing.assert_allclose(_outputs(_checked(stripped), feeds), _outputs(base, feeds), rtol=1e-6, atol=1e-6)
+    return found[0]
+
+
+@pytest.mark.parametrize("opset", [11, 14])
+@pytest.mark.parametrize("activation", styles.HARD_SWISH_FORMS)
+def test_coord_attention_with_each_form_of_hard_swish(activation, opset):
+    block = _found_and_rebuilt_exactly("coord", opset=opset, activation=activation)
+    assert block.details["activation"] == "HardSwish"
+
+
+def test_a_hard_swish_with_the_wrong_constant_is_no_coord_attention():
+    model = ir.from_proto(styles.attention_model("coord", opset=13, activation="h_swish"))
+    model.graph.initializers["coord/act_div"].const_value = ir.tensor(np.array(5.0, np.float32))
+    detection = detect_attention(model)
+    assert detection.blocks == []
+    # The first gate's Mul is the candidate (the second rescales a rescaled map, not a pooled one).
+    assert [miss.node for miss in detection.near_misses] == ["coord/scale_w"]
+
+
+def test_se_with_a_written_out_hard_swish_between_its_layers_is_found():
+    """MobileNetV3's hand-written h_swish, as coordinate attention's code has it, in an SE block."""
+    g = GraphBuilder(seed=1, opset=13)
+    x = g.input("x", ["N", 8, 4, 4])
+    h = g.op("Conv", [g.op("GlobalAveragePool", [x], "pool"), g.weight("fc1", 4, 8, 1, 1)], "fc1")
+    h = styles.hard_swish(g, h, "timm", "act")
+    h = g.op("Sigmoid", [g.op("Conv", [h, g.weight("fc2", 8, 4, 1, 1)], "fc2")], "gate")
+    model = g.model("se", [x], [g.output(g.op("Mul", [x, h], "scale"), "y", ["N", 8, 4, 4])])
+    (block,) = find_se(ir.from_proto(model))
+    assert block.activation is not None and block.activation.op_type == "HardSwish"
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("kind", ["cbam", "coord"])
+def test_a_batch_norm_left_unfolded_is_folded_into_the_exported_weights(kind, opset):
+    """timm's CBAM spatial ConvNormAct and the CA paper's conv1 → bn1, as exported without constant folding."""
+    block = _found_and_rebuilt_exactly(kind, opset=opset, bn=True)
+    assert "BatchNormalization" in [node.op_type for node in block.nodes]
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_forms_the_dynamo_exporter_writes(kind, opset):
+    """torch.onnx.export(dynamo=True)'s forms of timm's ECA and CBAM and the CA code, as checked
+    against real exports: kept and dropped means, Reshapes with allowzero, Expand, shared axes."""
+    _found_and_rebuilt_exactly(kind, opset=opset, dynamo=True)
+
+
+@pytest.mark.parametrize("no_op", [None, "Identity"])
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_forms_paddle2onnx_writes(kind, opset, no_op):
+    """Constant-node weights, bias Adds, an Identity after each Add and Mul (the newest
+    Paddle2ONNX), BatchNorm unfolded, Paddle's conv1d as a Conv2d over a row with its bias."""
+    block = _found_and_rebuilt_exactly(kind, opset=opset, paddle=True, no_op=no_op, bias=True, bn=True)
+    assert all(node.op_type != "Identity" for node in block.nodes) or no_op == "Identity"
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_eca_in_the_nhwc_islands_tf2onnx_writes_is_found_stripped_and_exported(opset):
+    """Keras' ECA through tf2onnx: the mean over axes 1, 2 of an N×H×W×C map, the Conv1D between
+    Transposes, the gate Reshaped to N×1×1×C. (`insert` puts no block of these kinds in NHWC.)"""
+    model = layouts.keras_eca_model(opset, blocks=2)
+    found = find_attention(ir.from_proto(model))
+    assert [(block.kind, block.details["layout"]) for block in found] == [("eca", "NHWC")] * 2
+    weights = export_weights(ir.from_proto(model))
+    written = {
+        tuple(onnx.numpy_helper.to_array(tensor).reshape(-1))
+        for tensor in model.graph.initializer
+        if tensor.name.startswith("eca") and "conv_w" in tensor.name
+    }
+    assert {weights[key].shape for key in weights} == {(1, 1, 3)}
+    assert {tuple(array.reshape(-1)) for array in weights.values()} == written
+    stripped, _ = strip_se(ir.from_proto(model), "eca")
+    feeds = feeds_for(model)
+    without = layouts.keras_eca_model(opset, blocks=0)
+    np.testing.assert_allclose(_outputs(_checked(stripped), feeds), _outputs(without, feeds), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_qdq_models_with_the_new_kinds_are_found_or_near_misses_never_miscounted(kind):
+    """ONNX Runtime's QDQ format: ECA is found through the Q/DQ pairs. CBAM's two branches get
+    biases quantized at each branch's own input scale (no longer one shared MLP) and its Relus
+    folded into the pairs, and coordinate attention's Split and Transposes get pairs of their own:
+    those are near-misses with a reason, never blocks of another kind."""
+    model, report = insert_se(
+        ir.from_proto(build_samples.resnet_like(opset=13)), InsertOptions(block=kind, init="random", seed=1)
+    )
+    quantized = ir.from_proto(quantize_qdq(ir.to_proto(model)))
+    detection = detect_attention(quantized)
+    assert {block.kind for block in detection.blocks} <= {kind}
+    missed = len(report.blocks) - len(detection.blocks)
+    assert missed == 0 if kind == "eca" else missed > 0
+    assert len(detection.near_misses) >= missed
+    assert all(miss.reason.startswith("closest to ") for miss in detection.near_misses)
+    if kind == "eca":
+        stripped, strip_report = strip_se(quantized, kind)
+        assert len(strip_report.blocks) == len(report.blocks) and find_attention(stripped) == []
+        _checked(stripped)
 
 
 # --- Look-alikes -----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The attention blocks that came after SE — ECA, CBAM, coordinate attention — as ONNX nodes at any
 opset from 11, with their weights, a trainable identity init and PyTorch's default init.
 
-    eca    x → GlobalAveragePool → Reshape (N, 1, C) → Conv1d (k, no bias) → Sigmoid → Reshape
-           (N, C, 1…) → Mul(x, ·)
+    eca    x → GlobalAveragePool → Reshape (N, 1, C) → Conv1d (k; a bias only when the weights have
+           one) → Sigmoid → Reshape (N, C, 1…) → Mul(x, ·)
     cbam   channel: x → GlobalAveragePool and GlobalMaxPool → one shared MLP (1×1 Conv → Relu →
            1×1 Conv) each → Add → Sigmoid → Mul(x, ·) = x′; spatial: x′ → ReduceMean and ReduceMax
            over C → Concat → Conv k×k (2 → 1) → Sigmoid → Mul(x′, ·)
@@ -43,6 +43,8 @@ from se_onnx.ir.se_block import (
 KINDS = ("se", "eca", "cbam", "coord")
 KIND_NAMES = {"se": "SE", "eca": "ECA", "cbam": "CBAM", "coord": "coordinate attention"}
 CBAM_SPATIAL_KERNEL = 7
+# The one weight a kind may have or not: the bias of ECA's conv.
+ECA_BIAS_KEY = "conv.bias"
 # Coordinate attention's hidden width is max(8, C·ratio) (the paper's mip = max(8, C // 32)).
 COORD_MIN_HIDDEN = 8
 # The paper's h_swish between the shared conv and the two gate convs.
@@ -59,11 +61,12 @@ def eca_kernel(channels: int, gamma: float = 2, b: float = 1) -> int:
     return t if t % 2 else t + 1
 
 
-def _layout(kind: str, channels: int, hidden: int, kernel: int) -> dict[str, tuple[int, ...]]:
+def _layout(kind: str, channels: int, hidden: int, kernel: int, *, bias: bool = False) -> dict[str, tuple[int, ...]]:
     """A kind's weights, keyed as `export-weights` writes them: 1×1 convs in PyTorch's Linear layout
-    (out × in), ECA's conv as a Conv1d's (1 × 1 × k), CBAM's spatial conv as a Conv2d's."""
+    (out × in), ECA's conv as a Conv1d's (1 × 1 × k, and its bias with `bias`: timm's has none,
+    Paddle's and a Conv1d(bias=True) one), CBAM's spatial conv as a Conv2d's."""
     if kind == "eca":
-        return {"conv.weight": (1, 1, kernel)}
+        return {"conv.weight": (1, 1, kernel), **({"conv.bias": (1,)} if bias else {})}
     if kind == "cbam":
         return {
             "fc1.weight": (hidden, channels),
@@ -120,7 +123,8 @@ class AttentionWeights:
     @classmethod
     def from_arrays(cls, kind: str, arrays: Mapping[str, np.ndarray], *, channels: int, where: str) -> AttentionWeights:
         """Weights from arrays keyed like `arrays()`, checked against a block over `channels`
-        channels; the hidden width and kernel come from the arrays."""
+        channels; the hidden width, the kernel and whether ECA's conv has a bias come from the
+        arrays."""
         keys = _layout(kind, 1, 1, 1)
         missing = [key for key in keys if key not in arrays]
         if missing:
@@ -129,7 +133,8 @@ class AttentionWeights:
         kernel = (
             int(np.shape(arrays["conv.weight" if kind == "eca" else "spatial.weight"])[-1]) if kind != "coord" else 1
         )
-        shaped = shaped_arrays(arrays, _layout(kind, channels, hidden, kernel), where)
+        bias = kind == "eca" and ECA_BIAS_KEY in arrays
+        shaped = shaped_arrays(arrays, _layout(kind, channels, hidden, kernel, bias=bias), where)
         tensors = {key: array.astype(np.float32) for key, array in shaped.items()}
         return cls(kind, tensors, gate_gain_of(arrays, where))
 
@@ -249,7 +254,10 @@ class _Block:
         row = self.tape.op("Reshape", [pooled, row_shape], None, "row", self.shape(1, channels))
         # Padded by (k - 1)/2 on each side (k is odd), so the conv keeps C positions.
         pads = {"pads": [(kernel - 1) // 2] * 2}
-        conv = self.tape.op("Conv", [row, self.weight("conv.weight")], pads, "conv", self.shape(1, channels))
+        operands = [self.weight("conv.weight")]
+        if ECA_BIAS_KEY in self.weights.tensors:
+            operands.append(self.weight(ECA_BIAS_KEY))
+        conv = self.tape.op("Conv", [row, *operands], pads, "conv", self.shape(1, channels))
         gate = self.gate(conv, "gate", self.shape(1, channels))
         back_shape = self.tape.constant("scale_shape", np.array([-1, channels, *unit], np.int64), exact=True)
         scale = self.tape.op("Reshape", [gate, back_shape], None, "unsqueeze", self.shape(channels, *unit))

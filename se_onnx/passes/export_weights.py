@@ -41,9 +41,10 @@ def export_se_weights(model: ir.Model) -> dict[str, np.ndarray]:
 def export_weights(model: ir.Model) -> dict[str, np.ndarray]:
     """The weights of every block of every kind as fp32 arrays keyed "<block>.<key>": SE blocks as
     `export_se_weights` writes them, the other kinds in `se_onnx.ir.attention`'s layout per kind
-    (ECA: conv.weight; CBAM: fc1/fc2 weight and bias, spatial.weight, spatial.bias; coordinate
-    attention: conv1, conv_h, conv_w weight and bias), each with "<block>.gate.gain" for a gate
-    with a gain. `insert --block KIND --weights` takes one kind's blocks back."""
+    (ECA: conv.weight, and conv.bias where its conv has one; CBAM: fc1/fc2 weight and bias,
+    spatial.weight, spatial.bias; coordinate attention: conv1, conv_h, conv_w weight and bias),
+    each with "<block>.gate.gain" for a gate with a gain. `insert --block KIND --weights` takes
+    one kind's blocks back."""
     blocks = [block for block in find_attention(model) if block.se is None or block.se.squeeze_channels is not None]
     if not blocks:
         raise SeOnnxError("the model has no attention block (nor two-layer SE block) to export weights from")

@@ -373,20 +373,34 @@ def match_gate(value: ir.Value) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
 
 
 def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
-    split = _split_constant_operand(scale)
-    if split is None or split[1].size != 1:
+    split = _scale_operand(scale)
+    if split is None:
         raise Mismatch(Stage.RESCALE, f"{scale.op_type} gate candidate has no scalar constant")
-    clip_output, factor = split
-    scale_by = 1.0 / float(factor.item()) if scale.op_type == "Div" else float(factor.item())
-    clip = real_producer(clip_output)
-    if clip is None or clip.op_type != "Clip":
+    return _hard_sigmoid(*split, (scale,))
+
+
+def _scale_operand(scale: ir.Node) -> tuple[ir.Value, float] | None:
+    """(y, k) of Div(y, c) or Mul(y, c) | Mul(c, y), c a scalar constant: y scaled by k = 1/c or c."""
+    split = _split_constant_operand(scale)
+    if split is None or split[1].size != 1 or (scale.op_type == "Div" and split[0] is not scale.inputs[0]):
+        return None
+    operand, factor = split
+    return operand, 1.0 / float(factor.item()) if scale.op_type == "Div" else float(factor.item())
+
+
+def _hard_sigmoid(
+    clipped: ir.Value, scale_by: float, scale: tuple[ir.Node, ...]
+) -> tuple[Gate, tuple[ir.Node, ...], ir.Value]:
+    """Pattern: ReLU6-like(z + b) (`_clip`), scaled by 1/h (the `scale` node, or the Div or Mul
+    that a hard swish applies after its own Mul): HardSigmoid(alpha=1/h, beta=b/h) of z."""
+    clip_nodes, shifted, low, high = _clip(clipped)
+    if not clip_nodes:
         raise Mismatch(Stage.RESCALE, "neither Mul operand comes from a gate")
-    low, high = _clip_bounds(clip)
     if low is None or high is None or not np.isclose(low, 0.0) or high <= 0:
         raise Mismatch(Stage.GATE, f"hard-sigmoid Clip bounds ({low}, {high}) are not (0, h)")
     if not np.isclose(scale_by * high, 1.0, rtol=_CONSTANT_RTOL):
         raise Mismatch(Stage.GATE, f"hard sigmoid scales Clip(0, {high:g}) by {scale_by:g}, not 1/{high:g}")
-    shift = real_producer(clip.inputs[0]) if clip.inputs[0] is not None else None
+    shift = real_producer(shifted)
     if shift is None or shift.op_type != "Add":
         raise Mismatch(Stage.GATE, "hard-sigmoid Clip does not follow an Add of its offset")
     split = _split_constant_operand(shift)
@@ -396,7 +410,32 @@ def _match_written_out_hard_sigmoid(scale: ir.Node) -> tuple[Gate, tuple[ir.Node
     # Rounded to float32, the precision a HardSigmoid attribute holds, so a fused model reports the same gate.
     alpha, beta = (float(np.float32(v)) for v in (1.0 / high, float(offset.item()) / high))
     gate = Gate("HardSigmoid", alpha=alpha, beta=beta)
-    return gate, (shift, clip, scale), excitation
+    return gate, (shift, *clip_nodes, *scale), excitation
+
+
+def _clip(value: ir.Value) -> tuple[tuple[ir.Node, ...], ir.Value, float | None, float | None]:
+    """Pattern: Clip(z, low, high), or ReLU6 as some exporters write it, Relu or Max(·, low) and
+    Min(·, high) in either order: (those nodes in graph order, z, low, high); no nodes when
+    `value` is none of them."""
+    node = real_producer(value)
+    if node is not None and node.op_type == "Clip" and node.domain == "":
+        return (node,), required_input(node), *_clip_bounds(node)
+    nodes: list[ir.Node] = []
+    bounds: dict[str, float] = {}
+    while node is not None and node.domain == "" and len(nodes) < 2:
+        if node.op_type == "Relu" and "Max" not in bounds:
+            bounds["Max"], value = 0.0, required_input(node)
+        elif node.op_type in ("Min", "Max") and node.op_type not in bounds:
+            split = _split_constant_operand(node)
+            if split is None or split[1].size != 1:
+                break
+            value, bound = split
+            bounds[node.op_type] = float(bound.item())
+        else:
+            break
+        nodes.insert(0, node)
+        node = real_producer(value)
+    return tuple(nodes), value, bounds.get("Max"), bounds.get("Min")
 
 
 def _clip_bounds(clip: ir.Node) -> tuple[float | None, float | None]:
@@ -533,8 +572,8 @@ def match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node,
         if slope is None:
             raise Mismatch(Stage.ACTIVATION, f"PRelu {node.name!r} has a slope that is not constant")
         return Activation("PRelu", slope=_prelu_slope(slope)), (node,), required_input(node)
-    if node.op_type == "Mul":
-        return _match_written_out_silu(node)
+    if node.op_type in ("Mul", "Div"):
+        return _match_written_out_swish(node)
     if node.op_type in (*_LAYER_OPS, "Add") and clips_at_zero(through_no_ops(value)):
         return Activation("Relu"), (), value
     if node.op_type in (*_LAYER_OPS, "Add") or _is_squeeze_node(node):
@@ -542,27 +581,60 @@ def match_activation(value: ir.Value) -> tuple[Activation | None, tuple[ir.Node,
     raise Mismatch(Stage.ACTIVATION, f"unsupported activation {node.op_type} between the excitation layers")
 
 
-def _match_written_out_silu(mul: ir.Node) -> tuple[Activation, tuple[ir.Node, ...], ir.Value]:
-    """h·Sigmoid(h) is SiLU; h·HardSigmoid(h; 1/6, 0.5) is HardSwish as written before opset 14."""
+def _match_written_out_swish(node: ir.Node) -> tuple[Activation, tuple[ir.Node, ...], ir.Value]:
+    """h·Sigmoid(h) is SiLU; h·HardSigmoid(h; 1/6, 0.5) is HardSwish as written before opset 14,
+    and so are h·(ReLU6(h + 3)/6) (the h_swish of MobileNetV3's and coordinate attention's code)
+    and (h·ReLU6(h + 3))/6 (timm's hard_swish), ReLU6 as `_clip` reads it."""
+    if (scaled := _scale_operand(node)) is not None:
+        product = real_producer(scaled[0])
+        if product is not None and product.op_type == "Mul" and product.domain == "":
+            swish = _hard_swish(product, lambda clipped: _hard_sigmoid(clipped, scaled[1], ()))
+            if swish is not None:
+                return Activation("HardSwish"), (*swish[0], product, node), swish[1]
+    elif node.op_type == "Mul":
+        for index in (0, 1):
+            hidden, other = node.inputs[index], node.inputs[1 - index]
+            gate = real_producer(other) if other is not None else None
+            # The op type first: a gate candidate may be a node without inputs (a Constant).
+            if (
+                hidden is None
+                or gate is None
+                or gate.op_type != "Sigmoid"
+                or gate.domain != ""
+                or underlying(required_input(gate)) is not underlying(hidden)
+            ):
+                continue
+            return Activation("SiLU"), (gate, node), hidden
+        swish = _hard_swish(node, match_gate)
+        if swish is not None:
+            return Activation("HardSwish"), (*swish[0], node), swish[1]
+    raise Mismatch(
+        Stage.ACTIVATION, f"{node.op_type} between the excitation layers is not h·Sigmoid(h) or a hard swish"
+    )
+
+
+def _hard_swish(
+    mul: ir.Node, hard_sigmoid: Callable[[ir.Value], tuple[Gate, tuple[ir.Node, ...], ir.Value]]
+) -> tuple[tuple[ir.Node, ...], ir.Value] | None:
+    """Whether one operand h of `mul` times the other, `hard_sigmoid` of h, is HardSwish's
+    HardSigmoid(h; 1/6, 0.5) (no gain): (the hard sigmoid's nodes, h), else None."""
     for index in (0, 1):
         hidden, other = mul.inputs[index], mul.inputs[1 - index]
-        gate = real_producer(other) if other is not None else None
-        # The op type first: a gate candidate may be a node without inputs (a Constant).
-        if (
-            hidden is None
-            or gate is None
-            or gate.domain != ""
-            or gate.op_type not in ("Sigmoid", "HardSigmoid")
-            or underlying(required_input(gate)) is not underlying(hidden)
-        ):
+        if hidden is None or other is None or is_constant(hidden) or is_constant(other):
             continue
-        if gate.op_type == "Sigmoid":
-            return Activation("SiLU"), (gate, mul), hidden
-        if gate.op_type == "HardSigmoid" and np.allclose(
-            [float_attribute(gate, "alpha", 0.2), float_attribute(gate, "beta", 0.5)], [1 / 6, 0.5], rtol=_CONSTANT_RTOL
+        try:
+            gate, nodes, source = hard_sigmoid(other)
+        except Mismatch:
+            continue
+        if (
+            gate.alpha is not None
+            and gate.beta is not None
+            and gate.gain == 1
+            and underlying(source) is underlying(hidden)
+            and np.allclose([gate.alpha, gate.beta], [1 / 6, 0.5], rtol=_CONSTANT_RTOL)
         ):
-            return Activation("HardSwish"), (gate, mul), hidden
-    raise Mismatch(Stage.ACTIVATION, "Mul between the excitation layers is not h·Sigmoid(h) or h·HardSigmoid(h)")
+            return nodes, hidden
+    return None
 
 
 def _prelu_slope(slope: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Finds a model's attention blocks of every kind: SE (`se_onnx.passes.find`), ECA, CBAM and
-coordinate attention, in the forms se-onnx writes them and the forms PyTorch exporters write.
+coordinate attention, in the forms se-onnx writes them and the forms PyTorch's exporters
+(TorchScript and dynamo) and Paddle2ONNX write.
 
 Each kind is matched backwards from its last rescale Mul, one stage at a time, with the stages and
 near-miss reasons of `se_onnx.passes.find`, and its weights are normalized into the layout of
@@ -7,14 +8,24 @@ near-miss reasons of `se_onnx.passes.find`, and its weights are normalized into 
 the stages the matchers read through the ops that only move dims around (Reshape, Squeeze,
 Unsqueeze, Transpose, Flatten, Expand on their first input), as exporters write them:
 
-    eca    GlobalAveragePool | ReduceMean over H, W → … → Conv1d (1 → 1, k, no bias) → … → Sigmoid
-           (× gain) → … → Mul(x, ·). torch.onnx writes ECA-Net's squeeze(-1).transpose(-1, -2) as
-           Squeeze → Transpose and timm's view(N, 1, -1) as a Reshape, and expand_as as an Expand.
+    eca    GlobalAveragePool | ReduceMean over H, W → … → Conv1d (1 → 1, k; its bias inside or in
+           an Add of one constant) → … → Sigmoid (× gain) → … → Mul(x, ·). torch.onnx writes
+           ECA-Net's squeeze(-1).transpose(-1, -2) as Squeeze → Transpose and timm's view(N, 1, -1)
+           as a Reshape, and expand_as as an Expand; Paddle's conv1d is Unsqueeze → Conv2d (1 × 1 ×
+           1 × k) → Add(bias) → Squeeze. In tf2onnx's NHWC islands the mean is over axes 1, 2 of
+           an N×H×W×C map and the gate is Reshaped to N×1×1×C (CBAM and coord: NCHW only).
     cbam   Mul(x′, σ(Conv k×k (2 → 1) (Concat(ReduceMean(x′, C), ReduceMax(x′, C)), either order))),
            x′ = Mul(x, σ(mlp(avg(x)) + mlp(max(x)))), avg a GlobalAveragePool or ReduceMean over
-           H, W, max a GlobalMaxPool or ReduceMax, mlp one shared pair of layers with an activation
+           H, W, max a GlobalMaxPool or ReduceMax, mlp one shared pair of layers with an activation;
+           the spatial conv's bias inside or in an Add, and a BatchNormalization after it (timm's
+           ConvNormAct) folded into its weights
     coord  Mul(Mul(x, a), b), {a, b} the two gates σ(1×1 Conv) of the H and the W half of one Split
-           of act(1×1 Conv (Concat(ReduceMean(x, W), Transpose(ReduceMean(x, H))))) on axis 2
+           of act(1×1 Conv (Concat(ReduceMean(x, W), Transpose(ReduceMean(x, H))))) on axis 2, a
+           BatchNormalization after that conv (the paper's conv1 → bn1) folded in, act any of
+           `match_activation`'s, the hand-written h_swish h·ReLU6(h + 3)/6 among them
+
+Paddle2ONNX's forms are read as they come: weights as Constant nodes, biases in separate Adds, an
+Identity after each Add and Mul, BatchNorm left a node.
 
 What does not count: a pooled 1×1 conv with no Sigmoid gate, a global-context block (attention
 pooling by Softmax and MatMul, not a mean), CBAM's spatial gate alone, and MLPs that are not one
@@ -30,9 +41,17 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from se_onnx.ir.attention import KIND_NAMES, AttentionWeights
+from se_onnx.ir.attention import ECA_BIAS_KEY, KIND_NAMES, AttentionWeights
 from se_onnx.ir.constants import constant_array, is_constant, value_dtype
-from se_onnx.ir.graph import MAIN_GRAPH, graphs, int_attribute, ints_attribute, node_label, required_input
+from se_onnx.ir.graph import (
+    MAIN_GRAPH,
+    float_attribute,
+    graphs,
+    int_attribute,
+    ints_attribute,
+    node_label,
+    required_input,
+)
 from se_onnx.passes.find import (
     Mismatch,
     NearMiss,
@@ -219,14 +238,17 @@ def _rank(x: ir.Value, default: int) -> int:
     return default if x.shape is None else len(x.shape)
 
 
-def _channels(x: ir.Value) -> int | None:
-    dim = x.shape[1] if x.shape is not None and len(x.shape) > 1 else None
+def _channels(x: ir.Value, channels_last: bool = False) -> int | None:
+    dim = x.shape[-1 if channels_last else 1] if x.shape is not None and len(x.shape) > 1 else None
     return dim if isinstance(dim, int) else None
 
 
-def _global_pool(value: ir.Value, x: ir.Value, kind: str, stage: Stage) -> tuple[ir.Node, ...]:
+def _global_pool(
+    value: ir.Value, x: ir.Value, kind: str, stage: Stage, *, channels_last: bool = False
+) -> tuple[ir.Node, ...]:
     """Pattern: global average (kind "avg": GlobalAveragePool, ReduceMean) or max (kind "max":
-    GlobalMaxPool, ReduceMax) of x over every spatial axis, then any layout ops."""
+    GlobalMaxPool, ReduceMax) of x over every spatial axis (with `channels_last`, a Reduce over
+    axes 1…rank-2 of an N×spatial×C map), then any layout ops."""
     layout, value = _through_layout(value)
     node = real_producer(value)
     ops = {"avg": ("GlobalAveragePool", "ReduceMean"), "max": ("GlobalMaxPool", "ReduceMax")}[kind]
@@ -238,11 +260,34 @@ def _global_pool(value: ir.Value, x: ir.Value, kind: str, stage: Stage) -> tuple
         raise Mismatch(stage, f"expected a global {kind} pool ({' or '.join(ops)}), found {found}")
     if not same_rounding(required_input(node), x):
         raise Mismatch(stage, f"the {node.op_type} does not pool the tensor the block rescales")
-    if node.op_type.startswith("Reduce"):
-        rank = _rank(x, 4)
-        if _reduce_axes(node, rank) != list(range(2, rank)):
-            raise Mismatch(stage, f"{node.op_type} {node.name!r} does not reduce exactly the spatial axes")
+    rank = _rank(x, 4)
+    spatial = list(range(1, rank - 1)) if channels_last else list(range(2, rank))
+    if (node.op_type.startswith("Reduce") or channels_last) and _reduce_axes(node, rank) != spatial:
+        raise Mismatch(stage, f"{node.op_type} {node.name!r} does not reduce exactly the spatial axes")
     return (node, *layout)
+
+
+def _means_channels_last(value: ir.Value, x: ir.Value) -> bool:
+    """Whether `value` is, past layout ops, a ReduceMean of x over axes 1…rank-2: the global mean of
+    an N×spatial×C map, as tf2onnx writes Keras' GlobalAveragePooling2D in its NHWC islands."""
+    node = real_producer(_through_layout(value)[1])
+    rank = _rank(x, 4)
+    return node is not None and node.op_type == "ReduceMean" and _reduce_axes(node, rank) == list(range(1, rank - 1))
+
+
+def _check_channels_last_gate(gate_operand: ir.Value, x: ir.Value) -> None:
+    """An N×spatial×C map needs its gate as N×1…×C: the last layout op before the Mul a Reshape to
+    (·, 1…, C or -1). A gate left N×C×1… would broadcast the channels over the spatial axes."""
+    layout, _ = _through_layout(gate_operand)
+    target = constant_array(layout[-1].inputs[1]) if layout and layout[-1].op_type == "Reshape" else None
+    channels, rank = _channels(x, channels_last=True), _rank(x, 4)
+    if (
+        target is None
+        or target.size != rank
+        or list(target[1:-1]) != [1] * (rank - 2)
+        or (channels is not None and int(target[-1]) not in (-1, channels))
+    ):
+        raise Mismatch(Stage.BLOCK, "the gate is not reshaped to N×1…×C for the channels-last feature map")
 
 
 def _covers_the_map(pool: ir.Node, x: ir.Value, layout: tuple[ir.Node, ...]) -> bool:
@@ -280,12 +325,14 @@ def _finish(
     nodes: tuple[ir.Node, ...],
     weights: AttentionWeights,
     details: dict,
+    *,
+    channels_last: bool = False,
 ) -> AttentionBlock:
     """The block, once its nodes (with the Q/DQ pairs between them) are private to it."""
     members = (*with_pass_throughs((*nodes, mul), x), mul)
     check_private(members, mul)
-    dtype = value_dtype(x)
-    return AttentionBlock(kind, x, mul.outputs[0], members, _channels(x), dtype, weights, details)
+    channels = _channels(x, channels_last)
+    return AttentionBlock(kind, x, mul.outputs[0], members, channels, value_dtype(x), weights, details)
 
 
 def _both_orders(mul: ir.Node, match: Callable[[ir.Node, ir.Value, ir.Value], AttentionBlock]) -> AttentionBlock:
@@ -308,25 +355,68 @@ def _match_eca(mul: ir.Node) -> AttentionBlock:
 
 def _eca(mul: ir.Node, x: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     gain, gate_nodes, before = _sigmoid_gate(gate_operand, "ECA")
+    bias_add, add_bias, before = _scalar_bias_add(before)
     conv = real_producer(before)
     if conv is None or conv.op_type != "Conv" or conv.domain != "":
         found = "a graph input" if conv is None else conv.op_type
         raise Mismatch(Stage.GATE, f"the gate does not follow ECA's 1-D conv (found {found})")
     weight = constant_array(conv.inputs[1])
-    if weight is None or weight.ndim != 3 or weight.shape[:2] != (1, 1):
+    # Paddle's conv1d is a Conv2d over a 1 × C row: weight 1 × 1 × 1 × k, padded on the last axis alone.
+    if weight is None or weight.ndim < 3 or weight.shape[:2] != (1, 1) or any(d != 1 for d in weight.shape[2:-1]):
         shape = None if weight is None else weight.shape
         raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has weight {shape}, not ECA's 1 × 1 × k")
-    kernel = int(weight.shape[2])
-    bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
-    if bias is not None and np.any(bias != 0):
-        raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has a bias; ECA's conv has none")
-    pads = ints_attribute(conv, "pads", [0, 0])
-    if kernel % 2 == 0 or pads != [(kernel - 1) // 2] * 2 or int_attribute(conv, "group", 1) != 1:
+    kernel, rank = int(weight.shape[-1]), weight.ndim - 2
+    pads = ints_attribute(conv, "pads", [0] * 2 * rank)
+    same = [*[0] * (rank - 1), (kernel - 1) // 2] * 2
+    strides = ints_attribute(conv, "strides", [1] * rank)
+    if kernel % 2 == 0 or pads != same or any(s != 1 for s in strides) or int_attribute(conv, "group", 1) != 1:
         raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} does not keep the channel count (pads {pads})")
-    pool = _global_pool(required_input(conv), x, "avg", Stage.SQUEEZE)
-    weights = AttentionWeights("eca", {"conv.weight": weight.astype(np.float32)}, gain)
-    details = {"kernel": kernel, "squeeze": pool[0].op_type}
-    return _finish("eca", x, mul, (*pool, conv, *gate_nodes), weights, details)
+    conv_bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else 0.0
+    if conv_bias is None or np.size(conv_bias) != 1:
+        raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has a bias that is not one constant")
+    bias = float(np.asarray(conv_bias).item()) + add_bias
+    source = required_input(conv)
+    channels_last = _means_channels_last(source, x)
+    pool = _global_pool(source, x, "avg", Stage.SQUEEZE, channels_last=channels_last)
+    if channels_last:
+        _check_channels_last_gate(gate_operand, x)
+    tensors = {"conv.weight": weight.reshape(1, 1, kernel).astype(np.float32)}
+    if bias != 0:
+        tensors[ECA_BIAS_KEY] = np.array([bias], np.float32)
+    details = {"kernel": kernel, "squeeze": pool[0].op_type, "layout": "NHWC" if channels_last else "NCHW"}
+    nodes = (*pool, conv, *bias_add, *gate_nodes)
+    weights = AttentionWeights("eca", tensors, gain)
+    return _finish("eca", x, mul, nodes, weights, details, channels_last=channels_last)
+
+
+def _scalar_bias_add(value: ir.Value) -> tuple[tuple[ir.Node, ...], float, ir.Value]:
+    """Pattern: Add(y, b), b a constant of one element: a conv's bias kept apart, as Paddle2ONNX
+    writes it; (the Add, b, y), or ((), 0, value) when `value` is no such Add."""
+    add = real_producer(value)
+    if add is None or add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+        return (), 0.0, value
+    for operand, constant in (add.inputs, add.inputs[::-1]):
+        array = constant_array(constant)
+        if operand is not None and not is_constant(operand) and array is not None and array.size == 1:
+            return (add,), float(array.item()), operand
+    return (), 0.0, value
+
+
+def _batch_norm(value: ir.Value) -> tuple[tuple[ir.Node, ...], np.ndarray, np.ndarray, ir.Value]:
+    """Pattern: BatchNormalization(y) in inference form, its statistics constant: not folded into
+    the conv before it, as Paddle2ONNX and torch.onnx without constant folding write it; (the
+    node, scale s, shift t, y), the node computing y·s + t per channel; ((), 1, 0, value) when
+    `value` is no such node."""
+    node = real_producer(value)
+    if node is None or node.op_type != "BatchNormalization" or node.domain != "":
+        return (), np.ones(1, np.float32), np.zeros(1, np.float32), value
+    stats = [constant_array(operand) for operand in node.inputs[1:5]]
+    training = int_attribute(node, "training_mode", 0) or any(output.uses() for output in node.outputs[1:])
+    if len(stats) != 4 or any(array is None for array in stats) or training:
+        raise Mismatch(Stage.EXCITATION, f"BatchNormalization {node.name!r} is not in inference form with constants")
+    gamma, beta, mean, var = (np.asarray(array, np.float64).reshape(-1) for array in stats)
+    scale = gamma / np.sqrt(var + float_attribute(node, "epsilon", 1e-5))
+    return (node,), scale.astype(np.float32), (beta - mean * scale).astype(np.float32), required_input(node)
 
 
 # --- CBAM ----------------------------------------------------------------------------------------
@@ -338,6 +428,8 @@ def _match_cbam(mul: ir.Node) -> AttentionBlock:
 
 def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     spatial_gain, spatial_gate, before = _sigmoid_gate(gate_operand, "spatial")
+    norm, norm_scale, norm_shift, before = _batch_norm(before)
+    bias_add, add_bias, before = _scalar_bias_add(before)
     conv = real_producer(before)
     weight = constant_array(conv.inputs[1]) if conv is not None and conv.op_type == "Conv" else None
     if conv is None or weight is None or weight.shape[:2] != (1, 2) or weight.ndim != 4:
@@ -345,7 +437,11 @@ def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     kernel = int(weight.shape[2])
     if weight.shape[3] != kernel or ints_attribute(conv, "pads", [0] * 4) != [kernel // 2] * 4:
         raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} is not a square 'same' conv")
-    bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
+    conv_bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else 0.0
+    if conv_bias is None or np.size(conv_bias) != 1 or norm_scale.size != 1:
+        raise Mismatch(Stage.EXCITATION, f"Conv {conv.name!r} has a bias or BatchNorm that is not one constant")
+    # BatchNorm folded in: σ((w∗p + b)·s + t) = σ((w·s)∗p + b·s + t).
+    bias = (float(np.asarray(conv_bias).item()) + add_bias) * norm_scale + norm_shift
     concat = real_producer(required_input(conv))
     if concat is None or concat.op_type != "Concat" or len(concat.inputs) != 2 or int_attribute(concat, "axis", 0) != 1:
         raise Mismatch(Stage.EXCITATION, "the spatial conv does not read a Concat of two maps on the channel axis")
@@ -355,7 +451,7 @@ def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     if sorted(order) != ["ReduceMax", "ReduceMean"]:
         raise Mismatch(Stage.SQUEEZE, f"the Concat joins {' and '.join(order)}, not a mean and a max")
     # Normalized to the canonical [mean, max] input order.
-    spatial_weight = weight.astype(np.float32)
+    spatial_weight = weight.astype(np.float32) * norm_scale.item()
     if order[0] == "ReduceMax":
         spatial_weight = spatial_weight[:, ::-1].copy()
     channel_mul = real_producer(x1)
@@ -367,11 +463,11 @@ def _cbam(mul: ir.Node, x1: ir.Value, gate_operand: ir.Value) -> AttentionBlock:
     tensors = {
         **channel.weights.tensors,
         "spatial.weight": spatial_weight,
-        "spatial.bias": np.zeros(1, np.float32) if bias is None else bias.reshape(1).astype(np.float32),
+        "spatial.bias": bias.astype(np.float32),
     }
     weights = AttentionWeights("cbam", tensors, spatial_gain)
     details = {**channel.details, "kernel": kernel, "spatial_pools": order}
-    nodes = (*channel.nodes, *reducers, concat, conv, *spatial_gate)
+    nodes = (*channel.nodes, *reducers, concat, conv, *bias_add, *norm, *spatial_gate)
     block = _finish("cbam", channel.input, mul, nodes, weights, details)
     return block
 
@@ -490,7 +586,10 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
     if not np.isclose(gate_h.gain, gate_w.gain):
         raise Mismatch(Stage.BLOCK, "the two gates have different gains")
     activation, activation_nodes, hidden = match_activation(required_input(halves[0]))
+    norm, norm_scale, norm_shift, hidden = _batch_norm(hidden)  # the CA paper's conv1 → bn1
     shared = match_layer(hidden, Stage.ACTIVATION)
+    if norm_scale.size not in (1, shared.out_features):
+        raise Mismatch(Stage.ACTIVATION, f"the BatchNorm after conv1 is not over its {shared.out_features} channels")
     concat = real_producer(required_input(shared.nodes[0]))
     if (
         concat is None
@@ -511,8 +610,8 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
         raise Mismatch(Stage.SQUEEZE, "the W pooling is not Transposed to N×C×W×1 before the Concat")
     pool_w = _directional_pool(required_input(w_transpose), x, 2, sizes)
     tensors = {
-        "conv1.weight": shared.weights.weight,
-        "conv1.bias": shared.weights.bias,
+        "conv1.weight": shared.weights.weight * norm_scale[:, None],
+        "conv1.bias": shared.weights.bias * norm_scale + norm_shift,
         "conv_h.weight": gate_h.weight,
         "conv_h.bias": gate_h.bias,
         "conv_w.weight": gate_w.weight,
@@ -529,6 +628,7 @@ def _coord(mul: ir.Node, inner: ir.Node, x: ir.Value, first: _CoordGate, second:
         w_transpose,
         concat,
         *shared.nodes,
+        *norm,
         *activation_nodes,
         *halves,
         gate_w.transposed,
