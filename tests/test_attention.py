@@ -495,3 +495,17 @@ def test_cli_insert_inspect_strip_and_export(tmp_path, capsys):
     stripped = tmp_path / "stripped.onnx"
     assert main(["strip", str(cbam), "-o", str(stripped), "--block", "all"]) == 0
     assert "attention blocks removed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_attention_trains_the_bias_adds_of_paddles_form_and_no_other_constant(kind):
+    """Paddle2ONNX writes each conv's bias as an Add of a Reshape(Constant): those are weights; the
+    Adds of h_swish (+3) and of CBAM's two branches are not."""
+    pytest.importorskip("torch")
+    from se_onnx.training.loop import trainable_initializers
+
+    model = ir.from_proto(styles.attention_model(kind, opset=13, paddle=True, bias=True, no_op="Identity"))
+    names, _ = trainable_initializers(model, "attention")
+    biases = {name for name in names if name.endswith("_b")}
+    assert biases and {name.removesuffix("_b") + "_w" for name in biases} <= set(names)
+    assert all(name.endswith(("_w", "_b")) for name in names)

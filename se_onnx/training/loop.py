@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from se_onnx.errors import SeOnnxError
 from se_onnx.ir.constants import WEIGHT_INPUTS, constant_tensor, set_constant, weight_constants
-from se_onnx.ir.graph import MAIN_GRAPH, node_label, required_input, value_name
+from se_onnx.ir.graph import MAIN_GRAPH, node_label, required_input, underlying, value_name
 from se_onnx.passes.export_weights import block_key
 from se_onnx.passes.find import SEBlock
 from se_onnx.passes.find_attention import AttentionBlock, find_attention
@@ -116,11 +116,20 @@ def trainable_initializers(
 
 
 def _layer_nodes(block: AttentionBlock) -> list[ir.Node]:
-    """The nodes whose constant inputs are a block's weights: an SE block's layers, and every conv
-    of the other kinds (a gate's gain is a Mul's, and stays)."""
+    """The nodes whose constant inputs are a block's weights: an SE block's layers; in the other
+    kinds every conv, Gemm and MatMul, and an Add that puts a bias on one (as Paddle2ONNX writes
+    biases). Other constants stay: a gate's gain, and h_swish's +3, are not weights."""
     if block.se is not None:
         return [node for layer in block.se.layers for node in layer.nodes]
-    return [node for node in block.nodes if node.op_type in _LAYER_INPUTS and node.op_type != "Add"]
+    layers = {node for node in block.nodes if node.op_type in _LAYER_INPUTS and node.op_type != "Add"}
+    return [node for node in block.nodes if node in layers or _is_bias_add(node, layers)]
+
+
+def _is_bias_add(node: ir.Node, layers: set[ir.Node]) -> bool:
+    """An Add of a constant to a layer's output (seen through no-ops)."""
+    if node.op_type != "Add":
+        return False
+    return any(value is not None and underlying(value).producer() in layers for value in node.inputs)
 
 
 def _refuse_blocks_in_subgraphs(model: ir.Model, blocks: list[AttentionBlock]) -> None:
