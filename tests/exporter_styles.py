@@ -180,8 +180,27 @@ class _Yolo(GraphBuilder):
 
     def halves(self, x: ir.Value, channels: int, how: str, stem: str) -> tuple[ir.Value, ir.Value]:
         """x split in two along the channels: one Split (its sizes an attribute before opset 13, an
-        input from 13), or two Slices."""
+        input from 13), two Slices, or two Slices at a bound computed from x's Shape ("shape-slice",
+        as the TorchScript exporter writes YOLOv8's `chunk`: no shape inference of ONNX's own sees
+        the halves' sizes through it)."""
         half = channels // 2
+        if how == "shape-slice":
+            axes = self.const(stem + "/axes", np.array([1], np.int64), exact=True)
+            shape = self.op("Shape", [x], stem + "/shape")
+            width = self.op(
+                "Gather",
+                [shape, self.const(stem + "/channel_axis", np.array([1], np.int64), exact=True)],
+                stem + "/gather",
+                axis=0,
+            )
+            bound = self.op(
+                "Div", [width, self.const(stem + "/two", np.array([2], np.int64), exact=True)], stem + "/half"
+            )
+            start = self.const(stem + "/start", np.array([0], np.int64), exact=True)
+            end = self.const(stem + "/end", np.array([np.iinfo(np.int64).max], np.int64), exact=True)
+            first = self.op("Slice", [x, start, bound, axes], stem + "/slice")
+            second = self.op("Slice", [x, bound, end, axes], stem + "/slice")
+            return first, second
         if how == "slice":
             axes = self.const(stem + "/axes", np.array([1], np.int64), exact=True)
             first, second = (
@@ -218,7 +237,8 @@ def c2f_model(
 ) -> onnx.ModelProto:
     """x → stem → C2f(cv1 → Split → `bottlenecks` × (Conv 3×3 → SiLU → Conv 3×3 → SiLU, + the half
     it read) → Concat of every half → cv2) → y, as YOLOv8 exports; `split` "slice" for two Slices,
-    "none" for YOLOv5's C3 (the bottlenecks read cv1's output and the C3 has no split)."""
+    "shape-slice" for two at a bound computed at run time, "none" for YOLOv5's C3 (the bottlenecks
+    read cv1's output and the C3 has no split)."""
     g = _Yolo(dtype=dtype, seed=5, opset=opset, names=Names(first_bare=True))
     c = CHANNELS
     x = g.input("x", ["N", 3, *SPATIAL])

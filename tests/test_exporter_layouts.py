@@ -204,7 +204,7 @@ def test_nhwc_se_blocks_are_found_fused_stripped_and_exported(squeeze, opset, ga
     np.testing.assert_array_equal(weights["conv_0.fc1.weight"], blocks[0].weights().fc1_weight)
     # insert skips the conv an SE block already follows, and adds one after the last conv.
     inserted, report = insert_se(model, InsertOptions(where="conv"))
-    assert [skip.reason for skip in report.skipped] == ["already followed by an SE block"]
+    assert [skip.reason for skip in report.skipped] == ["already followed by an attention block"]
     assert [block.layout for block in report.blocks] == ["NHWC"]
     _close(_proto(inserted), original)
 

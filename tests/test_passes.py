@@ -298,7 +298,7 @@ def test_insertion_into_a_qdq_model_converges_on_its_requantized_blocks():
         first = InsertSE(InsertOptions(where=where))(model)
         second = InsertSE(InsertOptions(where=where))(model)
         assert first.modified and not second.modified, where
-        assert {skipped.reason for skipped in second.report.skipped} >= {"already followed by an SE block"}
+        assert {skipped.reason for skipped in second.report.skipped} >= {"already followed by an attention block"}
 
 
 def test_auto_placement_stays_residual_once_every_branch_has_its_block():
@@ -316,7 +316,7 @@ def test_insertion_sees_the_blocks_the_function_form_hides(where):
     assert manager(model).modified
     before = _bytes(model)
     again = InsertSE(InsertOptions(where=where))(model)
-    assert not again.modified and "already followed by an SE block" in again.report.nothing_to_do
+    assert not again.modified and "already followed by an attention block" in again.report.nothing_to_do
     assert _bytes(model) == before
 
 
@@ -363,7 +363,7 @@ def test_cli_insert_into_its_own_output_is_a_one_line_error(tmp_path, capsys):
     capsys.readouterr()
     assert main(["insert", str(inserted), "-o", str(again)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("se-onnx: error: no residual block") and "2 already followed by an SE block" in error
+    assert error.startswith("se-onnx: error: no residual block") and "2 already followed by an attention block" in error
     assert error.count("\n") == 1 and not again.exists()
 
 

@@ -19,6 +19,7 @@ CSP_ACTIVATIONS = {11: "LeakyRelu", 13: "Clip", 17: "HardSwish", 21: "Mish"}
 BUILDS = {
     "c2f-split": lambda opset, dtype: styles.c2f_model(opset=opset, dtype=dtype),
     "c2f-slice": lambda opset, dtype: styles.c2f_model(opset=opset, dtype=dtype, split="slice"),
+    "c2f-shape-slice": lambda opset, dtype: styles.c2f_model(opset=opset, dtype=dtype, split="shape-slice"),
     "c3": lambda opset, dtype: styles.c2f_model(opset=opset, dtype=dtype, split="none"),
     "csp": lambda opset, dtype: styles.csp_model(opset=opset, dtype=dtype, act=CSP_ACTIVATIONS[opset]),
 }
@@ -60,7 +61,7 @@ def test_a_branch_ending_in_its_activation_gets_its_block_before_the_add(build, 
     # `auto` finds the residual blocks; once every branch has its block, nothing is left to do.
     assert insert_se(ir.from_proto(proto))[1].placement == "residual"
     again = InsertSE(InsertOptions(where="residual"))(model)
-    assert not again.modified and "2 already followed by an SE block" in again.report.nothing_to_do
+    assert not again.modified and "2 already followed by an attention block" in again.report.nothing_to_do
 
 
 @pytest.mark.parametrize("opset", OPSETS)
@@ -71,3 +72,13 @@ def test_adds_of_one_activation_or_of_no_conv_are_not_residual_blocks(opset):
     assert ir.to_proto(model).SerializeToString() == ir.to_proto(ir.from_proto(proto)).SerializeToString()
     _, report = insert_se(ir.from_proto(proto))
     assert report.placement == "conv" and [block.name for block in report.blocks] == ["conv0/conv", "conv1/conv"]
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_coordinate_attention_goes_into_c2f_halves_sliced_at_run_time(opset):
+    """Coordinate attention needs static H and W; the TorchScript export of YOLOv8's C2f slices at a
+    bound computed from Shape, where ONNX's shape inference loses them and ONNX Runtime's finds them."""
+    proto = styles.c2f_model(opset=opset, split="shape-slice")
+    model, report = insert_se(ir.from_proto(proto), InsertOptions(where="residual", block="coord"))
+    assert [block.name for block in report.blocks] == YOLO_BRANCHES
+    _assert_same_outputs(proto, model)

@@ -77,7 +77,7 @@ PLACEMENTS = ("auto", "residual", "conv")
 INITS = ("identity", "saturated", "random")
 
 _QUANTIZED_CONVS = frozenset({"QLinearConv", "ConvInteger"})
-_HAS_BLOCK = "already followed by an SE block"
+_HAS_BLOCK = "already followed by an attention block"
 # How far back the residual check walks from a branch to find its shortcut's source.
 _RESIDUAL_SEARCH_LIMIT = 256
 
@@ -271,7 +271,7 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
     model is one that `check_insertable` accepts)."""
     convs = list(model_convs(model))
     se_blocks = find_attention(model)  # blocks of every kind: their convs are no candidates
-    se_nodes = {id(node) for block in se_blocks for node in block.nodes}
+    kind_of = {id(node): block.kind for block in se_blocks for node in block.nodes}
     # The model's blocks as (input, output): those found, and the fuse pass's function calls.
     existing = [(block.input, block.output) for block in se_blocks] + [
         (node.inputs[0], node.outputs[0])
@@ -283,8 +283,11 @@ def plan_insertion(model: ir.Model, options: InsertOptions = InsertOptions()) ->
     for node, path in convs:
         info = ConvInfo.of(node, path)
         reason: str | None
-        if id(node) in se_nodes:
-            reason = "an excitation layer of an SE block"
+        if id(node) in kind_of:
+            kind = kind_of[id(node)]
+            reason = (
+                "an excitation layer of an SE block" if kind == "se" else f"a layer of a block ({KIND_NAMES[kind]})"
+            )
         elif info is None:
             reason = "weight shape is not known statically"
         else:
@@ -553,18 +556,41 @@ def _kind_exclusion(site: InsertionSite, kind: str) -> str | None:
 
 
 def _complete_spatial_shapes(model: ir.Model) -> None:
-    """Give the main graph's feature maps the static shapes ONNX's shape inference finds where the
-    model leaves them unknown: coordinate attention splits by H and W."""
-    if all(_static_spatial(output) is not None for node in model.graph if is_conv(node) for output in node.outputs):
+    """Give the main graph's feature maps the static shapes shape inference finds where the model
+    leaves them unknown: coordinate attention splits by H and W. ONNX's own inference first; where
+    it stops (a Slice whose bounds come from Shape arithmetic, as YOLOv8's C2f chunks are exported),
+    ONNX Runtime's symbolic shape inference, which reads such arithmetic (neither runs the model)."""
+    unknown = [
+        output
+        for node in model.graph
+        for output in node.outputs
+        if output.shape is None or (len(output.shape) >= 3 and _static_spatial(output) is None)
+    ]
+    if not unknown:
         return
-    inferred = onnx.shape_inference.infer_shapes(ir.to_proto(model)).graph.value_info
-    shapes = {info.name: info.type.tensor_type.shape for info in inferred if info.type.HasField("tensor_type")}
-    for node in model.graph:
-        for output in node.outputs:
+    proto = ir.to_proto(model)
+    for infer in (onnx.shape_inference.infer_shapes, _symbolic_shapes):
+        shapes = {info.name: info.type.tensor_type.shape for info in infer(proto).graph.value_info}
+        for output in unknown:
             shape = shapes.get(output.name or "")
-            if _static_spatial(output) is None and shape is not None and shape.dim:
+            if shape is not None and shape.dim:
                 dims = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in shape.dim]
-                output.shape = ir.Shape(dims)
+                if len(dims) >= 3 and all(isinstance(dim, int) for dim in dims[2:]):
+                    output.shape = ir.Shape(dims)
+        unknown = [output for output in unknown if _static_spatial(output) is None]
+        if not unknown:
+            return
+
+
+def _symbolic_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's symbolic shape inference of `proto`, or `proto` as it is where it fails (it
+    raises on ops it does not know)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+    except Exception:  # noqa: BLE001 - any failure only means no more shapes are known
+        return proto
 
 
 def _static_spatial(value: ir.Value) -> tuple[int, ...] | None:
