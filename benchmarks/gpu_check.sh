@@ -81,7 +81,7 @@ for name in ("ddp", "single"):
     last = report["epochs"][-1]
     print(f"{name}: {report['processes']} process(es) on {report['device']}: {last['seconds']:.1f} s, "
           f"train loss {last['train_loss']:.4f}")
-print(f"largest weight difference, torchrun against one process: {worst:.2e} (NCCL sums in another order)")
+print(f"largest weight difference, torchrun against one process: {worst:.2e} (the all-reduce sums in another order)")
 EOF
 
 step "4. images/s: training step on GPU and CPU, and the loader"
