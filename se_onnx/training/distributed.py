@@ -66,7 +66,7 @@ def resolve_device(requested: str, local_rank: int = 0, *, distributed: bool = F
         return torch.device("cpu")
     if requested != "cuda" and not (requested.startswith("cuda:") and requested[5:].isdigit()):
         raise OptionError("device", f"must be {DEVICES_HELP}, not {requested!r}")
-    if torch.version.cuda is None:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:  # ROCm builds answer to cuda
         raise OptionError(
             "device",
             f"{requested} needs a CUDA build of PyTorch, and this one ({torch.__version__}) is a CPU build: "
@@ -75,7 +75,7 @@ def resolve_device(requested: str, local_rank: int = 0, *, distributed: bool = F
         )
     count = torch.cuda.device_count()
     if count == 0:
-        raise OptionError("device", f"{requested}: this PyTorch has CUDA {torch.version.cuda} but sees no GPU")
+        raise OptionError("device", f"{requested}: this PyTorch ({torch.__version__}) sees no GPU")
     if distributed:
         if requested != "cuda":
             raise OptionError(
