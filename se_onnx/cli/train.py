@@ -43,9 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune the SE blocks of a classifier (needs the train extra: PyTorch)",
         description="Train a classifier's SE blocks (or, with --train all, every layer's weights and "
         "biases) with cross-entropy in PyTorch, then write the trained values into the same ONNX graph: "
-        "opset, names, inputs, outputs and every other initializer stay as they were. BatchNorm "
-        "statistics stay fixed. After each epoch OUTPUT is rewritten atomically, so Ctrl-C leaves the "
-        "last completed epoch there and nothing partial. Needs `pip install 'se-onnx[train]'`.",
+        "opset, names, inputs, outputs and every other initializer stay as they were (BatchNorm's too, "
+        "unless --bn train). After each epoch OUTPUT is rewritten atomically, so Ctrl-C leaves the last "
+        "completed epoch there and nothing partial, and OUTPUT.ckpt lets --resume go on from it. Runs on "
+        "a GPU when PyTorch sees one, and in several processes under torchrun. Needs "
+        "`pip install 'se-onnx[train]'`.",
     )
     add_rewrite_arguments(parser, "where to write the trained model (after every epoch)")
     add_data_arguments(parser)
