@@ -251,3 +251,31 @@ def test_worker_processes_give_the_weights_of_loading_in_process(job):
     inline, workers = _initializers(job / "inline.onnx"), _initializers(job / "workers.onnx")
     for name in inline:
         np.testing.assert_array_equal(workers[name], inline[name], err_msg=name)
+
+
+def test_an_image_folder_is_decoded_and_augmented_in_worker_processes(tmp_path, capsys):
+    """Images decoded a batch at a time in two workers, flip-cropped there; a bad file met in a
+    worker is the command's one-line error, without the worker's traceback."""
+    image = pytest.importorskip("PIL.Image")
+    model, _ = insert_se(ir.from_proto(build_samples.resnet_like(opset=13)), InsertOptions(where="residual"))
+    save_model(model, tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    for label in ("dark", "light"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(8):
+            base = 60 if label == "dark" else 190
+            pixels = rng.integers(base - 50, base + 50, (40, 36, 3)).astype(np.uint8)
+            image.fromarray(pixels).save(tmp_path / "images" / label / f"{index}.png")
+    args = ["train", str(tmp_path / "model.onnx"), "-o", str(tmp_path / "out.onnx"), "--data", str(tmp_path / "images")]
+    args += ["--no-progress", "--device", "cpu", "--epochs", "1", "--batch-size", "4"]
+    assert main([*args, "--augment", "flip-crop", "--workers", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["epochs"][-1]["epoch"] == 1
+    onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
+
+    (tmp_path / "images" / "light" / "7.png").write_bytes(b"not a png")
+    assert main([*args, "-o", str(tmp_path / "again.onnx"), "--workers", "2"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert error.startswith("se-onnx: error: ") and "7.png: not a readable image" in error
+    assert not (tmp_path / "again.onnx").exists()
