@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,9 @@ def loader_rate(data: Dataset, args: argparse.Namespace, epoch: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def step_rate(model, data: Dataset, args: argparse.Namespace, rounds: int) -> list[float]:
-    """Images/s of the training step, on batches already in memory on the device, for each round."""
+def step_timer(model, data: Dataset, args: argparse.Namespace) -> Callable[[], float]:
+    """A function that times one round of --batches training steps and returns its images/s, on a
+    batch already in memory on the device; the module and optimizer are built, and warmed up, once."""
     device = resolve_device(args.device)
     autocast = check_amp(args.amp, device)
     names, _ = trainable_initializers(model, args.train, batch_norm=args.bn)
@@ -95,8 +97,8 @@ def step_rate(model, data: Dataset, args: argparse.Namespace, rounds: int) -> li
         optimizer.step()
 
     step()  # warm-up: first-call allocations and kernel choices
-    rates = []
-    for _ in range(rounds):
+
+    def timed_round() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -104,8 +106,9 @@ def step_rate(model, data: Dataset, args: argparse.Namespace, rounds: int) -> li
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        rates.append(args.batches * len(y) / (time.perf_counter() - started))
-    return rates
+        return args.batches * len(y) / (time.perf_counter() - started)
+
+    return timed_round
 
 
 def main() -> None:
@@ -131,10 +134,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
     data = _data(args.data, ClassifierSignature.of(model), args.batch_size * args.loader_batches)
+    timed_step = step_timer(model, data, args)
     loader, step = [], []
     for round_ in range(args.rounds):
         loader.append(loader_rate(data, args, epoch=round_))
-        step += step_rate(model, data, args, rounds=1)
+        step.append(timed_step())
     result = {
         "model": str(args.model),
         "device": args.device,
